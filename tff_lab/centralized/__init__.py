@@ -1,0 +1,1 @@
+"""Centralized baselines (the same model trained on pooled data)."""

@@ -1,0 +1,178 @@
+"""Loading, overriding and writing experiment configs (YAML <-> typed dataclasses)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping, Optional, Union
+
+import yaml
+
+from tff_lab.config.schema import ExperimentConfig
+from tff_lab.errors import ConfigError
+
+_MISSING = object()
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], path)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(path, f"unknown value {value!r}; expected one of: {', '.join(map(str, choices))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}")
+        elem = typing.get_args(tp)[0]
+        return tuple(_coerce(v, elem, f"{path}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(path, f"expected a mapping, got {value!r}")
+        return _build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {path}")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(where, f"unknown key; valid keys here: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], f"{prefix}.{name}" if prefix else name)
+    return cls(**kwargs)
+
+
+def from_dict(data: Mapping[str, Any], *, validate: bool = True) -> ExperimentConfig:
+    """Builds a validated :class:`ExperimentConfig` from plain data (as loaded from YAML)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("", f"an experiment must be a mapping of sections, got {type(data).__name__}")
+    cfg = _build(ExperimentConfig, data, "")
+    if validate:
+        cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    def conv(v):
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(dataclasses.asdict(cfg))
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError("--set", f"expected key.sub=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError("--set", f"expected key.sub=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    """Applies ``key.sub=value`` overrides (values parsed as YAML scalars) to plain data."""
+    out = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides:
+        parts, value = _parse_override(item)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part, _MISSING)
+            if nxt is _MISSING or nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(".".join(parts[: i + 1]), f"is a value, not a section (in --set {item})")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: Union[str, os.PathLike]) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(str(p), "experiment file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(str(p), f"malformed YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(p), f"expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: Optional[Union[str, os.PathLike]] = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Loads an experiment YAML (or the defaults when ``path`` is None) and applies overrides."""
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides)
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        if path is not None and e.where:
+            raise ConfigError(f"{path}: {e.where}", e.message) from None
+        raise
+
+
+def dump_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """A stable hash of everything that determines the experiment's results."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,310 @@
+"""The experiment schema: frozen, typed dataclasses with defaults and validation.
+
+One experiment file (YAML) maps onto :class:`ExperimentConfig`. Every field is
+typed; :func:`tff_lab.config.io.from_dict` checks types, rejects unknown keys
+(listing the valid ones) and then each section's ``validate`` checks ranges and
+cross-field rules. Errors name the dotted field path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from tff_lab.errors import ConfigError
+
+DataSource = Literal["digits", "breast_cancer", "synthetic", "npz_dir", "csv_dir", "emnist"]
+PartitionScheme = Literal["auto", "iid", "dirichlet", "shards", "quantity_skew", "natural"]
+ModelName = Literal["logreg", "mlp", "cnn"]
+AlgorithmName = Literal["fedavg", "fedprox", "fedsgd"]
+Weighting = Literal["num_examples", "uniform"]
+ClientOptimizerName = Literal["sgd"]
+ServerOptimizerName = Literal["sgd", "sgdm", "adam", "yogi", "adagrad"]
+Sampling = Literal["uniform", "poisson"]
+LoopImpl = Literal["dataset_iterator", "dataset_reduce"]
+DpMechanism = Literal["none", "gaussian_fixed", "gaussian_adaptive", "tree"]
+AggregationKind = Literal["mean", "secure", "ddp_secure", "compression", "robust"]
+
+
+def _require(cond: bool, path: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(path, message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where client data comes from.
+
+    ``source``: digits | breast_cancer (scikit-learn bundled), synthetic (FedProx
+    synthetic(alpha, beta)), npz_dir / csv_dir (one file per client in ``path``),
+    emnist (TFF loader; needs network).
+    """
+
+    source: DataSource = "digits"
+    num_clients: int = 20
+    path: Optional[str] = None
+    test_fraction: float = 0.2
+    client_eval_fraction: float = 0.2
+    synthetic_alpha: float = 1.0
+    synthetic_beta: float = 1.0
+    synthetic_dim: int = 60
+    synthetic_classes: int = 10
+    synthetic_iid: bool = False
+    synthetic_max_examples: int = 500  # cap on the log-normal client size (keeps 10k clients in memory)
+    max_clients: Optional[int] = None  # for natural sources (emnist): cap the population
+
+    def validate(self, p: str) -> None:
+        _require(self.num_clients >= 1, f"{p}.num_clients", f"expected an integer >= 1, got {self.num_clients}")
+        _require(0.0 < self.test_fraction < 1.0, f"{p}.test_fraction", f"expected a fraction in (0, 1), got {self.test_fraction}")
+        _require(0.0 <= self.client_eval_fraction < 1.0, f"{p}.client_eval_fraction",
+                 f"expected a fraction in [0, 1), got {self.client_eval_fraction}")
+        if self.source in ("npz_dir", "csv_dir"):
+            _require(bool(self.path), f"{p}.path", f"source '{self.source}' needs a directory of per-client files")
+        _require(self.synthetic_alpha >= 0 and self.synthetic_beta >= 0, f"{p}.synthetic_alpha",
+                 "synthetic alpha and beta must be >= 0")
+        _require(self.synthetic_max_examples >= 10, f"{p}.synthetic_max_examples", "expected an integer >= 10")
+        _require(self.synthetic_dim >= 1 and self.synthetic_classes >= 2, f"{p}.synthetic_dim",
+                 "synthetic_dim must be >= 1 and synthetic_classes >= 2")
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """How examples are split over clients.
+
+    ``auto``: Dirichlet label skew for pooled sources (digits, breast_cancer), the
+    natural per-client split for the others (synthetic, npz_dir, csv_dir, emnist).
+    Any other scheme pools a natural source's examples and re-partitions them.
+    """
+
+    scheme: PartitionScheme = "auto"
+    alpha: float = 0.5  # Dirichlet concentration (smaller = more label skew)
+    classes_per_client: int = 2  # pathological shards
+    quantity_sigma: float = 1.0  # log-normal sigma of client sizes for quantity skew
+    min_examples_per_client: int = 10
+
+    def validate(self, p: str) -> None:
+        _require(self.alpha > 0, f"{p}.alpha", f"expected a Dirichlet concentration > 0, got {self.alpha}")
+        _require(self.classes_per_client >= 1, f"{p}.classes_per_client", "expected an integer >= 1")
+        _require(self.quantity_sigma >= 0, f"{p}.quantity_sigma", "expected a value >= 0")
+        _require(self.min_examples_per_client >= 1, f"{p}.min_examples_per_client", "expected an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: ModelName = "mlp"
+    hidden_units: tuple[int, ...] = (64, 64)
+    cnn_filters: tuple[int, ...] = (16, 32)
+    dropout: float = 0.0
+
+    def validate(self, p: str) -> None:
+        _require(all(u >= 1 for u in self.hidden_units), f"{p}.hidden_units", "expected positive integers")
+        _require(all(u >= 1 for u in self.cnn_filters), f"{p}.cnn_filters", "expected positive integers")
+        _require(0.0 <= self.dropout < 1.0, f"{p}.dropout", f"expected a rate in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """A TFF optimizer (``tff.learning.optimizers.build_*``)."""
+
+    name: ServerOptimizerName = "sgd"
+    learning_rate: float = 1.0
+    momentum: float = 0.9  # sgdm only
+    beta_1: float = 0.9  # adam, yogi
+    beta_2: float = 0.99  # adam, yogi
+    epsilon: float = 1e-3  # adam, yogi, adagrad (FedOpt paper's tau)
+    initial_preconditioner_value: Optional[float] = None  # adagrad, yogi (None: TFF's default)
+
+    def validate(self, p: str) -> None:
+        _require(self.learning_rate > 0, f"{p}.learning_rate", f"expected a value > 0, got {self.learning_rate}")
+        _require(0.0 <= self.momentum < 1.0, f"{p}.momentum", "expected a value in [0, 1)")
+        _require(0.0 <= self.beta_1 < 1.0 and 0.0 <= self.beta_2 < 1.0, f"{p}.beta_1", "betas must be in [0, 1)")
+        _require(self.epsilon > 0, f"{p}.epsilon", "expected a value > 0")
+        if self.initial_preconditioner_value is not None:
+            _require(self.initial_preconditioner_value >= 0, f"{p}.initial_preconditioner_value",
+                     "expected a value >= 0")
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    name: AlgorithmName = "fedavg"
+    weighting: Weighting = "num_examples"
+    proximal_strength: float = 0.0  # FedProx mu
+    client_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="sgd", learning_rate=0.1))
+    server_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="sgd", learning_rate=1.0))
+
+    def validate(self, p: str) -> None:
+        _require(self.client_optimizer.name == "sgd", f"{p}.client_optimizer.name",
+                 f"expected 'sgd' (clients run plain SGD), got '{self.client_optimizer.name}'")
+        _require(self.proximal_strength >= 0, f"{p}.proximal_strength", "expected mu >= 0")
+        if self.name != "fedprox":
+            _require(self.proximal_strength == 0, f"{p}.proximal_strength",
+                     f"only used by algorithm 'fedprox', but algorithm is '{self.name}'")
+        self.client_optimizer.validate(f"{p}.client_optimizer")
+        self.server_optimizer.validate(f"{p}.server_optimizer")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    rounds: int = 100
+    clients_per_round: int = 10
+    sampling: Sampling = "uniform"
+    sampling_rate: Optional[float] = None  # poisson: each client joins with this probability
+    local_epochs: int = 1
+    batch_size: int = 16
+    eval_every_rounds: int = 10
+    rounds_per_checkpoint: int = 10
+    # Performance knobs (see BENCHMARKS.md): the defaults are the fastest settings
+    # that keep results identical.
+    loop_implementation: LoopImpl = "dataset_iterator"
+    client_concurrency: int = 0  # 0 = as many clients at once as the executor wants
+
+    def validate(self, p: str) -> None:
+        for name in ("rounds", "clients_per_round", "local_epochs", "batch_size", "eval_every_rounds",
+                     "rounds_per_checkpoint"):
+            v = getattr(self, name)
+            _require(v >= 1, f"{p}.{name}", f"expected an integer >= 1, got {v}")
+        _require(self.client_concurrency >= 0, f"{p}.client_concurrency", "expected an integer >= 0")
+        if self.sampling == "poisson":
+            _require(self.sampling_rate is not None, f"{p}.sampling_rate", "poisson sampling needs a rate in (0, 1]")
+        if self.sampling_rate is not None:
+            _require(0.0 < self.sampling_rate <= 1.0, f"{p}.sampling_rate",
+                     f"expected a probability in (0, 1], got {self.sampling_rate}")
+            _require(self.sampling == "poisson", f"{p}.sampling_rate", "only used with sampling 'poisson'")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """User-level differential privacy of the aggregate (see README, Privacy)."""
+
+    mechanism: DpMechanism = "none"
+    noise_multiplier: Optional[float] = None
+    clip: float = 1.0  # fixed clip norm, or the initial clip for adaptive clipping
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    clipped_count_stddev: Optional[float] = None  # adaptive; default: expected clients / 20
+    delta: Optional[float] = None  # default: 1 / population^1.1
+    target_epsilon: Optional[float] = None
+    max_epsilon: Optional[float] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.mechanism != "none"
+
+    def validate(self, p: str) -> None:
+        if self.noise_multiplier is not None:
+            _require(self.noise_multiplier >= 0, f"{p}.noise_multiplier",
+                     f"expected a value >= 0, got {self.noise_multiplier}")
+        _require(self.clip > 0, f"{p}.clip", f"expected a clip norm > 0, got {self.clip}")
+        _require(0.0 < self.target_quantile < 1.0, f"{p}.target_quantile", "expected a quantile in (0, 1)")
+        _require(self.clip_learning_rate > 0, f"{p}.clip_learning_rate", "expected a value > 0")
+        if self.clipped_count_stddev is not None:
+            _require(self.clipped_count_stddev >= 0, f"{p}.clipped_count_stddev", "expected a value >= 0")
+        if self.delta is not None:
+            _require(0.0 < self.delta < 1.0, f"{p}.delta", f"expected delta in (0, 1), got {self.delta}")
+        for name in ("target_epsilon", "max_epsilon"):
+            v = getattr(self, name)
+            if v is not None:
+                _require(v > 0, f"{p}.{name}", f"expected epsilon > 0, got {v}")
+        if self.enabled:
+            _require(self.noise_multiplier is not None or self.target_epsilon is not None, f"{p}.noise_multiplier",
+                     f"mechanism '{self.mechanism}' needs noise_multiplier or target_epsilon")
+            _require(not (self.noise_multiplier is not None and self.target_epsilon is not None),
+                     f"{p}.target_epsilon", "give noise_multiplier or target_epsilon, not both")
+        else:
+            for name in ("noise_multiplier", "target_epsilon", "max_epsilon"):
+                _require(getattr(self, name) is None, f"{p}.{name}", "set privacy.mechanism to use it")
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    """Non-DP aggregation families (TFF factories); see README for what each does here."""
+
+    kind: AggregationKind = "mean"
+    zeroing: bool = True
+    clipping: bool = True
+    ddp_bits: int = 20
+    ddp_rotation: Literal["hd", "dft"] = "hd"
+    quantization_bits: int = 8  # compression
+    rotation: Literal["none", "hadamard"] = "none"  # compression
+
+    def validate(self, p: str) -> None:
+        _require(1 <= self.ddp_bits <= 22, f"{p}.ddp_bits", "expected an integer in [1, 22]")
+        _require(1 <= self.quantization_bits <= 16, f"{p}.quantization_bits", "expected an integer in [1, 16]")
+
+
+@dataclass(frozen=True)
+class CentralizedConfig:
+    enabled: bool = True
+    dp_sgd: bool = False  # also train the example-level DP-SGD baseline
+    dp_noise_multiplier: float = 1.1
+    dp_l2_norm_clip: float = 1.0
+
+    def validate(self, p: str) -> None:
+        _require(self.dp_noise_multiplier > 0, f"{p}.dp_noise_multiplier", "expected a value > 0")
+        _require(self.dp_l2_norm_clip > 0, f"{p}.dp_l2_norm_clip", "expected a value > 0")
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    """The MultiWorkerMirroredStrategy trainer (``tff-lab train-dist``)."""
+
+    epochs: int = 10
+    per_replica_batch_size: int = 32
+    learning_rate: float = 0.05
+    steps_per_execution: int = 1
+    mixed_precision: bool = False
+    backup_dir: Optional[str] = None  # default: OUT/backup
+
+    def validate(self, p: str) -> None:
+        _require(self.epochs >= 1, f"{p}.epochs", f"expected an integer >= 1, got {self.epochs}")
+        _require(self.per_replica_batch_size >= 1, f"{p}.per_replica_batch_size", "expected an integer >= 1")
+        _require(self.learning_rate > 0, f"{p}.learning_rate", "expected a value > 0")
+        _require(self.steps_per_execution >= 1, f"{p}.steps_per_execution", "expected an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "default"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    centralized: CentralizedConfig = field(default_factory=CentralizedConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+    def validate(self) -> None:
+        _require(self.seed >= 0, "seed", f"expected an integer >= 0, got {self.seed}")
+        _require(bool(self.name) and "/" not in self.name, "name", "expected a non-empty name without '/'")
+        for f in dataclasses.fields(self):
+            sub = getattr(self, f.name)
+            if hasattr(sub, "validate"):
+                sub.validate(f.name)
+        t = self.training
+        if self.partition.scheme == "natural":
+            _require(self.data.source not in ("digits", "breast_cancer"), "partition.scheme",
+                     f"source '{self.data.source}' has no natural split; use auto, iid, dirichlet, shards or "
+                     "quantity_skew")
+        if t.sampling == "uniform" and self.data.source in ("digits", "breast_cancer", "synthetic"):
+            # Natural sources know their population only after loading; checked again there.
+            _require(t.clients_per_round <= self.data.num_clients, "training.clients_per_round",
+                     f"expected at most data.num_clients ({self.data.num_clients}), got {t.clients_per_round}")
+        if self.privacy.enabled:
+            _require(self.algorithm.weighting == "uniform", "algorithm.weighting",
+                     "differentially private aggregation is unweighted (each client's clipped update counts "
+                     "once); set algorithm.weighting: uniform")
+            _require(self.aggregation.kind == "mean", "aggregation.kind",
+                     f"'{self.aggregation.kind}' cannot be combined with privacy.mechanism; use "
+                     "aggregation.kind: ddp_secure for distributed DP")
+            _require(self.algorithm.name != "fedsgd", "algorithm.name",
+                     "fedsgd is weighted in TFF 0.87; use fedavg with local_epochs 1 for DP")
+        if self.aggregation.kind == "ddp_secure":
+            _require(self.algorithm.weighting == "uniform", "algorithm.weighting",
+                     "ddp_secure aggregation is unweighted; set algorithm.weighting: uniform")
+        if self.algorithm.name == "fedsgd":
+            _require(self.algorithm.weighting == "num_examples", "algorithm.weighting",
+                     "TFF's FedSGD weights clients by examples; set algorithm.weighting: num_examples")

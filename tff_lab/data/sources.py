@@ -1,0 +1,281 @@
+"""Data sources -> :class:`FederatedData` (per-client train/eval splits plus a global test set).
+
+Everything here is offline: digits and breast cancer ship with scikit-learn, FedProx's
+synthetic(alpha, beta) data is generated from its formula, user data comes from a
+directory of per-client ``.npz``/``.csv`` files. TFF's EMNIST loader is kept for
+users with network access.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from tff_lab.config.schema import ExperimentConfig
+from tff_lab.data import partition as partition_lib
+from tff_lab.errors import DataError
+
+NATURAL_SOURCES = ("synthetic", "npz_dir", "csv_dir", "emnist")
+
+
+@dataclasses.dataclass
+class FederatedData:
+    """Client datasets as numpy arrays; ``x`` float32, ``y`` int32 class ids."""
+
+    client_ids: list[str]
+    train: dict[str, tuple[np.ndarray, np.ndarray]]
+    eval: dict[str, tuple[np.ndarray, np.ndarray]]
+    test: tuple[np.ndarray, np.ndarray]
+    num_classes: int
+    labels: list[str]
+    # Preprocessing already applied to the arrays, recorded for export:
+    # model_input = (raw - offset) * scale.
+    preprocessing: dict
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.test[0].shape[1:])
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_ids)
+
+    def union_train(self) -> tuple[np.ndarray, np.ndarray]:
+        xs = [self.train[c][0] for c in self.client_ids]
+        ys = [self.train[c][1] for c in self.client_ids]
+        return np.concatenate(xs), np.concatenate(ys)
+
+    def num_train_examples(self) -> int:
+        return int(sum(len(self.train[c][1]) for c in self.client_ids))
+
+
+def _split_client(x: np.ndarray, y: np.ndarray, frac: float, rng: np.random.Generator):
+    n = len(y)
+    n_eval = int(round(n * frac))
+    n_eval = min(n_eval, n - 1) if n > 1 else 0
+    perm = rng.permutation(n)
+    ev, tr = perm[:n_eval], perm[n_eval:]
+    return (x[tr], y[tr]), (x[ev], y[ev])
+
+
+def _stratified_test_split(y: np.ndarray, frac: float, rng: np.random.Generator):
+    test_idx = []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        test_idx.append(idx[: int(round(len(idx) * frac))])
+    test = np.sort(np.concatenate(test_idx))
+    mask = np.ones(len(y), bool)
+    mask[test] = False
+    return np.flatnonzero(mask), test
+
+
+def _from_pooled(x, y, cfg: ExperimentConfig, rng, labels, preprocessing, *, standardize: bool) -> FederatedData:
+    pool_idx, test_idx = _stratified_test_split(y, cfg.data.test_fraction, rng)
+    x = x.astype(np.float32)
+    if standardize:
+        # Statistics of the training pool only: the test set must not leak into them.
+        mean = x[pool_idx].mean(axis=0)
+        std = x[pool_idx].std(axis=0) + 1e-7
+        x = (x - mean) / std
+        preprocessing = {"offset": mean.astype(float).tolist(), "scale": (1.0 / std).astype(float).tolist()}
+    pool_x, pool_y = x[pool_idx], y[pool_idx]
+    scheme = cfg.partition.scheme
+    pcfg = dataclasses.replace(cfg.partition, scheme="dirichlet") if scheme == "auto" else cfg.partition
+    parts = partition_lib.partition(pool_y, cfg.data.num_clients, rng, pcfg)
+    return _assemble([(pool_x[p], pool_y[p]) for p in parts], (x[test_idx], y[test_idx]), cfg, rng, labels,
+                     preprocessing)
+
+
+def _assemble(client_arrays, test, cfg, rng, labels, preprocessing, ids: Optional[list[str]] = None):
+    width = len(str(len(client_arrays) - 1))
+    ids = ids or [f"client_{k:0{width}d}" for k in range(len(client_arrays))]
+    train, ev = {}, {}
+    for cid, (cx, cy) in zip(ids, client_arrays):
+        train[cid], ev[cid] = _split_client(cx.astype(np.float32), cy.astype(np.int32),
+                                            cfg.data.client_eval_fraction, rng)
+    num_classes = len(labels)
+    return FederatedData(client_ids=list(ids), train=train, eval=ev,
+                         test=(test[0].astype(np.float32), test[1].astype(np.int32)),
+                         num_classes=num_classes, labels=list(labels), preprocessing=preprocessing)
+
+
+def load_digits(cfg: ExperimentConfig, rng) -> FederatedData:
+    from sklearn.datasets import load_digits as _load
+
+    d = _load()
+    x = d.data.astype(np.float32) / 16.0  # pixel intensities 0..16 -> 0..1
+    return _from_pooled(x, d.target.astype(np.int32), cfg, rng, [str(i) for i in range(10)],
+                        {"offset": 0.0, "scale": 1.0 / 16.0}, standardize=False)
+
+
+def load_breast_cancer(cfg: ExperimentConfig, rng) -> FederatedData:
+    from sklearn.datasets import load_breast_cancer as _load
+
+    d = _load()
+    return _from_pooled(d.data, d.target.astype(np.int32), cfg, rng, list(d.target_names), {}, standardize=True)
+
+
+def generate_synthetic(cfg: ExperimentConfig, rng) -> FederatedData:
+    """FedProx synthetic(alpha, beta) (Li et al. 2020, Sec. 5.1), one client per draw.
+
+    For client k: u_k ~ N(0, alpha), B_k ~ N(0, beta); W_k, b_k ~ N(u_k, 1);
+    v_k ~ N(B_k, 1) per coordinate; x ~ N(v_k, Sigma) with Sigma_jj = j^-1.2;
+    y = argmax(softmax(W_k x + b_k)). Client sizes follow the paper's
+    lognormal(4, 2) + 50, capped at ``data.synthetic_max_examples``.
+    ``synthetic_iid`` draws W, b, v once for all clients (the paper's IID variant).
+    """
+    d = cfg.data
+    dim, k_cls = d.synthetic_dim, d.synthetic_classes
+    sigma = np.power(np.arange(1, dim + 1, dtype=np.float64), -1.2)
+    sizes = np.minimum(rng.lognormal(4, 2, d.num_clients).astype(int) + 50, d.synthetic_max_examples)
+    shared = None
+    if d.synthetic_iid:
+        shared = (rng.normal(0, 1, (dim, k_cls)), rng.normal(0, 1, k_cls), np.zeros(dim))
+    clients, tests = [], []
+    for k in range(d.num_clients):
+        if shared is None:
+            u = rng.normal(0, np.sqrt(d.synthetic_alpha))
+            big_b = rng.normal(0, np.sqrt(d.synthetic_beta))
+            w = rng.normal(u, 1, (dim, k_cls))
+            b = rng.normal(u, 1, k_cls)
+            v = rng.normal(big_b, 1, dim)
+        else:
+            w, b, v = shared
+        x = rng.normal(v, np.sqrt(sigma), (sizes[k], dim))
+        y = np.argmax(x @ w + b, axis=1)
+        n_test = max(1, int(round(sizes[k] * d.test_fraction)))
+        tests.append((x[:n_test], y[:n_test]))
+        clients.append((x[n_test:].astype(np.float32), y[n_test:].astype(np.int32)))
+    test = (np.concatenate([t[0] for t in tests]), np.concatenate([t[1] for t in tests]))
+    return _natural_or_repartition(clients, test, cfg, rng, [str(i) for i in range(k_cls)], {})
+
+
+def _natural_or_repartition(clients, test, cfg, rng, labels, preprocessing, ids=None) -> FederatedData:
+    if cfg.partition.scheme in ("auto", "natural"):
+        return _assemble(clients, test, cfg, rng, labels, preprocessing, ids)
+    x = np.concatenate([c[0] for c in clients])
+    y = np.concatenate([c[1] for c in clients])
+    parts = partition_lib.partition(y, cfg.data.num_clients, rng, cfg.partition)
+    return _assemble([(x[p], y[p]) for p in parts], test, cfg, rng, labels, preprocessing)
+
+
+def _read_client_file(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    if kind == "npz":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if "x" not in f.files or "y" not in f.files:
+                    raise DataError(str(path), f"expected arrays 'x' and 'y', found {sorted(f.files)}")
+                x, y = f["x"], f["y"]
+        except DataError:
+            raise
+        except Exception as e:  # zipfile/ValueError: a corrupt or pickled file
+            raise DataError(str(path), f"not a readable .npz of numeric arrays ({type(e).__name__}: {e})") from None
+    else:
+        try:
+            arr = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2, comments="#")
+        except ValueError as e:
+            raise DataError(str(path), f"expected numeric CSV rows 'feature,...,label' ({e})") from None
+        if arr.shape[1] < 2:
+            raise DataError(str(path), "expected at least one feature column and a label column")
+        x, y = arr[:, :-1], arr[:, -1]
+    if x.dtype.kind not in "fiu" or y.dtype.kind not in "fiu":
+        raise DataError(str(path), f"expected numeric x and integer y, got x {x.dtype}, y {y.dtype}")
+    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+        raise DataError(str(path), f"expected x of shape (n, ...) and y of shape (n,), got x {x.shape}, y {y.shape}")
+    if len(y) == 0:
+        raise DataError(str(path), "holds no examples")
+    if y.dtype.kind == "f" and not np.all(np.equal(np.mod(y, 1), 0)):
+        raise DataError(str(path), "labels y must be integer class ids")
+    if np.any(y < 0):
+        raise DataError(str(path), "labels y must be >= 0")
+    return x.astype(np.float32), y.astype(np.int32)
+
+
+def load_client_dir(cfg: ExperimentConfig, rng) -> FederatedData:
+    """One file per client (``<client_id>.npz`` with arrays x, y; or ``<client_id>.csv`` rows of
+    features then label). An optional ``test.npz``/``test.csv`` is the global test set; without
+    it, ``data.test_fraction`` of each client's examples is held out for it."""
+    kind = "npz" if cfg.data.source == "npz_dir" else "csv"
+    root = Path(os.path.expanduser(cfg.data.path))
+    if not root.is_dir():
+        raise DataError(str(root), f"data directory not found (data.path, source {cfg.data.source})")
+    files = sorted(p for p in root.glob(f"*.{kind}") if p.stem != "test")
+    if not files:
+        raise DataError(str(root), f"no client files '*.{kind}' found")
+    clients, ids = [], []
+    shape = None
+    for f in files:
+        x, y = _read_client_file(f, kind)
+        if shape is None:
+            shape = x.shape[1:]
+        elif x.shape[1:] != shape:
+            raise DataError(str(f), f"expected examples of shape {shape} like {files[0].name}, got {x.shape[1:]}")
+        clients.append((x, y))
+        ids.append(f.stem)
+    test_file = root / f"test.{kind}"
+    if test_file.exists():
+        test = _read_client_file(test_file, kind)
+        if test[0].shape[1:] != shape:
+            raise DataError(str(test_file), f"expected examples of shape {shape}, got {test[0].shape[1:]}")
+    else:
+        held, kept = [], []
+        for x, y in clients:
+            n_test = int(round(len(y) * cfg.data.test_fraction))
+            perm = rng.permutation(len(y))
+            held.append((x[perm[:n_test]], y[perm[:n_test]]))
+            kept.append((x[perm[n_test:]], y[perm[n_test:]]))
+        clients = kept
+        test = (np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held]))
+    num_classes = int(max(max(int(c[1].max()) for c in clients), int(test[1].max()))) + 1
+    return _natural_or_repartition(clients, test, cfg, rng, [str(i) for i in range(num_classes)], {}, ids)
+
+
+def load_emnist(cfg: ExperimentConfig, rng) -> FederatedData:  # pragma: no cover - needs network
+    """TFF's federated EMNIST-10 (digits only), natural writer partition; downloads on first use."""
+    try:
+        import tensorflow_federated as tff
+
+        train, test = tff.simulation.datasets.emnist.load_data(only_digits=True)
+    except Exception as e:
+        raise DataError("data.source=emnist", "could not download TFF's EMNIST (this needs network access; "
+                        f"use digits, synthetic or npz_dir offline): {type(e).__name__}") from None
+    ids = train.client_ids[: cfg.data.max_clients or cfg.data.num_clients]
+
+    def arrays(ds):
+        xs, ys = [], []
+        for ex in ds.as_numpy_iterator():
+            xs.append(ex["pixels"].reshape(-1))
+            ys.append(ex["label"])
+        return np.asarray(xs, np.float32), np.asarray(ys, np.int32)
+
+    clients = [arrays(train.create_tf_dataset_for_client(c)) for c in ids]
+    tx, ty = zip(*[arrays(test.create_tf_dataset_for_client(c)) for c in ids])
+    test_arr = (np.concatenate(tx), np.concatenate(ty))
+    return _natural_or_repartition(clients, test_arr, cfg, rng, [str(i) for i in range(10)], {}, list(ids))
+
+
+_SOURCES = {
+    "digits": load_digits,
+    "breast_cancer": load_breast_cancer,
+    "synthetic": generate_synthetic,
+    "npz_dir": load_client_dir,
+    "csv_dir": load_client_dir,
+    "emnist": load_emnist,
+}
+
+
+def load_federated_data(cfg: ExperimentConfig) -> FederatedData:
+    """Builds the experiment's client data; deterministic in ``cfg.seed``."""
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xDA7A]))
+    data = _SOURCES[cfg.data.source](cfg, rng)
+    if cfg.training.sampling == "uniform" and cfg.training.clients_per_round > data.num_clients:
+        from tff_lab.errors import ConfigError
+
+        raise ConfigError("training.clients_per_round",
+                          f"expected at most the population ({data.num_clients} clients), "
+                          f"got {cfg.training.clients_per_round}")
+    return data

@@ -1,0 +1,29 @@
+"""User-facing errors.
+
+Every error a user can cause (bad YAML, unknown names, bad data files, bad CLI
+arguments) is raised as a :class:`ConfigError` or :class:`DataError`. The CLI
+maps both to a one-line message and exit code 2; library users catch them.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error caused by user input; printed as one line, exit code 2."""
+
+    def __init__(self, where: str, message: str):
+        self.where = where
+        self.message = message
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ConfigError(UserError):
+    """A config field (dotted path) holds a value that is not allowed."""
+
+
+class DataError(UserError):
+    """A data file or directory is missing or malformed."""
+
+
+class PrivacyAccountingError(RuntimeError):
+    """What ran departed from what was accounted. Never silenced."""

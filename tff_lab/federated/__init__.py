@@ -1,0 +1,1 @@
+"""TFF wiring: algorithms, aggregators and optimizers built from the config."""

@@ -1,0 +1,79 @@
+"""Per-round metrics: metrics.jsonl (appended each round), metrics.csv and TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from tff_lab.training.fileio import atomic_write_text
+
+BASE_COLUMNS = ["round", "clients", "train_examples", "train_loss", "train_accuracy", "eval_loss",
+                "eval_accuracy", "round_seconds"]
+
+
+def _clean(v):
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    if hasattr(v, "item"):
+        return _clean(v.item())
+    return v
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: Path, *, resume_round: int = 0):
+        self.run_dir = Path(run_dir)
+        self.jsonl = self.run_dir / "metrics.jsonl"
+        self.csv = self.run_dir / "metrics.csv"
+        self.rows: list[dict] = []
+        if resume_round > 0 and self.jsonl.exists():
+            for line in self.jsonl.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill: everything after the checkpoint goes
+                    break
+                if row.get("round", math.inf) <= resume_round:
+                    self.rows.append(row)
+        # Rounds after the checkpoint will be run again: drop them from the files now.
+        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.rows))
+        self._tb = None
+
+    def _writer(self):
+        if self._tb is None:
+            import tensorflow as tf
+
+            self._tb = tf.summary.create_file_writer(str(self.run_dir / "tb"))
+        return self._tb
+
+    def append(self, row: dict) -> None:
+        row = {k: _clean(v) for k, v in row.items()}
+        self.rows.append(row)
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        import tensorflow as tf
+
+        with self._writer().as_default(step=int(row["round"])):
+            for k, v in row.items():
+                if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    tf.summary.scalar(k, v)
+
+    def write_csv(self) -> None:
+        columns = list(BASE_COLUMNS)
+        for r in self.rows:
+            columns += [k for k in r if k not in columns]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+        atomic_write_text(self.csv, buf.getvalue())
+
+    def close(self) -> None:
+        self.write_csv()
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+            self._tb = None
