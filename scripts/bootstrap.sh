@@ -17,6 +17,6 @@ rm -rf .venv
 "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade "pip==24.2"
 .venv/bin/python -m pip install --quiet --no-deps -r requirements.lock
-.venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+.venv/bin/python -m pip install --quiet --no-deps -e .
 .venv/bin/python -m pip check >/dev/null 2>&1 || .venv/bin/python -m pip check | grep -v -E "jax(lib)?==0.4.14" || true
 touch "$stamp"

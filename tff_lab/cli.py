@@ -16,6 +16,9 @@ import sys
 # Subcommand modules, in --help order.
 COMMAND_MODULES = [
     "tff_lab.training.command",  # run
+    "tff_lab.export.command",  # export, predict
+    "tff_lab.distributed.command",  # train-dist
+    "tff_lab.deploy.command",  # k8s render, sweep
 ]
 
 

@@ -25,6 +25,7 @@ Sampling = Literal["uniform", "poisson"]
 LoopImpl = Literal["dataset_iterator", "dataset_reduce"]
 DpMechanism = Literal["none", "gaussian_fixed", "gaussian_adaptive", "tree"]
 AggregationKind = Literal["mean", "secure", "ddp_secure", "compression", "robust"]
+InputSharding = Literal["data", "explicit"]
 
 
 def _require(cond: bool, path: str, message: str) -> None:
@@ -253,8 +254,12 @@ class DistConfig:
     per_replica_batch_size: int = 32
     learning_rate: float = 0.05
     steps_per_execution: int = 1
-    mixed_precision: bool = False
-    backup_dir: Optional[str] = None  # default: OUT/backup
+    mixed_precision: bool = False  # mixed_float16 compute, float32 variables and output
+    backup_dir: Optional[str] = None  # default: OUT/backup (must be a volume every worker shares)
+    # How the input is split over workers: "data" = tf.data auto-shard by DATA (every worker reads
+    # the same seeded order and keeps its part of each global batch); "explicit" = Dataset.shard
+    # per worker via distribute_datasets_from_function.
+    input_sharding: InputSharding = "data"
 
     def validate(self, p: str) -> None:
         _require(self.epochs >= 1, f"{p}.epochs", f"expected an integer >= 1, got {self.epochs}")

@@ -1,0 +1,341 @@
+"""Keras model -> ``.tflite`` (float32, dynamic-range, float16, full-integer int8) plus a sidecar JSON.
+
+The converted model carries one signature, ``serving_default``, with input ``x`` and output
+``probs``. Next to every ``model_<variant>.tflite`` lies ``model_<variant>.json``: labels, input
+and output shape/dtype/quantization, the preprocessing a device applies to raw features, and the
+source run (directory, config hash, model hash). Full-integer int8 calibrates on examples drawn
+round-robin across the clients' training splits (seeded by the experiment's seed), so every
+client's distribution, not only the large clients', sets the quantization ranges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from tff_lab.errors import ConfigError, DataError
+from tff_lab.export.tflite_model import (INPUT_NAME, OUTPUT_NAME, SIDECAR_FORMAT, SIGNATURE_KEY, sha256_bytes,
+                                         sidecar_path)
+
+QUANTIZATIONS = ("float32", "dynamic", "float16", "int8")
+INT8_IO = ("int8", "float")
+DEFAULT_REPRESENTATIVE_EXAMPLES = 500
+
+
+def parse_quantize(spec: Union[str, Sequence[str]]) -> list[str]:
+    """``"all"``, one name or a comma-separated list -> quantizations in canonical order."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [s.strip() for s in items if s.strip()]
+    if not names:
+        raise ConfigError("--quantize", f"expected one of: {', '.join(QUANTIZATIONS)}, all")
+    out: set[str] = set()
+    for n in names:
+        if n == "all":
+            out.update(QUANTIZATIONS)
+        elif n in QUANTIZATIONS:
+            out.add(n)
+        else:
+            raise ConfigError("--quantize", f"unknown quantization {n!r}; expected one of: "
+                              f"{', '.join(QUANTIZATIONS)}, all (or a comma-separated list)")
+    return [q for q in QUANTIZATIONS if q in out]
+
+
+def variant_name(quantization: str, int8_io: str = "int8") -> str:
+    """File-name stem suffix: int8 with float input/output is its own variant."""
+    return "int8_float_io" if quantization == "int8" and int8_io == "float" else quantization
+
+
+def atomic_write(path: Path, data: Union[bytes, str]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclasses.dataclass
+class RunArtifacts:
+    """What export needs from a finished run: its config, data (rebuilt) and final model."""
+
+    run_dir: Path
+    cfg: Any  # ExperimentConfig
+    config_hash: str
+    data: Any  # FederatedData
+    model: Any  # tf.keras.Model
+    model_path: Path
+    model_sha256: str
+
+
+def load_run(run_dir: Union[str, os.PathLike]) -> RunArtifacts:
+    """Loads RUN_DIR's resolved config and final model and rebuilds its data (deterministic in the seed)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(str(run_dir), "RUN_DIR not found (expected the output directory of `tff-lab run`)")
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise DataError(str(run_dir), "not a run directory: config.yaml is missing (expected the output "
+                        "directory of `tff-lab run`)")
+    model_path = run_dir / "model" / "model.keras"
+    if not model_path.is_file():
+        raise DataError(str(run_dir), "the run has no finished model: expected model/model.keras, which "
+                        "`tff-lab run` writes when training ends (resume the run with --resume)")
+    from tff_lab.config import config_hash, load_config
+    from tff_lab.data import load_federated_data
+
+    cfg = load_config(cfg_path)
+    data = load_federated_data(cfg)
+    model = load_keras_model(model_path)
+    got = tuple(int(s) for s in model.input_shape[1:])
+    if got != tuple(data.input_shape):
+        raise DataError(str(model_path), f"the model takes inputs of shape {got}, but the run's data has "
+                        f"examples of shape {tuple(data.input_shape)}")
+    n_out = int(model.output_shape[-1])
+    if n_out != data.num_classes:
+        raise DataError(str(model_path), f"the model has {n_out} outputs, the run's data {data.num_classes} classes")
+    return RunArtifacts(run_dir=run_dir, cfg=cfg, config_hash=config_hash(cfg), data=data, model=model,
+                        model_path=model_path, model_sha256=file_sha256(model_path))
+
+
+def load_keras_model(path: Union[str, os.PathLike]):
+    """A ``.keras`` file or a SavedModel directory -> tf.keras model (inference only, not compiled)."""
+    import tensorflow as tf
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(str(path), "model not found")
+    try:
+        return tf.keras.models.load_model(str(path), compile=False)
+    except Exception as e:  # zip/HDF5/protobuf errors of a corrupt or foreign file
+        raise DataError(str(path), f"not a loadable Keras model ({type(e).__name__}: {str(e).strip()[:160]})") from None
+
+
+def representative_examples(data, num_examples: int = DEFAULT_REPRESENTATIVE_EXAMPLES,
+                            seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Calibration examples drawn round-robin across clients (each client's order seeded).
+
+    Every client contributes equally until a client runs out, so small clients' feature ranges
+    count as much as large clients'. Returns (examples, {client_id: count}).
+    """
+    if num_examples < 1:
+        raise ConfigError("--representative-examples", f"expected an integer >= 1, got {num_examples}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7F11E]))
+    orders = {c: rng.permutation(len(data.train[c][1])) for c in data.client_ids}
+    total = sum(len(o) for o in orders.values())
+    if total == 0:
+        raise DataError("--quantize int8", "full-integer quantization needs representative data, but the clients hold no "
+                        "training examples; export float32, dynamic or float16 instead")
+    take = {c: 0 for c in data.client_ids}
+    remaining = min(num_examples, total)
+    while remaining:
+        active = [c for c in data.client_ids if take[c] < len(orders[c])]
+        for c in active[:remaining]:
+            take[c] += 1
+        remaining -= min(len(active), remaining)
+    xs = [data.train[c][0][orders[c][:take[c]]] for c in data.client_ids if take[c]]
+    return np.concatenate(xs).astype(np.float32), {c: int(k) for c, k in take.items() if k}
+
+
+def convert_keras_model(model, quantization: str, *, representative: Optional[np.ndarray] = None,
+                        int8_io: str = "int8") -> bytes:
+    """Converts a tf.keras model to TFLite bytes with signature ``serving_default(x) -> probs``."""
+    import tensorflow as tf
+
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError("--quantize", f"unknown quantization {quantization!r}; expected one of: "
+                          f"{', '.join(QUANTIZATIONS)}")
+    if int8_io not in INT8_IO:
+        raise ConfigError("--int8-io", f"expected one of: {', '.join(INT8_IO)}, got {int8_io!r}")
+    if quantization == "int8" and (representative is None or len(representative) == 0):
+        raise DataError("--quantize int8", "full-integer quantization needs representative data (calibration examples), "
+                        "got none; export float32, dynamic or float16 instead")
+
+    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name=INPUT_NAME)
+
+    @tf.function(input_signature=[spec])
+    def serve(x):
+        return {OUTPUT_NAME: model(x, training=False)}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
+    if quantization != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "int8":
+        rep = np.asarray(representative, np.float32)
+
+        def gen():
+            for i in range(len(rep)):
+                yield [rep[i:i + 1]]
+
+        converter.representative_dataset = gen
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io = tf.int8 if int8_io == "int8" else tf.float32
+        converter.inference_input_type = io
+        converter.inference_output_type = io
+    return converter.convert()
+
+
+def _tensor_info(detail: dict) -> dict:
+    scale, zp = detail["quantization"]
+    sig = detail.get("shape_signature", detail["shape"])
+    return {
+        "shape": [None if int(s) < 0 else int(s) for s in sig],
+        "dtype": np.dtype(detail["dtype"]).name,
+        "quantization": ({"scale": float(scale), "zero_point": int(zp)} if scale else None),
+    }
+
+
+def build_sidecar(tflite_bytes: bytes, *, model_file: str, quantization: str, int8_io: str, labels: list,
+                  preprocessing: dict, source: dict, representative: Optional[dict] = None) -> dict:
+    """The sidecar JSON for one converted model (read back from the model itself where it can)."""
+    import tensorflow as tf
+
+    from tff_lab import __version__
+
+    interp = tf.lite.Interpreter(model_content=tflite_bytes)
+    sigs = interp.get_signature_list()
+    ins, outs = interp.get_input_details(), interp.get_output_details()
+    pre = dict(preprocessing or {})
+    pre.setdefault("offset", 0.0)
+    pre.setdefault("scale", 1.0)
+    pre["formula"] = "model_input = (raw - offset) * scale"
+    side = {
+        "format": SIDECAR_FORMAT,
+        "model_file": model_file,
+        "sha256": sha256_bytes(tflite_bytes),
+        "size_bytes": len(tflite_bytes),
+        "quantization": quantization,
+        "variant": variant_name(quantization, int8_io),
+        "signature": {"key": SIGNATURE_KEY, "inputs": sigs.get(SIGNATURE_KEY, {}).get("inputs", []),
+                      "outputs": sigs.get(SIGNATURE_KEY, {}).get("outputs", [])},
+        "labels": [str(v) for v in labels],
+        "num_classes": len(labels),
+        "input": {"name": INPUT_NAME, **_tensor_info(ins[0])},
+        "output": {"name": OUTPUT_NAME, **_tensor_info(outs[0])},
+        "preprocessing": pre,
+        "source": source,
+        "created_by": f"tff_lab {__version__}, tensorflow {tf.__version__}",
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if representative is not None:
+        side["representative_data"] = representative
+    return side
+
+
+@dataclasses.dataclass
+class ExportResult:
+    quantization: str
+    variant: str
+    path: Path
+    sidecar_path: Path
+    size_bytes: int
+    sidecar: dict
+
+
+def export_artifacts(art: RunArtifacts, quantizations: Sequence[str], *, out: Union[str, os.PathLike, None] = None,
+                     int8_io: str = "int8", representative_examples_count: int = DEFAULT_REPRESENTATIVE_EXAMPLES,
+                     representative: Optional[np.ndarray] = None) -> list[ExportResult]:
+    """Converts the run's model to each quantization and writes ``.tflite`` + sidecar atomically.
+
+    ``out``: None -> RUN_DIR/export/model_<variant>.tflite; a path ending in ``.tflite`` -> that file
+    (one quantization only); any other path -> a directory for ``model_<variant>.tflite`` files.
+    ``representative`` overrides the calibration examples (int8); by default they are drawn
+    across clients with :func:`representative_examples`.
+    """
+    quantizations = parse_quantize(list(quantizations))
+    if int8_io not in INT8_IO:
+        raise ConfigError("--int8-io", f"expected one of: {', '.join(INT8_IO)}, got {int8_io!r}")
+    targets: dict[str, Path] = {}
+    if out is not None and str(out).endswith(".tflite"):
+        if len(quantizations) != 1:
+            raise ConfigError("--out", f"names one .tflite file, but {len(quantizations)} quantizations were asked "
+                              "for; give a directory (or no --out: RUN_DIR/export/)")
+        targets[quantizations[0]] = Path(out)
+    else:
+        out_dir = Path(out) if out is not None else art.run_dir / "export"
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError("--out", f"{out_dir} exists and is not a directory")
+        for q in quantizations:
+            targets[q] = out_dir / f"model_{variant_name(q, int8_io)}.tflite"
+
+    rep_info = None
+    if "int8" in quantizations:
+        if representative is None:
+            representative, counts = representative_examples(art.data, representative_examples_count, art.cfg.seed)
+            rep_info = {"examples": int(len(representative)), "clients": len(counts), "seed": art.cfg.seed,
+                        "sampling": "round-robin across clients' training splits", "per_client": counts}
+        else:
+            representative = np.asarray(representative, np.float32)
+            rep_info = {"examples": int(len(representative)), "sampling": "given by the caller"}
+
+    source = {"run_dir": str(art.run_dir.resolve()), "config_hash": art.config_hash, "experiment": art.cfg.name,
+              "seed": art.cfg.seed, "model": str(art.model_path.relative_to(art.run_dir)),
+              "model_sha256": art.model_sha256}
+    results = []
+    for q in quantizations:
+        data = convert_keras_model(art.model, q, representative=representative if q == "int8" else None,
+                                   int8_io=int8_io)
+        path = targets[q]
+        side = build_sidecar(data, model_file=path.name, quantization=q, int8_io=int8_io if q == "int8" else "float",
+                             labels=art.data.labels, preprocessing=art.data.preprocessing, source=source,
+                             representative=rep_info if q == "int8" else None)
+        atomic_write(path, data)
+        sc = sidecar_path(path)
+        atomic_write(sc, json.dumps(side, indent=1) + "\n")
+        results.append(ExportResult(quantization=q, variant=side["variant"], path=path, sidecar_path=sc,
+                                    size_bytes=len(data), sidecar=side))
+    return results
+
+
+def export_run(run_dir: Union[str, os.PathLike], quantize: Union[str, Sequence[str]] = "all", *,
+               out: Union[str, os.PathLike, None] = None, int8_io: str = "int8",
+               representative_examples_count: int = DEFAULT_REPRESENTATIVE_EXAMPLES, report: bool = True,
+               latency_runs: int = 200, quiet: bool = True) -> dict:
+    """Exports RUN_DIR's final model and writes the parity report (RUN_DIR/export/report.json, .md).
+
+    Returns ``{"exports": [ExportResult, ...], "report": dict or None}``.
+
+    Example:
+      >>> from tff_lab.export import export_run
+      >>> res = export_run("runs/default", "all")
+      >>> res["report"]["variants"]["int8"]["parity"]["top1_agreement"]
+    """
+    quantizations = parse_quantize(quantize)  # before any slow work: a typo fails at once
+    if int8_io not in INT8_IO:
+        raise ConfigError("--int8-io", f"expected one of: {', '.join(INT8_IO)}, got {int8_io!r}")
+    art = load_run(run_dir)
+    results = export_artifacts(art, quantizations, out=out, int8_io=int8_io,
+                               representative_examples_count=representative_examples_count)
+    rep = None
+    if report:
+        from tff_lab.export.report import build_report, write_report
+
+        rep = build_report(art, results, latency_runs=latency_runs, quiet=quiet)
+        write_report(art.run_dir / "export", rep)
+    return {"exports": results, "report": rep}

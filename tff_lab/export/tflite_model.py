@@ -1,0 +1,250 @@
+"""A ``.tflite`` model with its sidecar, run by the TFLite interpreter inside tff_lab.
+
+The same steps as the edge runner (``tflite/runner.py``), which cannot import tff_lab:
+check the file before the interpreter sees it, apply the sidecar's preprocessing, quantize
+int8 inputs, run in batches (``resize_tensor_input``), dequantize int8 outputs. Inputs are
+*raw* features (what a device reads, e.g. digit pixels 0..16) unless ``preprocess=False``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from tff_lab.errors import DataError
+
+SIDECAR_FORMAT = "tff_lab.tflite-sidecar/1"
+SIGNATURE_KEY = "serving_default"
+INPUT_NAME = "x"
+OUTPUT_NAME = "probs"
+
+
+def sidecar_path(model_path: Union[str, Path]) -> Path:
+    """``model_int8.tflite`` -> ``model_int8.json`` (the sidecar lies next to the model)."""
+    return Path(model_path).with_suffix(".json")
+
+
+def interpreter_backend():
+    """(Interpreter class, "name version"): LiteRT when installed, else TensorFlow's own."""
+    try:
+        from ai_edge_litert import interpreter as litert  # noqa: F401
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            from importlib.metadata import version
+
+            ver = version("ai-edge-litert")
+        except Exception:  # pragma: no cover - metadata missing
+            ver = "?"
+        return Interpreter, f"ai_edge_litert {ver}"
+    except ImportError:
+        import tensorflow as tf
+
+        return tf.lite.Interpreter, f"tensorflow.lite {tf.__version__}"
+
+
+def verify_flatbuffer(data: bytes, where: str) -> None:
+    """Raises :class:`DataError` unless ``data`` parses as a complete TFLite model.
+
+    TensorFlow 2.14's interpreter does not verify the FlatBuffer and crashes (SIGSEGV) on a
+    truncated file, so the whole model is unpacked in Python first: every table and vector
+    is read, and a read past the end raises instead of crashing.
+    """
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        head = data[4:8] if len(data) >= 8 else data[:8]
+        raise DataError(where, f"not a TFLite model: expected a FlatBuffer with file identifier 'TFL3', "
+                        f"got {head!r} ({len(data)} bytes)")
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    try:
+        model = schema.ModelT.InitFromPackedBuf(data, 0)
+    except Exception as e:
+        raise DataError(where, f"corrupt or truncated TFLite model ({len(data)} bytes): {type(e).__name__}: "
+                        f"{str(e)[:160]}") from None
+    if not model.subgraphs:
+        raise DataError(where, "corrupt TFLite model: it holds no subgraph")
+    for buf in model.buffers or []:
+        # Large models keep buffers outside the FlatBuffer (offset/size); check they lie in the file.
+        off, size = int(getattr(buf, "offset", 0) or 0), int(getattr(buf, "size", 0) or 0)
+        if off > 1 and off + size > len(data):
+            raise DataError(where, f"truncated TFLite model: a weight buffer ends at byte {off + size}, "
+                            f"the file has {len(data)}")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_sidecar(path: Path) -> dict:
+    try:
+        side = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(str(path), f"unreadable sidecar JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
+        raise DataError(str(path), f"not a tff_lab sidecar: expected \"format\": \"{SIDECAR_FORMAT}\"")
+    return side
+
+
+def preprocessing_arrays(pre: Optional[dict], input_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(offset, scale) broadcastable to a batch; model_input = (raw - offset) * scale."""
+    pre = pre or {}
+    out = []
+    for key, default in (("offset", 0.0), ("scale", 1.0)):
+        v = np.asarray(pre.get(key, default), np.float32)
+        if v.ndim and v.size == int(np.prod(input_shape)):
+            v = v.reshape(input_shape)
+        elif v.ndim and v.size != 1:
+            raise DataError("sidecar.preprocessing", f"{key} has {v.size} values, expected 1 or "
+                            f"{int(np.prod(input_shape))} (one per input feature)")
+        out.append(v.reshape(input_shape) if v.ndim and v.size > 1 else v.reshape(()))
+    return out[0], out[1]
+
+
+def check_input(x: np.ndarray, input_shape: tuple, where: str) -> np.ndarray:
+    """Validates a batch of raw examples against the model's input; returns float32 (n, *input_shape).
+
+    A single example (shape == input_shape) becomes a batch of one; flat rows are reshaped when
+    the feature count matches (CSV inputs of image models).
+    """
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise DataError(where, f"expected a numeric array (float or int), got dtype {x.dtype}")
+    shape = tuple(int(s) for s in input_shape)
+    if x.shape == shape:
+        x = x[None]
+    if x.ndim == 2 and len(shape) > 1 and x.shape[1] == int(np.prod(shape)):
+        x = x.reshape((x.shape[0], *shape))
+    if tuple(x.shape[1:]) != shape:
+        want = "(n, " + ", ".join(str(s) for s in shape) + ")"
+        raise DataError(where, f"wrong input shape: expected {want} (examples of shape {shape}), got {x.shape}")
+    if len(x) == 0:
+        raise DataError(where, "holds no examples")
+    return x
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
+    info = np.iinfo(dtype)
+    q = np.round(x / np.float32(scale)) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+
+class TFLiteModel:
+    """A verified ``.tflite`` model, its sidecar and an interpreter.
+
+    Args:
+      path: the ``.tflite`` file.
+      sidecar: a sidecar path, a sidecar dict, or None to use ``<model>.json`` when present.
+      num_threads: interpreter threads (None: the interpreter's default).
+    """
+
+    def __init__(self, path: Union[str, Path], *, sidecar: Union[str, Path, dict, None] = None,
+                 num_threads: Optional[int] = None):
+        self.path = Path(path)
+        where = str(self.path)
+        if not self.path.is_file():
+            raise DataError(where, "TFLite model file not found")
+        data = self.path.read_bytes()
+        verify_flatbuffer(data, where)
+        self.size_bytes = len(data)
+        self.sha256 = sha256_bytes(data)
+        if isinstance(sidecar, dict):
+            self.sidecar = sidecar
+        else:
+            sc = Path(sidecar) if sidecar is not None else sidecar_path(self.path)
+            if sidecar is not None and not sc.is_file():
+                raise DataError(str(sc), "sidecar JSON not found")
+            self.sidecar = read_sidecar(sc) if sc.is_file() else None
+        if self.sidecar is not None and self.sidecar.get("sha256") not in (None, self.sha256):
+            raise DataError(where, f"the model does not match its sidecar (sha256 {self.sha256[:12]}..., sidecar "
+                            f"says {str(self.sidecar.get('sha256'))[:12]}...): corrupt or replaced file")
+        cls, self.backend = interpreter_backend()
+        try:
+            self.interpreter = cls(model_content=data, num_threads=num_threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise DataError(where, f"the TFLite interpreter rejected the model: {str(e).strip()[:200]}") from None
+        ins, outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        if len(ins) != 1 or len(outs) != 1:
+            raise DataError(where, f"expected a model with one input and one output, got {len(ins)} and {len(outs)}")
+        self._in, self._out = ins[0], outs[0]
+        sig = self._in.get("shape_signature", self._in["shape"])
+        self.input_shape = tuple(int(s) for s in sig[1:])
+        self.input_dtype = np.dtype(self._in["dtype"])
+        self.output_dtype = np.dtype(self._out["dtype"])
+        self.input_quant = tuple(self._in["quantization"])  # (scale, zero_point); (0.0, 0) if float
+        self.output_quant = tuple(self._out["quantization"])
+        self.num_classes = int(self._out["shape"][-1])
+        side = self.sidecar or {}
+        self.labels = [str(v) for v in side.get("labels", range(self.num_classes))]
+        self.preprocessing = side.get("preprocessing", {})
+        self._offset, self._scale = preprocessing_arrays(self.preprocessing, self.input_shape)
+        self._batch = int(self._in["shape"][0])
+
+    @property
+    def signatures(self) -> dict:
+        return self.interpreter.get_signature_list()
+
+    def to_model_input(self, raw: np.ndarray, *, preprocess: bool = True) -> np.ndarray:
+        """Raw examples -> the interpreter's input tensor (preprocessed, quantized for int8)."""
+        x = raw.astype(np.float32, copy=False)
+        if preprocess:
+            x = (x - self._offset) * self._scale
+        if self.input_dtype.kind in "iu":
+            return quantize(x, self.input_quant[0], self.input_quant[1], self.input_dtype)
+        return x.astype(self.input_dtype, copy=False)
+
+    def _invoke(self, xin: np.ndarray) -> np.ndarray:
+        if xin.shape[0] != self._batch:
+            self.interpreter.resize_tensor_input(self._in["index"], list(xin.shape), strict=False)
+            self.interpreter.allocate_tensors()
+            self._batch = xin.shape[0]
+        self.interpreter.set_tensor(self._in["index"], xin)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._out["index"])
+
+    def from_model_output(self, out: np.ndarray) -> np.ndarray:
+        if self.output_dtype.kind in "iu":
+            return dequantize(out, self.output_quant[0], self.output_quant[1])
+        return out.astype(np.float32, copy=False)
+
+    def predict(self, x: np.ndarray, *, batch_size: int = 256, preprocess: bool = True,
+                on_batch: Optional[Callable[[int], None]] = None, where: str = "input") -> np.ndarray:
+        """Class probabilities (float32, (n, num_classes)) for raw examples ``x``."""
+        x = check_input(x, self.input_shape, where)
+        n = len(x)
+        probs = np.empty((n, self.num_classes), np.float32)
+        for start in range(0, n, batch_size):
+            xb = np.asarray(x[start:start + batch_size])
+            probs[start:start + len(xb)] = self.from_model_output(self._invoke(self.to_model_input(xb, preprocess=preprocess)))
+            if on_batch is not None:
+                on_batch(len(xb))
+        return probs
+
+    def latency(self, x: np.ndarray, *, batch_size: int = 1, runs: int = 100, warmup: int = 5,
+                preprocess: bool = False) -> dict:
+        """Wall time of one interpreter call (set input, invoke, get output) on ``batch_size`` examples."""
+        x = check_input(x, self.input_shape, "latency input")
+        reps = math.ceil(batch_size / len(x))
+        xb = self.to_model_input(np.concatenate([x] * reps)[:batch_size] if reps > 1 else x[:batch_size],
+                                 preprocess=preprocess)
+        for _ in range(warmup):
+            self._invoke(xb)
+        times = np.empty(runs)
+        for i in range(runs):
+            t0 = time.perf_counter()
+            self._invoke(xb)
+            times[i] = time.perf_counter() - t0
+        p50 = float(np.percentile(times, 50))
+        return {"batch_size": batch_size, "runs": runs, "p50_ms": p50 * 1e3,
+                "p95_ms": float(np.percentile(times, 95)) * 1e3, "mean_ms": float(times.mean()) * 1e3,
+                "throughput_per_s": batch_size / p50}
