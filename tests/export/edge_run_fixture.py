@@ -70,3 +70,37 @@ def load_module_from(path: Path, name: str):
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+_EXPORTS: dict = {}
+_REFERENCES: dict = {}
+
+
+def export_all(run_dir: Path) -> dict:
+    """Exports every quantization of ``run_dir`` once per session (shared by tests/export and tests/tflite)."""
+    key = str(Path(run_dir).resolve())
+    if key not in _EXPORTS:
+        from tff_lab.export import export_run
+
+        res = export_run(run_dir, "all", latency_runs=50)
+        _EXPORTS[key] = {"run_dir": Path(run_dir), "report": res["report"],
+                         "paths": {r.variant: r.path for r in res["exports"]},
+                         "sidecars": {r.variant: r.sidecar for r in res["exports"]}}
+    return _EXPORTS[key]
+
+
+def reference(run_dir: Path) -> dict:
+    """Data of the run and Keras probabilities; ``raw_test`` undoes the preprocessing (digits: x * 16)."""
+    key = str(Path(run_dir).resolve())
+    if key not in _REFERENCES:
+        import numpy as np
+
+        from tff_lab.export.convert import load_run
+
+        art = load_run(run_dir)
+        tx, ty = art.data.test
+        pre = art.data.preprocessing
+        raw = (tx / np.float32(pre["scale"]) + np.float32(pre["offset"])).astype(np.float32)
+        _REFERENCES[key] = {"art": art, "x_test": tx, "y_test": ty, "raw_test": raw,
+                            "keras_test": art.model.predict(tx, batch_size=1024, verbose=0)}
+    return _REFERENCES[key]

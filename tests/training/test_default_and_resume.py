@@ -1,0 +1,82 @@
+"""The main job (the default experiment) and SIGKILL + --resume determinism."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from helpers import REPO, cli_env
+
+pytestmark = pytest.mark.slow
+
+
+def _start(out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "tff_lab.cli", "run", "--out", str(out), "--quiet", *extra],
+                            cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # its own process group: SIGKILL takes TFF's worker too
+
+
+def _weights(run_dir):
+    import tensorflow as tf
+
+    return tf.keras.models.load_model(run_dir / "model/model.keras").get_weights()
+
+
+def _rows(run_dir):
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    for r in rows:
+        r.pop("round_seconds")
+    return rows
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("default") / "run"
+    t0 = time.time()
+    p = _start(out)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    return out, time.time() - t0
+
+
+def test_default_experiment_meets_its_bars(reference):
+    out, wall = reference
+    s = json.loads((out / "summary.json").read_text())
+    assert s["experiment"] == "default" and s["population"] == 20 and s["rounds"] == 100
+    assert s["final_test_accuracy"] >= 0.92, s["final_test_accuracy"]
+    assert s["retention"] >= 0.95, s["retention"]
+    assert wall < 180, wall
+
+
+def test_sigkill_anywhere_then_resume_ends_where_an_uninterrupted_run_does(reference, tmp_path):
+    ref_dir, ref_wall = reference
+    out = tmp_path / "killed"
+    rounds_seen_at_kill = []
+    # Two kills at different points (the second one into an already resumed run), then finish.
+    for fraction in (0.45, 0.35):
+        p = _start(out, "--resume")
+        time.sleep(ref_wall * fraction)
+        assert p.poll() is None, "the run finished before it could be killed; kill earlier"
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        jl = out / "metrics.jsonl"
+        rounds_seen_at_kill.append(len(jl.read_text().splitlines()) if jl.exists() else 0)
+    assert max(rounds_seen_at_kill) > 0, "no kill landed during training"
+    p = _start(out, "--resume")
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+
+    for a, b in zip(_weights(ref_dir), _weights(out)):
+        np.testing.assert_array_equal(a, b)
+    assert _rows(out) == _rows(ref_dir)
+    s_ref = json.loads((ref_dir / "summary.json").read_text())
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("final_test_accuracy", "final_test_loss", "centralized_accuracy", "rounds", "example_passes",
+                "per_client_eval_accuracy"):
+        assert s[key] == s_ref[key], key

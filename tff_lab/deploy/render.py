@@ -1,0 +1,466 @@
+"""Kubernetes manifests for tff_lab, built from the kubernetes client's models.
+
+Every object is a ``kubernetes.client`` model (``V1Job``, ``V1Service``, ...) serialized with
+``ApiClient().sanitize_for_serialization``; the client's models check field names and types, so
+a typo fails here instead of at ``kubectl apply``. The TFJob (a CRD) reuses the same pod
+template model inside a plain mapping.
+
+Layout written by :func:`write_tree` (kustomize)::
+
+    base/                      ConfigMap (experiment), PVC, headless Service, Indexed Job (MWMS)
+    overlays/gpu/              the default: base + GPU node toleration
+    overlays/cpu/              base without GPUs, ReadWriteOnce volume (a laptop cluster)
+    overlays/tfjob/            Kubeflow kubeflow.org/v1 TFJob instead of Job + Service
+    overlays/sweep/            an Indexed Job running one federated experiment per index
+
+:func:`render_overlay` computes each overlay's final objects directly; a test checks that
+``kubectl kustomize`` of the written tree produces exactly those objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from kubernetes import client as k8s
+
+from tff_lab.distributed import EXIT_RETRIABLE
+from tff_lab.distributed import cluster as cluster_lib
+from tff_lab.errors import ConfigError
+
+OVERLAYS = ("gpu", "cpu", "tfjob", "sweep")
+APP = "tff-lab"
+CONTAINER = "trainer"
+TFJOB_CONTAINER = "tensorflow"  # the training operator finds the TF container by this name
+EXPERIMENT_MOUNT = "/etc/tff-lab"
+ARTIFACTS_MOUNT = "/artifacts"
+EXIT_BAD_INPUT = 2
+UID = 1000  # the non-root user of Dockerfile.gpu
+
+_IMAGE_RE = re.compile(r"^[a-z0-9]+([._/:-][a-zA-Z0-9]+)*(@sha256:[a-f0-9]{64})?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderParams:
+    """What ``tff-lab k8s render`` was asked for; validated by :meth:`validate`."""
+
+    experiment_name: str
+    experiment_yaml: str  # the resolved experiment, as stored in the ConfigMap
+    workers: int
+    gpus_per_worker: int
+    image: str
+    sweep_yaml: Optional[str] = None  # the resolved sweep grid (with its base experiment inlined)
+    sweep_points: int = 0
+    name: str = APP
+    cpu: str = "4"  # per worker
+    memory: str = "16Gi"
+    storage: str = "20Gi"
+    sweep_parallelism: int = 4
+    backoff_limit_per_index: int = 3
+    ttl_seconds_after_finished: int = 7 * 24 * 3600
+    termination_grace_seconds: int = 120
+
+    def validate(self) -> None:
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError("--workers", f"expected an integer >= 1, got {self.workers}")
+        if isinstance(self.gpus_per_worker, bool) or not isinstance(self.gpus_per_worker, int) \
+                or self.gpus_per_worker < 0:
+            raise ConfigError("--gpus-per-worker", f"expected an integer >= 0, got {self.gpus_per_worker}")
+        if not self.image:
+            raise ConfigError("--image", "missing: the trainer image to run, e.g. "
+                              "registry.example.com/tff-lab/tff-lab-gpu:0.1.0 (built from Dockerfile.gpu)")
+        check_image(self.image)
+        if not re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", self.name) or len(self.name) > 40:
+            raise ConfigError("--name", f"expected a short DNS label (lowercase letters, digits, '-'), got "
+                              f"{self.name!r}")
+        if self.sweep_parallelism < 1:
+            raise ConfigError("--sweep-parallelism", "expected an integer >= 1")
+
+    @property
+    def job_name(self) -> str:
+        return f"{self.name}-train"
+
+    @property
+    def service_name(self) -> str:
+        return f"{self.name}-workers"
+
+    @property
+    def sweep_job_name(self) -> str:
+        return f"{self.name}-sweep"
+
+    @property
+    def run_dir(self) -> str:
+        return f"{ARTIFACTS_MOUNT}/runs/{self.experiment_name}"
+
+
+def check_image(image: str) -> None:
+    if not _IMAGE_RE.match(image):
+        raise ConfigError("--image", f"not a valid image reference: {image!r}")
+    last = image.rsplit("/", 1)[-1]
+    if "@sha256:" not in image and ":" not in last:
+        raise ConfigError("--image", f"{image!r} has no tag; pin a version tag or a digest")
+    if "@sha256:" not in image and last.endswith(":latest"):
+        raise ConfigError("--image", f"{image!r} uses ':latest'; pin a version tag or a digest")
+
+
+def to_plain(obj: Any) -> Any:
+    """A client model (or a mapping holding models) -> plain JSON-able data."""
+    return k8s.ApiClient().sanitize_for_serialization(obj)
+
+
+# --- shared pieces ---------------------------------------------------------------------------
+
+
+def _labels(p: RenderParams, component: str) -> dict:
+    return {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": p.name,
+            "app.kubernetes.io/component": component}
+
+
+def _meta(name: str, labels: dict) -> k8s.V1ObjectMeta:
+    return k8s.V1ObjectMeta(name=name, labels=labels)
+
+
+def configmap_name(p: RenderParams) -> str:
+    return f"{p.name}-experiment"
+
+
+def pvc_name(p: RenderParams) -> str:
+    return f"{p.name}-artifacts"
+
+
+def experiment_configmap(p: RenderParams) -> k8s.V1ConfigMap:
+    data = {"experiment.yaml": p.experiment_yaml}
+    return k8s.V1ConfigMap(api_version="v1", kind="ConfigMap",
+                           metadata=_meta(configmap_name(p), _labels(p, "config")), data=data)
+
+
+def sweep_configmap(p: RenderParams) -> k8s.V1ConfigMap:
+    return k8s.V1ConfigMap(api_version="v1", kind="ConfigMap",
+                           metadata=_meta(f"{p.name}-sweep", _labels(p, "config")),
+                           data={"sweep.yaml": p.sweep_yaml or ""})
+
+
+def artifacts_pvc(p: RenderParams, access_mode: str = "ReadWriteMany") -> k8s.V1PersistentVolumeClaim:
+    # ReadWriteMany: every worker reads the chief's backup after a restart, on any node.
+    return k8s.V1PersistentVolumeClaim(
+        api_version="v1", kind="PersistentVolumeClaim", metadata=_meta(pvc_name(p), _labels(p, "storage")),
+        spec=k8s.V1PersistentVolumeClaimSpec(
+            access_modes=[access_mode],
+            resources=k8s.V1VolumeResourceRequirements(requests={"storage": p.storage})))
+
+
+def headless_service(p: RenderParams) -> k8s.V1Service:
+    return k8s.V1Service(
+        api_version="v1", kind="Service", metadata=_meta(p.service_name, _labels(p, "trainer")),
+        spec=k8s.V1ServiceSpec(
+            cluster_ip="None",  # headless: DNS names <pod hostname>.<service> for the Job's pods
+            publish_not_ready_addresses=True,  # workers must resolve each other before they are Ready
+            selector={"app.kubernetes.io/instance": p.name, "app.kubernetes.io/component": "trainer"},
+            ports=[k8s.V1ServicePort(name="grpc", port=cluster_lib.DEFAULT_PORT,
+                                     target_port=cluster_lib.DEFAULT_PORT, protocol="TCP")]))
+
+
+def _resources(p: RenderParams, gpus: int) -> k8s.V1ResourceRequirements:
+    limits = {"cpu": p.cpu, "memory": p.memory}
+    if gpus > 0:
+        limits["nvidia.com/gpu"] = str(gpus)
+    return k8s.V1ResourceRequirements(requests={"cpu": p.cpu, "memory": p.memory}, limits=limits)
+
+
+def _container_security() -> k8s.V1SecurityContext:
+    return k8s.V1SecurityContext(allow_privilege_escalation=False, read_only_root_filesystem=True,
+                                 run_as_non_root=True, capabilities=k8s.V1Capabilities(drop=["ALL"]))
+
+
+def _pod_security() -> k8s.V1PodSecurityContext:
+    return k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=UID, run_as_group=UID, fs_group=UID,
+                                    seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"))
+
+
+def _volumes(p: RenderParams, configmap: str, *, shm: bool) -> tuple[list, list]:
+    volumes = [
+        k8s.V1Volume(name="experiment", config_map=k8s.V1ConfigMapVolumeSource(name=configmap)),
+        k8s.V1Volume(name="artifacts",
+                     persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=pvc_name(p))),
+        k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()),
+    ]
+    mounts = [
+        k8s.V1VolumeMount(name="experiment", mount_path=EXPERIMENT_MOUNT, read_only=True),
+        k8s.V1VolumeMount(name="artifacts", mount_path=ARTIFACTS_MOUNT),
+        k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
+    ]
+    if shm:
+        # NCCL moves data through /dev/shm; the container default (64 MiB) is too small.
+        volumes.append(k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory",
+                                                                                     size_limit="2Gi")))
+        mounts.append(k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"))
+    return volumes, mounts
+
+
+def _common_env() -> list:
+    return [
+        k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
+        k8s.V1EnvVar(name="TF_CPP_MIN_LOG_LEVEL", value="1"),
+        k8s.V1EnvVar(name="HOME", value="/tmp"),  # read-only root filesystem: caches go to /tmp
+    ]
+
+
+def _failure_policy(on_bad_input: str) -> k8s.V1PodFailurePolicy:
+    return k8s.V1PodFailurePolicy(rules=[
+        # Bad input fails the same way on every retry.
+        k8s.V1PodFailurePolicyRule(action=on_bad_input, on_exit_codes=k8s.V1PodFailurePolicyOnExitCodesRequirement(
+            container_name=CONTAINER, operator="In", values=[EXIT_BAD_INPUT])),
+        # SIGTERM checkpointed / a peer was lost: retry without counting against the backoff limit.
+        k8s.V1PodFailurePolicyRule(action="Ignore", on_exit_codes=k8s.V1PodFailurePolicyOnExitCodesRequirement(
+            container_name=CONTAINER, operator="In", values=[EXIT_RETRIABLE])),
+        # Preemption, eviction, node drain.
+        k8s.V1PodFailurePolicyRule(action="Ignore", on_pod_conditions=[
+            k8s.V1PodFailurePolicyOnPodConditionsPattern(type="DisruptionTarget", status="True")]),
+    ])
+
+
+# --- the MWMS trainer --------------------------------------------------------------------------
+
+
+def trainer_env(p: RenderParams) -> list:
+    """The env that turns an Indexed Job pod into MWMS worker ``JOB_COMPLETION_INDEX``."""
+    return [
+        k8s.V1EnvVar(name=cluster_lib.NUM_WORKERS, value=str(p.workers)),
+        # The Job's own name, from the label the Job controller sets (survives kustomize renames).
+        k8s.V1EnvVar(name=cluster_lib.JOB_NAME, value_from=k8s.V1EnvVarSource(
+            field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.labels['batch.kubernetes.io/job-name']"))),
+        k8s.V1EnvVar(name=cluster_lib.SERVICE, value=p.service_name),
+        k8s.V1EnvVar(name=cluster_lib.WORKER_PORT, value=str(cluster_lib.DEFAULT_PORT)),
+        *_common_env(),
+    ]
+
+
+def trainer_command(p: RenderParams) -> tuple[list, list]:
+    return ["tff-lab"], ["train-dist", f"{EXPERIMENT_MOUNT}/experiment.yaml", "--out", p.run_dir, "--verbose"]
+
+
+def _trainer_pod_spec(p: RenderParams, gpus: int, *, container_name: str = CONTAINER,
+                      restart_policy: Optional[str] = "Never", subdomain: Optional[str] = None) -> k8s.V1PodSpec:
+    volumes, mounts = _volumes(p, configmap_name(p), shm=gpus > 0)
+    command, args = trainer_command(p)
+    container = k8s.V1Container(
+        name=container_name, image=p.image, image_pull_policy="IfNotPresent", command=command, args=args,
+        env=trainer_env(p) if subdomain else _common_env(),
+        ports=[k8s.V1ContainerPort(name="tfjob-port" if container_name == TFJOB_CONTAINER else "grpc",
+                                   container_port=cluster_lib.DEFAULT_PORT, protocol="TCP")],
+        resources=_resources(p, gpus), security_context=_container_security(), volume_mounts=mounts)
+    return k8s.V1PodSpec(
+        containers=[container], volumes=volumes, restart_policy=restart_policy, subdomain=subdomain,
+        security_context=_pod_security(), termination_grace_period_seconds=p.termination_grace_seconds,
+        enable_service_links=False)
+
+
+def trainer_job(p: RenderParams) -> k8s.V1Job:
+    labels = _labels(p, "trainer")
+    return k8s.V1Job(
+        api_version="batch/v1", kind="Job", metadata=_meta(p.job_name, labels),
+        spec=k8s.V1JobSpec(
+            completion_mode="Indexed", completions=p.workers, parallelism=p.workers,
+            backoff_limit_per_index=p.backoff_limit_per_index,
+            max_failed_indexes=0,  # MWMS needs every worker: one index out of retries fails the job
+            pod_failure_policy=_failure_policy("FailJob"),
+            pod_replacement_policy="Failed",  # a replacement starts after the old pod is gone (same hostname)
+            ttl_seconds_after_finished=p.ttl_seconds_after_finished,
+            template=k8s.V1PodTemplateSpec(
+                metadata=k8s.V1ObjectMeta(labels=labels),
+                spec=_trainer_pod_spec(p, p.gpus_per_worker, subdomain=p.service_name))))
+
+
+def tfjob(p: RenderParams) -> dict:
+    """A Kubeflow ``kubeflow.org/v1`` TFJob: the operator sets TF_CONFIG; worker 0 is the chief."""
+    pod = _trainer_pod_spec(p, p.gpus_per_worker, container_name=TFJOB_CONTAINER, restart_policy=None)
+    labels = _labels(p, "trainer")
+    template = k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels), spec=pod)
+    return {
+        "apiVersion": "kubeflow.org/v1", "kind": "TFJob",
+        "metadata": to_plain(_meta(p.job_name, labels)),
+        "spec": {
+            "runPolicy": {"backoffLimit": p.backoff_limit_per_index * p.workers, "cleanPodPolicy": "Running",
+                          "ttlSecondsAfterFinished": p.ttl_seconds_after_finished},
+            "tfReplicaSpecs": {"Worker": {
+                "replicas": p.workers,
+                # ExitCode: 1-127 are permanent (exit 2: bad input), 128-255 are retried (143).
+                "restartPolicy": "ExitCode",
+                "template": to_plain(template)}},
+        },
+    }
+
+
+# --- the sweep -----------------------------------------------------------------------------------
+
+
+def sweep_job(p: RenderParams) -> k8s.V1Job:
+    labels = _labels(p, "sweep")
+    volumes, mounts = _volumes(p, f"{p.name}-sweep", shm=False)
+    container = k8s.V1Container(
+        name=CONTAINER, image=p.image, image_pull_policy="IfNotPresent", command=["tff-lab"],
+        args=["sweep", f"{EXPERIMENT_MOUNT}/sweep.yaml", "--out", f"{ARTIFACTS_MOUNT}/sweeps"],
+        env=_common_env(), resources=_resources(dataclasses.replace(p, cpu="2", memory="8Gi"), 0),
+        security_context=_container_security(), volume_mounts=mounts)
+    return k8s.V1Job(
+        api_version="batch/v1", kind="Job", metadata=_meta(p.sweep_job_name, labels),
+        spec=k8s.V1JobSpec(
+            completion_mode="Indexed", completions=p.sweep_points,
+            parallelism=min(p.sweep_points, p.sweep_parallelism),
+            backoff_limit_per_index=p.backoff_limit_per_index,  # one experiment's failure spares the others
+            pod_failure_policy=_failure_policy("FailIndex"),
+            pod_replacement_policy="Failed",
+            ttl_seconds_after_finished=p.ttl_seconds_after_finished,
+            template=k8s.V1PodTemplateSpec(
+                metadata=k8s.V1ObjectMeta(labels=labels),
+                spec=k8s.V1PodSpec(containers=[container], volumes=volumes, restart_policy="Never",
+                                   security_context=_pod_security(),
+                                   termination_grace_period_seconds=p.termination_grace_seconds,
+                                   enable_service_links=False))))
+
+
+# --- overlays --------------------------------------------------------------------------------
+
+
+def base_objects(p: RenderParams) -> list[dict]:
+    return [to_plain(o) for o in (experiment_configmap(p), artifacts_pvc(p), headless_service(p), trainer_job(p))]
+
+
+_GPU_TOLERATION = k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+
+
+def _cpu_resources(p: RenderParams) -> dict:
+    return to_plain(k8s.V1ResourceRequirements(requests={"cpu": "1", "memory": "2Gi"},
+                                               limits={"cpu": "2", "memory": "4Gi"}))
+
+
+def _find(objs: list[dict], kind: str) -> dict:
+    return next(o for o in objs if o["kind"] == kind)
+
+
+def render_overlay(p: RenderParams, overlay: str) -> list[dict]:
+    """The objects ``kubectl apply -k k8s/overlays/<overlay>`` creates (computed in Python)."""
+    p.validate()
+    if overlay not in OVERLAYS:
+        raise ConfigError("--overlay", f"unknown overlay {overlay!r}; expected one of: {', '.join(OVERLAYS)}")
+    objs = base_objects(p)
+    if overlay == "gpu":
+        if p.gpus_per_worker > 0:
+            pod = _find(objs, "Job")["spec"]["template"]["spec"]
+            pod["tolerations"] = [to_plain(_GPU_TOLERATION)]
+    elif overlay == "cpu":
+        _find(objs, "PersistentVolumeClaim")["spec"]["accessModes"] = ["ReadWriteOnce"]
+        pod = _find(objs, "Job")["spec"]["template"]["spec"]
+        pod["containers"][0]["resources"] = _cpu_resources(p)
+        pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "dshm"]
+        pod["containers"][0]["volumeMounts"] = [m for m in pod["containers"][0]["volumeMounts"]
+                                                if m["name"] != "dshm"]
+    elif overlay == "tfjob":
+        objs = [o for o in objs if o["kind"] not in ("Job", "Service")] + [tfjob(p)]
+        if p.gpus_per_worker > 0:
+            objs[-1]["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["tolerations"] = [
+                to_plain(_GPU_TOLERATION)]
+    elif overlay == "sweep":
+        if not p.sweep_yaml:
+            raise ConfigError("--sweep", "the sweep overlay needs a sweep grid (--sweep GRID.yaml)")
+        objs = [o for o in objs if o["kind"] not in ("Job", "Service")]
+        objs += [to_plain(sweep_configmap(p)), to_plain(sweep_job(p))]
+    return objs
+
+
+def _delete_patch(obj: dict) -> dict:
+    return {"$patch": "delete", "apiVersion": obj["apiVersion"], "kind": obj["kind"],
+            "metadata": {"name": obj["metadata"]["name"]}}
+
+
+def _target(obj: dict) -> dict:
+    group, _, version = obj["apiVersion"].rpartition("/")
+    return {"group": group, "version": version, "kind": obj["kind"], "name": obj["metadata"]["name"]}
+
+
+def _dump(objs) -> str:
+    """One YAML document per object."""
+    if isinstance(objs, dict):
+        objs = [objs]
+    return yaml.safe_dump_all(objs, sort_keys=False, default_flow_style=False, width=100)
+
+
+def _dump_one(data) -> str:
+    """A single YAML document (e.g. a JSON 6902 patch: a list of operations)."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
+
+
+HEADER = ("# Generated by `tff-lab k8s render` (tff_lab/deploy/render.py); do not edit by hand:\n"
+          "# re-render instead (a test keeps this tree equal to the renderer's output).\n")
+
+
+def tree_files(p: RenderParams, overlays=OVERLAYS, command: str = "") -> dict[str, str]:
+    """Relative path -> file text of the kustomize tree."""
+    p.validate()
+    for o in overlays:
+        if o not in OVERLAYS:
+            raise ConfigError("--overlay", f"unknown overlay {o!r}; expected one of: {', '.join(OVERLAYS)}")
+    header = HEADER + (f"#   {command}\n" if command else "")
+    base = base_objects(p)
+    files = {}
+    base_res = []
+    for obj, fname in zip(base, ("configmap.yaml", "pvc.yaml", "service.yaml", "job.yaml")):
+        files[f"base/{fname}"] = header + _dump(obj)
+        base_res.append(fname)
+    files["base/kustomization.yaml"] = header + _dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": base_res})
+    job, pvc = _find(base, "Job"), _find(base, "PersistentVolumeClaim")
+    for overlay in overlays:
+        kust: dict = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                      "resources": ["../../base"]}
+        extra: dict[str, str] = {}  # file name -> YAML text
+        if overlay == "gpu":
+            if p.gpus_per_worker > 0:
+                kust["patches"] = [{"path": "gpu-tolerations.yaml", "target": _target(job)}]
+                extra["gpu-tolerations.yaml"] = _dump_one([{"op": "add", "path": "/spec/template/spec/tolerations",
+                                                            "value": [to_plain(_GPU_TOLERATION)]}])
+        elif overlay == "cpu":
+            pod = job["spec"]["template"]["spec"]
+            ops = [{"op": "replace", "path": "/spec/template/spec/containers/0/resources",
+                    "value": _cpu_resources(p)}]
+            # Drop the shared-memory volume (NCCL only); highest index first so indices stay valid.
+            mounts = pod["containers"][0]["volumeMounts"]
+            ops += [{"op": "remove", "path": f"/spec/template/spec/containers/0/volumeMounts/{i}"}
+                    for i in reversed(range(len(mounts))) if mounts[i]["name"] == "dshm"]
+            ops += [{"op": "remove", "path": f"/spec/template/spec/volumes/{i}"}
+                    for i in reversed(range(len(pod["volumes"]))) if pod["volumes"][i]["name"] == "dshm"]
+            extra["cpu-job.yaml"] = _dump_one(ops)
+            extra["cpu-pvc.yaml"] = _dump_one([{"op": "replace", "path": "/spec/accessModes",
+                                                "value": ["ReadWriteOnce"]}])
+            kust["patches"] = [{"path": "cpu-job.yaml", "target": _target(job)},
+                               {"path": "cpu-pvc.yaml", "target": _target(pvc)}]
+        else:  # tfjob, sweep: replace the MWMS Job and its Service
+            if overlay == "sweep" and not p.sweep_yaml:
+                raise ConfigError("--sweep", "the sweep overlay needs a sweep grid (--sweep GRID.yaml)")
+            keys = {(o["kind"], o["metadata"]["name"]) for o in base}
+            added = [o for o in render_overlay(p, overlay) if (o["kind"], o["metadata"]["name"]) not in keys]
+            extra[f"{overlay}.yaml"] = _dump(added)
+            # One delete patch per file: kustomize 5.5 panics on several in one file.
+            extra["delete-job.yaml"] = _dump_one(_delete_patch(_find(base, "Job")))
+            extra["delete-service.yaml"] = _dump_one(_delete_patch(_find(base, "Service")))
+            kust["resources"].append(f"{overlay}.yaml")
+            kust["patches"] = [{"path": "delete-job.yaml"}, {"path": "delete-service.yaml"}]
+        for fname, text in extra.items():
+            files[f"overlays/{overlay}/{fname}"] = header + text
+        files[f"overlays/{overlay}/kustomization.yaml"] = header + _dump(kust)
+    return files
+
+
+def write_tree(p: RenderParams, out_dir, overlays=OVERLAYS, command: str = "") -> list[Path]:
+    """Writes the kustomize tree under ``out_dir`` (atomically per file); returns the paths."""
+    from tff_lab.training.fileio import atomic_write_text
+
+    out = Path(out_dir)
+    written = []
+    for rel, text in tree_files(p, overlays, command).items():
+        atomic_write_text(out / rel, text)
+        written.append(out / rel)
+    return written
