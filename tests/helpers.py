@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cli_env() -> dict:
     env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -34,6 +34,8 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr
     assert err_lines, proc.stderr
     msg = err_lines[-1]
+    if "usage:" not in proc.stderr:  # argparse's own errors print usage first; ours are one line
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     for n in needles:
         assert n in msg, (n, msg)
 

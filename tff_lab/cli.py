@@ -23,7 +23,7 @@ COMMAND_MODULES = [
 
 
 def _quiet_tf_logs() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF 2.14 logs CUDA-plugin errors at import
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 

@@ -98,7 +98,7 @@ def load_input(path: str, key: Optional[str] = None) -> np.ndarray:
     except RunnerError:
         raise
     except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+        if any(s in str(e) for s in ("allow_pickle", "Object arrays", "Python objects")):
             raise RunnerError(f"{p}: holds Python objects (pickled data), which are never loaded; expected a "
                               "numeric array") from None
         raise RunnerError(f"{p}: not a readable {suffix} file ({str(e)[:160]})") from None

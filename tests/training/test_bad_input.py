@@ -15,6 +15,7 @@ from helpers import assert_user_error, run_cli
     (["--set", "nope.x=1"], ["nope", "valid keys"]),
     (["--set", "garbage"], ["--set", "key.sub=value"]),
     (["experiments/does_not_exist.yaml"], ["does_not_exist.yaml", "not found"]),
+    (["--set", "data.source=emnist", "--set", "training.clients_per_round=2"], ["emnist", "network"]),
 ])
 def test_bad_config(args, needles, tmp_path):
     proc = run_cli("run", "--out", tmp_path / "r", *args)

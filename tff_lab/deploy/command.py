@@ -84,7 +84,7 @@ def _render(args) -> int:
             raise ConfigError("--overlay", "without --out, give one overlay to print")
         print(render._dump(render.render_overlay(p, overlays[0] if args.overlay else "gpu")), end="")
         return 0
-    cmd = ("tff-lab k8s render " + " ".join(_quote(a) for a in _argv_for_header(args)))
+    cmd = "tff-lab k8s render " + " ".join(_quote(a) for a in _argv_for_header(args)) + " --out DIR"
     paths = render.write_tree(p, args.out, overlays, command=cmd)
     print(f"wrote {len(paths)} files under {args.out}: base/ and overlays/{{{','.join(overlays)}}}; "
           f"apply with: kubectl apply -k {args.out}/overlays/{overlays[0]}", file=sys.stderr)
@@ -98,10 +98,11 @@ def _argv_for_header(args) -> list[str]:
         out += ["--sweep", args.sweep]
     for o in args.overlay or ():
         out += ["--overlay", o]
-    if args.name != "tff-lab":
-        out += ["--name", args.name]
-    out += ["--out", args.out]
-    return out
+    for flag, value, default in (("--name", args.name, "tff-lab"), ("--cpu", args.cpu, "4"),
+                                 ("--memory", args.memory, "16Gi"), ("--storage", args.storage, "20Gi")):
+        if value != default:
+            out += [flag, value]
+    return out  # --out is left out: the tree is the same wherever it is written
 
 
 def _quote(s: str) -> str:

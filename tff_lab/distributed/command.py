@@ -52,7 +52,7 @@ def _run(args) -> int:
         print(f"tff-lab: lost a peer worker ({e}); exiting {EXIT_RETRIABLE} to be retried from the backup",
               file=sys.stderr)
         return EXIT_RETRIABLE
-    if spec.is_chief:
-        print(json.dumps({k: summary[k] for k in ("name", "num_workers", "global_batch_size", "epochs",
-                                                   "test_accuracy", "resumed")}))
+    # One JSON line per worker (the chief's full summary is OUT/summary.json).
+    print(json.dumps({k: summary[k] for k in ("name", "worker_id", "chief", "num_workers", "global_batch_size",
+                                               "epochs", "resumed", "test_accuracy", "weights_sha256")}))
     return 0

@@ -251,6 +251,20 @@ def _is_peer_failure(exc: BaseException) -> bool:
                             tf.errors.DeadlineExceededError))
 
 
+def weights_fingerprint(weights) -> str:
+    """sha256 over the weights' bytes: equal on every worker when MWMS kept them in sync."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for w in weights:
+        a = np.ascontiguousarray(w)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def _save_model(model, target: Path) -> None:
     """Writes model.keras and saved_model/ into ``target`` via a temp dir and a rename."""
     from tff_lab.training.fileio import replace_dir
@@ -335,6 +349,7 @@ def train_distributed(cfg: ExperimentConfig, out_dir, *, cluster: Optional[clust
         train_seconds = time.perf_counter() - t0
 
         test_loss, test_acc = model.evaluate(test_ds, verbose=0)
+        fingerprint = weights_fingerprint(model.get_weights())
         # Every worker saves (saving may run collectives); only the chief's copy is kept.
         _save_model(model, run_dir / "model")
 
@@ -358,6 +373,7 @@ def train_distributed(cfg: ExperimentConfig, out_dir, *, cluster: Optional[clust
             "resumed_at_step": (backup.restored_batch + 1) % steps if resumed else None,
             "train_examples": int(len(y)),
             "test_examples": int(len(y_test)),
+            "weights_sha256": fingerprint,
             "test_loss": float(test_loss),
             "test_accuracy": float(test_acc),
             "train_seconds_this_attempt": round(train_seconds, 3),
@@ -369,6 +385,10 @@ def train_distributed(cfg: ExperimentConfig, out_dir, *, cluster: Optional[clust
         }
         if spec.is_chief:
             atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            with contextlib.suppress(OSError):
+                backup_dir.rmdir()  # BackupAndRestore removed its checkpoint; drop the empty dir
+        summary["chief"] = spec.is_chief
+        summary["worker_id"] = spec.worker_id
         return summary
     finally:
         if scratch is not None:

@@ -63,7 +63,7 @@ def load_input(path: Union[str, os.PathLike], key: Optional[str] = None) -> np.n
         raise
     except ValueError as e:
         msg = str(e)
-        if "allow_pickle" in msg or "Object arrays" in msg:
+        if "allow_pickle" in msg or "Object arrays" in msg or "Python objects" in msg:
             raise DataError(where, "holds Python objects (pickled data), which are never loaded; expected a "
                             "numeric array") from None
         raise DataError(where, f"not a readable {suffix} file ({msg[:160]})") from None

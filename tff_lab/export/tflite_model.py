@@ -154,7 +154,6 @@ class TFLiteModel:
         if not self.path.is_file():
             raise DataError(where, "TFLite model file not found")
         data = self.path.read_bytes()
-        verify_flatbuffer(data, where)
         self.size_bytes = len(data)
         self.sha256 = sha256_bytes(data)
         if isinstance(sidecar, dict):
@@ -165,8 +164,12 @@ class TFLiteModel:
                 raise DataError(str(sc), "sidecar JSON not found")
             self.sidecar = read_sidecar(sc) if sc.is_file() else None
         if self.sidecar is not None and self.sidecar.get("sha256") not in (None, self.sha256):
-            raise DataError(where, f"the model does not match its sidecar (sha256 {self.sha256[:12]}..., sidecar "
-                            f"says {str(self.sidecar.get('sha256'))[:12]}...): corrupt or replaced file")
+            size = self.sidecar.get("size_bytes")
+            why = (f"truncated: {len(data)} of {size} bytes" if isinstance(size, int) and len(data) < size
+                   else "corrupt or replaced")
+            raise DataError(where, f"the model does not match its sidecar's sha256 ({why}); expected the file "
+                            f"exported with {sidecar_path(self.path).name if not isinstance(sidecar, dict) else 'it'}")
+        verify_flatbuffer(data, where)
         cls, self.backend = interpreter_backend()
         try:
             self.interpreter = cls(model_content=data, num_threads=num_threads)
