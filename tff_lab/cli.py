@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     _quiet_tf_logs()
-    from tff_lab.errors import UserError
+    from tff_lab.errors import Preempted, UserError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -51,6 +51,9 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"tff-lab: error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        print(f"tff-lab: preempted: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("tff-lab: interrupted", file=sys.stderr)
         return 130

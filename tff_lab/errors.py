@@ -27,3 +27,10 @@ class DataError(UserError):
 
 class PrivacyAccountingError(RuntimeError):
     """What ran departed from what was accounted. Never silenced."""
+
+
+class Preempted(Exception):
+    """SIGTERM arrived; a checkpoint was saved. The CLI exits 143 (128 + SIGTERM), which the
+    Kubernetes manifests' pod failure policy retries; ``--resume`` continues the run."""
+
+    exit_code = 143

@@ -80,3 +80,25 @@ def test_sigkill_anywhere_then_resume_ends_where_an_uninterrupted_run_does(refer
     for key in ("final_test_accuracy", "final_test_loss", "centralized_accuracy", "rounds", "example_passes",
                 "per_client_eval_accuracy"):
         assert s[key] == s_ref[key], key
+
+
+def test_sigterm_checkpoints_and_exits_retriable(tmp_path):
+    out = tmp_path / "term"
+    p = subprocess.Popen([sys.executable, "-m", "tff_lab.cli", "run", "--out", str(out), "--quiet",
+                          "--set", "training.rounds=100000", "--set", "training.rounds_per_checkpoint=100000",
+                          "--set", "centralized.enabled=false"],
+                         cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         start_new_session=True, text=True)
+    jl = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (jl.exists() and len(jl.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err[-2000:]
+    assert "preempted" in err and "--resume" in err
+    from tff_lab.training import checkpoint
+
+    last = checkpoint.latest(out / "checkpoints")
+    assert last is not None and last >= 3
+    assert len(jl.read_text().splitlines()) == last  # metrics end exactly at the checkpoint

@@ -11,11 +11,14 @@ one would, and TFF's server state is restored bit for bit from the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
@@ -23,7 +26,7 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 
 from tff_lab.config import ExperimentConfig, config_hash, dump_yaml, load_config, read_yaml, from_dict
-from tff_lab.errors import ConfigError
+from tff_lab.errors import ConfigError, Preempted
 from tff_lab.training import checkpoint as ckpt_lib
 from tff_lab.training.fileio import atomic_write_text, replace_dir
 from tff_lab.training.hooks import RoundHook, RoundInfo, RunContext
@@ -144,11 +147,27 @@ def run_experiment(config: Union[str, os.PathLike, ExperimentConfig, None] = Non
     atomic_write_text(run_dir / "client_stats.json", json.dumps(stats, indent=1))
 
     try:
-        return _train(cfg, data, stats, run_dir, start_round, t_start, quiet, list(hooks or []))
+        with _sigterm_flag() as preempt:
+            return _train(cfg, data, stats, run_dir, start_round, t_start, quiet, list(hooks or []), preempt)
     finally:
         from tff_lab.federated import runtime
 
         runtime.shutdown()
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    """SIGTERM (preemption, ``kubectl delete``) sets a flag; the loop checkpoints after the current
+    round and raises :class:`Preempted`. Only in the main thread (where handlers can be installed)."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _default_hooks(cfg: ExperimentConfig) -> list[RoundHook]:  # HOOKS
@@ -174,7 +193,7 @@ def _resolve_noise(cfg: ExperimentConfig, population: int) -> Optional[float]:  
     return resolve_noise_multiplier(cfg, population)
 
 
-def _train(cfg, data, stats, run_dir: Path, start_round, t_start, quiet, extra_hooks) -> dict:
+def _train(cfg, data, stats, run_dir: Path, start_round, t_start, quiet, extra_hooks, preempt) -> dict:
     import tensorflow as tf
     import tensorflow_federated as tff
     from tqdm.auto import tqdm
@@ -284,8 +303,11 @@ def _train(cfg, data, stats, run_dir: Path, start_round, t_start, quiet, extra_h
             postfix.update(h.progress_fields())
         bar.set_postfix(postfix, refresh=False)
         bar.update(1)
-        if r % t.rounds_per_checkpoint == 0 or r == t.rounds:
+        if r % t.rounds_per_checkpoint == 0 or r == t.rounds or preempt.is_set():
             save_checkpoint(r)
+        if preempt.is_set():
+            bar.close()
+            raise Preempted(f"SIGTERM after round {r}; checkpoint saved in {ckpt_dir}; rerun with --resume")
     bar.close()
     rounds_done = r
     if stop_reason:
