@@ -63,6 +63,9 @@ def plot_heterogeneity(stats: dict, labels: list[str], out_path: Path) -> Path:
     for k in range(hist.shape[1]):
         ax.bar(np.arange(len(hist)), hist[:, k], bottom=bottom, color=cmap(k % cmap.N), label=labels[k], width=0.85)
         bottom += hist[:, k]
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("client")
     ax.set_ylabel("training examples")
     ax.set_title(f"label distribution per client (mean TV distance {stats['mean_tv_distance']:.2f})")
