@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -47,21 +48,20 @@ def register(subparsers) -> None:
 
 
 def _params(args, overlays):
-    from tff_lab.config import dump_yaml, load_config
+    from tff_lab.config import load_config, read_yaml
     from tff_lab.deploy import render
     from tff_lab.deploy.sweep import load_sweep
     from tff_lab.errors import ConfigError
 
-    cfg = load_config(args.experiment)
+    cfg = load_config(args.experiment)  # validated here; the ConfigMap keeps the file as written
+    experiment_text = Path(args.experiment).read_text()
     sweep_yaml, points = None, 0
     if args.sweep:
-        from tff_lab.config import to_dict
-
-        sweep = load_sweep(args.sweep, default_base=to_dict(cfg))
+        sweep = load_sweep(args.sweep, default_base=read_yaml(args.experiment))
         sweep_yaml, points = sweep.dump(), len(sweep)
     elif "sweep" in overlays and args.overlay:
         raise ConfigError("--sweep", "the sweep overlay needs a sweep grid (--sweep GRID.yaml)")
-    p = render.RenderParams(experiment_name=cfg.name, experiment_yaml=dump_yaml(cfg), workers=args.workers,
+    p = render.RenderParams(experiment_name=cfg.name, experiment_yaml=experiment_text, workers=args.workers,
                             gpus_per_worker=args.gpus_per_worker, image=args.image or "", sweep_yaml=sweep_yaml,
                             sweep_points=points, name=args.name, cpu=args.cpu, memory=args.memory,
                             storage=args.storage)
@@ -127,5 +127,5 @@ def _sweep(args) -> int:
     sweep.point(index)  # range check before TensorFlow starts
     summary = run_sweep_point(sweep, index, args.out)
     print(json.dumps({"sweep": sweep.name, "index": index, "of": len(sweep), "run": sweep.run_name(index),
-                      **{k: summary[k] for k in ("final_accuracy", "rounds") if k in summary}}))
+                      **{k: summary[k] for k in ("rounds", "final_test_accuracy") if k in summary}}))
     return 0

@@ -118,7 +118,7 @@ def parse_tf_config(raw: str) -> ClusterSpec:
             raise ConfigError(where, "parameter servers are not used by MultiWorkerMirroredStrategy; "
                               "give only 'chief' and 'worker' tasks")
         if job not in _MWMS_JOBS and job != "evaluator":
-            raise ConfigError(where, f"unknown task type; expected chief or worker")
+            raise ConfigError(where, "unknown task type; expected chief or worker")
         if not isinstance(addrs, list) or not addrs:
             raise ConfigError(where, f"expected a non-empty list of 'host:port', got {addrs!r}")
         jobs[job] = tuple(_parse_address(a, f"{where}[{i}]") for i, a in enumerate(addrs))

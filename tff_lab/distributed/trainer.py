@@ -145,11 +145,14 @@ def _make_backup_callback(strategy, backup_dir: str, *, handle_sigterm: bool):
     handler's step counter is re-read after that restore so all workers agree on it.
     """
     import tensorflow as tf
-    from keras.src.distribute import worker_training_state
 
+    # Uses private attributes of Keras 2.14's WorkerTrainingState and TF 2.14's handler (both pinned
+    # by requirements.lock); tests/distributed/test_multiworker.py exercises every one of them.
     class ClusterBackupAndRestore(tf.keras.callbacks.BackupAndRestore):
         def __init__(self):
-            super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=True)
+            # The chief deletes the backup itself once summary.json is written: a SIGTERM while the
+            # model is being saved then resumes after the last epoch instead of from scratch.
+            super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
             self.restored_epoch: Optional[int] = None
             self.restored_batch: Optional[int] = None
 
@@ -191,7 +194,6 @@ def _make_backup_callback(strategy, backup_dir: str, *, handle_sigterm: bool):
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 self.model._preemption_handler = None
 
-    assert hasattr(worker_training_state.WorkerTrainingState, "maybe_load_initial_counters_from_ckpt")
     return ClusterBackupAndRestore()
 
 
@@ -301,6 +303,8 @@ def train_distributed(cfg: ExperimentConfig, out_dir, *, cluster: Optional[clust
     from tff_lab.data import load_federated_data
     from tff_lab.training.fileio import atomic_write_text
 
+    if quiet:
+        tf.get_logger().setLevel(logging.ERROR)  # e.g. the handler's deprecation notice on every run
     gpus = _configure_devices(cfg)
     out_dir = Path(out_dir)
     backup_dir = Path(cfg.dist.backup_dir) if cfg.dist.backup_dir else out_dir / "backup"
@@ -309,8 +313,8 @@ def train_distributed(cfg: ExperimentConfig, out_dir, *, cluster: Optional[clust
     run_dir = out_dir if spec.is_chief else scratch
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        backup_dir.mkdir(parents=True, exist_ok=True)
         if spec.is_chief:
+            backup_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
 
         communication = tf.distribute.experimental.CommunicationOptions(
@@ -336,8 +340,9 @@ def train_distributed(cfg: ExperimentConfig, out_dir, *, cluster: Optional[clust
         metrics_cb = _make_metrics_logger(run_dir, spec.is_chief, steps * global_batch)
         t0 = time.perf_counter()
         try:
+            # Metrics before the backup: an epoch whose backup was lost is re-run and its row replaced.
             model.fit(train_ds, epochs=cfg.dist.epochs, steps_per_epoch=steps, validation_data=test_ds,
-                      callbacks=[backup, metrics_cb], verbose=0 if quiet else 2)
+                      callbacks=[metrics_cb, backup], verbose=0 if quiet else 2)
         except Preempted:
             log.warning("SIGTERM: checkpoint saved in %s; exiting with %d for a retry", backup_dir,
                         EXIT_RETRIABLE)
@@ -385,8 +390,9 @@ def train_distributed(cfg: ExperimentConfig, out_dir, *, cluster: Optional[clust
         }
         if spec.is_chief:
             atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            shutil.rmtree(backup_dir / "chief", ignore_errors=True)  # the run is complete
             with contextlib.suppress(OSError):
-                backup_dir.rmdir()  # BackupAndRestore removed its checkpoint; drop the empty dir
+                backup_dir.rmdir()
         summary["chief"] = spec.is_chief
         summary["worker_id"] = spec.worker_id
         return summary
