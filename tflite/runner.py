@@ -139,6 +139,12 @@ def preprocessing_arrays(pre: Optional[dict], input_shape: tuple):
     return out[0], out[1]
 
 
+def check_finite(xb: np.ndarray, start: int, where: str) -> None:
+    if xb.dtype.kind == "f" and not np.isfinite(xb).all():
+        row = start + int(np.flatnonzero(~np.isfinite(xb.reshape(len(xb), -1)).all(axis=1))[0])
+        raise RunnerError(f"{where}: example {row} holds NaN or inf; expected finite numbers")
+
+
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
     info = np.iinfo(dtype)
     return np.clip(np.round(x / np.float32(scale)) + zero_point, info.min, info.max).astype(dtype)
@@ -226,10 +232,11 @@ class EdgeModel:
             return dequantize(out, scale, zp)
         return out.astype(np.float32, copy=False)
 
-    def predict(self, x: np.ndarray, batch: int = 256, preprocess: bool = True) -> np.ndarray:
+    def predict(self, x: np.ndarray, batch: int = 256, preprocess: bool = True, where: str = "input") -> np.ndarray:
         probs = np.empty((len(x), self.num_classes), np.float32)
         for start in range(0, len(x), batch):
             xb = np.asarray(x[start:start + batch])
+            check_finite(xb, start, where)
             probs[start:start + len(xb)] = self.from_model_output(self.invoke(self.to_model_input(xb, preprocess)))
         return probs
 
@@ -321,6 +328,8 @@ def run(args) -> int:
         raise RunnerError(f"--out {args.out}: unsupported output type; expected one of: {', '.join(OUTPUT_SUFFIXES)}")
     model = EdgeModel(args.model, sidecar=args.sidecar, num_threads=args.threads)
     x = check_input(load_input(args.input, args.key), model.input_shape, args.input)
+    for start in range(0, len(x), 65536):
+        check_finite(np.asarray(x[start:start + 65536]), start, args.input)
     preprocess = not args.no_preprocess
     if model.sidecar is None and preprocess:
         print(f"runner: note: no sidecar next to {model.path.name}: inputs are fed as they are, labels are class ids",
@@ -329,7 +338,7 @@ def run(args) -> int:
                "input_dtype": model.input_dtype.name, "output_dtype": model.output_dtype.name}
     if args.out or not args.bench:
         t0 = time.perf_counter()
-        probs = model.predict(x, batch=args.batch, preprocess=preprocess)
+        probs = model.predict(x, batch=args.batch, preprocess=preprocess, where=args.input)
         seconds = time.perf_counter() - t0
         summary.update(examples=int(len(probs)), seconds=seconds, examples_per_s=len(probs) / max(seconds, 1e-9))
         if args.out:

@@ -32,3 +32,10 @@ def exported_run(trained_run) -> dict:
 def reference(trained_run) -> dict:
     """The run's data and the Keras model's probabilities on the test set and on raw test inputs."""
     return edge.reference(trained_run)
+
+
+@pytest.fixture(scope="session")
+def bc_exported(tmp_path_factory) -> dict:
+    """Breast cancer (per-feature preprocessing), MLP 16: float32 and int8 exports and the Keras reference."""
+    run = edge.make_trained_run(tmp_path_factory.getbasetemp() / "edge_bc_run", edge.BREAST_CANCER)
+    return {**edge.export_all(run, "float32,int8"), **edge.reference(run)}

@@ -12,6 +12,9 @@ import os
 from pathlib import Path
 
 TRAIN_EPOCHS = 25
+# Breast cancer: standardized features, so the sidecar's offset and scale hold one value per feature.
+BREAST_CANCER = ["data.source=breast_cancer", "data.num_clients=5", "training.clients_per_round=5",
+                 "model.hidden_units=[16]"]
 
 
 def make_trained_run(run_dir: Path, overrides=()) -> Path:
@@ -76,13 +79,13 @@ _EXPORTS: dict = {}
 _REFERENCES: dict = {}
 
 
-def export_all(run_dir: Path) -> dict:
-    """Exports every quantization of ``run_dir`` once per session (shared by tests/export and tests/tflite)."""
+def export_all(run_dir: Path, quantize: str = "all") -> dict:
+    """Exports ``run_dir`` once per session (shared by tests/export and tests/tflite)."""
     key = str(Path(run_dir).resolve())
     if key not in _EXPORTS:
         from tff_lab.export import export_run
 
-        res = export_run(run_dir, "all", latency_runs=50)
+        res = export_run(run_dir, quantize, latency_runs=50)
         _EXPORTS[key] = {"run_dir": Path(run_dir), "report": res["report"],
                          "paths": {r.variant: r.path for r in res["exports"]},
                          "sidecars": {r.variant: r.sidecar for r in res["exports"]}}
@@ -100,7 +103,7 @@ def reference(run_dir: Path) -> dict:
         art = load_run(run_dir)
         tx, ty = art.data.test
         pre = art.data.preprocessing
-        raw = (tx / np.float32(pre["scale"]) + np.float32(pre["offset"])).astype(np.float32)
+        raw = (tx / np.asarray(pre["scale"], np.float32) + np.asarray(pre["offset"], np.float32)).astype(np.float32)
         _REFERENCES[key] = {"art": art, "x_test": tx, "y_test": ty, "raw_test": raw,
                             "keras_test": art.model.predict(tx, batch_size=1024, verbose=0)}
     return _REFERENCES[key]

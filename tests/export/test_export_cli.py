@@ -139,6 +139,11 @@ def test_wrong_input_shape_and_dtype(exported_run, trained_run, reference, tmp_p
     _user_error(capsys, ["predict", path, tmp_path / "cplx.npy", "--out", tmp_path / "p.npz"], "complex64")
     np.save(tmp_path / "obj.npy", np.array([None, 1], dtype=object), allow_pickle=True)
     _user_error(capsys, ["predict", path, tmp_path / "obj.npy", "--out", tmp_path / "p.npz"], "pickled")
+    nan = reference["raw_test"].copy()
+    nan[300, 5] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    _user_error(capsys, ["predict", path, tmp_path / "nan.npy", "--out", tmp_path / "p.npz", "--batch-size", "128"],
+                "nan.npy", "example 300 holds NaN or inf")
     (tmp_path / "ragged.csv").write_text("1,2,3\n4,5\n")
     _user_error(capsys, ["predict", path, tmp_path / "ragged.csv", "--out", tmp_path / "p.npz"], "ragged.csv",
                 "numeric CSV rows")

@@ -139,3 +139,47 @@ def test_large_input_streams_through_a_memmap(exported_run, reference, tmp_path)
     assert res["examples"] == len(big) == 20104 and res["examples_per_s"] > 0
     with np.load(tmp_path / "big.npz") as f:
         assert np.array_equal(f["pred"][:359], f["pred"][359:718])
+
+
+def test_per_feature_preprocessing(bc_exported, tmp_path):
+    """Breast cancer: standardized features; the sidecar holds one offset and scale per feature."""
+    side = bc_exported["sidecars"]["float32"]
+    pre = side["preprocessing"]
+    assert len(pre["offset"]) == len(pre["scale"]) == 30 and side["labels"] == ["malignant", "benign"]
+    raw = bc_exported["raw_test"]
+    assert raw.std(axis=0).max() > 100  # really raw (unstandardized) features
+    np.save(tmp_path / "raw.npy", raw)
+    keras = bc_exported["keras_test"]
+    predict_file(bc_exported["paths"]["float32"], tmp_path / "raw.npy", tmp_path / "f.npz", quiet=True)
+    predict_file(bc_exported["run_dir"] / "model" / "model.keras", tmp_path / "raw.npy", tmp_path / "k.npz",
+                 quiet=True)
+    predict_file(bc_exported["paths"]["int8"], tmp_path / "raw.npy", tmp_path / "q.npz", quiet=True)
+    with np.load(tmp_path / "f.npz") as f, np.load(tmp_path / "k.npz") as k, np.load(tmp_path / "q.npz") as q:
+        assert np.abs(f["probs"] - keras).max() <= 1e-4
+        assert np.abs(k["probs"] - keras).max() <= 1e-4
+        assert np.mean(q["pred"] == keras.argmax(1)) >= 0.97
+        assert set(f["label"]) <= {"malignant", "benign"}
+
+
+def test_models_without_sidecar_or_run_say_so(exported_run, trained_run, reference, tmp_path, capsys):
+    """No sidecar (or a Keras model outside a RUN_DIR): inputs go in as they are, and a note says so."""
+    import shutil
+
+    shutil.copy(exported_run["paths"]["int8"], tmp_path / "bare.tflite")
+    shutil.copy(trained_run / "model" / "model.keras", tmp_path / "bare.keras")
+    np.save(tmp_path / "pre.npy", reference["x_test"])
+    for name in ("bare.tflite", "bare.keras"):
+        assert cli.main(["predict", str(tmp_path / name), str(tmp_path / "pre.npy"), "--out",
+                         str(tmp_path / "p.npz")]) == 0
+        err = capsys.readouterr().err
+        assert "tff-lab predict: note: no " in err and ("sidecar" in err)
+        with np.load(tmp_path / "p.npz") as f:
+            assert np.mean(f["pred"] == reference["keras_test"].argmax(1)) >= 0.98
+            assert list(f["labels"]) == [str(i) for i in range(10)]
+    # the sidecar can be given explicitly: raw pixels then work for the bare Keras model too
+    np.save(tmp_path / "raw.npy", reference["raw_test"])
+    assert cli.main(["predict", str(tmp_path / "bare.keras"), str(tmp_path / "raw.npy"), "--out",
+                     str(tmp_path / "q.npz"), "--quiet", "--sidecar",
+                     str(exported_run["paths"]["float32"].with_suffix(".json"))]) == 0
+    with np.load(tmp_path / "q.npz") as f:
+        assert np.abs(f["probs"] - reference["keras_test"]).max() <= 1e-5

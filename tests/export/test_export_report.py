@@ -46,6 +46,7 @@ def test_report_files(exported_run, trained_run):
     rows = [l for l in md.splitlines() if l.startswith("| ") and not l.startswith("| variant")]
     assert [r.split("|")[1].strip() for r in rows] == ["float32", "dynamic", "float16", "int8"]
     assert rep["source"]["config_hash"] == exported_run["sidecars"]["int8"]["source"]["config_hash"]
+    assert rep["interpreter"]["backend"].startswith("tensorflow.lite 2.14") and rep["interpreter"]["num_threads"] == 1
     # atomic writes leave no temporary files behind
     assert not [p.name for p in export_dir.iterdir() if p.name.startswith(".")]
 

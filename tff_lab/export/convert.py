@@ -148,8 +148,8 @@ def representative_examples(data, num_examples: int = DEFAULT_REPRESENTATIVE_EXA
     orders = {c: rng.permutation(len(data.train[c][1])) for c in data.client_ids}
     total = sum(len(o) for o in orders.values())
     if total == 0:
-        raise DataError("--quantize int8", "full-integer quantization needs representative data, but the clients hold no "
-                        "training examples; export float32, dynamic or float16 instead")
+        raise DataError("--quantize int8", "full-integer quantization needs representative data, but the "
+                        "clients hold no training examples; export float32, dynamic or float16 instead")
     take = {c: 0 for c in data.client_ids}
     remaining = min(num_examples, total)
     while remaining:
@@ -172,8 +172,8 @@ def convert_keras_model(model, quantization: str, *, representative: Optional[np
     if int8_io not in INT8_IO:
         raise ConfigError("--int8-io", f"expected one of: {', '.join(INT8_IO)}, got {int8_io!r}")
     if quantization == "int8" and (representative is None or len(representative) == 0):
-        raise DataError("--quantize int8", "full-integer quantization needs representative data (calibration examples), "
-                        "got none; export float32, dynamic or float16 instead")
+        raise DataError("--quantize int8", "full-integer quantization needs representative data (calibration "
+                        "examples), got none; export float32, dynamic or float16 instead")
 
     spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name=INPUT_NAME)
 

@@ -93,7 +93,8 @@ def write_predictions(path: Union[str, os.PathLike], probs: np.ndarray, labels: 
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
-        raise ConfigError("--out", f"unsupported output type '{p.suffix}'; expected one of: {', '.join(OUTPUT_SUFFIXES)}")
+        raise ConfigError("--out", f"unsupported output type '{p.suffix}'; expected one of: "
+                          f"{', '.join(OUTPUT_SUFFIXES)}")
     pred = probs.argmax(axis=1).astype(np.int32)
     names = np.asarray([str(v) for v in labels])
     if suffix == ".npz":
@@ -119,15 +120,14 @@ class KerasPredictor:
         self.path = Path(path)
         self.backend = "keras"
         self._fn = None
-        try:
+        if self.path.is_dir() and not (self.path / "keras_metadata.pb").is_file():
+            # A SavedModel written with tf.saved_model.save (as `tff-lab run` does): its signature.
+            self.model = None
+            self._load_signature()
+        else:
             self.model = load_keras_model(self.path)
             self.input_shape = tuple(int(s) for s in self.model.input_shape[1:])
             self.num_classes = int(self.model.output_shape[-1])
-        except DataError:
-            if not self.path.is_dir():
-                raise
-            self.model = None
-            self._load_signature()
         side = sidecar if sidecar is not None else _run_sidecar(self.path)
         self.labels = [str(v) for v in (side or {}).get("labels", range(self.num_classes))]
         self.preprocessing = (side or {}).get("preprocessing", {})
@@ -144,8 +144,8 @@ class KerasPredictor:
             loaded = tf.saved_model.load(str(self.path))
             fn = loaded.signatures["serving_default"]
         except Exception as e:
-            raise DataError(str(self.path), f"not a Keras model or a SavedModel with a serving_default signature "
-                            f"({type(e).__name__})") from None
+            raise DataError(str(self.path), f"not a SavedModel with a serving_default signature "
+                            f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
         inputs, outputs = fn.structured_input_signature[1], fn.structured_outputs
         if len(inputs) != 1 or len(outputs) != 1:
             raise DataError(str(self.path), f"expected a SavedModel signature with one input and one output, got "
@@ -157,12 +157,13 @@ class KerasPredictor:
         self.num_classes = int(out_spec.shape[-1])
 
     def predict(self, x, *, batch_size: int = 256, preprocess: bool = True, on_batch=None, where: str = "input"):
-        from tff_lab.export.tflite_model import check_input
+        from tff_lab.export.tflite_model import check_finite, check_input
 
         x = check_input(x, self.input_shape, where)
         probs = np.empty((len(x), self.num_classes), np.float32)
         for start in range(0, len(x), batch_size):
             xb = np.asarray(x[start:start + batch_size], np.float32)
+            check_finite(xb, start, where)
             if preprocess:
                 xb = (xb - self._offset) * self._scale
             if self._fn is None:
@@ -237,9 +238,13 @@ def predict_file(model: Union[str, os.PathLike], input_path: Union[str, os.PathL
                           f"{', '.join(OUTPUT_SUFFIXES)}")
     predictor = load_predictor(model, sidecar=sidecar, num_threads=num_threads)
     x = load_input(input_path, key)
-    from tff_lab.export.tflite_model import check_input
+    from tff_lab.export.tflite_model import check_finite, check_input
 
     x = check_input(x, predictor.input_shape, str(input_path))
+    for start in range(0, len(x), 65536):  # before the progress bar: a bad row is a one-line error
+        check_finite(np.asarray(x[start:start + 65536]), start, str(input_path))
+    if not isinstance(predictor, KerasPredictor):
+        _ = predictor.interpreter  # an interpreter that rejects the model fails here, before the bar
     notes = []
     if preprocess and isinstance(predictor, KerasPredictor) and not predictor.has_preprocessing:
         notes.append("no run or sidecar found for this Keras model: inputs are fed as they are (pass --sidecar to "

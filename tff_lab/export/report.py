@@ -99,8 +99,8 @@ def build_report(art, results, *, latency_runs: int = 200, latency_batch: int = 
         if not quiet:
             print(f"  evaluating {res.variant} ...", flush=True)
         m = TFLiteModel(res.path, num_threads=num_threads)
-        backend = m.backend
         t_test = m.predict(tx, batch_size=1024, preprocess=False)
+        backend = m.backend
         t_eval = m.predict(ex, batch_size=1024, preprocess=False) if len(ex) else k_eval[:0]
         acc = float(np.mean(t_test.argmax(1) == ty))
         c_acc = client_accuracies(t_eval.argmax(1), ey, counts)
@@ -203,7 +203,8 @@ def to_markdown(rep: dict) -> str:
         "converted model's (percentage points); \"worst client\" is the client with the largest drop.",
         "",
         f"| variant | size | vs float32 | max abs diff | max rel diff | top-1 agreement | test acc | test drop | "
-        f"mean client drop | worst client drop | lowest client acc | p50 b=1 | p95 b=1 | p50 b={b} | throughput b={b} |",
+        f"mean client drop | worst client drop | lowest client acc | p50 b=1 | p95 b=1 | p50 b={b} | "
+        f"throughput b={b} |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, v in rep["variants"].items():

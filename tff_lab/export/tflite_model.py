@@ -33,7 +33,6 @@ def sidecar_path(model_path: Union[str, Path]) -> Path:
 def interpreter_backend():
     """(Interpreter class, "name version"): LiteRT when installed, else TensorFlow's own."""
     try:
-        from ai_edge_litert import interpreter as litert  # noqa: F401
         from ai_edge_litert.interpreter import Interpreter
 
         try:
@@ -49,19 +48,47 @@ def interpreter_backend():
         return tf.lite.Interpreter, f"tensorflow.lite {tf.__version__}"
 
 
-def verify_flatbuffer(data: bytes, where: str) -> None:
-    """Raises :class:`DataError` unless ``data`` parses as a complete TFLite model.
+_SCHEMA = None
+
+
+def _tflite_schema():
+    """TensorFlow's generated TFLite schema module, loaded from its file *without* importing TensorFlow.
+
+    It needs only ``flatbuffers``; loading it standalone keeps a bad ``.tflite`` a fast, quiet error
+    (importing TensorFlow takes seconds and logs to stderr).
+    """
+    global _SCHEMA
+    if _SCHEMA is None:
+        import importlib.util
+
+        spec = importlib.util.find_spec("tensorflow")
+        if spec is None or not spec.submodule_search_locations:  # pragma: no cover - TF is a dependency
+            raise ImportError("tensorflow is not installed")
+        path = Path(list(spec.submodule_search_locations)[0]) / "lite" / "python" / "schema_py_generated.py"
+        sspec = importlib.util.spec_from_file_location("_tff_lab_tflite_schema", path)
+        mod = importlib.util.module_from_spec(sspec)
+        sspec.loader.exec_module(mod)
+        _SCHEMA = mod
+    return _SCHEMA
+
+
+def _tensor_type_names() -> dict:
+    t = _tflite_schema().TensorType
+    return {v: k.lower() for k, v in vars(t).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+def verify_flatbuffer(data: bytes, where: str):
+    """Parses ``data`` as a complete TFLite model (raises :class:`DataError` otherwise); returns the model.
 
     TensorFlow 2.14's interpreter does not verify the FlatBuffer and crashes (SIGSEGV) on a
-    truncated file, so the whole model is unpacked in Python first: every table and vector
-    is read, and a read past the end raises instead of crashing.
+    truncated file, so the whole model is unpacked in Python first: every table and vector is
+    read, and a read past the end raises instead of crashing.
     """
     if len(data) < 8 or data[4:8] != b"TFL3":
         head = data[4:8] if len(data) >= 8 else data[:8]
         raise DataError(where, f"not a TFLite model: expected a FlatBuffer with file identifier 'TFL3', "
                         f"got {head!r} ({len(data)} bytes)")
-    from tensorflow.lite.python import schema_py_generated as schema
-
+    schema = _tflite_schema()
     try:
         model = schema.ModelT.InitFromPackedBuf(data, 0)
     except Exception as e:
@@ -75,6 +102,23 @@ def verify_flatbuffer(data: bytes, where: str) -> None:
         if off > 1 and off + size > len(data):
             raise DataError(where, f"truncated TFLite model: a weight buffer ends at byte {off + size}, "
                             f"the file has {len(data)}")
+    return model
+
+
+def _io_tensor(model, which: str, where: str):
+    sg = model.subgraphs[0]
+    idx = list(sg.inputs if which == "input" else sg.outputs)
+    if len(idx) != 1:
+        raise DataError(where, f"expected a model with one {which}, got {len(idx)}")
+    if not 0 <= idx[0] < len(sg.tensors or []):
+        raise DataError(where, f"corrupt TFLite model: the {which} tensor index {idx[0]} is out of range")
+    t = sg.tensors[idx[0]]
+    shape = t.shapeSignature if t.shapeSignature is not None and len(t.shapeSignature) else t.shape
+    try:
+        dtype = np.dtype(_tensor_type_names()[t.type])
+    except (KeyError, TypeError):
+        raise DataError(where, f"unsupported {which} tensor type {t.type}") from None
+    return tuple(int(s) for s in shape), dtype
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -92,17 +136,21 @@ def read_sidecar(path: Path) -> dict:
 
 
 def preprocessing_arrays(pre: Optional[dict], input_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """(offset, scale) broadcastable to a batch; model_input = (raw - offset) * scale."""
-    pre = pre or {}
+    """(offset, scale) broadcastable to a batch; model_input = (raw - offset) * scale.
+
+    Each is a scalar or one value per input feature (standardized data such as breast cancer).
+    """
+    n = int(np.prod(input_shape))
     out = []
     for key, default in (("offset", 0.0), ("scale", 1.0)):
-        v = np.asarray(pre.get(key, default), np.float32)
-        if v.ndim and v.size == int(np.prod(input_shape)):
-            v = v.reshape(input_shape)
-        elif v.ndim and v.size != 1:
-            raise DataError("sidecar.preprocessing", f"{key} has {v.size} values, expected 1 or "
-                            f"{int(np.prod(input_shape))} (one per input feature)")
-        out.append(v.reshape(input_shape) if v.ndim and v.size > 1 else v.reshape(()))
+        v = np.asarray((pre or {}).get(key, default), np.float32)
+        if v.size == 1:
+            out.append(v.reshape(()))
+        elif v.size == n:
+            out.append(v.reshape(input_shape))
+        else:
+            raise DataError("sidecar.preprocessing", f"{key} has {v.size} values, expected 1 or {n} (one per "
+                            "input feature)")
     return out[0], out[1]
 
 
@@ -126,6 +174,13 @@ def check_input(x: np.ndarray, input_shape: tuple, where: str) -> np.ndarray:
     if len(x) == 0:
         raise DataError(where, "holds no examples")
     return x
+
+
+def check_finite(xb: np.ndarray, start: int, where: str) -> None:
+    """NaN/inf would come out as confident-looking garbage; name the first bad row instead."""
+    if xb.dtype.kind == "f" and not np.isfinite(xb).all():
+        row = start + int(np.flatnonzero(~np.isfinite(xb.reshape(len(xb), -1)).all(axis=1))[0])
+        raise DataError(where, f"example {row} holds NaN or inf; expected finite numbers")
 
 
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
@@ -168,30 +223,46 @@ class TFLiteModel:
             why = (f"truncated: {len(data)} of {size} bytes" if isinstance(size, int) and len(data) < size
                    else "corrupt or replaced")
             raise DataError(where, f"the model does not match its sidecar's sha256 ({why}); expected the file "
-                            f"exported with {sidecar_path(self.path).name if not isinstance(sidecar, dict) else 'it'}")
-        verify_flatbuffer(data, where)
-        cls, self.backend = interpreter_backend()
-        try:
-            self.interpreter = cls(model_content=data, num_threads=num_threads)
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as e:
-            raise DataError(where, f"the TFLite interpreter rejected the model: {str(e).strip()[:200]}") from None
-        ins, outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
-        if len(ins) != 1 or len(outs) != 1:
-            raise DataError(where, f"expected a model with one input and one output, got {len(ins)} and {len(outs)}")
-        self._in, self._out = ins[0], outs[0]
-        sig = self._in.get("shape_signature", self._in["shape"])
-        self.input_shape = tuple(int(s) for s in sig[1:])
-        self.input_dtype = np.dtype(self._in["dtype"])
-        self.output_dtype = np.dtype(self._out["dtype"])
-        self.input_quant = tuple(self._in["quantization"])  # (scale, zero_point); (0.0, 0) if float
-        self.output_quant = tuple(self._out["quantization"])
-        self.num_classes = int(self._out["shape"][-1])
+                            "as exported")
+        parsed = verify_flatbuffer(data, where)
+        in_shape, self.input_dtype = _io_tensor(parsed, "input", where)
+        out_shape, self.output_dtype = _io_tensor(parsed, "output", where)
+        self.input_shape = in_shape[1:]
+        self.num_classes = int(out_shape[-1])
         side = self.sidecar or {}
         self.labels = [str(v) for v in side.get("labels", range(self.num_classes))]
         self.preprocessing = side.get("preprocessing", {})
         self._offset, self._scale = preprocessing_arrays(self.preprocessing, self.input_shape)
-        self._batch = int(self._in["shape"][0])
+        self._data, self._num_threads = data, num_threads
+        self._interpreter = None
+        self.backend = None
+
+    @property
+    def interpreter(self):
+        """The interpreter, created on first use (after the input was checked: no TensorFlow before that)."""
+        if self._interpreter is None:
+            cls, self.backend = interpreter_backend()
+            try:
+                interp = cls(model_content=self._data, num_threads=self._num_threads)
+                interp.allocate_tensors()
+            except (ValueError, RuntimeError) as e:
+                raise DataError(str(self.path), f"the TFLite interpreter rejected the model: "
+                                f"{' '.join(str(e).split())[:200]}") from None
+            self._in, self._out = interp.get_input_details()[0], interp.get_output_details()[0]
+            self._batch = int(self._in["shape"][0])
+            self._interpreter = interp
+        return self._interpreter
+
+    @property
+    def input_quant(self) -> tuple:
+        """(scale, zero_point) of the input tensor; (0.0, 0) for float inputs."""
+        _ = self.interpreter
+        return tuple(self._in["quantization"])
+
+    @property
+    def output_quant(self) -> tuple:
+        _ = self.interpreter
+        return tuple(self._out["quantization"])
 
     @property
     def signatures(self) -> dict:
@@ -207,6 +278,7 @@ class TFLiteModel:
         return x.astype(self.input_dtype, copy=False)
 
     def _invoke(self, xin: np.ndarray) -> np.ndarray:
+        _ = self.interpreter
         if xin.shape[0] != self._batch:
             self.interpreter.resize_tensor_input(self._in["index"], list(xin.shape), strict=False)
             self.interpreter.allocate_tensors()
@@ -228,7 +300,9 @@ class TFLiteModel:
         probs = np.empty((n, self.num_classes), np.float32)
         for start in range(0, n, batch_size):
             xb = np.asarray(x[start:start + batch_size])
-            probs[start:start + len(xb)] = self.from_model_output(self._invoke(self.to_model_input(xb, preprocess=preprocess)))
+            check_finite(xb, start, where)
+            out = self._invoke(self.to_model_input(xb, preprocess=preprocess))
+            probs[start:start + len(xb)] = self.from_model_output(out)
             if on_batch is not None:
                 on_batch(len(xb))
         return probs

@@ -1,0 +1,65 @@
+"""Fixtures of the edge runner tests: the exported run (shared with tests/export) and a TF-free venv."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RUNNER = REPO / "tflite" / "runner.py"
+
+
+def _load(name: str, path: Path):
+    """Imports a helper file by path once (tests/ and tflite/ are not packages)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+edge = _load("tff_lab_tests_edge_run_fixture", REPO / "tests" / "export" / "edge_run_fixture.py")
+make_env = _load("tff_lab_tests_tflite_make_env", REPO / "tflite" / "make_env.py")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    return edge.make_trained_run(tmp_path_factory.getbasetemp() / "edge_trained_run")
+
+
+@pytest.fixture(scope="session")
+def exported_run(trained_run) -> dict:
+    return edge.export_all(trained_run)
+
+
+@pytest.fixture(scope="session")
+def reference(trained_run) -> dict:
+    return edge.reference(trained_run)
+
+
+@pytest.fixture(scope="session")
+def edge_python() -> Path:
+    """A venv with only tflite/requirements.txt (built once, cached in .venv-edge/<hash>/)."""
+    return make_env.build()
+
+
+def run_runner(python: Path, *args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(python), str(RUNNER), *map(str, args)], capture_output=True, text=True,
+                          env=make_env.clean_env(), cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def edge_runner(edge_python):
+    """``edge_runner(*args)`` runs ``python tflite/runner.py ARGS`` in the TF-free venv."""
+    return lambda *args, **kw: run_runner(edge_python, *args, **kw)
+
+
+@pytest.fixture(scope="session")
+def bc_exported(tmp_path_factory) -> dict:
+    """Breast cancer (per-feature preprocessing), MLP 16: float32 and int8 exports and the Keras reference."""
+    run = edge.make_trained_run(tmp_path_factory.getbasetemp() / "edge_bc_run", edge.BREAST_CANCER)
+    return {**edge.export_all(run, "float32,int8"), **edge.reference(run)}
