@@ -21,3 +21,27 @@ def write_table(rows: list[dict], columns: list[str], out_dir: Path, stem: str) 
     text = "\n".join(md) + "\n"
     (out_dir / f"{stem}.md").write_text(text)
     return text
+
+
+def plot_lines(series: dict, path: Path, *, xlabel: str, ylabel: str, title: str, logx: bool = False,
+               marker: str = "o") -> Path:
+    """One line per series ({label: [(x, y), ...]}) saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, pts in series.items():
+        if pts:
+            ax.plot(*zip(*pts), marker=marker, label=label)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

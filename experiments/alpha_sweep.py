@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import write_table  # noqa: E402
+from _common import plot_lines, write_table  # noqa: E402
 
 from tff_lab import run_experiment  # noqa: E402
 
@@ -50,22 +50,10 @@ def main(argv=None) -> int:
     print(write_table(rows, ["alpha", "algorithm", "test_accuracy", "centralized_accuracy", "retention",
                              "worst_client_accuracy", "mean_tv_distance"], out, "alpha_sweep"))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in ALGORITHMS:
-        pts = [(r["alpha"], r["test_accuracy"]) for r in rows if r["algorithm"] == name]
-        ax.plot(*zip(*pts), marker="o", label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("Dirichlet alpha (smaller = more label skew)")
-    ax.set_ylabel("global test accuracy")
-    ax.set_title(f"digits, 20 clients, {args.rounds} rounds")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.savefig(out / "alpha_sweep.png", dpi=110, bbox_inches="tight")
+    series = {name: [(r["alpha"], r["test_accuracy"]) for r in rows if r["algorithm"] == name]
+              for name in ALGORITHMS}
+    plot_lines(series, out / "alpha_sweep.png", xlabel="Dirichlet alpha (smaller = more label skew)",
+               ylabel="global test accuracy", title=f"digits, 20 clients, {args.rounds} rounds", logx=True)
     print(f"wrote {out / 'alpha_sweep.csv'}, {out / 'alpha_sweep.md'}, {out / 'alpha_sweep.png'}")
     return 0
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import write_table  # noqa: E402
+from _common import plot_lines, write_table  # noqa: E402
 
 from tff_lab import run_experiment  # noqa: E402
 
@@ -56,20 +56,8 @@ def main(argv=None) -> int:
     print(write_table(rows, ["server_optimizer", "test_accuracy", "test_loss", "retention", "seconds_per_round"],
                       out, "server_optimizers"))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, pts in curves.items():
-        ax.plot(*zip(*pts), marker=".", label=name)
-    ax.set_xlabel("round")
-    ax.set_ylabel("global test accuracy")
-    ax.set_title(f"digits, Dirichlet alpha={args.alpha}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.savefig(out / "server_optimizers.png", dpi=110, bbox_inches="tight")
+    plot_lines(curves, out / "server_optimizers.png", xlabel="round", ylabel="global test accuracy",
+               title=f"digits, Dirichlet alpha={args.alpha}", marker=".")
     print(f"wrote {out / 'server_optimizers.csv'}, {out / 'server_optimizers.md'}, {out / 'server_optimizers.png'}")
     return 0
 
