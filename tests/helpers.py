@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cli_env() -> dict:
     env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

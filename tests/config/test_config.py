@@ -19,8 +19,19 @@ def test_defaults_are_the_default_experiment():
         dataclasses.replace(cfg, partition=dataclasses.replace(cfg.partition, scheme="dirichlet")))
 
 
+def _is_sweep_grid(path):
+    return "grid" in (yaml.safe_load(path.read_text()) or {})
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_experiment_loads(path):
+    if _is_sweep_grid(path):  # a sweep grid: every point must load
+        from tff_lab.deploy.sweep import load_sweep
+
+        sweep = load_sweep(path)
+        assert len(sweep) >= 2
+        assert all(isinstance(sweep.config(i), ExperimentConfig) for i in range(len(sweep)))
+        return
     cfg = load_config(path)
     assert isinstance(cfg, ExperimentConfig)
     assert "tff-lab" in path.read_text().splitlines()[0] or any(
