@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "tff_lab.export.command",  # export, predict
     "tff_lab.distributed.command",  # train-dist
     "tff_lab.deploy.command",  # k8s render, sweep
+    "tff_lab.privacy.command",  # privacy epsilon, privacy noise
 ]
 
 

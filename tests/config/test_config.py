@@ -99,3 +99,14 @@ def test_override_into_a_value_is_refused():
     with pytest.raises(ConfigError) as e:
         apply_overrides({"seed": 1}, ["seed.x=2"])
     assert e.value.where == "seed"
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    f = tmp_path / "dp.yaml"
+    f.write_text("algorithm: {weighting: uniform}\n"
+                 "privacy: {mechanism: gaussian_fixed, noise_multiplier: 1, delta: 1e-5}\n")
+    cfg = load_config(f)
+    assert cfg.privacy.delta == 1e-5
+    with pytest.raises(ConfigError) as e:
+        load_config(f, ["privacy.delta=abc"])
+    assert e.value.where.endswith("privacy.delta") and "number" in e.value.message

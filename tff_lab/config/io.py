@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Optional, Union
@@ -16,6 +17,7 @@ from tff_lab.config.schema import ExperimentConfig
 from tff_lab.errors import ConfigError
 
 _MISSING = object()
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 def _type_name(tp: Any) -> str:
@@ -62,6 +64,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(path, f"expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads `1e-5` (no dot) as a string; accept any plain number.
+            try:
+                value = float(value) if _NUMBER.match(value.strip()) else value
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, f"expected a number, got {value!r}")
         return float(value)

@@ -9,6 +9,7 @@ cross-field rules. Errors name the dotted field path.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -23,8 +24,9 @@ ClientOptimizerName = Literal["sgd"]
 ServerOptimizerName = Literal["sgd", "sgdm", "adam", "yogi", "adagrad"]
 Sampling = Literal["uniform", "poisson"]
 LoopImpl = Literal["dataset_iterator", "dataset_reduce"]
-DpMechanism = Literal["none", "gaussian_fixed", "gaussian_adaptive", "tree"]
-AggregationKind = Literal["mean", "secure", "ddp_secure", "compression", "robust"]
+DpMechanism = Literal["none", "gaussian_fixed", "gaussian_adaptive", "tree", "ddp_secure"]
+Accountant = Literal["rdp", "pld"]
+AggregationKind = Literal["mean", "secure", "compression", "robust"]
 InputSharding = Literal["data", "explicit"]
 
 
@@ -176,17 +178,26 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """User-level differential privacy of the aggregate (see README, Privacy)."""
+    """User-level differential privacy of the aggregate (see README, Privacy).
+
+    ``mechanism``: gaussian_fixed | gaussian_adaptive (clip adapted to ``target_quantile``;
+    the quantile estimate's noised count is accounted) | tree (DP-FTRL, no amplification by
+    sampling) | ddp_secure (distributed DP under secure aggregation; no accountant exists for
+    it in dp_accounting, so no epsilon is claimed). Give ``noise_multiplier`` or
+    ``target_epsilon`` (the noise is then found by searching ``accountant``).
+    """
 
     mechanism: DpMechanism = "none"
-    noise_multiplier: Optional[float] = None
+    noise_multiplier: Optional[float] = None  # gaussian_adaptive: the total (TFF's meaning)
     clip: float = 1.0  # fixed clip norm, or the initial clip for adaptive clipping
     target_quantile: float = 0.5
     clip_learning_rate: float = 0.2
-    clipped_count_stddev: Optional[float] = None  # adaptive; default: expected clients / 20
-    delta: Optional[float] = None  # default: 1 / population^1.1
+    clipped_count_stddev: Optional[float] = None  # adaptive; default max(0.05 * expected clients, noise)
+    delta: Optional[float] = None  # default min(1e-5, population^-1.1), resolved at run start
     target_epsilon: Optional[float] = None
-    max_epsilon: Optional[float] = None
+    max_epsilon: Optional[float] = None  # stop before a round would exceed it
+    accountant: Accountant = "rdp"  # the one target_epsilon / max_epsilon are held to (both are reported)
+    reproducible_noise: bool = True  # DP noise from a seed in the aggregator state (see README)
 
     @property
     def enabled(self) -> bool:
@@ -194,32 +205,49 @@ class PrivacyConfig:
 
     def validate(self, p: str) -> None:
         if self.noise_multiplier is not None:
-            _require(self.noise_multiplier >= 0, f"{p}.noise_multiplier",
-                     f"expected a value >= 0, got {self.noise_multiplier}")
-        _require(self.clip > 0, f"{p}.clip", f"expected a clip norm > 0, got {self.clip}")
-        _require(0.0 < self.target_quantile < 1.0, f"{p}.target_quantile", "expected a quantile in (0, 1)")
-        _require(self.clip_learning_rate > 0, f"{p}.clip_learning_rate", "expected a value > 0")
+            _require(math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0, f"{p}.noise_multiplier",
+                     f"expected a finite value > 0, got {self.noise_multiplier} (0 adds no noise: epsilon is "
+                     "infinite; for clipping without noise use aggregation.kind: robust)")
+        _require(math.isfinite(self.clip) and self.clip > 0, f"{p}.clip",
+                 f"expected a clip norm > 0, got {self.clip}")
+        _require(0.0 < self.target_quantile < 1.0, f"{p}.target_quantile",
+                 f"expected a quantile in (0, 1), got {self.target_quantile}")
+        _require(math.isfinite(self.clip_learning_rate) and self.clip_learning_rate > 0, f"{p}.clip_learning_rate",
+                 f"expected a value > 0, got {self.clip_learning_rate}")
         if self.clipped_count_stddev is not None:
-            _require(self.clipped_count_stddev >= 0, f"{p}.clipped_count_stddev", "expected a value >= 0")
+            _require(math.isfinite(self.clipped_count_stddev) and self.clipped_count_stddev > 0,
+                     f"{p}.clipped_count_stddev", f"expected a value > 0, got {self.clipped_count_stddev}")
         if self.delta is not None:
             _require(0.0 < self.delta < 1.0, f"{p}.delta", f"expected delta in (0, 1), got {self.delta}")
         for name in ("target_epsilon", "max_epsilon"):
             v = getattr(self, name)
             if v is not None:
-                _require(v > 0, f"{p}.{name}", f"expected epsilon > 0, got {v}")
+                _require(math.isfinite(v) and v > 0, f"{p}.{name}", f"expected a finite epsilon > 0, got {v}")
+        if self.target_epsilon is not None and self.max_epsilon is not None:
+            _require(self.max_epsilon >= self.target_epsilon, f"{p}.max_epsilon",
+                     f"max_epsilon ({self.max_epsilon}) is below target_epsilon ({self.target_epsilon})")
         if self.enabled:
             _require(self.noise_multiplier is not None or self.target_epsilon is not None, f"{p}.noise_multiplier",
                      f"mechanism '{self.mechanism}' needs noise_multiplier or target_epsilon")
             _require(not (self.noise_multiplier is not None and self.target_epsilon is not None),
                      f"{p}.target_epsilon", "give noise_multiplier or target_epsilon, not both")
+            if self.mechanism == "ddp_secure":
+                for name in ("target_epsilon", "max_epsilon"):
+                    _require(getattr(self, name) is None, f"{p}.{name}",
+                             "ddp_secure (distributed Skellam) has no accountant in dp_accounting 0.4.3, so no "
+                             "epsilon can be targeted or bounded; give noise_multiplier")
         else:
-            for name in ("noise_multiplier", "target_epsilon", "max_epsilon"):
+            for name in ("noise_multiplier", "target_epsilon", "max_epsilon", "delta", "clipped_count_stddev"):
                 _require(getattr(self, name) is None, f"{p}.{name}", "set privacy.mechanism to use it")
 
 
 @dataclass(frozen=True)
 class AggregationConfig:
-    """Non-DP aggregation families (TFF factories); see README for what each does here."""
+    """Non-DP aggregation families (TFF factories); see README for what each does here.
+
+    Distributed DP under secure aggregation is a privacy mechanism: ``privacy.mechanism: ddp_secure``
+    (its ``ddp_bits``/``ddp_rotation``/``zeroing`` live here).
+    """
 
     kind: AggregationKind = "mean"
     zeroing: bool = True
@@ -227,11 +255,16 @@ class AggregationConfig:
     ddp_bits: int = 20
     ddp_rotation: Literal["hd", "dft"] = "hd"
     quantization_bits: int = 8  # compression
+    quantization_threshold: int = 0  # compression: quantize tensors with more elements than this
     rotation: Literal["none", "hadamard"] = "none"  # compression
+    stochastic_rounding: bool = True  # compression: unbiased randomized rounding (unseeded in TFF)
 
     def validate(self, p: str) -> None:
-        _require(1 <= self.ddp_bits <= 22, f"{p}.ddp_bits", "expected an integer in [1, 22]")
-        _require(1 <= self.quantization_bits <= 16, f"{p}.quantization_bits", "expected an integer in [1, 16]")
+        _require(1 <= self.ddp_bits <= 22, f"{p}.ddp_bits", f"expected an integer in [1, 22], got {self.ddp_bits}")
+        _require(1 <= self.quantization_bits <= 16, f"{p}.quantization_bits",
+                 f"expected an integer in [1, 16], got {self.quantization_bits}")
+        _require(self.quantization_threshold >= 0, f"{p}.quantization_threshold",
+                 f"expected an integer >= 0, got {self.quantization_threshold}")
 
 
 @dataclass(frozen=True)
@@ -298,18 +331,32 @@ class ExperimentConfig:
             # Natural sources know their population only after loading; checked again there.
             _require(t.clients_per_round <= self.data.num_clients, "training.clients_per_round",
                      f"expected at most data.num_clients ({self.data.num_clients}), got {t.clients_per_round}")
-        if self.privacy.enabled:
-            _require(self.algorithm.weighting == "uniform", "algorithm.weighting",
-                     "differentially private aggregation is unweighted (each client's clipped update counts "
-                     "once); set algorithm.weighting: uniform")
-            _require(self.aggregation.kind == "mean", "aggregation.kind",
-                     f"'{self.aggregation.kind}' cannot be combined with privacy.mechanism; use "
-                     "aggregation.kind: ddp_secure for distributed DP")
-            _require(self.algorithm.name != "fedsgd", "algorithm.name",
-                     "fedsgd is weighted in TFF 0.87; use fedavg with local_epochs 1 for DP")
-        if self.aggregation.kind == "ddp_secure":
-            _require(self.algorithm.weighting == "uniform", "algorithm.weighting",
-                     "ddp_secure aggregation is unweighted; set algorithm.weighting: uniform")
+        self._validate_privacy()
         if self.algorithm.name == "fedsgd":
             _require(self.algorithm.weighting == "num_examples", "algorithm.weighting",
                      "TFF's FedSGD weights clients by examples; set algorithm.weighting: num_examples")
+
+    def _validate_privacy(self) -> None:
+        """Cross-field rules of privacy/aggregation (refused, never silently changed)."""
+        pr, t = self.privacy, self.training
+        if not pr.enabled:
+            return
+        _require(self.algorithm.name != "fedsgd", "algorithm.name",
+                 "fedsgd is weighted in TFF 0.87; use fedavg with local_epochs 1 for DP")
+        _require(self.algorithm.weighting == "uniform", "algorithm.weighting",
+                 "differentially private aggregation is unweighted (each client's clipped update counts once); "
+                 "set algorithm.weighting: uniform")
+        _require(self.aggregation.kind == "mean", "aggregation.kind",
+                 f"'{self.aggregation.kind}' cannot be combined with privacy.mechanism (the DP aggregator does its "
+                 "own clipping and summation); use privacy.mechanism: ddp_secure for DP under secure aggregation")
+        if pr.accountant == "pld" and t.sampling == "uniform" and pr.mechanism in ("gaussian_fixed",
+                                                                                   "gaussian_adaptive"):
+            raise ConfigError("privacy.accountant", "dp_accounting 0.4.3's PLD accountant does not support "
+                              "fixed-size sampling without replacement; use accountant: rdp or training.sampling: "
+                              "poisson")
+        if self.data.source in ("digits", "breast_cancer", "synthetic") and pr.delta is not None:
+            # Natural sources know their population only after loading; checked again at run start.
+            n = self.data.num_clients
+            _require(pr.delta < 1.0 / n, "privacy.delta",
+                     f"delta {pr.delta} is not below 1/population (1/{n}): a mechanism that publishes one random "
+                     "client's data outright meets such a delta; use a delta well below 1/population")

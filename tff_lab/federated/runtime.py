@@ -14,22 +14,27 @@ import signal
 _configured: tuple | None = None
 
 
-def ensure_context(client_concurrency: int = 0) -> None:
+def ensure_context(client_concurrency: int = 0, *, secure: bool = False) -> None:
     """Installs TFF's sync local C++ context (idempotent for the same settings).
 
     ``client_concurrency``: the most client computations the executor runs at once
     (``max_concurrent_computation_calls``); 0 means no limit.
+    ``secure``: the computation uses secure-sum intrinsics. TFF's native runtime refuses
+    them; its test runtime compiles them to plain sums (all a simulation can do).
     """
     global _configured
-    key = (client_concurrency,)
+    key = (client_concurrency, secure)
     if _configured == key:
         return
     import tensorflow_federated as tff
 
     if _configured is not None:
         shutdown()
-    tff.backends.native.set_sync_local_cpp_execution_context(
-        max_concurrent_computation_calls=client_concurrency if client_concurrency > 0 else -1)
+    limit = client_concurrency if client_concurrency > 0 else -1
+    if secure:
+        tff.backends.test.set_sync_test_cpp_execution_context(max_concurrent_computation_calls=limit)
+    else:
+        tff.backends.native.set_sync_local_cpp_execution_context(max_concurrent_computation_calls=limit)
     _configured = key
 
 

@@ -17,8 +17,10 @@ One round, per mechanism (``MechanismSpec.round_event``):
   it raises the value noise to ``z_value = (z^-2 - (2 sigma_b)^-2)^-1/2`` so that the
   combined multiplier ``(z_value^-2 + (2 sigma_b)^-2)^-1/2`` equals ``z`` (Andrew et al. 2021).
 - Client sampling wraps the round: ``PoissonSampledDpEvent(q, .)`` (add/remove-one
-  neighbours) or ``SampledWithoutReplacementDpEvent(N, m, .)`` (replace-one neighbours),
-  composed over rounds. A Poisson round that sampled nobody is still a round.
+  neighbours) or ``SampledWithoutReplacementDpEvent(N, m, .)`` (replace-one neighbours: one
+  client's clipped update replaced by another moves the sum by up to 2C, so the Gaussian
+  multipliers inside are halved into dp_accounting's sensitivity-normalised units), composed
+  over rounds. A Poisson round that sampled nobody is still a round.
 - ``tree`` (DP-FTRL, TFF's ``tree_aggregation``): no amplification by sampling. Given the
   participation schedule (public randomness, independent of the data), the released tree
   nodes are a Gaussian mechanism whose L2 sensitivity is ``C * sqrt(S)`` with
@@ -269,6 +271,18 @@ def tree_sensitivity_squared(leaves: Sequence[Sequence[Any]]) -> int:
 # What one round does
 # --------------------------------------------------------------------------------------------
 
+def scale_gaussians(event: dp_accounting.DpEvent, factor: float) -> dp_accounting.DpEvent:
+    """The same event with every Gaussian noise multiplier times ``factor`` (a change of
+    sensitivity units, e.g. 0.5 from add/remove-one to replace-one)."""
+    if isinstance(event, dp_accounting.GaussianDpEvent):
+        return dp_accounting.GaussianDpEvent(float(event.noise_multiplier) * factor)
+    if isinstance(event, dp_accounting.ComposedDpEvent):
+        return dp_accounting.ComposedDpEvent([scale_gaussians(e, factor) for e in event.events])
+    if isinstance(event, dp_accounting.SelfComposedDpEvent):
+        return dp_accounting.SelfComposedDpEvent(scale_gaussians(event.event, factor), event.count)
+    raise ValueError(f"cannot rescale {type(event).__name__}")
+
+
 def adaptive_noise_split(noise_multiplier: float, expected_clients: float,
                          clipped_count_stddev: Optional[float]) -> tuple[float, float]:
     """(value noise multiplier, clipped-count stddev) exactly as TFF's ``gaussian_adaptive`` sets them."""
@@ -372,8 +386,13 @@ class MechanismSpec:
         inner = self.query_event()
         if self.sampling == "poisson":
             return dp_accounting.PoissonSampledDpEvent(float(self.sampling_rate), inner)
+        # dp_accounting's noise multiplier is relative to the L2 sensitivity under the event's
+        # neighbouring relation. tensorflow_privacy's events use add/remove-one units (one clipped
+        # record, norm <= C); replacing one client changes the sum by up to 2C, so under
+        # REPLACE_ONE every Gaussian's multiplier halves (at q = 1 dp_accounting's WOR RDP is
+        # alpha / (2 sigma^2), the replace-one Gaussian with sensitivity-normalised sigma).
         return dp_accounting.SampledWithoutReplacementDpEvent(int(self.population), int(self.clients_per_round),
-                                                              inner)
+                                                              scale_gaussians(inner, 0.5))
 
     def tree_event(self, leaves: Sequence[Sequence[Any]]) -> dp_accounting.DpEvent:
         """The whole tree so far as one Gaussian mechanism (see module docstring)."""
@@ -399,13 +418,14 @@ class MechanismSpec:
                                       population=int(population), sampling=t.sampling, clip=float(p.clip))
         if t.sampling == "poisson":
             kwargs["sampling_rate"] = float(t.sampling_rate)
+            expected = float(t.sampling_rate) * population
         else:
             kwargs["clients_per_round"] = int(t.clients_per_round)
-        spec = cls(**kwargs)
+            expected = float(t.clients_per_round)
         if p.mechanism == "gaussian_adaptive":
-            spec = dataclasses.replace(spec, clipped_count_stddev=float(resolve_clipped_count_stddev(
-                p.clipped_count_stddev, spec.expected_clients, spec.noise_multiplier)))
-        return spec
+            kwargs["clipped_count_stddev"] = float(resolve_clipped_count_stddev(
+                p.clipped_count_stddev, expected, float(noise_multiplier)))
+        return cls(**kwargs)
 
 
 def epsilon_for_rounds(spec: MechanismSpec, rounds: int, delta: float,

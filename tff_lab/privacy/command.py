@@ -1,0 +1,186 @@
+"""``tff-lab privacy epsilon|noise``: privacy of a planned run, without training.
+
+``epsilon``: what epsilon do these settings give after the planned rounds (both accountants).
+``noise``: what noise multiplier reaches a target epsilon (searching the chosen accountant).
+Settings come from an experiment YAML (plus ``--set`` overrides) and/or flags; the flags win.
+"""
+
+from __future__ import annotations
+
+import json
+
+_KNOWN_POPULATION_SOURCES = ("digits", "breast_cancer", "synthetic")
+
+
+def _yaml_float(x: float) -> str:
+    """A float as a YAML 1.1 float literal (PyYAML reads ``1e-05`` as a string; ``1.0e-05`` as a float)."""
+    s = repr(float(x))
+    mantissa, _, exp = s.partition("e")
+    if exp and "." not in mantissa:
+        s = f"{mantissa}.0e{exp}"
+    return s
+
+
+def register(sub) -> None:
+    p = sub.add_parser("privacy", help="epsilon of a planned private run, or the noise for a target epsilon",
+                       description="Privacy accounting without training (dp_accounting's RDP and PLD accountants).")
+    psub = p.add_subparsers(dest="privacy_command", metavar="{epsilon,noise}")
+    psub.required = True
+    e = psub.add_parser("epsilon", help="epsilon after the planned rounds",
+                        description="Epsilon at delta after training.rounds rounds of the configured mechanism.")
+    _common(e)
+    e.add_argument("--noise-multiplier", type=float, help="noise multiplier (privacy.noise_multiplier)")
+    e.set_defaults(func=_epsilon)
+    n = psub.add_parser("noise", help="noise multiplier for a target epsilon",
+                        description="The smallest noise multiplier whose epsilon after training.rounds rounds is "
+                                    "at most the target (dp_accounting.calibrate_dp_mechanism).")
+    _common(n)
+    n.add_argument("--target-epsilon", type=float, required=True, help="the epsilon to reach")
+    n.add_argument("--accountant", choices=("rdp", "pld"), help="accountant to search (privacy.accountant)")
+    n.set_defaults(func=_noise)
+
+
+def _common(p) -> None:
+    p.add_argument("experiment", nargs="?", default=None, help="experiment YAML (optional)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable)")
+    p.add_argument("--mechanism", choices=("gaussian_fixed", "gaussian_adaptive", "tree", "ddp_secure"),
+                   help="privacy.mechanism")
+    p.add_argument("--rounds", type=int, help="training.rounds")
+    p.add_argument("--population", type=int, help="number of clients (default: data.num_clients for bundled and "
+                                                   "synthetic sources; required for directory/natural sources)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--clients-per-round", type=int, help="uniform sampling without replacement of this many clients")
+    g.add_argument("--sampling-rate", type=float, help="Poisson sampling with this probability per client")
+    p.add_argument("--delta", type=float, help="privacy.delta (default: min(1e-5, population^-1.1))")
+    p.add_argument("--clipped-count-stddev", type=float, help="privacy.clipped_count_stddev (adaptive clipping)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _config(args, extra: list[str]):
+    from tff_lab.config import load_config
+    from tff_lab.config.io import read_yaml
+    from tff_lab.errors import ConfigError
+
+    flags = []
+    if args.mechanism:
+        flags.append(f"privacy.mechanism={args.mechanism}")
+    if args.rounds is not None:
+        flags.append(f"training.rounds={args.rounds}")
+    if args.clients_per_round is not None:
+        flags += ["training.sampling=uniform", f"training.clients_per_round={args.clients_per_round}",
+                  "training.sampling_rate=null"]
+    if args.sampling_rate is not None:
+        flags += ["training.sampling=poisson", f"training.sampling_rate={_yaml_float(args.sampling_rate)}"]
+    if args.delta is not None:
+        flags.append(f"privacy.delta={_yaml_float(args.delta)}")
+    if args.clipped_count_stddev is not None:
+        flags.append(f"privacy.clipped_count_stddev={_yaml_float(args.clipped_count_stddev)}")
+    if args.population is not None:
+        if args.population < 1:
+            raise ConfigError("--population", f"expected an integer >= 1, got {args.population}")
+        source = "digits"
+        if args.experiment:
+            source = (read_yaml(args.experiment).get("data") or {}).get("source", "digits")
+        for o in args.overrides:
+            if o.startswith("data.source="):
+                source = o.split("=", 1)[1].strip()
+        if source in _KNOWN_POPULATION_SOURCES:
+            flags.append(f"data.num_clients={args.population}")
+    if args.experiment is None:
+        # Without an experiment file the defaults are this command's own: DP aggregation is
+        # unweighted. An experiment file with weighted aggregation is refused, as `run` would.
+        flags.insert(0, "algorithm.weighting=uniform")
+    cfg = load_config(args.experiment, [*args.overrides, *flags, *extra])
+    if not cfg.privacy.enabled:
+        raise ConfigError("privacy.mechanism", "no DP mechanism: pass --mechanism or set privacy.mechanism")
+    population = args.population
+    if population is None:
+        if cfg.data.source not in _KNOWN_POPULATION_SOURCES:
+            raise ConfigError("--population", f"source '{cfg.data.source}' knows its population only after loading; "
+                                              "pass --population")
+        population = cfg.data.num_clients
+    return cfg, population
+
+
+def _describe(cfg, population: int, noise: float, delta: float, eps) -> dict:
+    from tff_lab.privacy.calibration import spec_for
+
+    spec = spec_for(cfg, population, noise)
+    return {
+        "mechanism": spec.mechanism, "noise_multiplier": noise, "noise": spec.noise_components(),
+        "population": population, "rounds": cfg.training.rounds, "sampling": spec.sampling,
+        "clients_per_round": spec.clients_per_round, "sampling_rate": spec.sampling_rate,
+        "neighbouring_relation": spec.neighbouring_relation.name, "delta": delta, "epsilon": eps.to_json(),
+    }
+
+
+def _print(info: dict, as_json: bool, headline: str) -> None:
+    if as_json:
+        print(json.dumps(info, indent=1))
+        return
+    eps = info["epsilon"]
+    sampling = (f"{info['clients_per_round']} of {info['population']} clients per round (without replacement)"
+                if info["sampling"] == "uniform"
+                else f"Poisson rate {info['sampling_rate']} over {info['population']} clients")
+    lines = [headline,
+             f"mechanism        {info['mechanism']}  ({info['neighbouring_relation']} neighbours)",
+             f"noise            {info['noise_multiplier']:.6g}"
+             + (f"  (value {info['noise']['value_noise_multiplier']:.6g}, clipped count "
+                f"{info['noise']['clipped_count_noise_multiplier']:.6g})" if "clipped_count_stddev" in info['noise']
+                else ""),
+             f"sampling         {sampling}",
+             f"rounds           {info['rounds']}",
+             f"delta            {info['delta']:.3g}",
+             "epsilon (RDP)    " + (f"{eps['rdp']:.4f}  (order {eps['rdp_optimal_order']:g})"
+                                    if eps["rdp"] is not None else "n/a"),
+             "epsilon (PLD)    " + (f"{eps['pld']:.4f}" if eps["pld"] is not None else f"n/a: {eps['pld_note']}")]
+    print("\n".join(lines))
+
+
+def _plan(cfg, population, noise, delta):
+    from tff_lab.errors import ConfigError
+    from tff_lab.privacy.accounting import DDP_UNSUPPORTED, epsilon_for_rounds
+    from tff_lab.privacy.calibration import planned_tree_leaves, spec_for
+
+    if cfg.privacy.mechanism == "ddp_secure":
+        raise ConfigError("privacy.mechanism", DDP_UNSUPPORTED)
+    spec = spec_for(cfg, population, noise)
+    leaves = planned_tree_leaves(cfg, population) if spec.mechanism == "tree" else None
+    return epsilon_for_rounds(spec, cfg.training.rounds, delta, leaves)
+
+
+def _epsilon(args) -> int:
+    from tff_lab.errors import ConfigError
+    from tff_lab.privacy.calibration import resolve_delta
+
+    extra = []
+    if args.noise_multiplier is not None:
+        extra += [f"privacy.noise_multiplier={_yaml_float(args.noise_multiplier)}", "privacy.target_epsilon=null"]
+    cfg, population = _config(args, extra)
+    if cfg.privacy.noise_multiplier is None:
+        raise ConfigError("privacy.noise_multiplier", "pass --noise-multiplier (or use 'tff-lab privacy noise' for "
+                                                      "a target epsilon)")
+    delta = resolve_delta(cfg, population)
+    noise = float(cfg.privacy.noise_multiplier)
+    eps = _plan(cfg, population, noise, delta)
+    _print(_describe(cfg, population, noise, delta, eps), args.json, "what these settings give:")
+    return 0
+
+
+def _noise(args) -> int:
+    from tff_lab.privacy.calibration import resolve_delta, resolve_noise_multiplier
+
+    extra = ["privacy.noise_multiplier=null", f"privacy.target_epsilon={_yaml_float(args.target_epsilon)}",
+             "privacy.max_epsilon=null"]
+    if args.accountant:
+        extra.append(f"privacy.accountant={args.accountant}")
+    cfg, population = _config(args, extra)
+    delta = resolve_delta(cfg, population)
+    noise = resolve_noise_multiplier(cfg, population)
+    eps = _plan(cfg, population, noise, delta)
+    info = _describe(cfg, population, noise, delta, eps)
+    info["target_epsilon"] = args.target_epsilon
+    info["accountant"] = cfg.privacy.accountant
+    _print(info, args.json, f"noise for epsilon <= {args.target_epsilon} ({cfg.privacy.accountant}):")
+    return 0

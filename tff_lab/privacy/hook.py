@@ -1,0 +1,223 @@
+"""The privacy ledger as a training-loop hook: epsilon after every round, checked against what ran.
+
+Per round: checks that the round did what the accountant assumes (the sampler's clients, all of
+them aggregated, the examples TFF reports equal to what those clients hold), records the round
+in the :class:`~tff_lab.privacy.accounting.PrivacyLedger`, and adds ``eps_rdp`` / ``eps_pld`` to
+the metrics row. Before a round it stops training when that round would take epsilon past
+``privacy.max_epsilon``. Its JSON state (the ledger) lives in every checkpoint, so a resumed
+run accounts for every round exactly once; a checkpoint whose ledger was accounted with other
+settings (e.g. another noise multiplier) is refused. At the end it writes ``RUN_DIR/privacy.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Optional
+
+from tff_lab.errors import PrivacyAccountingError
+from tff_lab.privacy.accounting import (DDP_UNSUPPORTED, Epsilon, MechanismSpec, PrivacyLedger, library_versions)
+from tff_lab.privacy.calibration import resolve_delta, spec_for
+from tff_lab.training.hooks import RoundHook, RoundInfo, RunContext
+
+
+class PrivacyHook(RoundHook):
+    name = "privacy"
+
+    def __init__(self):
+        self.ledger: Optional[PrivacyLedger] = None
+        self.stop_reason: Optional[str] = None
+        self._last: Optional[Epsilon] = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def on_start(self, ctx: RunContext) -> None:
+        cfg = ctx.cfg
+        if not cfg.privacy.enabled:
+            raise ValueError("PrivacyHook needs privacy.mechanism")
+        if ctx.noise_multiplier is None:
+            raise PrivacyAccountingError("the run has no resolved noise multiplier to account")
+        configured = cfg.privacy.noise_multiplier
+        if configured is not None and float(ctx.noise_multiplier) != float(configured):
+            raise PrivacyAccountingError(f"the aggregator runs with noise multiplier {ctx.noise_multiplier} but "
+                                         f"privacy.noise_multiplier is {configured}")
+        spec = spec_for(cfg, ctx.population, ctx.noise_multiplier)
+        self.ledger = PrivacyLedger(spec, resolve_delta(cfg, ctx.population))
+        self._last = None
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return  # a fresh run; before_round checks that no rounds went unaccounted
+        if self.ledger is None:
+            raise PrivacyAccountingError("privacy state loaded before on_start")
+        saved = PrivacyLedger.from_state_dict(state["ledger"])
+        now = self.ledger
+        if saved.spec != now.spec or saved.delta != now.delta:
+            diffs = [f"{k}: checkpoint {v!r}, now {getattr(now.spec, k)!r}"
+                     for k, v in saved.spec.to_json().items() if getattr(now.spec, k) != v]
+            if saved.delta != now.delta:
+                diffs.append(f"delta: checkpoint {saved.delta!r}, now {now.delta!r}")
+            raise PrivacyAccountingError("the checkpoint's privacy ledger was accounted with other settings ("
+                                         + "; ".join(diffs) + "); resuming would mix two mechanisms in one "
+                                         "epsilon. Start a new run instead.")
+        self.ledger = saved
+        self.stop_reason = state.get("stop_reason")
+        self._last = None
+
+    def state_dict(self) -> dict:
+        return {"ledger": self.ledger.state_dict(), "stop_reason": self.stop_reason} if self.ledger else {}
+
+    # -- rounds ---------------------------------------------------------------------------------
+    def _sampler_choice(self, ctx: RunContext, round_num: int) -> list:
+        from tff_lab.training.loop import sample_clients
+
+        idx = sample_clients(ctx.cfg, ctx.population, round_num)
+        ids = getattr(ctx.data, "client_ids", None)
+        return [ids[i] for i in idx] if ids is not None else [str(int(i)) for i in idx]
+
+    def before_round(self, ctx: RunContext, round_num: int) -> Optional[str]:
+        ledger = self.ledger
+        if ledger.rounds != round_num - 1:
+            raise PrivacyAccountingError(f"round {round_num} is next but the privacy ledger holds {ledger.rounds} "
+                                         "rounds: rounds ran unaccounted (or twice); epsilon would be wrong")
+        p = ctx.cfg.privacy
+        if p.max_epsilon is None:
+            return None
+        nxt = self._sampler_choice(ctx, round_num) if ledger.spec.mechanism == "tree" else None
+        eps = ledger.epsilon_if_next(nxt, trained=bool(nxt) if nxt is not None else True).get(p.accountant)
+        if eps is not None and eps > p.max_epsilon:
+            self.stop_reason = (f"privacy budget: round {round_num} would reach epsilon {eps:.4g} ({p.accountant}, "
+                                f"delta {ledger.delta:.3g}) > privacy.max_epsilon {p.max_epsilon:g}")
+            return self.stop_reason
+        return None
+
+    def after_round(self, ctx: RunContext, info: RoundInfo, row: dict) -> None:
+        ledger = self.ledger
+        r = info.round_num
+        if ledger.rounds != r - 1:
+            raise PrivacyAccountingError(f"round {r} reported but the ledger holds {ledger.rounds} rounds")
+        chosen = self._sampler_choice(ctx, r)
+        if sorted(map(str, info.sampled_clients)) != sorted(map(str, chosen)):
+            raise PrivacyAccountingError(f"round {r}: the clients that ran ({len(info.sampled_clients)}) are not the "
+                                         f"sampler's choice ({len(chosen)}); the sampling accounted for did not run")
+        if info.participants != len(chosen):
+            raise PrivacyAccountingError(f"round {r}: {info.participants} client updates were aggregated but the "
+                                         f"sampler chose {len(chosen)}; the accounting assumes every sampled client "
+                                         "contributes (a dropped client changes the mechanism)")
+        if chosen and not info.trained:
+            raise PrivacyAccountingError(f"round {r}: {len(chosen)} clients sampled but the round did not run")
+        # An empty Poisson round may run the aggregator on no clients (it then releases pure noise,
+        # as the accounted mechanism does) or skip it; both are one sampled round.
+        spec = ledger.spec
+        if spec.sampling == "uniform" and len(chosen) != spec.clients_per_round:
+            raise PrivacyAccountingError(f"round {r}: {len(chosen)} clients sampled, the accounting assumes exactly "
+                                         f"{spec.clients_per_round}")
+        if info.trained:
+            seen = _num_examples(info.tff_metrics)
+            if seen is None:
+                raise PrivacyAccountingError(f"round {r}: TFF reported no client_work.train.num_examples; cannot "
+                                             "check that the sampled clients' data is what was aggregated")
+            if seen != info.expected_examples:
+                raise PrivacyAccountingError(f"round {r}: TFF processed {seen} examples, the sampled clients hold "
+                                             f"{info.expected_examples}; what ran departs from what is accounted")
+        ledger.record_round(info.sampled_clients, info.trained)
+        eps = ledger.epsilon()
+        self._last = eps
+        row["eps_rdp"] = _num(eps.rdp)
+        row["eps_pld"] = _num(eps.pld)
+        p = ctx.cfg.privacy
+        if p.max_epsilon is not None:
+            e = eps.get(p.accountant)
+            if e is not None and e > p.max_epsilon * (1 + 1e-9):
+                raise PrivacyAccountingError(f"round {r} took epsilon to {e:.6g} > privacy.max_epsilon "
+                                             f"{p.max_epsilon}")
+
+    def progress_fields(self) -> dict:
+        if self.ledger is None:
+            return {}
+        if self.ledger.spec.mechanism == "ddp_secure":
+            return {"eps": "n/a"}
+        eps = self._last or self.ledger.epsilon()
+        value = eps.rdp
+        return {"eps": f"{value:.3g}" if value is not None else "-"}
+
+    # -- end ------------------------------------------------------------------------------------
+    def report(self, ctx: RunContext) -> dict:
+        """The content of privacy.json."""
+        cfg, ledger = ctx.cfg, self.ledger
+        spec, p, t = ledger.spec, ctx.cfg.privacy, ctx.cfg.training
+        eps = ledger.epsilon()
+        sampling = {"scheme": "poisson" if spec.sampling == "poisson" else "uniform_without_replacement",
+                    "expected_clients_per_round": spec.expected_clients,
+                    "sampling_probability": spec.sampling_probability,
+                    "amplification_by_sampling": spec.amplified}
+        if spec.sampling == "poisson":
+            sampling["rate"] = spec.sampling_rate
+        else:
+            sampling["clients_per_round"] = spec.clients_per_round
+        clip: dict = {"kind": "adaptive" if spec.mechanism == "gaussian_adaptive" else "fixed"}
+        if spec.mechanism == "gaussian_adaptive":
+            clip.update(initial=p.clip, target_quantile=p.target_quantile, learning_rate=p.clip_learning_rate,
+                        clipped_count_stddev=spec.clipped_count_stddev)
+        elif spec.mechanism == "ddp_secure":
+            clip = {"kind": "adaptive (TFF ddp_secure_aggregator, initial 0.1)"}
+        else:
+            clip["norm"] = p.clip
+        notes = []
+        if spec.mechanism == "ddp_secure":
+            notes.append(DDP_UNSUPPORTED)
+        if eps.pld_note and spec.mechanism != "ddp_secure":
+            notes.append(eps.pld_note)
+        if spec.mechanism == "tree":
+            notes.append("DP-FTRL (tree aggregation): no amplification by sampling; epsilon is for the realised "
+                         "participation schedule (public, data-independent randomness), replace-with-zero neighbours")
+        if p.reproducible_noise and spec.mechanism != "ddp_secure":
+            notes.append("DP noise is drawn from a seed derived from the experiment seed (reproducible simulation); "
+                         "anyone who knows the seed knows the noise, so this is a simulation guarantee")
+        return {
+            "mechanism": spec.mechanism,
+            "dp_unit": "client (user-level DP)",
+            "neighbouring_relation": spec.neighbouring_relation.name,
+            "noise_multiplier": spec.noise_multiplier,
+            "noise_multiplier_source": ("calibrated from privacy.target_epsilon" if p.target_epsilon is not None
+                                        else "privacy.noise_multiplier"),
+            "noise": spec.noise_components(),
+            "noise_rng": ("seeded (privacy.reproducible_noise)" if p.reproducible_noise
+                          else "TFF default (unseeded)"),
+            "clip": clip,
+            "sampling": sampling,
+            "population": spec.population,
+            "rounds_run": ledger.rounds,
+            "rounds_planned": t.rounds,
+            "delta": ledger.delta,
+            "delta_source": "privacy.delta" if p.delta is not None else "default min(1e-5, population^-1.1)",
+            "epsilon": eps.to_json(),
+            "accountant_for_budget": p.accountant,
+            "target_epsilon": p.target_epsilon,
+            "max_epsilon": p.max_epsilon,
+            "stopped_by_budget": self.stop_reason,
+            "ledger": ledger.ledger_events(),
+            "notes": notes,
+            "versions": library_versions(),
+        }
+
+    def on_end(self, ctx: RunContext, summary: dict) -> None:
+        from tff_lab.training.fileio import atomic_write_text
+
+        report = self.report(ctx)
+        atomic_write_text(ctx.run_dir / "privacy.json", json.dumps(report, indent=1, allow_nan=False))
+        summary["privacy"] = {"mechanism": report["mechanism"], "noise_multiplier": report["noise_multiplier"],
+                              "delta": report["delta"],
+                              "epsilon": {"rdp": report["epsilon"]["rdp"], "pld": report["epsilon"]["pld"]},
+                              "rounds": report["rounds_run"],
+                              "stopped_by_budget": report["stopped_by_budget"]}
+
+
+def _num_examples(metrics: dict) -> Optional[int]:
+    try:
+        return int(metrics["client_work"]["train"]["num_examples"])
+    except (KeyError, TypeError):
+        return None
+
+
+def _num(x: Optional[float]) -> Optional[float]:
+    return None if x is None or not math.isfinite(x) else float(x)
