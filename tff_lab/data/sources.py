@@ -147,6 +147,7 @@ def generate_synthetic(cfg: ExperimentConfig, rng) -> FederatedData:
             w, b, v = shared
         x = rng.normal(v, np.sqrt(sigma), (sizes[k], dim))
         y = np.argmax(x @ w + b, axis=1)
+        x = x.astype(np.float32)  # halves peak memory at 10,000 clients; labels come from float64
         n_test = max(1, int(round(sizes[k] * d.test_fraction)))
         tests.append((x[:n_test], y[:n_test]))
         clients.append((x[n_test:].astype(np.float32), y[n_test:].astype(np.int32)))

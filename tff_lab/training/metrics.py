@@ -55,10 +55,13 @@ class MetricsWriter:
             f.write(json.dumps(row) + "\n")
         import tensorflow as tf
 
+        # One Summary proto per round: a tf.summary.scalar call per value costs ~6 ms a round and
+        # grows memory over long runs (BENCHMARKS.md, soak).
+        values = [tf.compat.v1.Summary.Value(tag=k, simple_value=float(v)) for k, v in row.items()
+                  if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool)]
         with self._writer().as_default(step=int(row["round"])):
-            for k, v in row.items():
-                if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    tf.summary.scalar(k, v)
+            tf.summary.experimental.write_raw_pb(tf.compat.v1.Summary(value=values).SerializeToString(),
+                                                 step=int(row["round"]))
 
     def write_csv(self) -> None:
         columns = list(BASE_COLUMNS)
