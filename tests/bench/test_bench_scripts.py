@@ -68,7 +68,8 @@ def test_round_time_plan_covers_the_systems():
 def test_cost_curves_core_point_table_plot_and_eval_check(tmp_path):
     res = _common.measure_tff_lab({"task": "synthetic", "rounds": 3,
                                    "overrides": cost_curves.point_overrides(20, 4, 3)})
-    p = cost_curves.summarize_point(dict(res, peak_rss_mb=900.0), 20, 4)
+    # peak_rss_mb comes from the parent's sampler in a real run; here it only has to be a bound.
+    p = cost_curves.summarize_point(dict(res, peak_rss_mb=1e6), 20, 4)
     assert p["rss_before_rounds_mb"] < p["rss_after_warmup_mb"] <= p["peak_rss_mb"]  # + TFF's C++ worker
     assert p["rss_growth_after_warmup_mb"] >= 0
     q = dict(p, clients=8, median_s=2 * p["median_s"])
