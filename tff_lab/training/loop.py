@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -258,7 +257,6 @@ def _train(cfg, data, stats, run_dir: Path, start_round, t_start, quiet, extra_h
     bar = tqdm(total=t.rounds, initial=done, disable=quiet, unit="round", dynamic_ncols=True,
                desc=cfg.name)
     client_ids = data.client_ids
-    last_eval = (math.nan, math.nan)
     r = done
     while r < t.rounds and stop_reason is None:
         r += 1
@@ -292,8 +290,7 @@ def _train(cfg, data, stats, run_dir: Path, start_round, t_start, quiet, extra_h
         for h in hooks:
             h.after_round(ctx, info, row)
         if r % t.eval_every_rounds == 0 or r == t.rounds:
-            last_eval = evaluate_global(state)
-            row["eval_loss"], row["eval_accuracy"] = last_eval
+            row["eval_loss"], row["eval_accuracy"] = evaluate_global(state)
         seconds = time.perf_counter() - t0
         counters["train_seconds"] += seconds
         row["round_seconds"] = round(seconds, 4)
