@@ -34,3 +34,18 @@ class Preempted(Exception):
     Kubernetes manifests' pod failure policy retries; ``--resume`` continues the run."""
 
     exit_code = 143
+
+
+class TrainingDiverged(Exception):
+    """The loss or the model weights became NaN/inf (or exploded). The last good checkpoint is
+    kept; the CLI prints one line naming the round and exits 3."""
+
+    exit_code = 3
+
+
+class WorkerLost(Exception):
+    """A TFF executor worker died or became unreachable mid-round. Retriable: the round did not
+    happen (nothing was accounted); the run resumes from its last checkpoint. The CLI exits 75
+    (EX_TEMPFAIL) when retries are exhausted."""
+
+    exit_code = 75

@@ -468,7 +468,7 @@ def tree_files(p: RenderParams, overlays=OVERLAYS, command: str = "") -> dict[st
 
 def write_tree(p: RenderParams, out_dir, overlays=OVERLAYS, command: str = "") -> list[Path]:
     """Writes the kustomize tree under ``out_dir`` (atomically per file); returns the paths."""
-    from tff_lab.training.fileio import atomic_write_text
+    from tff_lab.fileio import atomic_write_text
 
     out = Path(out_dir)
     written = []

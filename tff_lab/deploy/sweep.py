@@ -150,7 +150,7 @@ def run_sweep_point(sweep: Sweep, index: int, out_dir, *, quiet: bool = True) ->
     cfg = sweep.config(index)
     run_dir = Path(out_dir) / sweep.name / sweep.run_name(index)
     summary = run_experiment(cfg, run_dir, resume=True, quiet=quiet)
-    from tff_lab.training.fileio import atomic_write_text
+    from tff_lab.fileio import atomic_write_text
 
     atomic_write_text(run_dir / "sweep_point.json", json.dumps(
         {"sweep": sweep.name, "index": index, "of": len(sweep), "point": sweep.point(index)}, indent=2) + "\n")

@@ -211,7 +211,7 @@ def _make_metrics_logger(run_dir: Path, write: bool, examples_per_epoch: int):
     """Per-epoch metrics (chief only), merged with the rows of earlier attempts of the job."""
     import tensorflow as tf
 
-    from tff_lab.training.fileio import atomic_write_text
+    from tff_lab.fileio import atomic_write_text
 
     class EpochMetrics(tf.keras.callbacks.Callback):
         def __init__(self):
@@ -269,7 +269,7 @@ def weights_fingerprint(weights) -> str:
 
 def _save_model(model, target: Path) -> None:
     """Writes model.keras and saved_model/ into ``target`` via a temp dir and a rename."""
-    from tff_lab.training.fileio import replace_dir
+    from tff_lab.fileio import replace_dir
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
@@ -301,7 +301,7 @@ def train_distributed(cfg: ExperimentConfig, out_dir, *, cluster: Optional[clust
 
     from tff_lab.config.io import config_hash, dump_yaml
     from tff_lab.data import load_federated_data
-    from tff_lab.training.fileio import atomic_write_text
+    from tff_lab.fileio import atomic_write_text
 
     if quiet:
         tf.get_logger().setLevel(logging.ERROR)  # e.g. the handler's deprecation notice on every run

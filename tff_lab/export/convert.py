@@ -15,13 +15,13 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
 from tff_lab.errors import ConfigError, DataError
+from tff_lab.fileio import atomic_write
 from tff_lab.export.tflite_model import (INPUT_NAME, OUTPUT_NAME, SIDECAR_FORMAT, SIGNATURE_KEY, sha256_bytes,
                                          sidecar_path)
 
@@ -51,24 +51,6 @@ def parse_quantize(spec: Union[str, Sequence[str]]) -> list[str]:
 def variant_name(quantization: str, int8_io: str = "int8") -> str:
     """File-name stem suffix: int8 with float input/output is its own variant."""
     return "int8_float_io" if quantization == "int8" and int8_io == "float" else quantization
-
-
-def atomic_write(path: Path, data: Union[bytes, str]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def file_sha256(path: Path) -> str:

@@ -88,7 +88,7 @@ def _load_csv(p: Path) -> np.ndarray:
 
 def write_predictions(path: Union[str, os.PathLike], probs: np.ndarray, labels: list) -> Path:
     """Writes ``.npz`` or ``.csv`` predictions atomically."""
-    from tff_lab.export.convert import atomic_write
+    from tff_lab.fileio import atomic_write
 
     p = Path(path)
     suffix = p.suffix.lower()

@@ -225,7 +225,7 @@ def to_markdown(rep: dict) -> str:
 
 
 def write_report(export_dir: Path, rep: dict) -> tuple[Path, Path]:
-    from tff_lab.export.convert import atomic_write
+    from tff_lab.fileio import atomic_write
 
     export_dir = Path(export_dir)
     jp, mp = export_dir / "report.json", export_dir / "report.md"

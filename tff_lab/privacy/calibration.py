@@ -4,7 +4,7 @@ The search is ``dp_accounting.calibrate_dp_mechanism`` (Brent's method on epsilo
 the target, which guarantees the returned noise meets the target) over the event of the
 planned run: ``training.rounds`` sampled rounds, or, for tree aggregation, the tree over the
 participation schedule the run's sampler will draw (the sampler is a pure function of the
-seed and the round, :func:`tff_lab.training.loop.sample_clients`).
+seed and the round, :func:`tff_lab.sampling.sample_clients`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def resolve_delta(cfg, population: int) -> float:
 
 def planned_tree_leaves(cfg, population: int, rounds: Optional[int] = None) -> list[list[str]]:
     """The participants of each aggregation the run will do (rounds that sample nobody add no leaf)."""
-    from tff_lab.training.loop import sample_clients
+    from tff_lab.sampling import sample_clients
 
     leaves = []
     for r in range(1, (rounds or cfg.training.rounds) + 1):

@@ -68,7 +68,7 @@ class PrivacyHook(RoundHook):
 
     # -- rounds ---------------------------------------------------------------------------------
     def _sampler_choice(self, ctx: RunContext, round_num: int) -> list:
-        from tff_lab.training.loop import sample_clients
+        from tff_lab.sampling import sample_clients
 
         idx = sample_clients(ctx.cfg, ctx.population, round_num)
         ids = getattr(ctx.data, "client_ids", None)
@@ -201,7 +201,7 @@ class PrivacyHook(RoundHook):
         }
 
     def on_end(self, ctx: RunContext, summary: dict) -> None:
-        from tff_lab.training.fileio import atomic_write_text
+        from tff_lab.fileio import atomic_write_text
 
         report = self.report(ctx)
         atomic_write_text(ctx.run_dir / "privacy.json", json.dumps(report, indent=1, allow_nan=False))

@@ -9,7 +9,6 @@ only once it is complete. A SIGKILL at any moment leaves the previous one intact
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -17,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from tff_lab.errors import ConfigError
-from tff_lab.training.fileio import atomic_write_text
+from tff_lab.fileio import atomic_path, atomic_write_text
 
 _NAME = re.compile(r"^ckpt_(\d+)\.json$")
 
@@ -28,12 +27,8 @@ def save(ckpt_dir: Path, round_num: int, state: Any, meta: dict, keep: int = 2) 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     flat = [np.asarray(v) for v in tf.nest.flatten(state)]
     npz = ckpt_dir / f"ckpt_{round_num:06d}.npz"
-    tmp = npz.with_name(npz.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, *flat)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, npz)
+    with atomic_path(npz, suffix=".npz") as tmp:
+        np.savez(tmp, *flat)
     atomic_write_text(ckpt_dir / f"ckpt_{round_num:06d}.json",
                       json.dumps({"round": round_num, "num_arrays": len(flat), **meta}, indent=1))
     for old in sorted(_list(ckpt_dir))[:-keep]:

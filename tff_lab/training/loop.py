@@ -27,11 +27,9 @@ import numpy as np
 from tff_lab.config import ExperimentConfig, config_hash, dump_yaml, load_config, read_yaml, from_dict
 from tff_lab.errors import ConfigError, Preempted
 from tff_lab.training import checkpoint as ckpt_lib
-from tff_lab.training.fileio import atomic_write_text, replace_dir
+from tff_lab.fileio import atomic_write_text, replace_dir
+from tff_lab.sampling import client_dataset, sample_clients
 from tff_lab.training.hooks import RoundHook, RoundInfo, RunContext
-
-_SAMPLING_STREAM = 0x5A3D
-_SHUFFLE_STREAM = 0x5F1E
 
 
 def _resolve_config(config, overrides: Sequence[str]) -> ExperimentConfig:
@@ -42,28 +40,6 @@ def _resolve_config(config, overrides: Sequence[str]) -> ExperimentConfig:
             return from_dict(apply_overrides(to_dict(config), overrides))
         return config
     return load_config(config, overrides)
-
-
-def sample_clients(cfg: ExperimentConfig, population: int, round_num: int) -> np.ndarray:
-    """Client indices for ``round_num`` (1-based); a pure function of the seed and the round."""
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, _SAMPLING_STREAM, round_num]))
-    t = cfg.training
-    if t.sampling == "poisson":
-        return np.flatnonzero(rng.random(population) < t.sampling_rate)
-    return np.sort(rng.choice(population, size=t.clients_per_round, replace=False))
-
-
-def client_dataset(cfg: ExperimentConfig, x: np.ndarray, y: np.ndarray, client_index: int, round_num: int):
-    """A client's local data for one round: ``local_epochs`` freshly shuffled passes, pre-batched."""
-    import tensorflow as tf
-
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, _SHUFFLE_STREAM, round_num, client_index]))
-    ds = None
-    for _ in range(cfg.training.local_epochs):
-        perm = rng.permutation(len(y))
-        epoch = tf.data.Dataset.from_tensor_slices({"x": x[perm], "y": y[perm]}).batch(cfg.training.batch_size)
-        ds = epoch if ds is None else ds.concatenate(epoch)
-    return ds
 
 
 def _versions() -> dict:

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from tff_lab.training.fileio import atomic_write_text
+from tff_lab.fileio import atomic_write_text
 
 BASE_COLUMNS = ["round", "clients", "train_examples", "train_loss", "train_accuracy", "eval_loss",
                 "eval_accuracy", "round_seconds"]
