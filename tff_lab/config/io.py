@@ -28,7 +28,7 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if origin is tuple:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or tp is dict:
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
@@ -55,6 +55,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(path, f"expected a mapping, got {value!r}")
         return _build(tp, value, path)
+    if tp is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(path, f"expected a mapping of keyword arguments, got {value!r}")
+        return {k: _plain(v, f"{path}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(path, f"expected true or false, got {value!r}")
@@ -78,6 +84,19 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(path, f"expected a string, got {value!r}")
         return value
     raise TypeError(f"unsupported config type {tp} at {path}")
+
+
+def _plain(value: Any, path: str) -> Any:
+    """Keyword-argument values: YAML's plain data only (numbers, strings, booleans, null, lists,
+    mappings with string keys); a date or other tagged value is refused, not passed on."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return {k: _plain(v, f"{path}.{k}") for k, v in value.items()}
+    raise ConfigError(path, f"expected plain data (number, string, boolean, list or mapping), got "
+                      f"{type(value).__name__} {value!r}; quote it")
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:

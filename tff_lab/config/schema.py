@@ -15,9 +15,11 @@ from typing import Literal, Optional
 
 from tff_lab.errors import ConfigError
 
-DataSource = Literal["digits", "breast_cancer", "synthetic", "npz_dir", "csv_dir", "emnist"]
+# Built-in data sources and models; any other value must be an import path "module:attribute"
+# (a user's loader or model builder) or a name registered from Python (tff_lab.data.register_source,
+# tff_lab.models.register_model). Resolved (and refused with the valid choices) before RUN_DIR is touched.
+BUILTIN_SOURCES = ("digits", "breast_cancer", "synthetic", "npz_dir", "csv_dir", "emnist")
 PartitionScheme = Literal["auto", "iid", "dirichlet", "shards", "quantity_skew", "natural"]
-ModelName = Literal["logreg", "mlp", "cnn"]
 AlgorithmName = Literal["fedavg", "fedprox", "fedsgd"]
 Weighting = Literal["num_examples", "uniform"]
 ClientOptimizerName = Literal["sgd"]
@@ -27,12 +29,21 @@ LoopImpl = Literal["dataset_iterator", "dataset_reduce"]
 DpMechanism = Literal["none", "gaussian_fixed", "gaussian_adaptive", "tree", "ddp_secure"]
 Accountant = Literal["rdp", "pld"]
 AggregationKind = Literal["mean", "secure", "compression", "robust"]
+Engine = Literal["tff", "vectorized"]
+ModelOutputs = Literal["probabilities", "logits"]
 InputSharding = Literal["data", "explicit"]
 
 
 def _require(cond: bool, path: str, message: str) -> None:
     if not cond:
         raise ConfigError(path, message)
+
+
+def _is_import_path(value: str) -> bool:
+    """``package.module:attribute`` (resolved with importlib, never eval)."""
+    mod, sep, attr = value.partition(":")
+    return bool(sep) and all(part.isidentifier() for part in mod.split(".")) and all(
+        part.isidentifier() for part in attr.split("."))
 
 
 @dataclass(frozen=True)
@@ -44,9 +55,11 @@ class DataConfig:
     emnist (TFF loader; needs network).
     """
 
-    source: DataSource = "digits"
+    source: str = "digits"
     num_clients: int = 20
     path: Optional[str] = None
+    kwargs: dict = field(default_factory=dict)  # keyword arguments of a user's (import-path) loader
+    cache_dir: Optional[str] = None  # TFF datasets (emnist, shakespeare, ...): read from here, never download
     test_fraction: float = 0.2
     client_eval_fraction: float = 0.2
     synthetic_alpha: float = 1.0
@@ -95,12 +108,24 @@ class PartitionConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: ModelName = "mlp"
+    """The model: a registered name (the zoo, or ``tff_lab.models.register_model``) or ``builder``,
+    an import path ``module:attribute`` of a function ``(input_shape, num_classes, **kwargs) ->
+    tf.keras.Model`` that returns a fresh model on every call. ``outputs`` declares whether the
+    model ends in probabilities (softmax) or logits; loss and accuracy follow it."""
+
+    name: str = "mlp"
+    builder: Optional[str] = None
+    kwargs: dict = field(default_factory=dict)
+    outputs: Optional[ModelOutputs] = None  # None: the registered model's declaration (zoo: probabilities)
     hidden_units: tuple[int, ...] = (64, 64)
     cnn_filters: tuple[int, ...] = (16, 32)
     dropout: float = 0.0
 
     def validate(self, p: str) -> None:
+        _require(bool(self.name), f"{p}.name", "expected a non-empty model name")
+        if self.builder is not None:
+            _require(_is_import_path(self.builder), f"{p}.builder",
+                     f"expected an import path 'module:attribute', got {self.builder!r}")
         _require(all(u >= 1 for u in self.hidden_units), f"{p}.hidden_units", "expected positive integers")
         _require(all(u >= 1 for u in self.cnn_filters), f"{p}.cnn_filters", "expected positive integers")
         _require(0.0 <= self.dropout < 1.0, f"{p}.dropout", f"expected a rate in [0, 1), got {self.dropout}")
@@ -130,13 +155,21 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
+    """A built-in TFF algorithm (``name``), or ``builder``: an import path of a function
+    ``(model_fn, *, aggregator, cfg) -> tff.learning.templates.LearningProcess``."""
+
     name: AlgorithmName = "fedavg"
+    builder: Optional[str] = None
+    kwargs: dict = field(default_factory=dict)
     weighting: Weighting = "num_examples"
     proximal_strength: float = 0.0  # FedProx mu
     client_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="sgd", learning_rate=0.1))
     server_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="sgd", learning_rate=1.0))
 
     def validate(self, p: str) -> None:
+        if self.builder is not None:
+            _require(_is_import_path(self.builder), f"{p}.builder",
+                     f"expected an import path 'module:attribute', got {self.builder!r}")
         _require(self.client_optimizer.name == "sgd", f"{p}.client_optimizer.name",
                  f"expected 'sgd' (clients run plain SGD), got '{self.client_optimizer.name}'")
         _require(self.proximal_strength >= 0, f"{p}.proximal_strength", "expected mu >= 0")
@@ -161,6 +194,15 @@ class TrainingConfig:
     # that keep results identical.
     loop_implementation: LoopImpl = "dataset_iterator"
     client_concurrency: int = 0  # 0 = as many clients at once as the executor wants
+    # Which engine runs a round: TFF's runtime, or every sampled client in one TF graph (README).
+    engine: Engine = "tff"
+    # TFF executor workers: 0 = TFF's in-process local context; N = tff_lab starts N local
+    # worker_binary processes and spreads each round's clients over them.
+    workers: int = 0
+    worker_addresses: tuple[str, ...] = ()  # host:port of running TFF workers (e.g. k8s pods)
+    worker_retries: int = 2  # a round whose worker died is retried from the last checkpoint this often
+    # Stop when the training loss is not finite or exceeds this multiple of the first round's loss.
+    divergence_factor: float = 1e3
 
     def validate(self, p: str) -> None:
         for name in ("rounds", "clients_per_round", "local_epochs", "batch_size", "eval_every_rounds",
@@ -168,12 +210,36 @@ class TrainingConfig:
             v = getattr(self, name)
             _require(v >= 1, f"{p}.{name}", f"expected an integer >= 1, got {v}")
         _require(self.client_concurrency >= 0, f"{p}.client_concurrency", "expected an integer >= 0")
+        _require(self.workers >= 0, f"{p}.workers", f"expected an integer >= 0, got {self.workers}")
+        _require(not (self.workers and self.worker_addresses), f"{p}.worker_addresses",
+                 "give training.workers (start local workers) or training.worker_addresses (use running ones), "
+                 "not both")
+        for i, addr in enumerate(self.worker_addresses):
+            host, sep, port = addr.rpartition(":")
+            _require(bool(sep) and bool(host) and port.isdigit() and 0 < int(port) < 65536,
+                     f"{p}.worker_addresses[{i}]", f"expected host:port, got {addr!r}")
+        _require(self.worker_retries >= 0, f"{p}.worker_retries", "expected an integer >= 0")
+        _require(math.isfinite(self.divergence_factor) and self.divergence_factor > 1, f"{p}.divergence_factor",
+                 f"expected a finite value > 1, got {self.divergence_factor}")
         if self.sampling == "poisson":
             _require(self.sampling_rate is not None, f"{p}.sampling_rate", "poisson sampling needs a rate in (0, 1]")
         if self.sampling_rate is not None:
             _require(0.0 < self.sampling_rate <= 1.0, f"{p}.sampling_rate",
                      f"expected a probability in (0, 1], got {self.sampling_rate}")
             _require(self.sampling == "poisson", f"{p}.sampling_rate", "only used with sampling 'poisson'")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Empirical privacy estimation with canary clients (Andrew et al., ICLR 2024); 0 = off."""
+
+    canaries: int = 0  # canary clients inserted into the population (sampled like everyone)
+    unseen: int = 0  # canaries held back (never inserted): the null distribution of cosines
+
+    def validate(self, p: str) -> None:
+        _require(self.canaries >= 0 and self.unseen >= 0, f"{p}.canaries", "expected integers >= 0")
+        _require((self.canaries == 0) == (self.unseen == 0), f"{p}.unseen",
+                 "an audit needs both inserted canaries and unseen canaries (give both or neither)")
 
 
 @dataclass(frozen=True)
@@ -198,12 +264,17 @@ class PrivacyConfig:
     max_epsilon: Optional[float] = None  # stop before a round would exceed it
     accountant: Accountant = "rdp"  # the one target_epsilon / max_epsilon are held to (both are reported)
     reproducible_noise: bool = True  # DP noise from a seed in the aggregator state (see README)
+    # Under DP, artifacts epsilon does not cover (unnoised training metrics, client statistics) are
+    # written only with this opt-in; privacy.json lists every artifact and whether epsilon covers it.
+    release_unprotected: bool = False
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     @property
     def enabled(self) -> bool:
         return self.mechanism != "none"
 
     def validate(self, p: str) -> None:
+        self.audit.validate(f"{p}.audit")
         if self.noise_multiplier is not None:
             _require(math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0, f"{p}.noise_multiplier",
                      f"expected a finite value > 0, got {self.noise_multiplier} (0 adds no noise: epsilon is "
@@ -250,6 +321,9 @@ class AggregationConfig:
     """
 
     kind: AggregationKind = "mean"
+    # A user's TFF aggregation factory: import path of a function (cfg) -> tff.aggregators factory.
+    builder: Optional[str] = None
+    kwargs: dict = field(default_factory=dict)
     zeroing: bool = True
     clipping: bool = True
     ddp_bits: int = 20
@@ -260,6 +334,9 @@ class AggregationConfig:
     stochastic_rounding: bool = True  # compression: unbiased randomized rounding (unseeded in TFF)
 
     def validate(self, p: str) -> None:
+        if self.builder is not None:
+            _require(_is_import_path(self.builder), f"{p}.builder",
+                     f"expected an import path 'module:attribute', got {self.builder!r}")
         _require(1 <= self.ddp_bits <= 22, f"{p}.ddp_bits", f"expected an integer in [1, 22], got {self.ddp_bits}")
         _require(1 <= self.quantization_bits <= 16, f"{p}.quantization_bits",
                  f"expected an integer in [1, 16], got {self.quantization_bits}")

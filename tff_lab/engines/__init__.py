@@ -1,0 +1,6 @@
+"""Engines run the rounds; the loop (sampling, checkpoints, metrics, privacy ledger, export) does
+not care which one ran. See :mod:`tff_lab.engines.base` for the interface."""
+
+from tff_lab.engines.base import Engine, RoundResult, TFFEngine
+
+__all__ = ["Engine", "RoundResult", "TFFEngine"]
