@@ -40,7 +40,7 @@ def run_bare_tff(task: str, rounds: int, *, loop: str = "tff_default", concurren
 
     from tff_lab.data import load_federated_data
     from tff_lab.models import build_model, initial_weights
-    from tff_lab.training.loop import client_dataset, sample_clients
+    from tff_lab.sampling import client_dataset, sample_clients
 
     cfg = _common.task_config(task, rounds, overrides)
     data = load_federated_data(cfg)

@@ -4,7 +4,7 @@ Runs inside Flower's own environment (.venv-flower: flwr[simulation], tensorflow
 by bench/round_time.py as ``.venv-flower/bin/python bench/flower_app.py --worker SPEC``. The work is
 identical to the TFF runs: the data arrays and initial weights come from the parent (an .npz), the
 Keras model from tff_lab's own builder, and each round trains the clients tff_lab samples for that
-round on the very same batches (``tff_lab.training.loop.client_dataset``); tff_lab's config and zoo
+round on the very same batches (``tff_lab.sampling.client_dataset``); tff_lab's config and zoo
 modules need no TFF, so they import here.
 
 Clients are ``NumPyClient``s training with Keras (``model.fit`` with SGD for FedAvg; a
@@ -94,7 +94,7 @@ def _trainer():
 def client_fn(context):
     from flwr.client import NumPyClient
 
-    from tff_lab.training.loop import client_dataset
+    from tff_lab.sampling import client_dataset
 
     class BenchClient(NumPyClient):
         def fit(self, parameters, config):
@@ -116,7 +116,7 @@ def _make_strategy(result: dict):
     from flwr.common import FitIns, ndarrays_to_parameters
     from flwr.server.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
-    from tff_lab.training.loop import sample_clients
+    from tff_lab.sampling import sample_clients
 
     cfg, spec = _cfg(), _spec()
     data = _data()

@@ -49,3 +49,13 @@ class WorkerLost(Exception):
     (EX_TEMPFAIL) when retries are exhausted."""
 
     exit_code = 75
+
+
+class PartTypeError(ConfigError, TypeError):
+    """A user part (model builder, data, learning process, aggregator) is of the wrong kind.
+    A ``TypeError`` for Python callers, a one-line exit-2 error for the CLI."""
+
+
+class PartValueError(ConfigError, ValueError):
+    """A user part has the right kind but an unusable value (no clients, labels that do not fit
+    the model's output, a state that cannot be checkpointed)."""

@@ -53,7 +53,7 @@ def test_default_config_builds_the_iterator_loop():
 def test_client_datasets_are_pre_batched_and_shuffled_per_epoch():
     import tensorflow as tf
 
-    from tff_lab.training.loop import client_dataset
+    from tff_lab.sampling import client_dataset
 
     cfg = load_config(None, ["training.local_epochs=2", "training.batch_size=16"])
     x = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)

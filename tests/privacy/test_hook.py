@@ -12,7 +12,7 @@ from tff_lab.errors import PrivacyAccountingError
 from tff_lab.privacy.accounting import MechanismSpec, default_delta, epsilon_for_rounds
 from tff_lab.privacy.hook import PrivacyHook
 from tff_lab.training.hooks import RoundInfo, RunContext
-from tff_lab.training.loop import sample_clients
+from tff_lab.sampling import sample_clients
 
 POP = 30
 IDS = [f"client_{i:02d}" for i in range(POP)]

@@ -1,51 +1,35 @@
-"""Model zoo: a registry of Keras (tf.keras, Keras 2) builders.
+"""Model zoo: Keras (tf.keras, Keras 2) builders, registered like any user model.
 
-Every builder returns a *fresh* model whose output is class probabilities (softmax),
-so the same model serves training, TFLite export and batch prediction.
+Every builder returns a *fresh* model whose output is class probabilities (softmax), so the
+same model serves training, TFLite export and batch prediction.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import tensorflow as tf
 
-from tff_lab.config.schema import ModelConfig
-
-_REGISTRY: dict[str, Callable[..., tf.keras.Model]] = {}
+from tff_lab.models.spec import register_model
 
 
-def register(name: str):
-    def deco(fn):
-        if name in _REGISTRY:
-            raise ValueError(f"model '{name}' is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
-
-def available() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-@register("logreg")
-def build_logreg(cfg: ModelConfig, input_shape, num_classes: int) -> tf.keras.Model:
+def _flat_input(input_shape):
     inputs = tf.keras.Input(shape=input_shape, name="x")
-    x = tf.keras.layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
+    return inputs, (tf.keras.layers.Flatten()(inputs) if len(input_shape) > 1 else inputs)
+
+
+def build_logreg(input_shape, num_classes: int) -> tf.keras.Model:
+    inputs, x = _flat_input(input_shape)
     outputs = tf.keras.layers.Dense(num_classes, activation="softmax", name="probs")(x)
     return tf.keras.Model(inputs, outputs, name="logreg")
 
 
-@register("mlp")
-def build_mlp(cfg: ModelConfig, input_shape, num_classes: int) -> tf.keras.Model:
-    inputs = tf.keras.Input(shape=input_shape, name="x")
-    x = tf.keras.layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
-    for i, units in enumerate(cfg.hidden_units):
-        x = tf.keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
-        if cfg.dropout > 0:
-            x = tf.keras.layers.Dropout(cfg.dropout)(x)
+def build_mlp(input_shape, num_classes: int, *, hidden_units=(64, 64), dropout: float = 0.0) -> tf.keras.Model:
+    inputs, x = _flat_input(input_shape)
+    for i, units in enumerate(hidden_units):
+        x = tf.keras.layers.Dense(int(units), activation="relu", name=f"dense_{i}")(x)
+        if dropout > 0:
+            x = tf.keras.layers.Dropout(dropout)(x)
     outputs = tf.keras.layers.Dense(num_classes, activation="softmax", name="probs")(x)
     return tf.keras.Model(inputs, outputs, name="mlp")
 
@@ -61,31 +45,22 @@ def _image_shape(input_shape) -> tuple[int, int, int]:
     return (side, side, 1)
 
 
-@register("cnn")
-def build_cnn(cfg: ModelConfig, input_shape, num_classes: int) -> tf.keras.Model:
+def build_cnn(input_shape, num_classes: int, *, cnn_filters=(16, 32), dropout: float = 0.0) -> tf.keras.Model:
     inputs = tf.keras.Input(shape=input_shape, name="x")
     shape = _image_shape(input_shape)
     x = tf.keras.layers.Reshape(shape)(inputs) if tuple(input_shape) != shape else inputs
-    for i, filters in enumerate(cfg.cnn_filters):
-        x = tf.keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv_{i}")(x)
+    for i, filters in enumerate(cnn_filters):
+        x = tf.keras.layers.Conv2D(int(filters), 3, padding="same", activation="relu", name=f"conv_{i}")(x)
         if min(x.shape[1], x.shape[2]) >= 4:
             x = tf.keras.layers.MaxPool2D(2)(x)
     x = tf.keras.layers.Flatten()(x)
-    if cfg.dropout > 0:
-        x = tf.keras.layers.Dropout(cfg.dropout)(x)
+    if dropout > 0:
+        x = tf.keras.layers.Dropout(dropout)(x)
     x = tf.keras.layers.Dense(64, activation="relu", name="dense")(x)
     outputs = tf.keras.layers.Dense(num_classes, activation="softmax", name="probs")(x)
     return tf.keras.Model(inputs, outputs, name="cnn")
 
 
-def build_model(cfg: ModelConfig, input_shape, num_classes: int) -> tf.keras.Model:
-    """Builds a fresh, uncompiled model (weights from Keras' initializers and the TF seed)."""
-    if cfg.name not in _REGISTRY:
-        raise ValueError(f"unknown model '{cfg.name}'; available: {', '.join(available())}")
-    return _REGISTRY[cfg.name](cfg, tuple(input_shape), num_classes)
-
-
-def initial_weights(cfg: ModelConfig, input_shape, num_classes: int, seed: int) -> list:
-    """The deterministic initial weights for ``seed`` (shared by federated and centralized runs)."""
-    tf.keras.utils.set_random_seed(seed)
-    return build_model(cfg, input_shape, num_classes).get_weights()
+register_model("logreg", build_logreg)
+register_model("mlp", build_mlp)
+register_model("cnn", build_cnn)

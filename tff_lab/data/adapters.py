@@ -1,0 +1,207 @@
+"""A user's federated data -> :class:`FederatedData`.
+
+Accepted (see :func:`federated_data`):
+
+- a TFF ``tff.simulation.datasets.ClientData`` (every TFF dataset and any user ClientData);
+- a mapping client id -> ``(x, y)`` arrays, or -> ``{"x": ..., "y": ...}``;
+- a mapping client id -> ``tf.data.Dataset`` of single examples.
+
+Examples are materialised as numpy arrays once, at load time: the loop then shuffles and
+batches them from the seed (so sampling, shuffles and a resumed run are exact), and the
+privacy ledger can check what each round processed. Dataset elements are ``(x, y)`` tuples
+or dicts; for dicts the keys are ``x_key``/``y_key`` (defaults: ``x``/``y``, or TFF's
+``pixels``/``label`` and ``snippets`` conventions when present). ``preprocess`` is applied to
+each client's ``tf.data.Dataset`` (as TFF's ``ClientData.preprocess`` does) and must return
+unbatched examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+
+from tff_lab.errors import PartTypeError, PartValueError
+
+_X_KEYS = ("x", "pixels", "image", "features", "inputs")
+_Y_KEYS = ("y", "label", "labels", "target", "targets")
+
+
+def _keys(element, x_key, y_key, where):
+    if isinstance(element, Mapping):
+        keys = list(element)
+        xk = x_key or next((k for k in _X_KEYS if k in element), None)
+        yk = y_key or next((k for k in _Y_KEYS if k in element), None)
+        if xk not in element or yk not in element:
+            raise PartValueError(where, f"dataset elements are dicts with keys {keys}; pass x_key= and y_key= "
+                                 "to name the features and the label")
+        return xk, yk
+    if isinstance(element, (tuple, list)) and len(element) == 2:
+        return 0, 1
+    raise PartTypeError(where, f"dataset elements must be (x, y) tuples or dicts, got {type(element).__name__}")
+
+
+def _dataset_arrays(ds, x_key, y_key, where) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    keys = None
+    for el in ds.as_numpy_iterator():
+        if keys is None:
+            keys = _keys(el, x_key, y_key, where)
+        xs.append(np.asarray(el[keys[0]]))
+        ys.append(np.asarray(el[keys[1]]))
+    if not xs:
+        return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
+    try:
+        return np.stack(xs), np.stack(ys)
+    except ValueError as e:
+        raise PartValueError(where, f"examples of different shapes ({e}); preprocess them to one shape "
+                             "(and return unbatched examples)") from None
+
+
+def _as_arrays(value, x_key, y_key, preprocess, where):
+    import tensorflow as tf
+
+    if isinstance(value, tf.data.Dataset):
+        ds = preprocess(value) if preprocess is not None else value
+        return _dataset_arrays(ds, x_key, y_key, where)
+    if isinstance(value, Mapping):
+        xk = x_key or next((k for k in _X_KEYS if k in value), None)
+        yk = y_key or next((k for k in _Y_KEYS if k in value), None)
+        if xk is None or yk is None:
+            raise PartValueError(where, f"expected keys 'x' and 'y' (or x_key=/y_key=), got {list(value)}")
+        x, y = value[xk], value[yk]
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        x, y = value
+    else:
+        raise PartTypeError(where, f"expected (x, y) arrays, a dict of arrays or a tf.data.Dataset, got "
+                            f"{type(value).__name__}")
+    x, y = np.asarray(x), np.asarray(y)
+    if preprocess is not None:
+        return _dataset_arrays(preprocess(tf.data.Dataset.from_tensor_slices((x, y))), 0, 1, where)
+    return x, y
+
+
+def _normalise(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+        raise PartValueError(where, f"expected x of shape (n, ...) and y of shape (n, ...), got x {x.shape}, "
+                             f"y {y.shape}")
+    if x.dtype.kind not in "fiub":
+        raise PartTypeError(where, f"features must be numeric, got dtype {x.dtype}")
+    if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and len(y) and not np.all(np.mod(y, 1) == 0)):
+        raise PartTypeError(where, f"labels must be integer class ids, got dtype {y.dtype}")
+    if len(y) and (y.min() < 0):
+        raise PartValueError(where, "labels must be >= 0")
+    x = x.astype(np.int32) if x.dtype.kind in "iu" else x.astype(np.float32)
+    return x, y.astype(np.int32)
+
+
+def federated_data(obj: Any, *, cfg=None, rng: Optional[np.random.Generator] = None, test: Any = None,
+                   preprocess: Optional[Callable] = None, x_key: Optional[str] = None, y_key: Optional[str] = None,
+                   num_classes: Optional[int] = None, labels: Optional[list] = None, where: str = "data"):
+    """Builds a :class:`~tff_lab.data.FederatedData` from a user's client data.
+
+    Args:
+      obj: a TFF ``ClientData``, a mapping client id -> arrays/dict/``tf.data.Dataset``, or a
+        ``FederatedData`` (returned as is, with ``test`` replacing its test set if given).
+      cfg: the experiment config (``data.client_eval_fraction``, ``data.test_fraction``, ``seed``,
+        ``partition``); defaults when None.
+      rng: the generator for splits; default from ``cfg.seed``.
+      test: the global test set: ``(x, y)``, a ``tf.data.Dataset`` or a ``ClientData`` (all its
+        clients). Without it ``data.test_fraction`` of every client's examples is held out for it
+        (then the test set is client data, which ``privacy.json`` says).
+      preprocess: ``fn(tf.data.Dataset) -> tf.data.Dataset`` applied to every client's data.
+      x_key, y_key: the feature and label keys of dict elements.
+      num_classes: the number of classes (default: max label + 1).
+      labels: class names (default: "0".."K-1").
+
+    Raises:
+      TypeError / ValueError (also ConfigError, so the CLI prints one line and exits 2) naming
+      ``where`` and what was expected.
+    """
+    from tff_lab.config import ExperimentConfig
+    from tff_lab.data.sources import FederatedData, _natural_or_repartition
+
+    cfg = cfg or ExperimentConfig()
+    if rng is None:
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xDA7A]))
+    if isinstance(obj, FederatedData):
+        if test is not None:
+            obj.test = _normalise(*_as_arrays(test, x_key, y_key, preprocess, f"{where} test"), f"{where} test")
+            obj.test_source = "separate"
+        return obj
+
+    if hasattr(obj, "client_ids") and hasattr(obj, "create_tf_dataset_for_client"):
+        ids = [str(c) for c in obj.client_ids]
+        get = obj.create_tf_dataset_for_client
+    elif isinstance(obj, Mapping):
+        ids = [str(c) for c in obj]
+        keys = {str(k): k for k in obj}
+
+        def get(cid):
+            return obj[keys[cid]]
+    else:
+        raise PartTypeError(where, f"expected a tff.simulation.datasets.ClientData or a mapping client id -> data, "
+                            f"got {type(obj).__name__}")
+    if not ids:
+        raise PartValueError(where, "holds no clients")
+    if cfg.data.max_clients is not None:
+        ids = ids[: cfg.data.max_clients]
+    clients = []
+    for cid in ids:
+        x, y = _normalise(*_as_arrays(get(cid), x_key, y_key, preprocess, f"{where} client {cid!r}"),
+                          f"{where} client {cid!r}")
+        clients.append((x, y))
+    if all(len(c[1]) == 0 for c in clients):
+        raise PartValueError(where, "every client is empty")
+    shape = clients[0][0].shape[1:]
+    for cid, (x, _) in zip(ids, clients):
+        if x.shape[1:] != shape and len(x):
+            raise PartValueError(f"{where} client {cid!r}", f"examples of shape {x.shape[1:]}, but client "
+                                 f"{ids[0]!r} has {shape}: every client must have the same example shape")
+    test_source = "separate"
+    if test is not None:
+        if hasattr(test, "client_ids") and hasattr(test, "create_tf_dataset_for_client"):
+            parts = [_as_arrays(test.create_tf_dataset_for_client(c), x_key, y_key, preprocess, f"{where} test")
+                     for c in test.client_ids]
+            parts = [p for p in parts if len(p[1])]
+            if not parts:
+                raise PartValueError(f"{where} test", "the test ClientData holds no examples")
+            tx, ty = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        else:
+            tx, ty = _as_arrays(test, x_key, y_key, preprocess, f"{where} test")
+        test_arr = _normalise(tx, ty, f"{where} test")
+        if test_arr[0].shape[1:] != shape:
+            raise PartValueError(f"{where} test", f"examples of shape {test_arr[0].shape[1:]}, clients have {shape}")
+    else:
+        held, kept = [], []
+        for x, y in clients:
+            n_test = int(round(len(y) * cfg.data.test_fraction))
+            perm = rng.permutation(len(y))
+            held.append((x[perm[:n_test]], y[perm[:n_test]]))
+            kept.append((x[perm[n_test:]], y[perm[n_test:]]))
+        clients = kept
+        test_arr = (np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held]))
+        test_source = "clients"
+    max_label = max([int(c[1].max()) for c in clients if len(c[1])] + ([int(test_arr[1].max())]
+                                                                           if len(test_arr[1]) else []))
+    k = int(num_classes) if num_classes is not None else max_label + 1
+    if max_label >= k:
+        raise PartValueError(where, f"label {max_label} does not fit num_classes={k}")
+    names = list(labels) if labels is not None else [str(i) for i in range(k)]
+    data = _natural_or_repartition(clients, test_arr, cfg, rng, names, {}, ids)
+    data.test_source = test_source
+    return data
+
+
+def content_hash(data) -> str:
+    """sha256 over every client's arrays and the test set: the identity of a run's data."""
+    h = hashlib.sha256()
+    for cid in data.client_ids:
+        for arr in (*data.train[cid], *data.eval[cid]):
+            h.update(cid.encode())
+            h.update(str(arr.shape).encode() + str(arr.dtype).encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+    for arr in data.test:
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]

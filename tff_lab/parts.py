@@ -1,0 +1,98 @@
+"""User parts (model builders, data loaders, learning-process builders, aggregator factories):
+resolution by import path and provenance.
+
+A part is named in YAML by an import path ``package.module:attribute`` and resolved with
+importlib (never ``eval``). A part passed as a Python object is registered under the same kind of
+name (``module:qualname``), so the resolved config names it and every stage, built-in or not,
+resolves parts the same way. Provenance (import path, source file, its sha256) goes into
+``summary.json`` and the checkpoints: a resumed run refuses parts whose source changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from tff_lab.errors import ConfigError
+
+# Python objects registered for this process, by the name the config records.
+_OBJECTS: dict[str, Any] = {}
+
+
+def object_name(obj: Any) -> str:
+    """``module:qualname`` of a function/class, or of an instance's class plus its id."""
+    target = obj if (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj)) else None
+    if target is not None:
+        mod = getattr(target, "__module__", None) or "__main__"
+        qual = getattr(target, "__qualname__", getattr(target, "__name__", "part"))
+        return f"{mod}:{qual}"
+    cls = type(obj)
+    return f"{cls.__module__}:{cls.__qualname__}@{id(obj):x}"
+
+
+def register_object(obj: Any, name: Optional[str] = None) -> str:
+    """Makes a Python object resolvable by name in this process; returns the name."""
+    name = name or object_name(obj)
+    _OBJECTS[name] = obj
+    return name
+
+
+def resolve(path: str, field: str) -> Any:
+    """The object behind ``module:attribute`` (or a name registered in this process)."""
+    if path in _OBJECTS:
+        return _OBJECTS[path]
+    mod_name, sep, attr = path.partition(":")
+    if not sep or not mod_name or not attr:
+        raise ConfigError(field, f"expected an import path 'module:attribute', got {path!r}")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ConfigError(field, f"cannot import module '{mod_name}' of {path!r} ({type(e).__name__}: {e}); "
+                          "is it on PYTHONPATH (the current directory is searched)?") from None
+    except Exception as e:  # the user's module raised while importing
+        raise ConfigError(field, f"importing '{mod_name}' of {path!r} failed: {type(e).__name__}: {e}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if "<" in part or not hasattr(obj, part):
+            raise ConfigError(field, f"module '{mod_name}' has no attribute '{attr}' (import path {path!r})")
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve_callable(path: str, field: str) -> Callable:
+    obj = resolve(path, field)
+    if not callable(obj):
+        raise ConfigError(field, f"{path!r} is a {type(obj).__name__}, expected a callable")
+    return obj
+
+
+def _sha256_file(path: Path) -> Optional[str]:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def provenance(obj: Any, *, name: str, kind: str, builtin: bool = False) -> dict:
+    """Where a part comes from: its name, source file and the file's sha256."""
+    out = {"kind": kind, "name": name, "builtin": bool(builtin)}
+    target = obj if (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj)) else type(obj)
+    try:
+        src = inspect.getsourcefile(target)
+    except TypeError:
+        src = None
+    if src:
+        p = Path(src).resolve()
+        out["source_file"] = str(p)
+        out["source_sha256"] = _sha256_file(p)
+    return out
+
+
+def is_importable_elsewhere(name: str) -> bool:
+    """Whether another process (``tff-lab export``, a resumed CLI run) can import ``name``."""
+    mod = name.partition(":")[0]
+    return bool(mod) and mod != "__main__" and "@" not in name and "<" not in name and mod in sys.modules
