@@ -35,6 +35,9 @@ class FederatedData:
     # Preprocessing already applied to the arrays, recorded for export:
     # model_input = (raw - offset) * scale.
     preprocessing: dict
+    # "separate": the global test set is not client data; "clients": it was held out from the
+    # clients' own examples (privacy.json says so: evaluating on it touches client data).
+    test_source: str = "separate"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -152,7 +155,9 @@ def generate_synthetic(cfg: ExperimentConfig, rng) -> FederatedData:
         tests.append((x[:n_test], y[:n_test]))
         clients.append((x[n_test:].astype(np.float32), y[n_test:].astype(np.int32)))
     test = (np.concatenate([t[0] for t in tests]), np.concatenate([t[1] for t in tests]))
-    return _natural_or_repartition(clients, test, cfg, rng, [str(i) for i in range(k_cls)], {})
+    data = _natural_or_repartition(clients, test, cfg, rng, [str(i) for i in range(k_cls)], {})
+    data.test_source = "clients"  # each client's first draws are held out for the global test set
+    return data
 
 
 def _natural_or_repartition(clients, test, cfg, rng, labels, preprocessing, ids=None) -> FederatedData:
@@ -232,7 +237,9 @@ def load_client_dir(cfg: ExperimentConfig, rng) -> FederatedData:
         clients = kept
         test = (np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held]))
     num_classes = int(max(max(int(c[1].max()) for c in clients), int(test[1].max()))) + 1
-    return _natural_or_repartition(clients, test, cfg, rng, [str(i) for i in range(num_classes)], {}, ids)
+    data = _natural_or_repartition(clients, test, cfg, rng, [str(i) for i in range(num_classes)], {}, ids)
+    data.test_source = "separate" if test_file.exists() else "clients"
+    return data
 
 
 def load_emnist(cfg: ExperimentConfig, rng) -> FederatedData:  # pragma: no cover - needs network
@@ -259,7 +266,7 @@ def load_emnist(cfg: ExperimentConfig, rng) -> FederatedData:  # pragma: no cove
     return _natural_or_repartition(clients, test_arr, cfg, rng, [str(i) for i in range(10)], {}, list(ids))
 
 
-_SOURCES = {
+BUILTIN_LOADERS = {
     "digits": load_digits,
     "breast_cancer": load_breast_cancer,
     "synthetic": generate_synthetic,
@@ -272,7 +279,9 @@ _SOURCES = {
 def load_federated_data(cfg: ExperimentConfig) -> FederatedData:
     """Builds the experiment's client data; deterministic in ``cfg.seed``."""
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xDA7A]))
-    data = _SOURCES[cfg.data.source](cfg, rng)
+    from tff_lab.data.registry import load_source
+
+    data = load_source(cfg, rng)
     if cfg.training.sampling == "uniform" and cfg.training.clients_per_round > data.num_clients:
         from tff_lab.errors import ConfigError
 
