@@ -21,7 +21,10 @@ One round, per mechanism (``MechanismSpec.round_event``):
   client's clipped update replaced by another moves the sum by up to 2C, so the Gaussian
   multipliers inside are halved into dp_accounting's sensitivity-normalised units), composed
   over rounds. A Poisson round that sampled nobody is still a round.
-- ``tree`` (DP-FTRL, TFF's ``tree_aggregation``): no amplification by sampling. Given the
+- ``tree`` (DP-FTRL, TFF's ``tree_aggregation``): no amplification by sampling. Under DP every
+  round calls the aggregator, so every round is one leaf of the tree, a round that sampled
+  nobody included (its leaf releases the noise alone): :func:`tree_leaf` is that one rule, used
+  by the ledger, the noise calibration and the ``max_epsilon`` look-ahead. Given the
   participation schedule (public randomness, independent of the data), the released tree
   nodes are a Gaussian mechanism whose L2 sensitivity is ``C * sqrt(S)`` with
   ``S = max_client sum_nodes n_node^2`` over the complete dyadic nodes of the tree
@@ -228,6 +231,21 @@ def epsilon_of(event: dp_accounting.DpEvent, count: int, delta: float, relation:
 # --------------------------------------------------------------------------------------------
 # Tree aggregation (DP-FTRL): sensitivity of the realised participation schedule
 # --------------------------------------------------------------------------------------------
+
+def tree_leaf(participants: Sequence[Any]) -> list[str]:
+    """The leaf one private round adds to the tree: its participants as sorted strings.
+
+    The one rule for DP-FTRL with Poisson sampling: every round is a leaf, a round that sampled
+    nobody included. Under DP the loop runs the aggregator on every round (an empty round
+    releases the tree's noise alone; skipping it would reveal that nobody was sampled), and
+    TFF's tree advances one leaf per call, so an empty leaf shifts where every later
+    participation sits in the tree. The ledger (:meth:`PrivacyLedger.record_round`), the noise
+    calibration (:func:`tff_lab.privacy.calibration.planned_tree_leaves`) and the
+    ``max_epsilon`` look-ahead (:meth:`PrivacyLedger.epsilon_if_next`) all build leaves here;
+    the per-round state check counts the leaves TFF's tree holds against them.
+    """
+    return sorted(str(c) for c in participants)
+
 
 def tree_sensitivity_squared(leaves: Sequence[Sequence[Any]]) -> int:
     """``max_client sum_nodes n_node^2`` for a binary tree over ``len(leaves)`` leaves.
@@ -479,9 +497,16 @@ class PrivacyLedger:
         self._eps_cache: Optional[tuple[int, int, Epsilon]] = None
 
     def record_round(self, participants: Sequence[Any], trained: bool) -> None:
+        """One round. ``trained``: the aggregator ran (it must, for the tree: see :func:`tree_leaf`)."""
+        if self.spec.mechanism == "tree":
+            if not trained:
+                from tff_lab.errors import PrivacyAccountingError
+
+                raise PrivacyAccountingError(
+                    f"round {self.rounds + 1}: the DP-FTRL aggregator did not run; every private round must call it "
+                    "(an empty round adds an empty leaf to the tree), or the accounted tree is not the one that ran")
+            self.leaves.append(tree_leaf(participants))
         self.rounds += 1
-        if self.spec.mechanism == "tree" and trained:
-            self.leaves.append(sorted(str(c) for c in participants))
         self._eps_cache = None
 
     def epsilon(self) -> Epsilon:
@@ -492,12 +517,12 @@ class PrivacyLedger:
         self._eps_cache = (*key, eps)
         return eps
 
-    def epsilon_if_next(self, participants: Optional[Sequence[Any]] = None, trained: bool = True) -> Epsilon:
-        """Epsilon after one more round (the tree needs that round's participants)."""
+    def epsilon_if_next(self, participants: Optional[Sequence[Any]] = None) -> Epsilon:
+        """Epsilon after one more round (the tree needs that round's participants, [] for none)."""
         if self.spec.mechanism == "tree":
-            leaves = list(self.leaves)
-            if trained and participants is not None:
-                leaves.append(sorted(str(c) for c in participants))
+            if participants is None:
+                raise ValueError("tree aggregation: the next round's participants are needed (the sampler's choice)")
+            leaves = [*self.leaves, tree_leaf(participants)]
             return epsilon_for_rounds(self.spec, self.rounds + 1, self.delta, leaves)
         return epsilon_for_rounds(self.spec, self.rounds + 1, self.delta)
 
@@ -518,6 +543,12 @@ class PrivacyLedger:
         ledger = cls(MechanismSpec.from_json(state["spec"]), state["delta"])
         ledger.rounds = int(state["rounds"])
         ledger.leaves = [list(map(str, leaf)) for leaf in state.get("leaves", [])]
+        if ledger.spec.mechanism == "tree" and len(ledger.leaves) != ledger.rounds:
+            from tff_lab.errors import PrivacyAccountingError
+
+            raise PrivacyAccountingError(
+                f"the checkpoint's tree ledger holds {len(ledger.leaves)} leaves for {ledger.rounds} rounds: it was "
+                "written when empty rounds added no leaf, which is not the tree TFF ran; start a new run")
         return ledger
 
 

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import dp_accounting
 
 from tff_lab.errors import ConfigError
-from tff_lab.privacy.accounting import (MechanismSpec, default_delta, epsilon_for_rounds,
+from tff_lab.privacy.accounting import (MechanismSpec, default_delta, epsilon_for_rounds, tree_leaf,
                                         tree_sensitivity_squared)
 
 NOISE_MIN = 0.1  # below this RDP evaluation crawls, and any epsilon it gives is vacuous
@@ -33,15 +33,17 @@ def resolve_delta(cfg, population: int) -> float:
     return float(delta)
 
 
-def planned_tree_leaves(cfg, population: int, rounds: Optional[int] = None) -> list[list[str]]:
-    """The participants of each aggregation the run will do (rounds that sample nobody add no leaf)."""
+def planned_tree_leaves(cfg, population: int, rounds: Optional[int] = None,
+                        client_ids: Optional[Sequence[Any]] = None) -> list[list[str]]:
+    """The leaf of every round the run will do (:func:`~tff_lab.privacy.accounting.tree_leaf`:
+    a round that samples nobody is an empty leaf). Clients are named by ``client_ids[i]``, or by
+    their index; the tree's sensitivity does not depend on the names."""
     from tff_lab.sampling import sample_clients
 
     leaves = []
     for r in range(1, (rounds or cfg.training.rounds) + 1):
         idx = sample_clients(cfg, population, r)
-        if len(idx):
-            leaves.append([str(int(i)) for i in idx])
+        leaves.append(tree_leaf([client_ids[i] for i in idx] if client_ids is not None else [int(i) for i in idx]))
     return leaves
 
 

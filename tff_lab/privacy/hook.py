@@ -83,7 +83,7 @@ class PrivacyHook(RoundHook):
         if p.max_epsilon is None:
             return None
         nxt = self._sampler_choice(ctx, round_num) if ledger.spec.mechanism == "tree" else None
-        eps = ledger.epsilon_if_next(nxt, trained=bool(nxt) if nxt is not None else True).get(p.accountant)
+        eps = ledger.epsilon_if_next(nxt).get(p.accountant)
         if eps is not None and eps > p.max_epsilon:
             self.stop_reason = (f"privacy budget: round {round_num} would reach epsilon {eps:.4g} ({p.accountant}, "
                                 f"delta {ledger.delta:.3g}) > privacy.max_epsilon {p.max_epsilon:g}")
