@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     _quiet_tf_logs()
-    from tff_lab.errors import Preempted, UserError
+    from tff_lab.errors import Preempted, TrainingDiverged, UserError, WorkerLost
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -54,6 +54,12 @@ def main(argv=None) -> int:
         return 2
     except Preempted as e:
         print(f"tff-lab: preempted: {e}", file=sys.stderr)
+        return e.exit_code
+    except TrainingDiverged as e:
+        print(f"tff-lab: diverged: {e}", file=sys.stderr)
+        return e.exit_code
+    except WorkerLost as e:
+        print(f"tff-lab: worker lost: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("tff-lab: interrupted", file=sys.stderr)

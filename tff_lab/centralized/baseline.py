@@ -10,12 +10,13 @@ from tff_lab.config.schema import ExperimentConfig
 from tff_lab.data.sources import FederatedData
 
 
-def compile_for_eval(model):
-    import tensorflow as tf
+def compile_for_eval(model, spec=None):
+    """Compiles with the model spec's declared loss and metrics (default: the zoo's)."""
+    if spec is None:
+        from tff_lab.models.spec import ModelSpec
 
-    model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    return model
+        spec = ModelSpec(builder=lambda: model)
+    return spec.compile(model)
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -31,18 +32,19 @@ def matched_epochs(example_passes: int, num_train_examples: int) -> int:
     return max(1, int(round(example_passes / max(num_train_examples, 1))))
 
 
-def train_centralized(cfg: ExperimentConfig, data: FederatedData, *, epochs: int, initial_weights) -> dict:
-    """Trains the experiment's model with the clients' SGD settings; returns test loss/accuracy."""
+def train_centralized(cfg: ExperimentConfig, data: FederatedData, *, epochs: int, initial_weights,
+                      model=None) -> dict:
+    """Trains the experiment's model (``model``: its ModelSpec; default resolved from ``cfg.model``)
+    with the clients' SGD settings and the spec's loss; returns test loss/accuracy."""
     import tensorflow as tf
 
-    from tff_lab.models import build_model
+    from tff_lab.models import resolve_model
 
+    spec = model if model is not None else resolve_model(cfg.model)
     tf.keras.utils.set_random_seed(cfg.seed)
-    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    model = spec.build(data.input_shape, data.num_classes)
     model.set_weights(initial_weights)
-    model.compile(optimizer=tf.keras.optimizers.SGD(learning_rate=cfg.algorithm.client_optimizer.learning_rate),
-                  loss=tf.keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    spec.compile(model, optimizer=tf.keras.optimizers.SGD(learning_rate=cfg.algorithm.client_optimizer.learning_rate))
     x, y = data.union_train()
     model.fit(x, y, batch_size=cfg.training.batch_size, epochs=epochs, shuffle=True, verbose=0)
     loss, acc = evaluate(model, *data.test)

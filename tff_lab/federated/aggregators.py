@@ -213,3 +213,42 @@ def compression_aggregator(cfg: ExperimentConfig):
     if a.zeroing:
         factory = tff_mua._default_zeroing(factory)  # pylint: disable=protected-access
     return factory
+
+
+def resolve_aggregator(cfg: ExperimentConfig, *, population: int, noise_multiplier: Optional[float] = None,
+                       record_specs=None, aggregator=None):
+    """The run's aggregation factory: a user's (``aggregator`` or ``aggregation.builder``) or a
+    built-in one (:func:`make_aggregator`). A user's may be a factory instance or a function
+    ``(**aggregation.kwargs) -> factory``; it must be a ``tff.aggregators`` factory."""
+    from tff_lab import parts as parts_lib
+    from tff_lab.errors import PartTypeError
+
+    if aggregator is None and cfg.aggregation.builder is None:
+        return make_aggregator(cfg, population=population, noise_multiplier=noise_multiplier,
+                               record_specs=record_specs)
+    import tensorflow_federated as tff
+
+    name = cfg.aggregation.builder or parts_lib.object_name(aggregator)
+    obj = aggregator if aggregator is not None else parts_lib.resolve(cfg.aggregation.builder,
+                                                                      "aggregation.builder")
+    kinds = (tff.aggregators.UnweightedAggregationFactory, tff.aggregators.WeightedAggregationFactory)
+    if not isinstance(obj, kinds):
+        if not callable(obj):
+            raise PartTypeError("aggregator", f"{name!r} is a {type(obj).__name__}, expected a tff.aggregators "
+                                "factory (UnweightedAggregationFactory or WeightedAggregationFactory)")
+        try:
+            obj = obj(**cfg.aggregation.kwargs)
+        except TypeError as e:
+            raise PartTypeError("aggregator", f"calling {name!r} failed: {e}") from None
+    if not isinstance(obj, kinds):
+        raise PartTypeError("aggregator", f"{name!r} gave a {type(obj).__name__}, expected a tff.aggregators "
+                            "factory (UnweightedAggregationFactory or WeightedAggregationFactory)")
+    return obj
+
+
+def declared_dp_event(aggregator):
+    """A user aggregator's declaration of what it does, for the accountant: an attribute
+    ``dp_event(cfg, population) -> dp_accounting.DpEvent`` giving ONE round's event (sampling
+    included). None when it declares nothing (the run then reports no epsilon, and says why)."""
+    fn = getattr(aggregator, "dp_event", None)
+    return fn if callable(fn) else None

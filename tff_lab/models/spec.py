@@ -169,7 +169,8 @@ def resolve_model(cfg, spec: Optional[ModelSpec] = None) -> ModelSpec:
         if cfg.builder is not None:
             fn = parts_lib.resolve_callable(cfg.builder, "model.builder")
             if isinstance(fn, ModelSpec):
-                spec = fn
+                spec = fn if fn.provenance else dataclasses.replace(fn, provenance=parts_lib.provenance(
+                    fn.builder, name=cfg.builder, kind="model"))
             else:
                 spec = ModelSpec(builder=fn, name=cfg.builder,
                                  provenance=parts_lib.provenance(fn, name=cfg.builder, kind="model"))

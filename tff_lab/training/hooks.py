@@ -34,10 +34,24 @@ class RoundInfo:
     trained: bool  # False for a Poisson round that sampled nobody (still a round for accounting)
     expected_examples: int  # examples the sampled clients hold x local epochs
     tff_metrics: dict  # the LearningProcess's metrics for the round ({} when not trained)
+    state: Any = None  # the engine's server state after the round (TFF: the LearningProcess state)
 
 
 class RoundHook:
-    """Base class; override what you need."""
+    """Base class of the loop's public extension point; override what you need.
+
+    The loop calls, in order: ``on_start`` once (RUN_DIR prepared), ``load_state_dict`` (the
+    checkpoint's state, or ``{}`` for a fresh run), then per round ``before_round`` (return a
+    reason to stop) and ``after_round`` (add columns to the round's row), ``progress_fields`` for
+    the progress bar, ``state_dict`` at every checkpoint, and ``on_end`` with the summary.
+
+    Example:
+      >>> class LossLogger(RoundHook):
+      ...     name = "loss_logger"
+      ...     def after_round(self, ctx, info, row):
+      ...         row["sampled"] = len(info.sampled_clients)
+      >>> run_experiment(None, "runs/x", hooks=[LossLogger()])
+    """
 
     name = "hook"
 

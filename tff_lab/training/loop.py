@@ -1,18 +1,25 @@
-"""The one training loop: sampling, rounds, evaluation, checkpoints, metrics, hooks.
+"""The one training loop, as stages a script can call: build -> initialize -> run_rounds -> finalize.
 
-``run_experiment`` is the whole experiment: load data, build the TFF process once,
-train for ``training.rounds`` rounds (resuming from the last checkpoint on request),
-evaluate, train the centralized baseline, and write every artifact into RUN_DIR.
+- :func:`build` resolves every part (model, data, learning process or engine, aggregator, hooks),
+  built-in or a user's, through the same registries, and checks them, touching no file.
+- :func:`initialize` prepares RUN_DIR (fresh, ``resume`` or ``overwrite``) and gives the starting
+  :class:`RunState` (a fresh state with the seeded initial weights, or the last checkpoint).
+- :func:`run_rounds` samples, trains (the engine), runs the hooks (privacy ledger, communication),
+  evaluates, checkpoints, and stops on divergence, a privacy budget or SIGTERM.
+- :func:`finalize` evaluates, saves the model, trains the centralized baseline, writes plots and
+  ``summary.json``.
 
-Determinism: all randomness derives from ``cfg.seed`` and the round number
-(stateless per-round seeds), so a resumed run draws exactly what an uninterrupted
-one would, and TFF's server state is restored bit for bit from the checkpoint.
+:func:`run_experiment` is the four stages in order. Determinism: all randomness derives from
+``cfg.seed`` and the round number (stateless per-round seeds), so a resumed run draws exactly what
+an uninterrupted one would, and the engine's state is restored bit for bit from the checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
@@ -20,16 +27,45 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from tff_lab.config import ExperimentConfig, config_hash, dump_yaml, load_config, read_yaml, from_dict
-from tff_lab.errors import ConfigError, Preempted
-from tff_lab.training import checkpoint as ckpt_lib
+from tff_lab.config import ExperimentConfig, config_hash, dump_yaml, from_dict, load_config, read_yaml
+from tff_lab.errors import ConfigError, PartValueError, Preempted, TrainingDiverged, WorkerLost
 from tff_lab.fileio import atomic_write_text, replace_dir
-from tff_lab.sampling import client_dataset, sample_clients
+from tff_lab.sampling import client_dataset, sample_clients  # noqa: F401  (public here too)
+from tff_lab.training import checkpoint as ckpt_lib
 from tff_lab.training.hooks import RoundHook, RoundInfo, RunContext
+
+# What a run writes into RUN_DIR; --overwrite replaces exactly these (nothing else of the user's).
+RUN_ARTIFACTS = ("config.yaml", "parts.json", "client_stats.json", "checkpoints", "tb", "plots", "model",
+                 "export", "metrics.jsonl", "metrics.csv", "summary.json", "privacy.json", "privacy_audit.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# build
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Experiment:
+    """Everything a run needs, resolved and checked (see :func:`build`)."""
+
+    cfg: ExperimentConfig
+    data: Any  # FederatedData
+    model: Any  # ModelSpec
+    engine: Any  # tff_lab.engines.Engine
+    hooks: list
+    ctx: RunContext
+    init_weights: list
+    noise_multiplier: Optional[float]
+    parts: list  # provenance of every part that ran
+    stats: dict
+    eval_model: Any
+    accuracy_name: str
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.engine.close()
 
 
 def _resolve_config(config, overrides: Sequence[str]) -> ExperimentConfig:
@@ -42,6 +78,570 @@ def _resolve_config(config, overrides: Sequence[str]) -> ExperimentConfig:
     return load_config(config, overrides)
 
 
+def _with_python_parts(cfg: ExperimentConfig, model, data, algorithm, aggregator):
+    """Registers parts passed as Python objects and names them in the config (so the resolved
+    config records them and every stage resolves them as it resolves built-in parts)."""
+    from tff_lab import parts as parts_lib
+
+    fd = None
+    if model is not None:
+        name = parts_lib.register_object(model, parts_lib.object_name(model.builder if _is_spec(model) else model)
+                                         .split("@")[0])
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, builder=name))
+    if data is not None:
+        from tff_lab.data import content_hash, federated_data
+
+        fd = federated_data(data, cfg=cfg)
+        name = parts_lib.register_object(fd, f"python:{type(data).__name__}#{content_hash(fd)}")
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=name, kwargs={}))
+    if algorithm is not None:
+        name = parts_lib.register_object(algorithm, parts_lib.object_name(algorithm).split("@")[0])
+        cfg = dataclasses.replace(cfg, algorithm=dataclasses.replace(cfg.algorithm, builder=name))
+    if aggregator is not None:
+        name = parts_lib.register_object(aggregator, parts_lib.object_name(aggregator).split("@")[0])
+        cfg = dataclasses.replace(cfg, aggregation=dataclasses.replace(cfg.aggregation, builder=name))
+    cfg.validate()
+    return cfg, fd
+
+
+def _is_spec(obj) -> bool:
+    from tff_lab.models.spec import ModelSpec
+
+    return isinstance(obj, ModelSpec)
+
+
+def _check_user_parts_config(cfg: ExperimentConfig) -> None:
+    if cfg.aggregation.builder is not None and cfg.privacy.enabled:
+        raise ConfigError("aggregation.builder", "a user aggregator replaces tff_lab's aggregator, but "
+                          f"privacy.mechanism is '{cfg.privacy.mechanism}'; use one or the other (a private user "
+                          "aggregator declares its dp_event)")
+    if cfg.aggregation.builder is not None and cfg.aggregation.kind != "mean":
+        raise ConfigError("aggregation.kind", f"'{cfg.aggregation.kind}' has no effect with aggregation.builder "
+                          "(the user aggregator replaces it); leave kind: mean")
+
+
+def _check_model_fits(spec, model, data) -> None:
+    """The model's output must fit the labels: shape (batch, *label_shape, num_classes)."""
+    x, y = data.test
+    if len(y) == 0:
+        x, y = data.union_train()
+    if len(y) == 0:
+        return
+    try:
+        out = model(x[:2], training=False)
+    except Exception as e:  # noqa: BLE001 - the user's model cannot take the data at all
+        raise PartValueError("model", f"{spec.name!r} cannot take the data's inputs of shape {x.shape[1:]} "
+                             f"({x.dtype}): {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    want = (min(2, len(y)), *y.shape[1:], data.num_classes)
+    if tuple(out.shape) != want:
+        raise PartValueError("model", f"{spec.name!r} outputs shape {tuple(out.shape)[1:]} per example, but the "
+                             f"labels have shape {y.shape[1:]} with {data.num_classes} classes: expected "
+                             f"{want[1:]} ({spec.outputs})")
+
+
+def build(config: Union[str, os.PathLike, ExperimentConfig, None] = None, *, overrides: Iterable[str] = (),
+          model=None, data=None, algorithm=None, aggregator=None, hooks: Optional[list] = None) -> Experiment:
+    """Resolves and checks every part of an experiment; writes nothing.
+
+    Args:
+      config: an experiment YAML path, an :class:`ExperimentConfig`, or None (the default).
+      overrides: ``key.sub=value`` strings applied on top.
+      model: your model: a :class:`~tff_lab.models.ModelSpec` or a builder
+        ``(input_shape, num_classes, **model.kwargs) -> tf.keras.Model`` (probabilities out;
+        use ModelSpec(outputs="logits") otherwise).
+      data: your client data: a TFF ``ClientData``, a mapping client id -> ``(x, y)`` /
+        ``tf.data.Dataset``, or a :class:`~tff_lab.data.FederatedData`
+        (:func:`tff_lab.data.federated_data` adds a test set and preprocessing).
+      algorithm: ``builder(model_fn, model_aggregator=..., **algorithm.kwargs) ->
+        tff.learning.templates.LearningProcess``.
+      aggregator: a ``tff.aggregators`` factory (or a function returning one). A private one
+        declares ``dp_event(cfg, population)``; otherwise no epsilon is reported.
+      hooks: extra :class:`~tff_lab.training.hooks.RoundHook` objects.
+
+    Raises:
+      ConfigError / TypeError / ValueError naming the part and what was expected.
+    """
+    import tensorflow as tf
+
+    from tff_lab.data import client_stats, load_federated_data
+    from tff_lab.models import initial_weights, resolve_model
+    from tff_lab.models.tff_adapter import data_element_spec, make_model_fn
+
+    cfg = _resolve_config(config, list(overrides))
+    cfg, fd = _with_python_parts(cfg, model, data, algorithm, aggregator)
+    _check_user_parts_config(cfg)
+    spec = resolve_model(cfg.model)
+    loaded = fd if fd is not None else load_federated_data(cfg)
+    _check_finite_data(loaded)
+    if cfg.training.sampling == "uniform" and cfg.training.clients_per_round > loaded.num_clients:
+        raise ConfigError("training.clients_per_round", f"expected at most the population ({loaded.num_clients} "
+                          f"clients), got {cfg.training.clients_per_round}")
+    probe = spec.build(loaded.input_shape, loaded.num_classes)
+    _check_model_fits(spec, probe, loaded)
+    del probe
+    init = initial_weights(spec, loaded.input_shape, loaded.num_classes, cfg.seed)
+    population = loaded.num_clients
+    noise = _resolve_noise(cfg, population)
+    record_specs = [tf.TensorSpec(w.shape, tf.as_dtype(w.dtype)) for w in init]
+
+    engine, agg = _build_engine(cfg, spec, loaded, noise, record_specs)
+    parts = _provenance(cfg, spec, agg)
+    all_hooks = _default_hooks(cfg, agg) + list(hooks or [])
+    ctx = RunContext(cfg=cfg, run_dir=Path("."), population=population, noise_multiplier=noise,
+                     model_weight_shapes=[list(w.shape) for w in init],
+                     model_weight_dtypes=[str(w.dtype) for w in init], data=loaded)
+    eval_model = spec.compile(spec.build(loaded.input_shape, loaded.num_classes))
+    acc_name = eval_model.metrics_names[1] if len(eval_model.metrics_names) > 1 else "accuracy"
+    _ = make_model_fn, data_element_spec  # (used by _build_engine)
+    return Experiment(cfg=cfg, data=loaded, model=spec, engine=engine, hooks=all_hooks, ctx=ctx,
+                      init_weights=init, noise_multiplier=noise, parts=parts, stats=client_stats(loaded),
+                      eval_model=eval_model, accuracy_name=acc_name)
+
+
+def _check_finite_data(data) -> None:
+    try:
+        from tff_lab.data.sources import check_finite
+    except ImportError:  # pragma: no cover
+        return
+    check_finite(data, "data")
+
+
+def _build_engine(cfg, spec, data, noise, record_specs):
+    from tff_lab.federated import runtime
+    from tff_lab.federated.aggregators import needs_secure_intrinsics, resolve_aggregator
+    from tff_lab.federated.algorithms import check_checkpointable, resolve_process
+    from tff_lab.models.tff_adapter import data_element_spec, make_model_fn
+
+    population = data.num_clients
+    if cfg.training.engine == "vectorized":
+        from tff_lab.engines.vectorized import VectorizedEngine, check_supported
+
+        check_supported(cfg)
+        engine = VectorizedEngine(cfg, data, model_builder=lambda: spec.build(data.input_shape, data.num_classes),
+                                  loss_builder=spec.make_loss, metrics_builder=spec.make_metrics,
+                                  noise_multiplier=noise)
+        return engine, None
+    from tff_lab.engines import TFFEngine
+
+    _ensure_context(cfg, secure=needs_secure_intrinsics(cfg))
+    agg = resolve_aggregator(cfg, population=population, noise_multiplier=noise, record_specs=record_specs)
+    model_fn = make_model_fn(spec, data.input_shape, data.num_classes, batch_spec=data_element_spec(data))
+    process = resolve_process(cfg, model_fn, agg)
+    engine = TFFEngine(cfg, process, data)
+    check_checkpointable(engine.initialize())
+    _ = runtime
+    return engine, agg
+
+
+def _ensure_context(cfg, *, secure: bool) -> None:
+    import inspect
+
+    from tff_lab.federated import runtime
+
+    t = cfg.training
+    params = inspect.signature(runtime.ensure_context).parameters
+    if "workers" in params:
+        runtime.ensure_context(t.client_concurrency, secure=secure, workers=t.workers,
+                               worker_addresses=tuple(t.worker_addresses))
+    else:
+        if t.workers or t.worker_addresses:
+            raise ConfigError("training.workers", "TFF worker processes are not supported by this runtime")
+        runtime.ensure_context(t.client_concurrency, secure=secure)
+
+
+def _provenance(cfg, spec, agg) -> list[dict]:
+    from tff_lab import parts as parts_lib
+    from tff_lab.data.registry import source_part
+
+    out = [dict(spec.provenance) or {"kind": "model", "name": spec.name}]
+    _, prov = source_part(cfg)
+    out.append(prov)
+    if cfg.algorithm.builder is not None:
+        obj = parts_lib.resolve(cfg.algorithm.builder, "algorithm.builder")
+        out.append(parts_lib.provenance(obj, name=cfg.algorithm.builder, kind="algorithm"))
+    else:
+        out.append({"kind": "algorithm", "name": cfg.algorithm.name, "builtin": True})
+    if cfg.aggregation.builder is not None:
+        out.append(parts_lib.provenance(agg, name=cfg.aggregation.builder, kind="aggregator"))
+    if cfg.data.source.startswith("python:"):
+        out[1]["content_hash"] = cfg.data.source.rsplit("#", 1)[-1]
+    return out
+
+
+def _default_hooks(cfg: ExperimentConfig, agg) -> list[RoundHook]:
+    from tff_lab.federated.communication import CommunicationHook
+
+    hooks: list[RoundHook] = [CommunicationHook()]
+    if cfg.privacy.enabled:
+        from tff_lab.privacy.hook import PrivacyHook
+
+        hooks.append(PrivacyHook())
+    elif cfg.aggregation.builder is not None:
+        from tff_lab.federated.aggregators import declared_dp_event
+        from tff_lab.federated.declared_dp import DeclaredPrivacyHook
+
+        hooks.append(DeclaredPrivacyHook(cfg.aggregation.builder, declared_dp_event(agg)))
+    return hooks
+
+
+def _resolve_noise(cfg: ExperimentConfig, population: int) -> Optional[float]:
+    if not cfg.privacy.enabled:
+        return None
+    from tff_lab.privacy.calibration import resolve_noise_multiplier
+
+    return resolve_noise_multiplier(cfg, population)
+
+
+# ----------------------------------------------------------------------------------------------
+# initialize
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RunState:
+    """Where a run stands: the engine state after ``round`` rounds, and the run's bookkeeping."""
+
+    run_dir: Path
+    state: Any
+    round: int
+    counters: dict
+    stop_reason: Optional[str]
+    writer: Any
+    t_start: float
+    replaced: Optional[Path] = None  # the earlier run moved aside by --overwrite, until this one commits
+    retries_left: int = 0
+
+
+def _prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, *, resume: bool, overwrite: bool):
+    """Checks RUN_DIR against the experiment; returns (checkpoint round to resume from, replace?)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(str(run_dir), "RUN_DIR exists and is not a directory")
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.exists():
+        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+            raise ConfigError(str(run_dir), "RUN_DIR is not empty and holds no tff-lab run; choose a new --out")
+        return None, overwrite and run_dir.exists()
+    try:
+        existing = from_dict(read_yaml(cfg_file), validate=False)
+        same = config_hash(existing) == config_hash(cfg)
+    except ConfigError:
+        same = False
+    if overwrite:
+        return None, True
+    if not same:
+        raise ConfigError(str(run_dir), "RUN_DIR already holds a different experiment (its config.yaml differs); "
+                          "choose a new --out or pass --overwrite")
+    if not resume:
+        raise ConfigError(str(run_dir), "RUN_DIR already holds a run of this experiment; pass --resume to "
+                          "continue it or --overwrite to start again")
+    return ckpt_lib.latest(run_dir / "checkpoints"), False
+
+
+def _move_aside(run_dir: Path) -> Optional[Path]:
+    """Moves an earlier run's artifacts into a hidden folder of RUN_DIR (restored if the new run
+    fails before its first checkpoint, deleted once it has one)."""
+    present = [n for n in RUN_ARTIFACTS if (run_dir / n).exists()]
+    if not present:
+        return None
+    aside = run_dir / f".replaced-{os.getpid()}"
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir()
+    for n in present:
+        os.replace(run_dir / n, aside / n)
+    return aside
+
+
+def _restore_aside(run_dir: Path, aside: Path) -> None:
+    for n in RUN_ARTIFACTS:
+        p = run_dir / n
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+    for child in aside.iterdir():
+        os.replace(child, run_dir / child.name)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def initialize(exp: Experiment, out_dir: Union[str, os.PathLike], *, resume: bool = False,
+               overwrite: bool = False) -> RunState:
+    """Prepares RUN_DIR and returns the starting state (fresh, or the last checkpoint's).
+
+    With ``overwrite`` an earlier run is moved aside, and put back if the new run fails before
+    its first checkpoint (nothing of a working run is lost to a broken experiment).
+    """
+    from tff_lab.training.metrics import MetricsWriter
+
+    cfg = exp.cfg
+    run_dir = Path(out_dir)
+    start_round, replace = _prepare_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    aside = _move_aside(run_dir) if replace else None
+    exp.ctx.run_dir = run_dir
+    try:
+        atomic_write_text(run_dir / "config.yaml", _config_text(exp, run_dir))
+        atomic_write_text(run_dir / "parts.json", json.dumps(exp.parts, indent=1))
+        if _policy_allows(exp, "client_stats"):
+            atomic_write_text(run_dir / "client_stats.json", json.dumps(exp.stats, indent=1))
+        for h in exp.hooks:
+            h.on_start(exp.ctx)
+        rs = RunState(run_dir=run_dir, state=None, round=0, counters={"example_passes": 0, "train_seconds": 0.0},
+                      stop_reason=None, writer=None, t_start=time.time(), replaced=aside,
+                      retries_left=cfg.training.worker_retries)
+        _restore(exp, rs, start_round)
+        rs.writer = MetricsWriter(run_dir, resume_round=rs.round)  # drops rows after the checkpoint
+    except BaseException:
+        if aside is not None:
+            _restore_aside(run_dir, aside)
+        raise
+    return rs
+
+
+def _config_text(exp: Experiment, run_dir: Path) -> str:
+    lines = [f"# resolved config; rerun with: tff-lab run {run_dir / 'config.yaml'} --out NEW_DIR"]
+    user = [p for p in exp.parts if not p.get("builtin")]
+    if user:
+        lines.append("# user parts (see parts.json and summary.json):")
+        for p in user:
+            lines.append(f"#   {p['kind']}: {p['name']}  source {p.get('source_file', '-')}  "
+                         f"sha256 {str(p.get('source_sha256') or p.get('content_hash') or '-')[:16]}")
+    return "\n".join(lines) + "\n" + dump_yaml(exp.cfg)
+
+
+def _parts_digest(parts: list[dict]) -> dict:
+    # Only a user's parts: built-in ones change with tff_lab's version, which config_hash does not pin.
+    return {f"{p['kind']}:{p['name']}": p.get("source_sha256") or p.get("content_hash") for p in parts
+            if not p.get("builtin")}
+
+
+def _check_parts_unchanged(run_dir: Path, exp: Experiment, meta: Optional[dict] = None) -> None:
+    saved = (meta or {}).get("parts")
+    if saved is None:
+        return
+    now = _parts_digest(exp.parts)
+    for key, digest in saved.items():
+        if key in now and digest is not None and now[key] != digest:
+            raise ConfigError(key.split(":", 1)[0], f"{key.split(':', 1)[1]}: its source changed since the "
+                              f"checkpoint in {run_dir} was written (sha256 {str(digest)[:12]} then, "
+                              f"{str(now[key])[:12]} now); a resumed run must use the same code")
+
+
+def _restore(exp: Experiment, rs: RunState, round_num: Optional[int]) -> None:
+    """Sets ``rs`` to the checkpoint of ``round_num`` (None: a fresh start from the initial weights)."""
+    cfg, engine = exp.cfg, exp.engine
+    state = engine.initialize()
+    ckpt_dir = rs.run_dir / "checkpoints"
+    if round_num is not None:
+        state, meta = ckpt_lib.load(ckpt_dir, round_num, state)
+        round_num = int(meta.get("round", round_num))
+        if meta.get("config_hash") != config_hash(cfg):
+            raise ConfigError(str(ckpt_dir), "checkpoint was written by a different experiment")
+        _check_parts_unchanged(rs.run_dir, exp, meta)
+        rs.counters = {"example_passes": 0, "train_seconds": 0.0, **meta.get("counters", {})}
+        for h in exp.hooks:
+            h.load_state_dict(meta.get("hooks", {}).get(h.name, {}))
+        rs.stop_reason = meta.get("stop_reason")
+        rs.round = round_num
+    else:
+        state = engine.set_model_weights(state, exp.init_weights)
+        rs.counters = {"example_passes": 0, "train_seconds": 0.0}
+        for h in exp.hooks:
+            h.load_state_dict({})
+        rs.stop_reason = None
+        rs.round = 0
+    rs.state = state
+
+
+def _save_checkpoint(exp: Experiment, rs: RunState) -> None:
+    meta = {"config_hash": config_hash(exp.cfg), "counters": rs.counters, "stop_reason": rs.stop_reason,
+            "hooks": {h.name: h.state_dict() for h in exp.hooks}, "parts": _parts_digest(exp.parts),
+            "engine": exp.engine.name}
+    ckpt_lib.save(rs.run_dir / "checkpoints", rs.round, rs.state, meta)
+    rs.writer.write_csv()
+    if rs.replaced is not None:  # the new run now has something to put in the old one's place
+        shutil.rmtree(rs.replaced, ignore_errors=True)
+        rs.replaced = None
+
+
+# ----------------------------------------------------------------------------------------------
+# rounds
+# ----------------------------------------------------------------------------------------------
+def _policy_allows(exp: Experiment, what: str) -> bool:
+    pol = _policy(exp)
+    if pol is None:
+        return True
+    fn = {"client_stats": "allow_client_stats", "per_client_eval": "allow_per_client_eval"}[what]
+    return bool(getattr(pol, fn)()) if hasattr(pol, fn) else True
+
+
+def _policy(exp: Experiment):
+    if not exp.cfg.privacy.enabled:
+        return None
+    cached = getattr(exp, "_policy_obj", False)
+    if cached is not False:
+        return cached
+    try:
+        from tff_lab.privacy.release import publication_policy
+    except ImportError:
+        pol = None
+    else:
+        try:
+            pol = publication_policy(exp.cfg, data=exp.data)
+        except TypeError:
+            pol = publication_policy(exp.cfg)
+    object.__setattr__(exp, "_policy_obj", pol)
+    return pol
+
+
+def evaluate_global(exp: Experiment, state) -> tuple[float, float]:
+    """(loss, accuracy) of the state's model on the global test set."""
+    import tensorflow as tf
+
+    if getattr(exp, "_test_ds", None) is None:
+        # Built once: Keras' evaluate(x, y) on arrays leaks ~0.3 MB per call in TF 2.14 (BENCHMARKS.md).
+        object.__setattr__(exp, "_test_ds", tf.data.Dataset.from_tensor_slices(exp.data.test).batch(1024))
+    exp.engine.get_model_weights(state).assign_weights_to(exp.eval_model)
+    out = exp.eval_model.evaluate(exp._test_ds, verbose=0)
+    loss, acc = (out[0], out[1]) if isinstance(out, (list, tuple)) else (out, math.nan)
+    return float(loss), float(acc)
+
+
+def _diverged(exp: Experiment, rs: RunState, r: int, row: dict, metrics: dict) -> Optional[str]:
+    train = metrics.get("client_work", {}).get("train", {}) if metrics else {}
+    loss = train.get("loss")
+    if loss is not None:
+        loss = float(loss)
+        if not math.isfinite(loss):
+            return f"round {r}: the training loss is {loss}"
+        first = rs.counters.get("first_loss")
+        if first is None:
+            rs.counters["first_loss"] = loss
+        elif first > 0 and loss > exp.cfg.training.divergence_factor * first:
+            return (f"round {r}: the training loss {loss:.4g} exceeds training.divergence_factor "
+                    f"({exp.cfg.training.divergence_factor:g}) x the first round's {first:.4g}")
+    weights = exp.engine.get_model_weights(rs.state).trainable
+    for i, w in enumerate(weights):
+        if not np.all(np.isfinite(np.asarray(w))):
+            return f"round {r}: model weight tensor {i} holds NaN or inf"
+    return None
+
+
+def run_rounds(exp: Experiment, rs: RunState, *, quiet: bool = True, until: Optional[int] = None,
+               preempt: Optional[threading.Event] = None) -> RunState:
+    """Runs rounds ``rs.round + 1 ..`` up to ``until`` (default ``training.rounds``)."""
+    from tqdm.auto import tqdm
+
+    cfg, t, data, hooks, ctx = exp.cfg, exp.cfg.training, exp.data, exp.hooks, exp.ctx
+    last = t.rounds if until is None else min(int(until), t.rounds)
+    preempt = preempt or threading.Event()
+    ckpt_dir = rs.run_dir / "checkpoints"
+    policy = _policy(exp)
+    bar = tqdm(total=t.rounds, initial=rs.round, disable=quiet, unit="round", dynamic_ncols=True, desc=cfg.name)
+    client_ids = data.client_ids
+    try:
+        while rs.round < last and rs.stop_reason is None:
+            r = rs.round + 1
+            for h in hooks:
+                reason = h.before_round(ctx, r)
+                if reason:
+                    rs.stop_reason = reason
+            if rs.stop_reason:
+                break
+            t0 = time.perf_counter()
+            idx = sample_clients(cfg, exp.data.num_clients, r)
+            sampled = [client_ids[i] for i in idx]
+            expected = int(sum(len(data.train[c][1]) for c in sampled)) * t.local_epochs
+            metrics: dict = {}
+            new_state = rs.state
+            # A Poisson round that samples nobody still runs under DP: the accountant counts it as a
+            # sampled round, so its noise-only update must be released (skipping it would reveal that
+            # nobody was chosen). Without DP there is nothing to average, so the round is skipped.
+            if len(idx) or cfg.privacy.enabled:
+                try:
+                    result = exp.engine.next(rs.state, r, idx)
+                except Exception as e:  # noqa: BLE001 - classified below
+                    err = _classify(e)
+                    if isinstance(err, WorkerLost) and rs.retries_left > 0:
+                        rs.retries_left -= 1
+                        _recover(exp, rs, err)
+                        bar.n = rs.round
+                        continue
+                    if err is e:
+                        raise
+                    raise err from e
+                new_state, metrics = result.state, result.metrics
+            prev_state, rs.state = rs.state, new_state
+            train = metrics.get("client_work", {}).get("train", {}) if metrics else {}
+            n_ex = int(train.get("num_examples", 0))
+            row = {"round": r, "clients": len(idx), "train_examples": n_ex,
+                   "train_loss": float(train["loss"]) if "loss" in train else None,
+                   "train_accuracy": float(train[exp.accuracy_name]) if exp.accuracy_name in train else None,
+                   "eval_loss": None, "eval_accuracy": None}
+            info = RoundInfo(round_num=r, sampled_clients=sampled, participants=len(idx), trained=bool(metrics),
+                             expected_examples=expected, tff_metrics=metrics, state=rs.state)
+            why = _diverged(exp, rs, r, row, metrics)
+            if why:
+                rs.state, rs.round = prev_state, r - 1
+                kept = ckpt_lib.latest(ckpt_dir)
+                raise TrainingDiverged(f"training diverged at {why}; stopped without saving it. The last good "
+                                       f"checkpoint is " + (f"round {kept} in {ckpt_dir}" if kept else "none")
+                                       + "; lower the learning rates (algorithm.*_optimizer.learning_rate) or clip")
+            rs.round = r
+            rs.counters["example_passes"] += n_ex
+            for h in hooks:
+                h.after_round(ctx, info, row)
+            if r % t.eval_every_rounds == 0 or r == t.rounds:
+                row["eval_loss"], row["eval_accuracy"] = evaluate_global(exp, rs.state)
+            seconds = time.perf_counter() - t0
+            rs.counters["train_seconds"] += seconds
+            row["round_seconds"] = round(seconds, 4)
+            if policy is not None and hasattr(policy, "filter_row"):
+                row = policy.filter_row(row)
+            rs.writer.append(row)
+            postfix = {}
+            for k, label in (("train_loss", "loss"), ("train_accuracy", "acc")):
+                if row.get(k) is not None:
+                    postfix[label] = f"{row[k]:.3f}"
+            if row.get("eval_accuracy") is not None:
+                postfix["test_acc"] = f"{row['eval_accuracy']:.3f}"
+            for h in hooks:
+                postfix.update(h.progress_fields())
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+            if r % t.rounds_per_checkpoint == 0 or r == t.rounds or preempt.is_set():
+                _save_checkpoint(exp, rs)
+            if preempt.is_set():
+                raise Preempted(f"SIGTERM after round {r}; checkpoint saved in {ckpt_dir}; rerun with --resume")
+        if rs.stop_reason:
+            _save_checkpoint(exp, rs)
+    finally:
+        bar.close()
+    return rs
+
+
+def _classify(e: BaseException) -> BaseException:
+    from tff_lab.federated import runtime
+
+    fn = getattr(runtime, "classify_failure", None)
+    return fn(e) if fn is not None else e
+
+
+def _recover(exp: Experiment, rs: RunState, err: WorkerLost) -> None:
+    """A worker died mid-round: rebuild the runtime and go back to the last checkpoint (the round
+    that failed was never accounted; the ledger is restored with the checkpoint)."""
+    from tff_lab.federated import runtime
+    from tff_lab.training.metrics import MetricsWriter
+
+    reset = getattr(runtime, "reset", None)
+    if reset is not None:
+        reset()
+    kept = ckpt_lib.latest(rs.run_dir / "checkpoints")
+    rs.writer.close()
+    _restore(exp, rs, kept)
+    rs.writer = MetricsWriter(rs.run_dir, resume_round=rs.round)
+
+
+# ----------------------------------------------------------------------------------------------
+# finalize
+# ----------------------------------------------------------------------------------------------
 def _versions() -> dict:
     from importlib import metadata
 
@@ -55,78 +655,164 @@ def _versions() -> dict:
     return out
 
 
-def _prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, *, resume: bool, overwrite: bool) -> Optional[int]:
-    """Checks RUN_DIR against the experiment; returns the checkpoint round to resume from."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(str(run_dir), "RUN_DIR exists and is not a directory")
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.exists():
-        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-            raise ConfigError(str(run_dir), "RUN_DIR is not empty and holds no tff-lab run; choose a new --out")
-        return None
-    try:
-        existing = from_dict(read_yaml(cfg_file), validate=False)
-        same = config_hash(existing) == config_hash(cfg)
-    except ConfigError:
-        same = False
-    if overwrite:
-        for name in ("checkpoints", "tb", "plots", "model", "metrics.jsonl", "metrics.csv", "summary.json",
-                     "privacy.json", "client_stats.json"):
-            p = run_dir / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        return None
-    if not same:
-        raise ConfigError(str(run_dir), "RUN_DIR already holds a different experiment (its config.yaml differs); "
-                          "choose a new --out or pass --overwrite")
-    if not resume:
-        raise ConfigError(str(run_dir), "RUN_DIR already holds a run of this experiment; pass --resume to "
-                          "continue it or --overwrite to start again")
-    return ckpt_lib.latest(run_dir / "checkpoints")
+def _save_model(model, model_dir: Path) -> None:
+    """``model.keras`` and ``saved_model/``, each written beside and renamed into place."""
+    import tensorflow as tf
+
+    from tff_lab.fileio import atomic_path
+
+    model_dir.mkdir(exist_ok=True)
+    with atomic_path(model_dir / "model.keras", suffix=".keras") as tmp:
+        model.save(tmp)
+    sm_tmp = model_dir / ".saved_model.tmp"
+    shutil.rmtree(sm_tmp, ignore_errors=True)
+    tf.saved_model.save(model, str(sm_tmp))
+    replace_dir(sm_tmp, model_dir / "saved_model")
 
 
+def finalize(exp: Experiment, rs: RunState) -> dict:
+    """Final evaluation, the model, the centralized baseline, plots and ``summary.json``."""
+    from tff_lab.centralized.baseline import matched_epochs, train_centralized
+    from tff_lab.training.plots import plot_curves, plot_heterogeneity
+
+    cfg, data, run_dir = exp.cfg, exp.data, rs.run_dir
+    final_loss, final_acc = evaluate_global(exp, rs.state)
+    spread = {}
+    if _policy_allows(exp, "per_client_eval"):
+        per_client = per_client_accuracy(exp)
+        if per_client:
+            spread = {"min": float(np.min(per_client)), "median": float(np.median(per_client)),
+                      "max": float(np.max(per_client)), "clients": len(per_client)}
+    # A stale export of an earlier model must not survive beside the new one.
+    shutil.rmtree(run_dir / "export", ignore_errors=True)
+    _save_model(exp.eval_model, run_dir / "model")
+
+    central = None
+    if cfg.centralized.enabled:
+        epochs = matched_epochs(rs.counters["example_passes"], data.num_train_examples())
+        central = train_centralized(cfg, data, epochs=epochs, initial_weights=exp.init_weights, model=exp.model)
+        if cfg.centralized.dp_sgd:
+            from tff_lab.privacy.dpsgd import train_dp_sgd
+
+            central["dp_sgd"] = train_dp_sgd(cfg, data, epochs, initial_weights=exp.init_weights)
+
+    summary = {
+        "experiment": cfg.name,
+        "config_hash": config_hash(cfg),
+        "seed": cfg.seed,
+        "engine": exp.engine.name,
+        "rounds": rs.round,
+        "rounds_planned": cfg.training.rounds,
+        "stopped_reason": rs.stop_reason,
+        "population": data.num_clients,
+        "final_test_accuracy": final_acc,
+        "final_test_loss": final_loss,
+        "per_client_eval_accuracy": spread,
+        "centralized": central,
+        "centralized_accuracy": central["accuracy"] if central else None,
+        "retention": (final_acc / central["accuracy"]) if central and central["accuracy"] else None,
+        "example_passes": rs.counters["example_passes"],
+        "train_seconds": round(rs.counters["train_seconds"], 3),
+        "wall_seconds": round(time.time() - rs.t_start, 3),
+        "seconds_per_round_median": _median_round_seconds(rs.writer.rows),
+        "data": {k: exp.stats[k] for k in ("num_clients", "num_classes", "train_examples", "test_examples",
+                                            "examples_per_client", "mean_tv_distance")},
+        "parts": exp.parts,
+        "versions": _versions(),
+    }
+    summary["data"]["test_set"] = getattr(data, "test_source", "separate")
+    for h in exp.hooks:
+        h.on_end(exp.ctx, summary)
+    rs.writer.close()
+    plots = run_dir / "plots"
+    plot_curves(rs.writer.rows, plots, centralized_accuracy=summary["centralized_accuracy"], title=cfg.name)
+    if _policy_allows(exp, "client_stats"):
+        plot_heterogeneity(exp.stats, data.labels, plots / "heterogeneity.png")
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def per_client_accuracy(exp: Experiment) -> list[float]:
+    """The model's accuracy metric on each client's evaluation split (empty splits skipped).
+
+    One batched predict over all splits (per-client ``evaluate`` calls cost ~50 ms each), then the
+    spec's first metric per client.
+    """
+    data, model = exp.data, exp.eval_model
+    ids = [c for c in data.client_ids if len(data.eval[c][1])]
+    if not ids:
+        return []
+    x = np.concatenate([data.eval[c][0] for c in ids])
+    y = np.concatenate([data.eval[c][1] for c in ids])
+    pred = model.predict(x, batch_size=4096, verbose=0)
+    bounds = np.cumsum([len(data.eval[c][1]) for c in ids])[:-1]
+    if exp.model.metrics is None:  # the default metric: sparse categorical accuracy, in numpy
+        correct = pred.argmax(axis=-1) == y
+        return [float(part.mean()) for part in np.split(correct, bounds)]
+    metric = exp.model.make_metrics()[0]
+    out = []
+    for yp, pp in zip(np.split(y, bounds), np.split(pred, bounds)):
+        metric.reset_state()
+        metric.update_state(yp, pp)
+        out.append(float(metric.result()))
+    return out
+
+
+def _median_round_seconds(rows: list[dict]) -> Optional[float]:
+    secs = [r["round_seconds"] for r in rows if r.get("round_seconds") is not None]
+    # Skip the first rounds: they include TFF's tracing and the C++ worker's start.
+    steady = secs[2:] if len(secs) > 4 else secs
+    return float(np.median(steady)) if steady else None
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole run
+# ----------------------------------------------------------------------------------------------
 def run_experiment(config: Union[str, os.PathLike, ExperimentConfig, None] = None,
                    out_dir: Union[str, os.PathLike] = "runs/default", *, overrides: Iterable[str] = (),
                    resume: bool = False, overwrite: bool = False, quiet: bool = True,
-                   hooks: Optional[list[RoundHook]] = None) -> dict:
+                   hooks: Optional[list[RoundHook]] = None, model=None, data=None, algorithm=None,
+                   aggregator=None) -> dict:
     """Runs a federated experiment end to end and returns its summary (also in RUN_DIR/summary.json).
 
     Args:
       config: an experiment YAML path, an :class:`ExperimentConfig`, or None for the default
         experiment (digits, 20 clients, Dirichlet alpha 0.5, FedAvg).
-      out_dir: RUN_DIR; receives config.yaml, metrics, plots, TensorBoard events, the model,
-        checkpoints and summary.json.
+      out_dir: RUN_DIR; receives config.yaml, parts.json, metrics, plots, TensorBoard events, the
+        model, checkpoints and summary.json.
       overrides: ``key.sub=value`` strings applied on top of the file.
       resume: continue from RUN_DIR's last checkpoint (start fresh when there is none).
-      overwrite: discard an earlier run in RUN_DIR.
+      overwrite: replace an earlier run in RUN_DIR (it is kept until the new run's first checkpoint).
       quiet: no progress bar.
       hooks: extra :class:`RoundHook` objects (privacy and communication hooks are added
         from the config).
+      model, data, algorithm, aggregator: your own parts (see :func:`build`).
 
     Example:
       >>> from tff_lab import run_experiment
       >>> summary = run_experiment("experiments/digits_fedavg.yaml", "runs/a", overrides=["training.rounds=5"])
     """
-    cfg = _resolve_config(config, list(overrides))
-    run_dir = Path(out_dir)
-    start_round = _prepare_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
-    t_start = time.time()
+    from tff_lab.federated import runtime
 
-    from tff_lab.data import client_stats, load_federated_data
-
-    data = load_federated_data(cfg)  # user errors surface here, before RUN_DIR is touched
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml",
-                      f"# resolved config; rerun with: tff-lab run {run_dir / 'config.yaml'} --out NEW_DIR\n"
-                      + dump_yaml(cfg))
-    stats = client_stats(data)
-    atomic_write_text(run_dir / "client_stats.json", json.dumps(stats, indent=1))
-
+    exp = None
+    rs = None
     try:
+        exp = build(config, overrides=overrides, model=model, data=data, algorithm=algorithm,
+                    aggregator=aggregator, hooks=hooks)
         with _sigterm_flag() as preempt:
-            return _train(cfg, data, stats, run_dir, start_round, t_start, quiet, list(hooks or []), preempt)
+            rs = initialize(exp, out_dir, resume=resume, overwrite=overwrite)
+            try:
+                run_rounds(exp, rs, quiet=quiet, preempt=preempt)
+                return finalize(exp, rs)
+            except BaseException:
+                if rs.replaced is not None:  # no checkpoint of the new run yet: put the old run back
+                    with contextlib.suppress(Exception):
+                        rs.writer.close()
+                    _restore_aside(rs.run_dir, rs.replaced)
+                raise
     finally:
-        from tff_lab.federated import runtime
-
+        if exp is not None:
+            exp.close()
         runtime.shutdown()
 
 
@@ -143,228 +829,3 @@ def _sigterm_flag():
         yield flag
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _default_hooks(cfg: ExperimentConfig) -> list[RoundHook]:  # HOOKS
-    from tff_lab.federated.communication import CommunicationHook
-
-    hooks: list[RoundHook] = [CommunicationHook()]
-    if cfg.privacy.enabled:
-        from tff_lab.privacy.hook import PrivacyHook
-
-        hooks.append(PrivacyHook())
-    return hooks
-
-
-def _resolve_noise(cfg: ExperimentConfig, population: int) -> Optional[float]:  # HOOKS
-    if not cfg.privacy.enabled:
-        return None
-    from tff_lab.privacy.calibration import resolve_noise_multiplier
-
-    return resolve_noise_multiplier(cfg, population)
-
-
-def _train(cfg, data, stats, run_dir: Path, start_round, t_start, quiet, extra_hooks, preempt) -> dict:
-    import tensorflow as tf
-    import tensorflow_federated as tff
-    from tqdm.auto import tqdm
-
-    from tff_lab.centralized.baseline import compile_for_eval, matched_epochs, train_centralized
-    from tff_lab.federated import runtime
-    from tff_lab.federated.aggregators import make_aggregator, needs_secure_intrinsics
-    from tff_lab.federated.algorithms import build_learning_process
-    from tff_lab.models import build_model, initial_weights
-    from tff_lab.models.tff_adapter import make_model_fn
-    from tff_lab.training.metrics import MetricsWriter
-    from tff_lab.training.plots import plot_curves, plot_heterogeneity
-
-    t = cfg.training
-    population = data.num_clients
-    runtime.ensure_context(t.client_concurrency, secure=needs_secure_intrinsics(cfg))
-    init = initial_weights(cfg.model, data.input_shape, data.num_classes, cfg.seed)
-    noise = _resolve_noise(cfg, population)
-    record_specs = [tf.TensorSpec(w.shape, tf.as_dtype(w.dtype)) for w in init]
-    aggregator = make_aggregator(cfg, population=population, noise_multiplier=noise, record_specs=record_specs)
-    model_fn = make_model_fn(cfg.model, data.input_shape, data.num_classes)
-    process = build_learning_process(cfg, model_fn, aggregator)
-
-    hooks = _default_hooks(cfg) + extra_hooks
-    ctx = RunContext(cfg=cfg, run_dir=run_dir, population=population, noise_multiplier=noise,
-                     model_weight_shapes=[list(w.shape) for w in init],
-                     model_weight_dtypes=[str(w.dtype) for w in init], data=data)
-    for h in hooks:
-        h.on_start(ctx)
-
-    state = process.initialize()
-    ckpt_dir = run_dir / "checkpoints"
-    counters = {"example_passes": 0, "train_seconds": 0.0}
-    stop_reason = None
-    if start_round is not None:
-        state, meta = ckpt_lib.load(ckpt_dir, start_round, state)
-        if meta.get("config_hash") != config_hash(cfg):
-            raise ConfigError(str(ckpt_dir), "checkpoint was written by a different experiment")
-        counters.update(meta.get("counters", {}))
-        for h in hooks:
-            h.load_state_dict(meta.get("hooks", {}).get(h.name, {}))
-        stop_reason = meta.get("stop_reason")
-        done = start_round
-    else:
-        state = process.set_model_weights(state, tff.learning.models.ModelWeights(trainable=init, non_trainable=[]))
-        done = 0
-
-    eval_model = compile_for_eval(build_model(cfg.model, data.input_shape, data.num_classes))
-
-    # Built once: Keras' evaluate(x, y) on arrays leaks ~0.3 MB per call in TF 2.14 (BENCHMARKS.md, soak).
-    test_ds = tf.data.Dataset.from_tensor_slices(data.test).batch(1024)
-
-    def evaluate_global(st):
-        process.get_model_weights(st).assign_weights_to(eval_model)
-        loss, acc = eval_model.evaluate(test_ds, verbose=0)
-        return float(loss), float(acc)
-
-    writer = MetricsWriter(run_dir, resume_round=done)  # drops rows after the checkpoint
-
-    def save_checkpoint(r):
-        meta = {"config_hash": config_hash(cfg), "counters": counters, "stop_reason": stop_reason,
-                "hooks": {h.name: h.state_dict() for h in hooks}}
-        ckpt_lib.save(ckpt_dir, r, state, meta)
-        writer.write_csv()
-
-    bar = tqdm(total=t.rounds, initial=done, disable=quiet, unit="round", dynamic_ncols=True,
-               desc=cfg.name)
-    client_ids = data.client_ids
-    r = done
-    while r < t.rounds and stop_reason is None:
-        r += 1
-        for h in hooks:
-            reason = h.before_round(ctx, r)
-            if reason:
-                stop_reason = reason
-        if stop_reason:
-            r -= 1
-            break
-        t0 = time.perf_counter()
-        idx = sample_clients(cfg, population, r)
-        sampled = [client_ids[i] for i in idx]
-        expected = int(sum(len(data.train[c][1]) for c in sampled)) * t.local_epochs
-        tff_metrics: dict = {}
-        # A Poisson round that samples nobody still runs under DP: the accountant counts it as a
-        # sampled round, so its noise-only update must be released (skipping it would reveal that
-        # nobody was chosen). Without DP there is nothing to average, so the round is skipped.
-        if len(idx) or cfg.privacy.enabled:
-            datasets = [client_dataset(cfg, *data.train[c], int(i), r) for c, i in zip(sampled, idx)]
-            out = process.next(state, datasets)
-            state, tff_metrics = out.state, out.metrics
-        train = tff_metrics.get("client_work", {}).get("train", {})
-        counters["example_passes"] += int(train.get("num_examples", 0))
-        row = {"round": r, "clients": len(idx), "train_examples": int(train.get("num_examples", 0)),
-               "train_loss": float(train["loss"]) if "loss" in train else None,
-               "train_accuracy": float(train["accuracy"]) if "accuracy" in train else None,
-               "eval_loss": None, "eval_accuracy": None}
-        info = RoundInfo(round_num=r, sampled_clients=sampled, participants=len(idx), trained=bool(tff_metrics),
-                         expected_examples=expected, tff_metrics=tff_metrics)
-        for h in hooks:
-            h.after_round(ctx, info, row)
-        if r % t.eval_every_rounds == 0 or r == t.rounds:
-            row["eval_loss"], row["eval_accuracy"] = evaluate_global(state)
-        seconds = time.perf_counter() - t0
-        counters["train_seconds"] += seconds
-        row["round_seconds"] = round(seconds, 4)
-        writer.append(row)
-        postfix = {"loss": f"{row['train_loss']:.3f}" if row["train_loss"] is not None else "-",
-                   "acc": f"{row['train_accuracy']:.3f}" if row["train_accuracy"] is not None else "-"}
-        if row["eval_accuracy"] is not None:
-            postfix["test_acc"] = f"{row['eval_accuracy']:.3f}"
-        for h in hooks:
-            postfix.update(h.progress_fields())
-        bar.set_postfix(postfix, refresh=False)
-        bar.update(1)
-        if r % t.rounds_per_checkpoint == 0 or r == t.rounds or preempt.is_set():
-            save_checkpoint(r)
-        if preempt.is_set():
-            bar.close()
-            raise Preempted(f"SIGTERM after round {r}; checkpoint saved in {ckpt_dir}; rerun with --resume")
-    bar.close()
-    rounds_done = r
-    if stop_reason:
-        save_checkpoint(rounds_done)
-
-    # Final evaluation: global test set and the per-client evaluation splits.
-    final_loss, final_acc = evaluate_global(state)
-    per_client = _per_client_accuracy(eval_model, data)
-    spread = ({"min": float(np.min(per_client)), "median": float(np.median(per_client)),
-               "max": float(np.max(per_client)), "clients": len(per_client)} if per_client else {})
-
-    # Final model: .keras and SavedModel, written beside and renamed into place.
-    model_dir = run_dir / "model"
-    model_dir.mkdir(exist_ok=True)
-    keras_tmp = model_dir / ".model.tmp.keras"
-    eval_model.save(keras_tmp)
-    os.replace(keras_tmp, model_dir / "model.keras")
-    sm_tmp = model_dir / ".saved_model.tmp"
-    shutil.rmtree(sm_tmp, ignore_errors=True)
-    tf.saved_model.save(eval_model, str(sm_tmp))
-    replace_dir(sm_tmp, model_dir / "saved_model")
-
-    central = None
-    if cfg.centralized.enabled:
-        epochs = matched_epochs(counters["example_passes"], data.num_train_examples())
-        central = train_centralized(cfg, data, epochs=epochs, initial_weights=init)
-        if cfg.centralized.dp_sgd:
-            from tff_lab.privacy.dpsgd import train_dp_sgd
-
-            central["dp_sgd"] = train_dp_sgd(cfg, data, epochs, initial_weights=init)
-
-    summary = {
-        "experiment": cfg.name,
-        "config_hash": config_hash(cfg),
-        "seed": cfg.seed,
-        "rounds": rounds_done,
-        "rounds_planned": t.rounds,
-        "stopped_reason": stop_reason,
-        "population": population,
-        "final_test_accuracy": final_acc,
-        "final_test_loss": final_loss,
-        "per_client_eval_accuracy": spread,
-        "centralized": central,
-        "centralized_accuracy": central["accuracy"] if central else None,
-        "retention": (final_acc / central["accuracy"]) if central and central["accuracy"] else None,
-        "example_passes": counters["example_passes"],
-        "train_seconds": round(counters["train_seconds"], 3),
-        "wall_seconds": round(time.time() - t_start, 3),
-        "seconds_per_round_median": _median_round_seconds(writer.rows),
-        "data": {k: stats[k] for k in ("num_clients", "num_classes", "train_examples", "test_examples",
-                                        "examples_per_client", "mean_tv_distance")},
-        "versions": _versions(),
-    }
-    for h in hooks:
-        h.on_end(ctx, summary)
-    writer.close()
-    plots = run_dir / "plots"
-    plot_curves(writer.rows, plots, centralized_accuracy=summary["centralized_accuracy"], title=cfg.name)
-    plot_heterogeneity(stats, data.labels, plots / "heterogeneity.png")
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
-    return summary
-
-
-def _per_client_accuracy(model, data) -> list[float]:
-    """Accuracy of ``model`` on each client's evaluation split (clients with an empty split skipped).
-
-    One batched predict over all splits: per-client ``evaluate`` calls cost ~50 ms each, which
-    dominates the end of a run with thousands of clients.
-    """
-    ids = [c for c in data.client_ids if len(data.eval[c][1])]
-    if not ids:
-        return []
-    x = np.concatenate([data.eval[c][0] for c in ids])
-    y = np.concatenate([data.eval[c][1] for c in ids])
-    correct = model.predict(x, batch_size=4096, verbose=0).argmax(axis=1) == y
-    bounds = np.cumsum([len(data.eval[c][1]) for c in ids])[:-1]
-    return [float(part.mean()) for part in np.split(correct, bounds)]
-
-
-def _median_round_seconds(rows: list[dict]) -> Optional[float]:
-    secs = [r["round_seconds"] for r in rows if r.get("round_seconds") is not None]
-    # Skip the first rounds: they include TFF's tracing and the C++ worker's start.
-    steady = secs[2:] if len(secs) > 4 else secs
-    return float(np.median(steady)) if steady else None
