@@ -459,6 +459,24 @@ def epsilon_for_rounds(spec: MechanismSpec, rounds: int, delta: float,
     return epsilon_of(spec.round_event(), rounds, delta, spec.neighbouring_relation)
 
 
+def epsilon_sampling_known(spec: MechanismSpec, participations: int, delta: float) -> Epsilon:
+    """Epsilon against someone who knows which clients each round sampled (no amplification).
+
+    Amplification by sampling holds only while the sample is secret. tff_lab's sampler is a pure
+    function of ``seed`` (written into ``config.yaml``): whoever knows the seed knows the
+    sample. Against them a client is protected by the rounds it took part in, each the query's
+    Gaussian mechanism without sampling, composed ``participations`` times (the most any client
+    took part), under the ledger's neighbouring relation (replace-one halves the multipliers, as in
+    :meth:`MechanismSpec.round_event`).
+    """
+    if not spec.amplified:
+        raise ValueError("only the sampled Gaussian mechanisms are amplified by sampling")
+    event = spec.query_event()
+    if spec.sampling == "uniform":
+        event = scale_gaussians(event, 0.5)
+    return epsilon_of(event, int(participations), delta, spec.neighbouring_relation)
+
+
 def default_delta(population: int) -> float:
     """``min(1e-5, population^-1.1)``: below 1/population by a polynomial factor (a delta near
     1/N allows releasing a random client's data outright), and never looser than the 1e-5 that

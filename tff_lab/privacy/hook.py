@@ -16,7 +16,8 @@ import math
 from typing import Optional
 
 from tff_lab.errors import PrivacyAccountingError
-from tff_lab.privacy.accounting import (DDP_UNSUPPORTED, Epsilon, MechanismSpec, PrivacyLedger, library_versions)
+from tff_lab.privacy.accounting import (DDP_UNSUPPORTED, Epsilon, MechanismSpec, PrivacyLedger, epsilon_sampling_known,
+                                        library_versions)
 from tff_lab.privacy.calibration import resolve_delta, spec_for
 from tff_lab.training.hooks import RoundHook, RoundInfo, RunContext
 
@@ -28,6 +29,9 @@ class PrivacyHook(RoundHook):
         self.ledger: Optional[PrivacyLedger] = None
         self.stop_reason: Optional[str] = None
         self._last: Optional[Epsilon] = None
+        self.checked_rounds = 0  # rounds whose aggregator state was compared with the ledger
+        self.unchecked_rounds = 0  # rounds whose engine passed no state (RoundInfo.state)
+        self.clip_history: list[float] = []  # adaptive clip after each checked round
 
     # -- set-up ---------------------------------------------------------------------------------
     def on_start(self, ctx: RunContext) -> None:
@@ -43,6 +47,7 @@ class PrivacyHook(RoundHook):
         spec = spec_for(cfg, ctx.population, ctx.noise_multiplier)
         self.ledger = PrivacyLedger(spec, resolve_delta(cfg, ctx.population))
         self._last = None
+        self.checked_rounds, self.unchecked_rounds, self.clip_history = 0, 0, []
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -61,10 +66,18 @@ class PrivacyHook(RoundHook):
                                          "epsilon. Start a new run instead.")
         self.ledger = saved
         self.stop_reason = state.get("stop_reason")
+        check = state.get("state_check", {})
+        self.checked_rounds = int(check.get("checked_rounds", 0))
+        self.unchecked_rounds = int(check.get("unchecked_rounds", 0))
+        self.clip_history = [float(c) for c in check.get("clip_history", [])]
         self._last = None
 
     def state_dict(self) -> dict:
-        return {"ledger": self.ledger.state_dict(), "stop_reason": self.stop_reason} if self.ledger else {}
+        if not self.ledger:
+            return {}
+        return {"ledger": self.ledger.state_dict(), "stop_reason": self.stop_reason,
+                "state_check": {"checked_rounds": self.checked_rounds, "unchecked_rounds": self.unchecked_rounds,
+                                "clip_history": self.clip_history}}
 
     # -- rounds ---------------------------------------------------------------------------------
     def _sampler_choice(self, ctx: RunContext, round_num: int) -> list:
@@ -120,6 +133,7 @@ class PrivacyHook(RoundHook):
                 raise PrivacyAccountingError(f"round {r}: TFF processed {seen} examples, the sampled clients hold "
                                              f"{info.expected_examples}; what ran departs from what is accounted")
         ledger.record_round(info.sampled_clients, info.trained)
+        self._check_state(info, r)
         eps = ledger.epsilon()
         self._last = eps
         row["eps_rdp"] = _num(eps.rdp)
@@ -130,6 +144,21 @@ class PrivacyHook(RoundHook):
             if e is not None and e > p.max_epsilon * (1 + 1e-9):
                 raise PrivacyAccountingError(f"round {r} took epsilon to {e:.6g} > privacy.max_epsilon "
                                              f"{p.max_epsilon}")
+
+    def _check_state(self, info: RoundInfo, r: int) -> None:
+        """The ledger against the DP aggregator's own state after the round (``info.state``, the
+        engine's server state: for the TFF engine TFF's LearningProcess state). Rounds whose
+        engine passes no state are counted as unchecked in privacy.json."""
+        from tff_lab.privacy.state_check import check_aggregator_state
+
+        state = getattr(info, "state", None)
+        if state is None:
+            self.unchecked_rounds += 1
+            return
+        observed = check_aggregator_state(self.ledger.spec, self.ledger.rounds, state, round_num=r)
+        self.checked_rounds += 1
+        if self.ledger.spec.mechanism == "gaussian_adaptive" and "clip" in observed:
+            self.clip_history.append(round(float(observed["clip"]), 7))
 
     def progress_fields(self) -> dict:
         if self.ledger is None:
@@ -170,6 +199,17 @@ class PrivacyHook(RoundHook):
         if spec.mechanism == "tree":
             notes.append("DP-FTRL (tree aggregation): no amplification by sampling; epsilon is for the realised "
                          "participation schedule (public, data-independent randomness), replace-with-zero neighbours")
+        sampling_known = None
+        if spec.amplified:
+            k = _max_participations(ctx, ledger.rounds)
+            known = epsilon_sampling_known(spec, k, ledger.delta)
+            sampling_known = {"max_participations": k, "epsilon": known.to_json(),
+                              "why": "amplification by sampling assumes the sample is secret"}
+            notes.append("amplification by sampling assumes the server's choice of clients is secret; here it is a "
+                         "pure function of the experiment seed, which config.yaml records: anyone who knows the seed "
+                         "knows who was sampled each round, and against them the guarantee is "
+                         f"epsilon_if_sampling_known (the {k} rounds the most-sampled client took part in, without "
+                         "amplification), not epsilon. A deployment must draw the sample from secret randomness")
         if p.reproducible_noise and spec.mechanism != "ddp_secure":
             notes.append("DP noise is drawn from a seed derived from the experiment seed (reproducible simulation); "
                          "anyone who knows the seed knows the noise, so this is a simulation guarantee")
@@ -191,14 +231,29 @@ class PrivacyHook(RoundHook):
             "delta": ledger.delta,
             "delta_source": "privacy.delta" if p.delta is not None else "default min(1e-5, population^-1.1)",
             "epsilon": eps.to_json(),
+            "epsilon_if_sampling_known": sampling_known,
             "accountant_for_budget": p.accountant,
             "target_epsilon": p.target_epsilon,
             "max_epsilon": p.max_epsilon,
             "stopped_by_budget": self.stop_reason,
             "ledger": ledger.ledger_events(),
+            "aggregator_state_check": self._state_check_report(),
             "notes": notes,
             "versions": library_versions(),
         }
+
+    def _state_check_report(self) -> dict:
+        out = {"checked_rounds": self.checked_rounds, "unchecked_rounds": self.unchecked_rounds,
+               "what": ("after every round the DP aggregator's own state (TFF's DPAggregatorState: the DpEvent its "
+                        "query emitted, the query's clip and noise stddev, the tree's leaf count, the seeded "
+                        "query's call count) is compared with the ledger; a difference stops the run "
+                        "(PrivacyAccountingError)")}
+        if self.unchecked_rounds:
+            out["note"] = (f"{self.unchecked_rounds} rounds ran on an engine that passed no server state to the "
+                           "privacy hook; their aggregator state was not compared with the ledger")
+        if self.clip_history:
+            out["adaptive_clip_after_round"] = self.clip_history
+        return out
 
     def on_end(self, ctx: RunContext, summary: dict) -> None:
         from tff_lab.fileio import atomic_write_text
@@ -210,6 +265,16 @@ class PrivacyHook(RoundHook):
                               "epsilon": {"rdp": report["epsilon"]["rdp"], "pld": report["epsilon"]["pld"]},
                               "rounds": report["rounds_run"],
                               "stopped_by_budget": report["stopped_by_budget"]}
+
+
+def _max_participations(ctx: RunContext, rounds: int) -> int:
+    from tff_lab.sampling import sample_clients
+
+    counts = {}
+    for r in range(1, rounds + 1):
+        for i in sample_clients(ctx.cfg, ctx.population, r):
+            counts[int(i)] = counts.get(int(i), 0) + 1
+    return max(counts.values(), default=0)
 
 
 def _num_examples(metrics: dict) -> Optional[int]:
