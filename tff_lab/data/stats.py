@@ -18,7 +18,7 @@ def client_stats(data: FederatedData) -> dict:
     rows = []
     for cid in data.client_ids:
         y = data.train[cid][1]
-        hist = np.bincount(y, minlength=k)
+        hist = np.bincount(np.asarray(y).reshape(-1), minlength=k)  # sequences: per-token labels
         global_hist += hist
         rows.append({"client_id": cid, "train_examples": int(len(y)),
                      "eval_examples": int(len(data.eval[cid][1])), "label_histogram": hist.astype(int).tolist()})
