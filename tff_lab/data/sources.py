@@ -242,28 +242,11 @@ def load_client_dir(cfg: ExperimentConfig, rng) -> FederatedData:
     return data
 
 
-def load_emnist(cfg: ExperimentConfig, rng) -> FederatedData:  # pragma: no cover - needs network
-    """TFF's federated EMNIST-10 (digits only), natural writer partition; downloads on first use."""
-    try:
-        import tensorflow_federated as tff
+def load_emnist(cfg: ExperimentConfig, rng, **kwargs) -> FederatedData:
+    """TFF's federated EMNIST from ``data.cache_dir`` (never downloads): see :mod:`tff_lab.tasks.emnist`."""
+    from tff_lab.tasks.emnist import load_emnist as _load
 
-        train, test = tff.simulation.datasets.emnist.load_data(only_digits=True)
-    except Exception as e:
-        raise DataError("data.source=emnist", "could not download TFF's EMNIST (this needs network access; "
-                        f"use digits, synthetic or npz_dir offline): {type(e).__name__}") from None
-    ids = train.client_ids[: cfg.data.max_clients or cfg.data.num_clients]
-
-    def arrays(ds):
-        xs, ys = [], []
-        for ex in ds.as_numpy_iterator():
-            xs.append(ex["pixels"].reshape(-1))
-            ys.append(ex["label"])
-        return np.asarray(xs, np.float32), np.asarray(ys, np.int32)
-
-    clients = [arrays(train.create_tf_dataset_for_client(c)) for c in ids]
-    tx, ty = zip(*[arrays(test.create_tf_dataset_for_client(c)) for c in ids])
-    test_arr = (np.concatenate(tx), np.concatenate(ty))
-    return _natural_or_repartition(clients, test_arr, cfg, rng, [str(i) for i in range(10)], {}, list(ids))
+    return _load(cfg, rng, **kwargs)
 
 
 BUILTIN_LOADERS = {
