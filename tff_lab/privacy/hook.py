@@ -19,6 +19,7 @@ from tff_lab.errors import PrivacyAccountingError
 from tff_lab.privacy.accounting import (DDP_UNSUPPORTED, Epsilon, MechanismSpec, PrivacyLedger, epsilon_sampling_known,
                                         library_versions)
 from tff_lab.privacy.calibration import resolve_delta, spec_for
+from tff_lab.privacy.release import coverage_report, publication_policy
 from tff_lab.training.hooks import RoundHook, RoundInfo, RunContext
 
 
@@ -238,6 +239,7 @@ class PrivacyHook(RoundHook):
             "stopped_by_budget": self.stop_reason,
             "ledger": ledger.ledger_events(),
             "aggregator_state_check": self._state_check_report(),
+            "coverage": coverage_report(publication_policy(cfg, data=ctx.data), ctx.run_dir),
             "notes": notes,
             "versions": library_versions(),
         }
