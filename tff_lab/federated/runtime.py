@@ -57,6 +57,7 @@ _GRPC_OPTIONS = [
 _lock = threading.RLock()
 _configured: Optional[tuple] = None
 _endpoints: list["_Endpoint"] = []
+_context: Any = None  # the installed TFF context (TFF's context stack is per thread: see _use)
 _spawner: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
 
@@ -142,8 +143,8 @@ class _Endpoint:
         import grpc
         import tensorflow_federated as tff
 
-        if self.channel is not None:
-            self.channel.close()
+        # An old channel is dropped, not closed: TFF's stub polls it from a gRPC thread that raises
+        # (and prints) when the channel is closed under it.
         self.channel = grpc.insecure_channel(self.address, _GRPC_OPTIONS)
         self.stub = tff.framework.RemoteExecutorGrpcStub(self.channel)
         self.wait_ready(timeout_s)
@@ -211,9 +212,7 @@ class _Endpoint:
             self._connect(CONNECT_TIMEOUT_S)
 
     def stop(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
+        self.channel = self.stub = None  # dropped, not closed (see _connect)
         if self.proc is not None:
             if self.proc.poll() is None:
                 try:
@@ -290,11 +289,29 @@ def _install(endpoints: Sequence[_Endpoint], *, secure: bool, mergeable: bool) -
                                                           annotated_type=comp.type_signature)
                 return mergeable_comp_compiler.compile_to_mergeable_comp_form(plain)
 
-        if compile_mergeable is None:
-            tff.backends.native.set_mergeable_comp_execution_context(asyncs)
-            return
-        context = tff.framework.MergeableCompExecutionContext(asyncs, compiler_fn=compile_mergeable)
-    context_stack_impl.context_stack.set_default_context(context)
+        context = tff.backends.native.create_mergeable_comp_execution_context(asyncs) if compile_mergeable is None \
+            else tff.framework.MergeableCompExecutionContext(asyncs, compiler_fn=compile_mergeable)
+    _retire(_context)
+    _use(context)
+
+
+def _use(context) -> None:
+    """Makes ``context`` the calling thread's default (TFF's context stack is thread-local)."""
+    global _context
+    from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+
+    _context = context
+    if context is not None and context_stack_impl.context_stack.current is not context:
+        context_stack_impl.context_stack.set_default_context(context)
+
+
+def _retire(context) -> None:
+    """A replaced context may still hold the tasks of a round that failed on a lost worker: their
+    errors are known (the round was classified and retried), so asyncio must not print them later."""
+    runner = getattr(context, "_async_runner", None)
+    loop = getattr(runner, "_event_loop", None)
+    if loop is not None:
+        loop.set_exception_handler(lambda loop, ctx: None)
 
 
 def _settings(training: Any, secure: bool, workers: Optional[int], worker_addresses) -> tuple:
@@ -336,6 +353,7 @@ def ensure_context(training: Any = 0, *, secure: bool = False, workers: Optional
     concurrency, secure, n_workers, addresses = key
     with _lock:
         if _configured == key and all(e.healthy() for e in _endpoints if e.local):
+            _use(_context)  # this thread may not have it yet
             return
         if _configured is not None:
             shutdown()
@@ -443,14 +461,14 @@ def worker_pids() -> list[int]:
 
 def shutdown() -> None:
     """Stops every worker this process started (and any worker_binary TFF started) and forgets the context."""
-    global _configured
+    global _configured, _context
     with _lock:
         mine = {e.pid for e in _endpoints}
         for endpoint in _endpoints:
             endpoint.stop()
         _endpoints.clear()
         for pid in worker_pids():
-            if pid in mine:
+            if pid in mine:  # pragma: no cover - stopped above
                 continue
             try:
                 # A worker of TFF's own local context (a user set it): not reaped here, TFF's __del__
@@ -459,6 +477,8 @@ def shutdown() -> None:
             except ProcessLookupError:
                 pass
         _configured = None
+        _retire(_context)
+        _context = None
 
 
 atexit.register(shutdown)
