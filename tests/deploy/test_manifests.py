@@ -14,6 +14,7 @@ import yaml
 
 from tff_lab.cli import main
 from tff_lab.deploy import render
+from tff_lab.deploy.local import find
 from tff_lab.distributed import EXIT_RETRIABLE
 from tff_lab.distributed import trainer
 
@@ -115,11 +116,14 @@ def test_overlay_builds_and_every_object_validates(built, overlay, tfjob_validat
     for obj in objs:
         validate_any(obj, tfjob_validator)
     kinds = sorted(o["kind"] for o in objs)
-    expected = {"gpu": ["ConfigMap", "Job", "PersistentVolumeClaim", "Service"],
-                "cpu": ["ConfigMap", "Job", "PersistentVolumeClaim", "Service"],
-                "tfjob": ["ConfigMap", "PersistentVolumeClaim", "TFJob"],
-                "sweep": ["ConfigMap", "ConfigMap", "Job", "PersistentVolumeClaim"]}[overlay]
+    expected = {"gpu": ["ConfigMap", "Job", "NetworkPolicy", "PersistentVolumeClaim", "Service"],
+                "cpu": ["ConfigMap", "Job", "NetworkPolicy", "PersistentVolumeClaim", "Service"],
+                "tfjob": ["ConfigMap", "NetworkPolicy", "PersistentVolumeClaim", "TFJob"],
+                "sweep": ["ConfigMap", "ConfigMap", "Job", "NetworkPolicy", "PersistentVolumeClaim"],
+                "federated": ["ConfigMap", "Job", "NetworkPolicy", "NetworkPolicy", "PersistentVolumeClaim",
+                              "Service", "StatefulSet"]}[overlay]
     assert kinds == expected
+    assert {o["metadata"].get("namespace") for o in objs} == {"tff-lab"}
 
 
 @needs_kubectl
@@ -141,7 +145,7 @@ def test_validators_reject_unknown_fields_and_bad_values(tfjob_validator):
 
     p = render.RenderParams(experiment_name="x", experiment_yaml="name: x\n", workers=2, gpus_per_worker=1,
                             image="r.example/tff:1")
-    job = render.render_overlay(p, "gpu")[-1]
+    job = find(render.render_overlay(p, "gpu"), "Job")
     validate_k8s(job)
     bad = copy.deepcopy(job)
     bad["spec"]["template"]["spec"]["containers"][0]["resourcez"] = {}
@@ -171,7 +175,7 @@ def test_committed_tree_equals_renderer_output(tmp_path, monkeypatch):
 
 def test_job_shape(params):
     """What the cluster relies on, beyond schema validity."""
-    job = render.render_overlay(params, "gpu")[-1]
+    job = find(render.render_overlay(params, "gpu"), "Job")
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == params.workers
     assert spec["backoffLimitPerIndex"] >= 1 and spec["maxFailedIndexes"] == 0 and spec["ttlSecondsAfterFinished"] > 0
@@ -190,12 +194,12 @@ def test_job_shape(params):
     assert c["command"] == ["tff-lab"] and c["args"][0] == "train-dist"
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     assert mounts["/etc/tff-lab"] == "experiment" and mounts["/artifacts"] == "artifacts"
-    svc = render.render_overlay(params, "gpu")[2]
-    assert svc["kind"] == "Service" and svc["spec"]["clusterIP"] == "None"
+    svc = find(render.render_overlay(params, "gpu"), "Service")
+    assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
-    cpu_job = render.render_overlay(params, "cpu")[-1]
+    cpu_job = find(render.render_overlay(params, "cpu"), "Job")
     assert "nvidia.com/gpu" not in cpu_job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-    tf = render.render_overlay(params, "tfjob")[-1]
+    tf = find(render.render_overlay(params, "tfjob"), "TFJob")
     worker = tf["spec"]["tfReplicaSpecs"]["Worker"]
     assert worker["replicas"] == params.workers and worker["restartPolicy"] == "ExitCode"
     assert worker["template"]["spec"]["containers"][0]["name"] == "tensorflow"
@@ -212,6 +216,10 @@ BASE = ["k8s", "render", "experiments/dist_digits.yaml"]
     (["--image", "r.example/t"], "has no tag"),
     (["--image", "r.example/t:1", "--overlay", "gpux"], "--overlay: unknown overlay 'gpux'"),
     (["--image", "r.example/t:1", "--overlay", "sweep"], "--sweep: the sweep overlay needs a sweep grid"),
+    (["--image", "r.example/t:1", "--tff-workers", "0"], "--tff-workers: expected an integer >= 1"),
+    (["--image", "r.example/t:1", "--tff-worker-gpus", "-1"], "--tff-worker-gpus: expected an integer >= 0"),
+    (["--image", "r.example/t:1", "--namespace", "Tff_Lab"], "--namespace: expected a DNS label"),
+    (["--image", "r.example/t@sha256:abc"], "--image: not a valid image reference"),
 ])
 def test_render_bad_input_is_one_line_exit_2(extra, words, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
@@ -228,3 +236,117 @@ def test_render_prints_one_overlay_without_out(capsys, monkeypatch):
     job = next(o for o in objs if o["kind"] == "Job")
     assert job["spec"]["completions"] == 3
     assert "nvidia.com/gpu" not in job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize("image, policy", [(f"r.example/t:1@{DIGEST}", "IfNotPresent"),
+                                           (f"r.example/t@{DIGEST}", "IfNotPresent"),
+                                           ("r.example/t:1", "Always")])
+def test_digest_pinned_images_are_accepted_and_pulled_if_not_present(image, policy, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(BASE + ["--image", image, "--overlay", "federated"]) == 0
+    out = capsys.readouterr()
+    objs = [d for d in yaml.safe_load_all(out.out) if d]
+    containers = [c for o in objs if o["kind"] in ("Job", "StatefulSet")
+                  for c in o["spec"]["template"]["spec"]["containers"] + o["spec"]["template"]["spec"].get(
+                      "initContainers", [])]
+    assert len(containers) == 3 and {(c["image"], c["imagePullPolicy"]) for c in containers} == {(image, policy)}
+    assert ("has no digest" in out.err) == (policy == "Always")
+
+
+def _selects(policy: dict, labels: dict) -> bool:
+    return policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+
+
+@pytest.mark.parametrize("overlay", render.OVERLAYS)
+def test_every_pod_is_isolated_by_a_network_policy_of_its_own_overlay(params, overlay):
+    """Each pod: no service-account token, uid >= 10000, and a NetworkPolicy of the same overlay that
+    denies both directions except the listed peers (checkov links policies across files by labels,
+    so this is checked per overlay here)."""
+    objs = render.render_overlay(params, overlay)
+    policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    templates = [o["spec"]["template"] for o in objs if o["kind"] in ("Job", "StatefulSet")]
+    templates += [r["template"] for o in objs if o["kind"] == "TFJob" for r in o["spec"]["tfReplicaSpecs"].values()]
+    assert templates and policies
+    for t in templates:
+        mine = [p for p in policies if _selects(p, t["metadata"]["labels"])]
+        assert len(mine) == 1, (overlay, t["metadata"]["labels"])
+        assert mine[0]["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        pod = t["spec"]
+        assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+        assert pod["securityContext"]["runAsUser"] >= 10000 and pod["securityContext"]["runAsGroup"] >= 10000
+        for c in pod["containers"] + pod.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+            assert sc["capabilities"]["drop"] == ["ALL"] and c["resources"]["limits"]["memory"]
+
+
+def _rules(policy, direction):
+    return [({k: v for k, v in peer["podSelector"]["matchLabels"].items()} if "to" in r or "from" in r else None,
+             sorted((p["protocol"], p["port"]) for p in r.get("ports", [])))
+            for r in policy["spec"].get(direction, []) for peer in (r.get("to") or r.get("from") or [{}])]
+
+
+def test_network_policies_admit_only_the_intended_peers(params):
+    objs = render.render_overlay(params, "gpu")
+    pol = find(objs, "NetworkPolicy")
+    job = find(objs, "Job")
+    trainer = render._selector(params, "trainer")
+    assert _rules(pol, "ingress") == [(trainer, [("TCP", 2222)])]
+    assert _rules(pol, "egress") == [(trainer, [("TCP", 2222)]), (None, [("TCP", 53), ("UDP", 53)])]
+    assert trainer.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    sweep = find(render.render_overlay(params, "sweep"), "NetworkPolicy")
+    assert sweep["spec"].get("ingress") == [] and sweep["spec"].get("egress") == []  # deny all
+    fed = render.render_overlay(params, "federated")
+    workers = find(fed, "NetworkPolicy", params.tff_worker_set)
+    driver = find(fed, "NetworkPolicy", params.driver_job_name)
+    driver_labels = find(fed, "Job")["spec"]["template"]["metadata"]["labels"]
+    worker_labels = find(fed, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert _rules(workers, "ingress") == [(render._selector(params, "driver"), [("TCP", 8000)])]
+    assert workers["spec"]["egress"] == []
+    assert render._selector(params, "driver").items() <= driver_labels.items()
+    assert not _selects(workers, driver_labels) and _selects(workers, worker_labels)
+    assert driver["spec"]["ingress"] == []
+    assert _rules(driver, "egress") == [(render._selector(params, "tff-worker"), [("TCP", 8000)]),
+                                        (None, [("TCP", 53), ("UDP", 53)])]
+
+
+def test_federated_overlay_shape(params):
+    objs = render.render_overlay(params, "federated")
+    sts, svc, job = find(objs, "StatefulSet"), find(objs, "Service"), find(objs, "Job")
+    assert sts["spec"]["replicas"] == params.tff_workers == 2 and sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["selector"].items() <= pod_labels.items()
+    assert [p["port"] for p in svc["spec"]["ports"]] == [8000]
+    worker = sts["spec"]["template"]["spec"]["containers"][0]
+    assert [worker["command"][0], *worker["args"]] == ["tff-lab", "tff-worker", "--port", "8000"]
+    assert worker["ports"][0]["containerPort"] == 8000
+    assert worker["readinessProbe"]["tcpSocket"]["port"] == 8000 and worker["livenessProbe"]["tcpSocket"]["port"] == 8000
+    assert worker["resources"]["requests"] == {"cpu": params.cpu, "memory": params.memory}
+    assert "nvidia.com/gpu" not in worker["resources"]["limits"]
+    # The driver: the workers' stable DNS names, in order, in its init container and in tff-lab run.
+    names = [f"tff-lab-worker-{i}.tff-lab-workers:8000" for i in range(2)]
+    pod = job["spec"]["template"]["spec"]
+    wait, driver = pod["initContainers"][0], pod["containers"][0]
+    assert wait["args"][:2] == ["k8s", "wait"] and wait["args"][2:4] == names
+    assert driver["args"][:2] == ["run", "/etc/tff-lab/experiment.yaml"]
+    assert f"training.worker_addresses=[{','.join(names)}]" in driver["args"] and "--resume" in driver["args"]
+    assert driver["args"][driver["args"].index("--out") + 1] == "/artifacts/runs/dist_digits-federated"
+    assert job["spec"]["completions"] == 1 and job["spec"]["backoffLimit"] >= 1
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert any(r["action"] == "FailJob" and r["onExitCodes"] == {"containerName": "driver", "operator": "In",
+                                                                 "values": [2]} for r in rules)
+    # The committed experiment with the driver's override is a valid config.
+    from tff_lab.config import load_config
+
+    cfg = load_config(REPO / "experiments" / "dist_digits.yaml", overrides=[driver["args"][-1]])
+    assert list(cfg.training.worker_addresses) == names
+    # GPUs for TFF workers on request.
+    import dataclasses
+
+    gpu = find(render.render_overlay(dataclasses.replace(params, tff_worker_gpus=1), "federated"), "StatefulSet")
+    assert gpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"

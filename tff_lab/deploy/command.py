@@ -1,38 +1,71 @@
-"""``tff-lab k8s render`` (kustomize manifests) and ``tff-lab sweep`` (one experiment of a grid)."""
+"""``tff-lab k8s render`` (kustomize manifests), ``tff-lab k8s wait`` (the federated driver's init
+container), ``tff-lab tff-worker`` (a TFF worker pod) and ``tff-lab sweep`` (one experiment of a grid)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 
 def register(subparsers) -> None:
     k8s = subparsers.add_parser("k8s", help="Kubernetes manifests (kustomize base + overlays)",
-                                description="Kubernetes manifests for the MWMS trainer and for sweeps.")
+                                description="Kubernetes manifests for the MWMS trainer, sweeps and TFF workers.")
     k8s_sub = k8s.add_subparsers(dest="k8s_command", metavar="K8S_COMMAND")
     k8s_sub.required = True
     r = k8s_sub.add_parser(
-        "render", help="render k8s/ (base + overlays gpu, cpu, tfjob, sweep) from an experiment",
+        "render", help="render k8s/ (base + overlays gpu, cpu, tfjob, sweep, federated) from an experiment",
         description="Renders the kustomize tree from the kubernetes client's models: base/ (ConfigMap with "
-                    "the experiment, PVC, headless Service, Indexed Job of N MWMS workers) and overlays/ "
-                    "(gpu, cpu, tfjob, sweep). With --out DIR the tree is written there; without it, the "
-                    "objects of one overlay (--overlay, default gpu) are printed as YAML.",
+                    "the experiment, PVC, headless Service, Indexed Job of N MWMS workers, NetworkPolicy) and "
+                    "overlays/ (gpu, cpu, tfjob, sweep, and federated: a StatefulSet of TFF workers and a "
+                    "driver Job running `tff-lab run` against them). Every object goes to --namespace. "
+                    "With --out DIR the tree is written there; without it, the objects of one overlay "
+                    "(--overlay, default gpu) are printed as YAML. Pin the image by digest "
+                    "(REPO:TAG@sha256:DIGEST): every pod then runs the same bytes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("experiment", help="experiment YAML, stored in the ConfigMap the pods read")
     r.add_argument("--workers", type=int, default=2, help="MWMS workers (Indexed Job completions = parallelism)")
     r.add_argument("--gpus-per-worker", type=int, default=1, help="nvidia.com/gpu limit per worker (0: none)")
-    r.add_argument("--image", default=None, help="trainer image, pinned tag or digest (required)")
+    r.add_argument("--image", default=None,
+                   help="image built from Dockerfile.gpu (required): REPO:TAG@sha256:DIGEST (pulled IfNotPresent) "
+                        "or REPO:TAG (pulled Always)")
     r.add_argument("--sweep", default=None, metavar="GRID", help="sweep grid YAML for the sweep overlay")
+    r.add_argument("--tff-workers", type=int, default=2, help="TFF worker pods of the federated overlay")
+    r.add_argument("--tff-worker-gpus", type=int, default=0, help="nvidia.com/gpu limit per TFF worker (0: none)")
     r.add_argument("--overlay", action="append", default=None, metavar="NAME",
-                   help="overlay(s) to render: gpu, cpu, tfjob, sweep (repeatable; default: all)")
+                   help="overlay(s) to render: gpu, cpu, tfjob, sweep, federated (repeatable; default: all, "
+                        "sweep only with --sweep)")
     r.add_argument("--name", default="tff-lab", help="name prefix of the objects")
-    r.add_argument("--cpu", default="4", help="CPU request and limit per worker")
-    r.add_argument("--memory", default="16Gi", help="memory request and limit per worker")
+    r.add_argument("--namespace", default="tff-lab", help="namespace of every object (kustomize namespace:)")
+    r.add_argument("--cpu", default="4", help="CPU request and limit per worker (MWMS and TFF)")
+    r.add_argument("--memory", default="16Gi", help="memory request and limit per worker (MWMS and TFF)")
     r.add_argument("--storage", default="20Gi", help="size of the artifacts/checkpoints volume")
     r.add_argument("--out", default=None, help="write the kustomize tree here (e.g. k8s)")
     r.set_defaults(func=_render)
+
+    w = k8s_sub.add_parser(
+        "wait", help="wait until every HOST:PORT accepts TCP connections (the federated driver's init container)",
+        description="Returns 0 once every HOST:PORT accepts a TCP connection; exits 1 naming the ones that "
+                    "did not within --timeout seconds. The federated overlay's driver runs it before `tff-lab run`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    w.add_argument("addresses", nargs="+", metavar="HOST:PORT")
+    w.add_argument("--timeout", type=float, default=900.0, help="seconds to wait in total")
+    w.set_defaults(func=_wait)
+
+    t = subparsers.add_parser(
+        "tff-worker", help="run TFF's executor service (worker_binary) in the foreground: a TFF worker pod",
+        description="Replaces this process with TensorFlow Federated's C++ executor service "
+                    "(tensorflow_federated/data/worker_binary, insecure gRPC) listening on --port. The federated "
+                    "overlay's StatefulSet runs it; `tff-lab run --set training.worker_addresses=[HOST:PORT,...]` "
+                    "drives it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--port", type=int, default=8000, help="gRPC port")
+    t.add_argument("--max-concurrent-computation-calls", type=int, default=-1,
+                   help="worker_binary's limit on parallel calls of one computation (<= 0: none)")
+    t.set_defaults(func=_tff_worker)
 
     s = subparsers.add_parser(
         "sweep", help="run one experiment of a sweep grid (index from JOB_COMPLETION_INDEX)",
@@ -64,8 +97,12 @@ def _params(args, overlays):
     p = render.RenderParams(experiment_name=cfg.name, experiment_yaml=experiment_text, workers=args.workers,
                             gpus_per_worker=args.gpus_per_worker, image=args.image or "", sweep_yaml=sweep_yaml,
                             sweep_points=points, name=args.name, cpu=args.cpu, memory=args.memory,
-                            storage=args.storage)
+                            storage=args.storage, namespace=args.namespace, tff_workers=args.tff_workers,
+                            tff_worker_gpus=args.tff_worker_gpus)
     p.validate()
+    if "federated" in overlays:
+        # The driver's exact override, checked now rather than in a pod (e.g. training.workers is set).
+        load_config(args.experiment, overrides=[render.driver_command(p)[1][-1]])
     return p
 
 
@@ -79,6 +116,9 @@ def _render(args) -> int:
     overlays = tuple(args.overlay) if args.overlay else tuple(
         o for o in render.OVERLAYS if o != "sweep" or args.sweep)
     p = _params(args, overlays)
+    if not render.has_digest(p.image):
+        print(f"tff-lab: note: --image {p.image} has no digest; pods pull it Always. Pin it as "
+              "REPO:TAG@sha256:DIGEST so every pod runs the same image (see README).", file=sys.stderr)
     if args.out is None:
         if len(overlays) > 1 and args.overlay:
             raise ConfigError("--overlay", "without --out, give one overlay to print")
@@ -96,9 +136,13 @@ def _argv_for_header(args) -> list[str]:
            "--image", args.image or ""]
     if args.sweep:
         out += ["--sweep", args.sweep]
+    out += ["--tff-workers", str(args.tff_workers)]
+    if args.tff_worker_gpus:
+        out += ["--tff-worker-gpus", str(args.tff_worker_gpus)]
     for o in args.overlay or ():
         out += ["--overlay", o]
-    for flag, value, default in (("--name", args.name, "tff-lab"), ("--cpu", args.cpu, "4"),
+    for flag, value, default in (("--name", args.name, "tff-lab"), ("--namespace", args.namespace, "tff-lab"),
+                                 ("--cpu", args.cpu, "4"),
                                  ("--memory", args.memory, "16Gi"), ("--storage", args.storage, "20Gi")):
         if value != default:
             out += [flag, value]
@@ -109,6 +153,63 @@ def _quote(s: str) -> str:
     import shlex
 
     return shlex.quote(s)
+
+
+def _split_address(addr: str) -> tuple[str, int]:
+    from tff_lab.errors import ConfigError
+
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("HOST:PORT", f"expected host:port, got {addr!r}")
+    return host, int(port)
+
+
+def _wait(args) -> int:
+    import socket
+
+    pending = {a: _split_address(a) for a in args.addresses}
+    deadline = time.monotonic() + args.timeout
+    while True:
+        for addr, (host, port) in list(pending.items()):
+            try:
+                socket.create_connection((host, port), timeout=2.0).close()
+                del pending[addr]
+                print(f"tff-lab: {addr} accepts connections", file=sys.stderr)
+            except OSError:  # not resolvable yet (not Ready), refused, timed out
+                pass
+        if not pending:
+            return 0
+        if time.monotonic() >= deadline:
+            print(f"tff-lab: error: not reachable after {args.timeout:.0f} s: {', '.join(pending)}", file=sys.stderr)
+            return 1
+        time.sleep(1.0)
+
+
+def tff_worker_binary() -> str:
+    """TFF's worker_binary, found without importing TensorFlow Federated (a pod starts in < 1 s)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("tensorflow_federated")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("tensorflow_federated is not installed")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "worker_binary")
+    if not os.access(path, os.X_OK):
+        raise RuntimeError(f"TFF's worker_binary is missing: expected it at {path}")
+    return path
+
+
+def _tff_worker(args) -> int:
+    from tff_lab.errors import ConfigError
+
+    if not 0 < args.port < 65536:
+        raise ConfigError("--port", f"expected a port in 1..65535, got {args.port}")
+    binary = tff_worker_binary()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # exec: the worker is PID 1 of its container and gets SIGTERM from the kubelet itself.
+    os.execv(binary, [binary, f"--port={args.port}",
+                      f"--max_concurrent_computation_calls={args.max_concurrent_computation_calls}"])
+    return 0  # pragma: no cover - execv does not return
 
 
 def _sweep(args) -> int:

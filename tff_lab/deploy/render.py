@@ -7,11 +7,21 @@ template model inside a plain mapping.
 
 Layout written by :func:`write_tree` (kustomize)::
 
-    base/                      ConfigMap (experiment), PVC, headless Service, Indexed Job (MWMS)
+    base/                      ConfigMap (experiment), PVC, headless Service, Indexed Job (MWMS),
+                               NetworkPolicy (only the job's own pods, on the worker port); namespace
     overlays/gpu/              the default: base + GPU node toleration
     overlays/cpu/              base without GPUs, ReadWriteOnce volume (a laptop cluster)
     overlays/tfjob/            Kubeflow kubeflow.org/v1 TFJob instead of Job + Service
     overlays/sweep/            an Indexed Job running one federated experiment per index
+    overlays/federated/        a StatefulSet of TFF workers (worker_binary), their headless Service and a
+                               driver Job running ``tff-lab run`` against them; NetworkPolicies that
+                               admit only the driver on the workers' port
+
+Security (checkov 3 clean with the skips in ``.checkov.yaml``): every pod runs as uid/gid 10001 with
+no service-account token, no privilege escalation, no capabilities, a read-only root filesystem and
+the RuntimeDefault seccomp profile, and is selected by a NetworkPolicy. An image pinned by digest
+(``REPO:TAG@sha256:...``) is pulled ``IfNotPresent`` (its content cannot change); a tag-only image is
+pulled ``Always``, so every pod runs what the tag names now and the registry checks the pull secret.
 
 :func:`render_overlay` computes each overlay's final objects directly; a test checks that
 ``kubectl kustomize`` of the written tree produces exactly those objects.
@@ -31,15 +41,21 @@ from tff_lab.distributed import EXIT_RETRIABLE
 from tff_lab.distributed import cluster as cluster_lib
 from tff_lab.errors import ConfigError
 
-OVERLAYS = ("gpu", "cpu", "tfjob", "sweep")
+OVERLAYS = ("gpu", "cpu", "tfjob", "sweep", "federated")
 APP = "tff-lab"
 CONTAINER = "trainer"
 TFJOB_CONTAINER = "tensorflow"  # the training operator finds the TF container by this name
 EXPERIMENT_MOUNT = "/etc/tff-lab"
 ARTIFACTS_MOUNT = "/artifacts"
 EXIT_BAD_INPUT = 2
-UID = 1000  # the non-root user of Dockerfile.gpu
+EXIT_WORKER_LOST = 75  # tff_lab.errors.WorkerLost: a TFF worker stayed unreachable after the retries
+UID = 10001  # the non-root user of Dockerfile.gpu; >= 10000, above any host account
+TFF_WORKER_PORT = 8000  # worker_binary's gRPC port in the federated overlay
+TFF_WORKER_CONTAINER = "tff-worker"
+DRIVER_CONTAINER = "driver"
+DNS_PORT = 53
 
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _IMAGE_RE = re.compile(r"^[a-z0-9]+([._/:-][a-zA-Z0-9]+)*(@sha256:[a-f0-9]{64})?$")
 
 
@@ -62,6 +78,10 @@ class RenderParams:
     backoff_limit_per_index: int = 3
     ttl_seconds_after_finished: int = 7 * 24 * 3600
     termination_grace_seconds: int = 120
+    namespace: str = APP
+    tff_workers: int = 2  # the federated overlay's TFF worker pods
+    tff_worker_gpus: int = 0  # nvidia.com/gpu limit per TFF worker (0: none)
+    workers_wait_seconds: int = 900  # how long the driver's init container waits for every worker
 
     def validate(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
@@ -73,9 +93,15 @@ class RenderParams:
             raise ConfigError("--image", "missing: the trainer image to run, e.g. "
                               "registry.example.com/tff-lab/tff-lab-gpu:0.1.0 (built from Dockerfile.gpu)")
         check_image(self.image)
-        if not re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", self.name) or len(self.name) > 40:
+        if not _DNS_LABEL.match(self.name) or len(self.name) > 40:
             raise ConfigError("--name", f"expected a short DNS label (lowercase letters, digits, '-'), got "
                               f"{self.name!r}")
+        if not _DNS_LABEL.match(self.namespace) or len(self.namespace) > 63:
+            raise ConfigError("--namespace", f"expected a DNS label (lowercase letters, digits, '-'), got "
+                              f"{self.namespace!r}")
+        for flag, value, low in (("--tff-workers", self.tff_workers, 1), ("--tff-worker-gpus", self.tff_worker_gpus, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(flag, f"expected an integer >= {low}, got {value}")
         if self.sweep_parallelism < 1:
             raise ConfigError("--sweep-parallelism", "expected an integer >= 1")
 
@@ -94,6 +120,33 @@ class RenderParams:
     @property
     def run_dir(self) -> str:
         return f"{ARTIFACTS_MOUNT}/runs/{self.experiment_name}"
+
+    @property
+    def tff_worker_set(self) -> str:
+        return f"{self.name}-worker"
+
+    @property
+    def driver_job_name(self) -> str:
+        return f"{self.name}-driver"
+
+    @property
+    def federated_run_dir(self) -> str:
+        return f"{ARTIFACTS_MOUNT}/runs/{self.experiment_name}-federated"
+
+    @property
+    def tff_worker_addresses(self) -> list[str]:
+        """The StatefulSet pods' stable DNS names ``<set>-<i>.<service>:<port>`` (same namespace)."""
+        return [f"{self.tff_worker_set}-{i}.{self.service_name}:{TFF_WORKER_PORT}" for i in range(self.tff_workers)]
+
+    @property
+    def image_pull_policy(self) -> str:
+        # A digest names immutable content: a cached copy is the same image. A tag can be re-pushed:
+        # pull it every time, so every pod runs the same image and the pull secret is checked.
+        return "IfNotPresent" if has_digest(self.image) else "Always"
+
+
+def has_digest(image: str) -> bool:
+    return "@sha256:" in image
 
 
 def check_image(image: str) -> None:
@@ -120,7 +173,12 @@ def _labels(p: RenderParams, component: str) -> dict:
 
 
 def _meta(name: str, labels: dict) -> k8s.V1ObjectMeta:
+    # No namespace here: kustomize's ``namespace:`` sets it (see tree_files), render_overlay mirrors it.
     return k8s.V1ObjectMeta(name=name, labels=labels)
+
+
+def _selector(p: RenderParams, component: str) -> dict:
+    return {"app.kubernetes.io/instance": p.name, "app.kubernetes.io/component": component}
 
 
 def configmap_name(p: RenderParams) -> str:
@@ -158,9 +216,43 @@ def headless_service(p: RenderParams) -> k8s.V1Service:
         spec=k8s.V1ServiceSpec(
             cluster_ip="None",  # headless: DNS names <pod hostname>.<service> for the Job's pods
             publish_not_ready_addresses=True,  # workers must resolve each other before they are Ready
-            selector={"app.kubernetes.io/instance": p.name, "app.kubernetes.io/component": "trainer"},
+            selector=_selector(p, "trainer"),
             ports=[k8s.V1ServicePort(name="grpc", port=cluster_lib.DEFAULT_PORT,
                                      target_port=cluster_lib.DEFAULT_PORT, protocol="TCP")]))
+
+
+def _peer(p: RenderParams, component: str) -> k8s.V1NetworkPolicyPeer:
+    return k8s.V1NetworkPolicyPeer(pod_selector=k8s.V1LabelSelector(match_labels=_selector(p, component)))
+
+
+def _tcp(port: int) -> list:
+    return [k8s.V1NetworkPolicyPort(protocol="TCP", port=port)]
+
+
+# Egress to any resolver on port 53: cluster DNS may be a Service, a node-local cache or a host IP.
+_DNS_EGRESS = k8s.V1NetworkPolicyEgressRule(ports=[k8s.V1NetworkPolicyPort(protocol="UDP", port=DNS_PORT),
+                                                   k8s.V1NetworkPolicyPort(protocol="TCP", port=DNS_PORT)])
+
+
+def network_policy(p: RenderParams, name: str, component: str, *, ingress: Optional[list] = None,
+                   egress: Optional[list] = None) -> k8s.V1NetworkPolicy:
+    """Selects ``component``'s pods; both directions are denied except the rules given.
+
+    Traffic from the node (kubelet probes) is always allowed by NetworkPolicy semantics."""
+    return k8s.V1NetworkPolicy(
+        api_version="networking.k8s.io/v1", kind="NetworkPolicy", metadata=_meta(name, _labels(p, component)),
+        spec=k8s.V1NetworkPolicySpec(pod_selector=k8s.V1LabelSelector(match_labels=_selector(p, component)),
+                                     policy_types=["Ingress", "Egress"], ingress=ingress or [],
+                                     egress=egress or []))
+
+
+def trainer_network_policy(p: RenderParams) -> k8s.V1NetworkPolicy:
+    """MWMS (Job or TFJob): the workers reach each other on the worker port, and DNS; nothing else."""
+    return network_policy(
+        p, p.job_name, "trainer",
+        ingress=[k8s.V1NetworkPolicyIngressRule(_from=[_peer(p, "trainer")], ports=_tcp(cluster_lib.DEFAULT_PORT))],
+        egress=[k8s.V1NetworkPolicyEgressRule(to=[_peer(p, "trainer")], ports=_tcp(cluster_lib.DEFAULT_PORT)),
+                _DNS_EGRESS])
 
 
 def _resources(p: RenderParams, gpus: int) -> k8s.V1ResourceRequirements:
@@ -208,14 +300,14 @@ def _common_env() -> list:
     ]
 
 
-def _failure_policy(on_bad_input: str) -> k8s.V1PodFailurePolicy:
+def _failure_policy(on_bad_input: str, container: str = CONTAINER) -> k8s.V1PodFailurePolicy:
     return k8s.V1PodFailurePolicy(rules=[
         # Bad input fails the same way on every retry.
         k8s.V1PodFailurePolicyRule(action=on_bad_input, on_exit_codes=k8s.V1PodFailurePolicyOnExitCodesRequirement(
-            container_name=CONTAINER, operator="In", values=[EXIT_BAD_INPUT])),
+            container_name=container, operator="In", values=[EXIT_BAD_INPUT])),
         # SIGTERM checkpointed / a peer was lost: retry without counting against the backoff limit.
         k8s.V1PodFailurePolicyRule(action="Ignore", on_exit_codes=k8s.V1PodFailurePolicyOnExitCodesRequirement(
-            container_name=CONTAINER, operator="In", values=[EXIT_RETRIABLE])),
+            container_name=container, operator="In", values=[EXIT_RETRIABLE])),
         # Preemption, eviction, node drain.
         k8s.V1PodFailurePolicyRule(action="Ignore", on_pod_conditions=[
             k8s.V1PodFailurePolicyOnPodConditionsPattern(type="DisruptionTarget", status="True")]),
@@ -247,7 +339,7 @@ def _trainer_pod_spec(p: RenderParams, gpus: int, *, container_name: str = CONTA
     volumes, mounts = _volumes(p, configmap_name(p), shm=gpus > 0)
     command, args = trainer_command(p)
     container = k8s.V1Container(
-        name=container_name, image=p.image, image_pull_policy="IfNotPresent", command=command, args=args,
+        name=container_name, image=p.image, image_pull_policy=p.image_pull_policy, command=command, args=args,
         env=trainer_env(p) if subdomain else _common_env(),
         ports=[k8s.V1ContainerPort(name="tfjob-port" if container_name == TFJOB_CONTAINER else "grpc",
                                    container_port=cluster_lib.DEFAULT_PORT, protocol="TCP")],
@@ -255,7 +347,7 @@ def _trainer_pod_spec(p: RenderParams, gpus: int, *, container_name: str = CONTA
     return k8s.V1PodSpec(
         containers=[container], volumes=volumes, restart_policy=restart_policy, subdomain=subdomain,
         security_context=_pod_security(), termination_grace_period_seconds=p.termination_grace_seconds,
-        enable_service_links=False)
+        enable_service_links=False, automount_service_account_token=False)
 
 
 def trainer_job(p: RenderParams) -> k8s.V1Job:
@@ -301,7 +393,7 @@ def sweep_job(p: RenderParams) -> k8s.V1Job:
     labels = _labels(p, "sweep")
     volumes, mounts = _volumes(p, f"{p.name}-sweep", shm=False)
     container = k8s.V1Container(
-        name=CONTAINER, image=p.image, image_pull_policy="IfNotPresent", command=["tff-lab"],
+        name=CONTAINER, image=p.image, image_pull_policy=p.image_pull_policy, command=["tff-lab"],
         args=["sweep", f"{EXPERIMENT_MOUNT}/sweep.yaml", "--out", f"{ARTIFACTS_MOUNT}/sweeps"],
         env=_common_env(), resources=_resources(dataclasses.replace(p, cpu="2", memory="8Gi"), 0),
         security_context=_container_security(), volume_mounts=mounts)
@@ -319,14 +411,126 @@ def sweep_job(p: RenderParams) -> k8s.V1Job:
                 spec=k8s.V1PodSpec(containers=[container], volumes=volumes, restart_policy="Never",
                                    security_context=_pod_security(),
                                    termination_grace_period_seconds=p.termination_grace_seconds,
-                                   enable_service_links=False))))
+                                   enable_service_links=False, automount_service_account_token=False))))
+
+
+def sweep_network_policy(p: RenderParams) -> k8s.V1NetworkPolicy:
+    """Each sweep pod trains alone (its TFF worker is on loopback): no traffic in or out."""
+    return network_policy(p, p.sweep_job_name, "sweep")
+
+
+# --- the federated overlay: TFF workers + a driver -------------------------------------------------
+
+
+def tff_workers_service(p: RenderParams) -> k8s.V1Service:
+    return k8s.V1Service(
+        api_version="v1", kind="Service", metadata=_meta(p.service_name, _labels(p, "tff-worker")),
+        spec=k8s.V1ServiceSpec(
+            cluster_ip="None",  # headless: <set>-<i>.<service> resolves to worker i
+            # Only Ready workers get DNS records; the driver's init container waits for all of them.
+            publish_not_ready_addresses=False,
+            selector=_selector(p, "tff-worker"),
+            ports=[k8s.V1ServicePort(name="tff-grpc", port=TFF_WORKER_PORT, target_port=TFF_WORKER_PORT,
+                                     protocol="TCP")]))
+
+
+def tff_worker_command() -> tuple[list, list]:
+    return ["tff-lab"], ["tff-worker", "--port", str(TFF_WORKER_PORT)]
+
+
+def tff_worker_statefulset(p: RenderParams) -> k8s.V1StatefulSet:
+    """TFF's C++ executor service (worker_binary), one per pod, with stable names for the driver."""
+    labels = _labels(p, "tff-worker")
+    command, args = tff_worker_command()
+    probe = dict(tcp_socket=k8s.V1TCPSocketAction(port=TFF_WORKER_PORT), timeout_seconds=5)
+    container = k8s.V1Container(
+        name=TFF_WORKER_CONTAINER, image=p.image, image_pull_policy=p.image_pull_policy, command=command,
+        args=args, env=_common_env(),
+        ports=[k8s.V1ContainerPort(name="tff-grpc", container_port=TFF_WORKER_PORT, protocol="TCP")],
+        readiness_probe=k8s.V1Probe(**probe, period_seconds=5, failure_threshold=3),
+        # A worker busy with a round still accepts connections; only a dead listener restarts it.
+        liveness_probe=k8s.V1Probe(**probe, initial_delay_seconds=30, period_seconds=20, failure_threshold=6),
+        resources=_resources(p, p.tff_worker_gpus), security_context=_container_security(),
+        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")])
+    pod = k8s.V1PodSpec(
+        containers=[container], volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())],
+        security_context=_pod_security(), termination_grace_period_seconds=30, enable_service_links=False,
+        automount_service_account_token=False,
+        tolerations=[_GPU_TOLERATION] if p.tff_worker_gpus > 0 else None)
+    return k8s.V1StatefulSet(
+        api_version="apps/v1", kind="StatefulSet", metadata=_meta(p.tff_worker_set, labels),
+        spec=k8s.V1StatefulSetSpec(
+            service_name=p.service_name, replicas=p.tff_workers,
+            pod_management_policy="Parallel",  # workers are independent: start them all at once
+            selector=k8s.V1LabelSelector(match_labels=_selector(p, "tff-worker")),
+            template=k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels), spec=pod)))
+
+
+def driver_command(p: RenderParams) -> tuple[list, list]:
+    addresses = ",".join(p.tff_worker_addresses)
+    # --resume: a retried pod continues from the last checkpoint on the volume (fresh if there is none).
+    return ["tff-lab"], ["run", f"{EXPERIMENT_MOUNT}/experiment.yaml", "--out", p.federated_run_dir, "--resume",
+                         "--set", f"training.worker_addresses=[{addresses}]"]
+
+
+def driver_job(p: RenderParams) -> k8s.V1Job:
+    """``tff-lab run`` with the workers' DNS names; an init container waits until every worker listens."""
+    labels = _labels(p, "driver")
+    volumes, mounts = _volumes(p, configmap_name(p), shm=False)
+    command, args = driver_command(p)
+    wait = k8s.V1Container(
+        name="wait-for-workers", image=p.image, image_pull_policy=p.image_pull_policy, command=["tff-lab"],
+        args=["k8s", "wait", *p.tff_worker_addresses, "--timeout", str(p.workers_wait_seconds)],
+        env=_common_env(), security_context=_container_security(),
+        resources=k8s.V1ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"},
+                                             limits={"cpu": "100m", "memory": "256Mi"}))
+    driver = k8s.V1Container(
+        name=DRIVER_CONTAINER, image=p.image, image_pull_policy=p.image_pull_policy, command=command, args=args,
+        env=_common_env(), resources=_resources(dataclasses.replace(p, cpu="2", memory="8Gi"), 0),
+        security_context=_container_security(), volume_mounts=mounts)
+    return k8s.V1Job(
+        api_version="batch/v1", kind="Job", metadata=_meta(p.driver_job_name, labels),
+        spec=k8s.V1JobSpec(
+            completions=1, parallelism=1, backoff_limit=p.backoff_limit_per_index,
+            pod_failure_policy=_failure_policy("FailJob", DRIVER_CONTAINER),
+            pod_replacement_policy="Failed",
+            ttl_seconds_after_finished=p.ttl_seconds_after_finished,
+            template=k8s.V1PodTemplateSpec(
+                metadata=k8s.V1ObjectMeta(labels=labels),
+                spec=k8s.V1PodSpec(init_containers=[wait], containers=[driver], volumes=volumes,
+                                   restart_policy="Never", security_context=_pod_security(),
+                                   termination_grace_period_seconds=p.termination_grace_seconds,
+                                   enable_service_links=False, automount_service_account_token=False))))
+
+
+def tff_worker_network_policy(p: RenderParams) -> k8s.V1NetworkPolicy:
+    """Only the driver reaches a worker, on its port; workers open no connections."""
+    return network_policy(p, p.tff_worker_set, "tff-worker", ingress=[
+        k8s.V1NetworkPolicyIngressRule(_from=[_peer(p, "driver")], ports=_tcp(TFF_WORKER_PORT))])
+
+
+def driver_network_policy(p: RenderParams) -> k8s.V1NetworkPolicy:
+    """The driver reaches the workers' port and DNS; nothing reaches the driver."""
+    return network_policy(p, p.driver_job_name, "driver", egress=[
+        k8s.V1NetworkPolicyEgressRule(to=[_peer(p, "tff-worker")], ports=_tcp(TFF_WORKER_PORT)), _DNS_EGRESS])
+
+
+def federated_objects(p: RenderParams) -> list[dict]:
+    """What the federated overlay adds to the base (the Service replaces the base's)."""
+    return [to_plain(o) for o in (tff_worker_statefulset(p), driver_job(p), tff_worker_network_policy(p),
+                                  driver_network_policy(p))]
 
 
 # --- overlays --------------------------------------------------------------------------------
 
 
+BASE_FILES = ("configmap.yaml", "pvc.yaml", "service.yaml", "job.yaml", "networkpolicy.yaml")
+
+
 def base_objects(p: RenderParams) -> list[dict]:
-    return [to_plain(o) for o in (experiment_configmap(p), artifacts_pvc(p), headless_service(p), trainer_job(p))]
+    """The base's objects, in BASE_FILES order, without a namespace (kustomize adds it)."""
+    return [to_plain(o) for o in (experiment_configmap(p), artifacts_pvc(p), headless_service(p), trainer_job(p),
+                                  trainer_network_policy(p))]
 
 
 _GPU_TOLERATION = k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
@@ -339,6 +543,10 @@ def _cpu_resources(p: RenderParams) -> dict:
 
 def _find(objs: list[dict], kind: str) -> dict:
     return next(o for o in objs if o["kind"] == kind)
+
+
+def _without(objs: list[dict], *kinds: str) -> list[dict]:
+    return [o for o in objs if o["kind"] not in kinds]
 
 
 def render_overlay(p: RenderParams, overlay: str) -> list[dict]:
@@ -359,15 +567,21 @@ def render_overlay(p: RenderParams, overlay: str) -> list[dict]:
         pod["containers"][0]["volumeMounts"] = [m for m in pod["containers"][0]["volumeMounts"]
                                                 if m["name"] != "dshm"]
     elif overlay == "tfjob":
-        objs = [o for o in objs if o["kind"] not in ("Job", "Service")] + [tfjob(p)]
+        # The trainer NetworkPolicy stays: the TFJob's pods carry the same labels and port.
+        objs = _without(objs, "Job", "Service") + [tfjob(p)]
         if p.gpus_per_worker > 0:
             objs[-1]["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["tolerations"] = [
                 to_plain(_GPU_TOLERATION)]
     elif overlay == "sweep":
         if not p.sweep_yaml:
             raise ConfigError("--sweep", "the sweep overlay needs a sweep grid (--sweep GRID.yaml)")
-        objs = [o for o in objs if o["kind"] not in ("Job", "Service")]
-        objs += [to_plain(sweep_configmap(p)), to_plain(sweep_job(p))]
+        objs = _without(objs, "Job", "Service", "NetworkPolicy")
+        objs += [to_plain(sweep_configmap(p)), to_plain(sweep_job(p)), to_plain(sweep_network_policy(p))]
+    elif overlay == "federated":
+        objs = _without(objs, "Job", "Service", "NetworkPolicy") + [to_plain(tff_workers_service(p))]
+        objs += federated_objects(p)
+    for o in objs:
+        o["metadata"]["namespace"] = p.namespace
     return objs
 
 
@@ -418,16 +632,16 @@ def tree_files(p: RenderParams, overlays=OVERLAYS, command: str = "") -> dict[st
     header = HEADER + (f"#   {command}\n" if command else "")
     base = base_objects(p)
     files = {}
-    base_res = []
-    for obj, fname in zip(base, ("configmap.yaml", "pvc.yaml", "service.yaml", "job.yaml")):
+    for obj, fname in zip(base, BASE_FILES):
         files[f"base/{fname}"] = header + _dump(obj)
-        base_res.append(fname)
     files["base/kustomization.yaml"] = header + _dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": base_res})
-    job, pvc = _find(base, "Job"), _find(base, "PersistentVolumeClaim")
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": p.namespace,
+        "resources": list(BASE_FILES)})
+    job, pvc, svc = _find(base, "Job"), _find(base, "PersistentVolumeClaim"), _find(base, "Service")
     for overlay in overlays:
+        # The namespace again: kustomize applies it to this level's own resources too.
         kust: dict = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                      "resources": ["../../base"]}
+                      "namespace": p.namespace, "resources": ["../../base"]}
         extra: dict[str, str] = {}  # file name -> YAML text
         if overlay == "gpu":
             if p.gpus_per_worker > 0:
@@ -449,17 +663,33 @@ def tree_files(p: RenderParams, overlays=OVERLAYS, command: str = "") -> dict[st
                                                 "value": ["ReadWriteOnce"]}])
             kust["patches"] = [{"path": "cpu-job.yaml", "target": _target(job)},
                                {"path": "cpu-pvc.yaml", "target": _target(pvc)}]
-        else:  # tfjob, sweep: replace the MWMS Job and its Service
+        else:  # tfjob, sweep, federated: replace the MWMS Job (and its Service / NetworkPolicy)
             if overlay == "sweep" and not p.sweep_yaml:
                 raise ConfigError("--sweep", "the sweep overlay needs a sweep grid (--sweep GRID.yaml)")
             keys = {(o["kind"], o["metadata"]["name"]) for o in base}
-            added = [o for o in render_overlay(p, overlay) if (o["kind"], o["metadata"]["name"]) not in keys]
+            wanted = render_overlay(p, overlay)
+            added = [o for o in wanted if (o["kind"], o["metadata"]["name"]) not in keys]
+            for o in added:
+                del o["metadata"]["namespace"]  # kustomize sets it
             extra[f"{overlay}.yaml"] = _dump(added)
-            # One delete patch per file: kustomize 5.5 panics on several in one file.
-            extra["delete-job.yaml"] = _dump_one(_delete_patch(_find(base, "Job")))
-            extra["delete-service.yaml"] = _dump_one(_delete_patch(_find(base, "Service")))
             kust["resources"].append(f"{overlay}.yaml")
-            kust["patches"] = [{"path": "delete-job.yaml"}, {"path": "delete-service.yaml"}]
+            kust["patches"] = []
+            wanted_keys = {(o["kind"], o["metadata"]["name"]) for o in wanted}
+            for obj in base:
+                kind, name = obj["kind"], obj["metadata"]["name"]
+                if (kind, name) in wanted_keys:
+                    continue
+                # One delete patch per file: kustomize 5.5 panics on several in one file.
+                fname = f"delete-{kind.lower()}.yaml"
+                extra[fname] = _dump_one(_delete_patch(obj))
+                kust["patches"].append({"path": fname})
+            if overlay == "federated":
+                # Same name, other pods: the headless Service now fronts the TFF workers.
+                new_svc = _find(wanted, "Service")
+                extra["service-tff-workers.yaml"] = _dump_one([
+                    {"op": "replace", "path": "/metadata/labels", "value": new_svc["metadata"]["labels"]},
+                    {"op": "replace", "path": "/spec", "value": new_svc["spec"]}])
+                kust["patches"].append({"path": "service-tff-workers.yaml", "target": _target(svc)})
         for fname, text in extra.items():
             files[f"overlays/{overlay}/{fname}"] = header + text
         files[f"overlays/{overlay}/kustomization.yaml"] = header + _dump(kust)
