@@ -6,7 +6,13 @@ No cluster runs here, so this is how the manifests are exercised for real: each 
 expansion), volumes mapped to local directories (the ConfigMap's keys written as files, the PVC
 and the /tmp emptyDir as directories) and the pods' DNS names mapped to localhost ports through
 ``TFF_LAB_HOST_MAP``. :class:`LocalIndexedJob` also plays the Job controller: a failed pod is
-replaced according to the Job's ``podFailurePolicy`` and ``backoffLimitPerIndex``.
+replaced according to the Job's ``podFailurePolicy`` and ``backoffLimitPerIndex``; a pod's init
+containers run to completion before its container starts.
+
+:class:`LocalStatefulSet` runs a StatefulSet's pods (the federated overlay's TFF workers). Pods have
+their own IPs and local processes share one, so each pod's container port becomes a free local port:
+in its ``--port`` argument and in :attr:`LocalStatefulSet.address_map` (``<pod>.<service>:<port>`` ->
+``localhost:<local port>``), with which a client Job's arguments are rewritten (``address_map=``).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,8 +51,10 @@ class LocalIndexedJob:
     """An Indexed Job from rendered manifests (``objs``), its pods run as local processes."""
 
     def __init__(self, objs: list[dict], job_name: str, root: Path, *, configmap_overrides: Optional[dict] = None,
-                 python: str = sys.executable, extra_env: Optional[dict] = None):
+                 python: str = sys.executable, extra_env: Optional[dict] = None,
+                 address_map: Optional[dict] = None):
         self.objs = objs
+        self.address_map = dict(address_map or {})
         self.job = find(objs, "Job", job_name)
         self.spec = self.job["spec"]
         self.pod = self.spec["template"]["spec"]
@@ -96,7 +106,9 @@ class LocalIndexedJob:
                   "batch.kubernetes.io/job-name": self.job["metadata"]["name"],
                   "job-name": self.job["metadata"]["name"],
                   "batch.kubernetes.io/job-completion-index": str(index)}
-        env = {"JOB_COMPLETION_INDEX": str(index)}  # set by the Job controller for Indexed Jobs
+        env = {}
+        if self.spec.get("completionMode") == "Indexed":
+            env["JOB_COMPLETION_INDEX"] = str(index)  # set by the Job controller for Indexed Jobs
         for e in self.container.get("env", []):
             if "value" in e:
                 env[e["name"]] = _VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), e["value"])
@@ -111,12 +123,12 @@ class LocalIndexedJob:
             env[cluster_lib.HOST_MAP] = self.host_map
         return env
 
-    def pod_argv(self, env: dict, tmp_dir: Path) -> list[str]:
-        argv = [*self.container.get("command", []), *self.container.get("args", [])]
+    def pod_argv(self, env: dict, tmp_dir: Path, container: Optional[dict] = None) -> list[str]:
+        container = container or self.container
+        argv = [*container.get("command", []), *container.get("args", [])]
         argv = [self._local_path(_VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), a), tmp_dir) for a in argv]
-        if argv and argv[0] == "tff-lab":  # the image's console script
-            argv = [self.python, "-m", "tff_lab.cli", *argv[1:]]
-        return argv
+        argv = [_map_addresses(a, self.address_map) for a in argv]
+        return _local_console_script(argv, self.python)
 
     # --- what the Job controller does ----------------------------------------------------------
 
@@ -131,6 +143,12 @@ class LocalIndexedJob:
         full_env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "JOB_COMPLETION_INDEX")}
         full_env.update(env)
         full_env.update({"TMPDIR": str(tmp), **self.extra_env})
+        for init in self.pod.get("initContainers", []):  # each to completion, in order, before the container
+            with open(self.root / f"pod-{index}-{self.attempts[index]}-{init['name']}.log", "w") as init_log:
+                code = subprocess.run(self.pod_argv(env, tmp, init), env=full_env, stdout=init_log,
+                                      stderr=subprocess.STDOUT).returncode
+            if code != 0:
+                raise RuntimeError(f"init container {init['name']} of pod {index} exited with {code}")
         log = open(self.root / f"pod-{index}-{self.attempts[index]}.log", "w")
         self.procs[index] = subprocess.Popen(self.pod_argv(env, tmp), env=full_env, stdout=log,
                                              stderr=subprocess.STDOUT, start_new_session=True)
@@ -204,8 +222,6 @@ class LocalIndexedJob:
 
     def kill(self, index: int, sig=None) -> None:
         """Kills pod ``index``'s process group (the trainer and any helper it started)."""
-        import signal
-
         proc = self.procs[index]
         if proc.poll() is None:
             try:
@@ -218,3 +234,105 @@ class LocalIndexedJob:
     def kill_all(self) -> None:
         for i in list(self.procs):
             self.kill(i)
+
+
+def _map_addresses(arg: str, address_map: dict) -> str:
+    for cluster_addr, local_addr in address_map.items():
+        arg = arg.replace(cluster_addr, local_addr)
+    return arg
+
+
+def _local_console_script(argv: list[str], python: str) -> list[str]:
+    if argv and argv[0] == "tff-lab":  # the image's console script
+        return [python, "-m", "tff_lab.cli", *argv[1:]]
+    return argv
+
+
+class LocalStatefulSet:
+    """A StatefulSet's pods ``<name>-0 .. <name>-(replicas-1)`` as local processes."""
+
+    def __init__(self, objs: list[dict], name: str, root: Path, *, python: str = sys.executable,
+                 extra_env: Optional[dict] = None):
+        import portpicker
+
+        self.name = name
+        self.sts = find(objs, "StatefulSet", name)
+        spec = self.sts["spec"]
+        self.pod = spec["template"]["spec"]
+        self.container = self.pod["containers"][0]
+        self.replicas = int(spec["replicas"])
+        self.port = int(self.container["ports"][0]["containerPort"])
+        self.local_ports = [portpicker.pick_unused_port() for _ in range(self.replicas)]
+        self.address_map = {f"{name}-{i}.{spec['serviceName']}:{self.port}": f"localhost:{p}"
+                            for i, p in enumerate(self.local_ports)}
+        self.root = Path(root)
+        self.python = python
+        self.extra_env = dict(extra_env or {})
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    def pod_argv(self, ordinal: int) -> list[str]:
+        """The container's command and args; only its own port changes (to the local one)."""
+        argv = [*self.container.get("command", []), *self.container.get("args", [])]
+        local = str(self.local_ports[ordinal])
+        out = []
+        for i, a in enumerate(argv):
+            if a == str(self.port) and i > 0 and argv[i - 1] == "--port":
+                a = local
+            elif a == f"--port={self.port}":
+                a = f"--port={local}"
+            out.append(a)
+        return _local_console_script(out, self.python)
+
+    def pod_env(self, ordinal: int, tmp_dir: Path) -> dict[str, str]:
+        env = {"HOSTNAME": f"{self.name}-{ordinal}"}
+        for e in self.container.get("env", []):
+            if "value" not in e:
+                raise ValueError(f"unsupported env source for {e['name']}")
+            value = _VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), e["value"])
+            env[e["name"]] = str(tmp_dir) + value[4:] if value == "/tmp" or value.startswith("/tmp/") else value
+        return env
+
+    def start_all(self) -> None:
+        for i in range(self.replicas):
+            tmp = self.root / "pods" / f"{self.name}-{i}" / "tmp"
+            tmp.mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, **self.pod_env(i, tmp), "TMPDIR": str(tmp), **self.extra_env}
+            with open(self.root / f"{self.name}-{i}.log", "w") as log:
+                self.procs[i] = subprocess.Popen(self.pod_argv(i), env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                                 stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """What the readiness probe (tcpSocket on the container port) waits for, for every pod."""
+        deadline = time.monotonic() + timeout_s
+        for i, port in enumerate(self.local_ports):
+            while True:
+                if self.procs[i].poll() is not None:
+                    raise RuntimeError(f"pod {self.name}-{i} exited with {self.procs[i].returncode}: "
+                                       f"{self.log_text(i)[-500:]}")
+                try:
+                    socket.create_connection(("localhost", port), timeout=1.0).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"pod {self.name}-{i} not ready after {timeout_s} s") from None
+                    time.sleep(0.2)
+
+    def log_text(self, ordinal: int) -> str:
+        return (self.root / f"{self.name}-{ordinal}.log").read_text()
+
+    def alive(self) -> list[bool]:
+        return [self.procs[i].poll() is None for i in range(self.replicas)]
+
+    def stop(self, ordinal: Optional[int] = None) -> None:
+        """SIGTERM (what the kubelet sends), then SIGKILL after 10 s."""
+        for i in [ordinal] if ordinal is not None else list(self.procs):
+            proc = self.procs[i]
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                except ProcessLookupError:
+                    pass
