@@ -96,6 +96,11 @@ def make_aggregator(cfg: ExperimentConfig, *, population: int, noise_multiplier:
         nm = noise_multiplier if noise_multiplier is not None else p.noise_multiplier
         if nm is None:
             raise ConfigError("privacy.noise_multiplier", "no noise multiplier given or calibrated")
+        if p.audit.canaries:  # privacy audit: canary clients join the population (tff_lab.privacy.audit)
+            from tff_lab.privacy.audit import canary_aggregator
+
+            return canary_aggregator(cfg, population=population, noise_multiplier=float(nm),
+                                     record_specs=record_specs, build=_dp_aggregator)
         return _dp_aggregator(cfg, population=population, noise_multiplier=float(nm), record_specs=record_specs)
     if a.kind == "mean":
         return None

@@ -36,6 +36,7 @@ needs one run); and a two-variance Gaussian fit (no closed-form dp_accounting me
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from typing import Optional, Sequence
@@ -370,3 +371,143 @@ def audit_simulation(*, noise_multiplier: float, clip: float, population: int, s
             "epsilon_theoretical": theory, "epsilon_empirical": est.to_json(),
             "mean_canary_participations": float(sim.participations.mean()),
             "seen_cosines": s.tolist(), "unseen_cosines": u.tolist()}
+
+
+# --------------------------------------------------------------------------------------------
+# Canaries inside the DP aggregation (engine-agnostic: both engines run the aggregator's query)
+# --------------------------------------------------------------------------------------------
+
+AUDIT_MECHANISMS = ("gaussian_fixed",)
+
+
+def canaries_for(cfg, population: int, shapes: Sequence[Sequence[int]]) -> Optional["CanarySet"]:
+    """The run's canaries from ``privacy.audit`` (None when off): seeded by the experiment seed,
+    norm = ``privacy.clip``, at population indices ``population ..``."""
+    from tff_lab.errors import ConfigError
+
+    a, p = cfg.privacy.audit, cfg.privacy
+    if not a.canaries:
+        return None
+    if p.mechanism not in AUDIT_MECHANISMS:
+        raise ConfigError("privacy.audit", f"the canary audit supports {', '.join(AUDIT_MECHANISMS)} (a fixed clip: "
+                          f"the canary's norm is the clip), not '{p.mechanism}'")
+    return CanarySet(shapes=[tuple(s) for s in shapes], clip=float(p.clip), seen=int(a.canaries),
+                     unseen=int(a.unseen), seed=int(cfg.seed), population=int(population))
+
+
+def participation_mask(cfg, canaries: "CanarySet", rounds: Optional[int] = None) -> np.ndarray:
+    """(rounds, seen) float32: whether :func:`tff_lab.sampling.sample_clients` over the population
+    with the canaries picks each canary in each round (row r-1 is round r)."""
+    from tff_lab.sampling import sample_clients
+
+    rounds = int(rounds or cfg.training.rounds)
+    mask = np.zeros((rounds, canaries.seen), dtype=np.float32)
+    for r in range(1, rounds + 1):
+        idx = sample_clients(cfg, canaries.total_population, r)
+        idx = idx[idx >= canaries.population] - canaries.population
+        mask[r - 1, idx] = 1.0
+    return mask
+
+
+def client_name(client_ids: Sequence[str], index: int) -> str:
+    """A client's name; canaries (indices past the real clients) are ``canary_<k>``."""
+    i = int(index)
+    return str(client_ids[i]) if i < len(client_ids) else f"canary_{i - len(client_ids)}"
+
+
+def canary_query(inner, canaries: "CanarySet", mask: np.ndarray):
+    """``inner`` (a tensorflow_privacy sum-aggregation query, e.g. tff_lab's seeded Gaussian query)
+    with the round's sampled canaries' updates added to the clipped sum before the noise.
+
+    A canary's update has norm below the clip, so the query's clipping would leave it as it is:
+    adding it to the sum of the real clients' clipped records is exactly what the aggregator
+    computes when the canary client sends it. Its state is ``(inner, audit_round)``; round r
+    (1-based) adds ``mask[r - 1] @ canaries``; the DpEvent is the inner query's.
+    """
+    import tensorflow as tf
+    import tensorflow_privacy as tfp
+
+    class CanaryQuery(tfp.SumAggregationDPQuery):
+        _GlobalState = collections.namedtuple("_CanaryGlobalState", ["inner", "audit_round"])
+
+        def __init__(self):
+            self._inner = inner
+            self._vectors = [np.stack([canaries.update_for(canaries.population + k)[w]
+                                       for k in range(canaries.seen)]) for w in range(len(canaries.shapes))]
+            self._mask = np.asarray(mask, dtype=np.float32)
+
+        def initial_global_state(self):
+            return self._GlobalState(self._inner.initial_global_state(), tf.constant(0, dtype=tf.int64))
+
+        def derive_sample_params(self, global_state):
+            return self._inner.derive_sample_params(global_state.inner)
+
+        def initial_sample_state(self, template=None):
+            return self._inner.initial_sample_state(template)
+
+        def preprocess_record(self, params, record):
+            return self._inner.preprocess_record(params, record)
+
+        def get_noised_result(self, sample_state, global_state):
+            r = global_state.audit_round
+            rows = tf.constant(self._mask)
+            inside = r < tf.cast(tf.shape(rows)[0], tf.int64)
+            row = tf.where(inside, tf.gather(rows, tf.minimum(r, tf.cast(tf.shape(rows)[0] - 1, tf.int64))),
+                           tf.zeros([self._mask.shape[1]], tf.float32))
+            flat = tf.nest.flatten(sample_state)
+            added = [s + tf.cast(tf.tensordot(row, tf.constant(v), axes=1), s.dtype)
+                     for s, v in zip(flat, self._vectors)]
+            result, new_inner, event = self._inner.get_noised_result(
+                tf.nest.pack_sequence_as(sample_state, added), global_state.inner)
+            return result, self._GlobalState(new_inner, r + 1), event
+
+        def derive_metrics(self, global_state):
+            return self._inner.derive_metrics(global_state.inner)
+
+    return CanaryQuery()
+
+
+def canary_aggregator(cfg, *, population: int, noise_multiplier: float, record_specs, build):
+    """The experiment's DP aggregator (``build``: :func:`tff_lab.federated.aggregators._dp_aggregator`)
+    over the population with the canaries, its query wrapped by :func:`canary_query`."""
+    import tensorflow_federated as tff
+
+    from tff_lab.errors import ConfigError
+
+    if record_specs is None:
+        raise ConfigError("privacy.audit", "the canary audit needs the model's record_specs")
+    canaries = canaries_for(cfg, population, [tuple(s.shape) for s in record_specs])
+    factory = build(cfg, population=canaries.total_population, noise_multiplier=noise_multiplier,
+                    record_specs=record_specs)
+    query = canary_query(factory._query, canaries, participation_mask(cfg, canaries))  # pylint: disable=protected-access
+    return tff.aggregators.DifferentiallyPrivateFactory(query)
+
+
+def empirical_report(cfg, population: int, initial: Sequence[np.ndarray], final: Sequence[np.ndarray],
+                     delta: float, theoretical: Optional[float], run_dir) -> dict:
+    """The estimate of an audit run: cosines of ``initial - final`` with the canaries, the estimate
+    beside the theoretical epsilon, ``plots/privacy_audit.png`` and ``privacy_audit.json`` (the
+    cosines) in ``run_dir``; returns privacy.json's ``epsilon_empirical``."""
+    import json
+    from pathlib import Path
+
+    from tff_lab.fileio import atomic_write_text
+
+    canaries = canaries_for(cfg, population, [np.shape(w) for w in initial])
+    seen, unseen = canaries.cosines(model_delta(initial, final))
+    est = estimate_epsilon(seen, unseen, delta, seed=int(cfg.seed))
+    out = est.to_json()
+    out.update(theoretical_epsilon=theoretical, plot="plots/privacy_audit.png", cosines="privacy_audit.json",
+               reading=("the empirical epsilon estimates what the final model shows about a worst-case client (a "
+                        "canary whose update is as large as the clip allows, in a random direction); the theoretical "
+                        "epsilon bounds every client against an adversary who sees every round. Far below theory: "
+                        "the bound is loose for this final model; near or above it: the run leaks about as much as "
+                        "the mechanism allows (or the estimate is within its interval of it); large with no noise: "
+                        "a non-private run"))
+    run_dir = Path(run_dir)
+    (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+    plot_cosines(seen, unseen, run_dir / "plots" / "privacy_audit.png", estimate=est, theoretical=theoretical,
+                 title=f"privacy audit: {cfg.name}")
+    atomic_write_text(run_dir / "privacy_audit.json", json.dumps(
+        {"estimate": out, "seen_cosines": seen.tolist(), "unseen_cosines": unseen.tolist()}, indent=1))
+    return out

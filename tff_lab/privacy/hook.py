@@ -23,6 +23,10 @@ from tff_lab.privacy.release import coverage_report, publication_policy
 from tff_lab.training.hooks import RoundHook, RoundInfo, RunContext
 
 
+def ctx_audit(hook) -> bool:
+    return bool(getattr(hook, "_audit", False))
+
+
 class PrivacyHook(RoundHook):
     name = "privacy"
 
@@ -33,6 +37,8 @@ class PrivacyHook(RoundHook):
         self.checked_rounds = 0  # rounds whose aggregator state was compared with the ledger
         self.unchecked_rounds = 0  # rounds whose engine passed no state (RoundInfo.state)
         self.clip_history: list[float] = []  # adaptive clip after each checked round
+        self._audit = False  # privacy.audit is on: keep the last model weights for the estimate
+        self._final_weights = None
 
     # -- set-up ---------------------------------------------------------------------------------
     def on_start(self, ctx: RunContext) -> None:
@@ -45,10 +51,18 @@ class PrivacyHook(RoundHook):
         if configured is not None and float(ctx.noise_multiplier) != float(configured):
             raise PrivacyAccountingError(f"the aggregator runs with noise multiplier {ctx.noise_multiplier} but "
                                          f"privacy.noise_multiplier is {configured}")
+        k = cfg.privacy.audit.canaries
+        ids = getattr(ctx.data, "client_ids", None)
+        if k and ids is not None and ctx.population != len(ids) + k:
+            raise PrivacyAccountingError(f"privacy.audit inserts {k} canary clients, but the run's population is "
+                                         f"{ctx.population} for {len(ids)} clients: the canaries must be sampled "
+                                         "like everyone (population = clients + canaries)")
+        self._final_weights = None
         spec = spec_for(cfg, ctx.population, ctx.noise_multiplier)
         self.ledger = PrivacyLedger(spec, resolve_delta(cfg, ctx.population))
         self._last = None
         self.checked_rounds, self.unchecked_rounds, self.clip_history = 0, 0, []
+        self._audit = bool(cfg.privacy.audit.canaries)
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -84,9 +98,11 @@ class PrivacyHook(RoundHook):
     def _sampler_choice(self, ctx: RunContext, round_num: int) -> list:
         from tff_lab.sampling import sample_clients
 
+        from tff_lab.privacy.audit import client_name
+
         idx = sample_clients(ctx.cfg, ctx.population, round_num)
         ids = getattr(ctx.data, "client_ids", None)
-        return [ids[i] for i in idx] if ids is not None else [str(int(i)) for i in idx]
+        return [client_name(ids, i) for i in idx] if ids is not None else [str(int(i)) for i in idx]
 
     def before_round(self, ctx: RunContext, round_num: int) -> Optional[str]:
         ledger = self.ledger
@@ -157,6 +173,12 @@ class PrivacyHook(RoundHook):
             self.unchecked_rounds += 1
             return
         observed = check_aggregator_state(self.ledger.spec, self.ledger.rounds, state, round_num=r)
+        if ctx_audit(self):
+            weights = getattr(state, "global_model_weights", None)
+            if weights is not None:
+                import numpy as np
+
+                self._final_weights = [np.array(w) for w in weights.trainable]
         self.checked_rounds += 1
         if self.ledger.spec.mechanism == "gaussian_adaptive" and "clip" in observed:
             self.clip_history.append(round(float(observed["clip"]), 7))
@@ -240,9 +262,27 @@ class PrivacyHook(RoundHook):
             "ledger": ledger.ledger_events(),
             "aggregator_state_check": self._state_check_report(),
             "coverage": coverage_report(publication_policy(cfg, data=ctx.data), ctx.run_dir),
+            "epsilon_empirical": self._empirical(ctx, eps),
             "notes": notes,
             "versions": library_versions(),
         }
+
+    def _empirical(self, ctx: RunContext, eps: Epsilon) -> Optional[dict]:
+        """The canary audit's estimate (privacy.audit), computed once at the end of the run."""
+        if not self._audit:
+            return None
+        if getattr(self, "_empirical_cache", None) is not None:
+            return self._empirical_cache
+        from tff_lab.privacy.audit import empirical_report
+
+        initial = getattr(ctx, "initial_weights", None)
+        if initial is None or self._final_weights is None:
+            return {"epsilon": None, "note": "not computed: the loop passed no initial weights (RunContext."
+                                             "initial_weights) or no engine state (RoundInfo.state)"}
+        theory = eps.pld if eps.pld is not None else eps.rdp
+        self._empirical_cache = empirical_report(ctx.cfg, len(ctx.data.client_ids), initial, self._final_weights,
+                                                 self.ledger.delta, theory, ctx.run_dir)
+        return self._empirical_cache
 
     def _state_check_report(self) -> dict:
         out = {"checked_rounds": self.checked_rounds, "unchecked_rounds": self.unchecked_rounds,
