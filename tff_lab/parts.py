@@ -41,10 +41,21 @@ def register_object(obj: Any, name: Optional[str] = None) -> str:
     return name
 
 
+def add_search_path(folder) -> None:
+    """Makes modules in ``folder`` importable by import paths (the experiment file's folder)."""
+    folder = str(Path(folder).resolve())
+    if folder not in sys.path:
+        sys.path.append(folder)
+
+
 def resolve(path: str, field: str) -> Any:
-    """The object behind ``module:attribute`` (or a name registered in this process)."""
+    """The object behind ``module:attribute`` (or a name registered in this process).
+
+    Modules are searched on ``sys.path`` plus the current directory and the experiment file's
+    folder (as ``python -m`` would)."""
     if path in _OBJECTS:
         return _OBJECTS[path]
+    add_search_path(Path.cwd())
     mod_name, sep, attr = path.partition(":")
     if not sep or not mod_name or not attr:
         raise ConfigError(field, f"expected an import path 'module:attribute', got {path!r}")

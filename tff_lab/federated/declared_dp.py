@@ -52,31 +52,31 @@ class DeclaredPrivacyHook(RoundHook):
         self.rounds = int(state.get("rounds", 0))
 
     def _epsilon(self) -> dict:
+        """RDP and PLD epsilon of the declared event composed over the rounds that ran, under the
+        first neighbouring relation dp_accounting supports for it (add/remove, else replace-one:
+        fixed-size sampling without replacement is only accounted under replace-one)."""
         import dp_accounting
         from dp_accounting import pld, rdp
 
-        out = {}
-        acc = rdp.RdpAccountant(_RDP_ORDERS)
-        if acc.supports(self.event):
+        nr = dp_accounting.NeighboringRelation
+        for relation in (nr.ADD_OR_REMOVE_ONE, nr.REPLACE_ONE):
+            acc = rdp.RdpAccountant(_RDP_ORDERS, neighboring_relation=relation)
+            if not acc.supports(self.event):
+                continue
             acc.compose(self.event, self.rounds)
-            out["rdp"] = float(acc.get_epsilon(self.delta))
-        else:
-            out["rdp"] = None
-        try:
-            pacc = pld.PLDAccountant(value_discretization_interval=1e-3)
-            if pacc.supports(self.event):
-                pacc.compose(self.event, self.rounds)
-                out["pld"] = float(pacc.get_epsilon(self.delta))
-            else:
-                out["pld"] = None
-        except (ValueError, dp_accounting.UnsupportedEventError):
-            out["pld"] = None
-        if out["rdp"] is None and out["pld"] is None:
-            from tff_lab.errors import PrivacyAccountingError
+            out = {"rdp": float(acc.get_epsilon(self.delta)), "pld": None, "neighbouring_relation": relation.name}
+            try:
+                pacc = pld.PLDAccountant(neighboring_relation=relation, value_discretization_interval=1e-3)
+                if pacc.supports(self.event):
+                    pacc.compose(self.event, self.rounds)
+                    out["pld"] = float(pacc.get_epsilon(self.delta))
+            except (ValueError, dp_accounting.UnsupportedEventError):
+                pass
+            return out
+        from tff_lab.errors import PrivacyAccountingError
 
-            raise PrivacyAccountingError(f"{self.aggregator_name}.dp_event: dp_accounting supports this event in "
-                                         "neither the RDP nor the PLD accountant")
-        return out
+        raise PrivacyAccountingError(f"{self.aggregator_name}.dp_event: dp_accounting's RDP accountant supports "
+                                     f"this event under no neighbouring relation: {self.event!r}")
 
     def after_round(self, ctx: RunContext, info: RoundInfo, row: dict) -> None:
         if self.event is None:

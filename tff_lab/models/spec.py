@@ -167,7 +167,10 @@ def resolve_model(cfg, spec: Optional[ModelSpec] = None) -> ModelSpec:
     _load_builtin()
     if spec is None:
         if cfg.builder is not None:
-            fn = parts_lib.resolve_callable(cfg.builder, "model.builder")
+            fn = parts_lib.resolve(cfg.builder, "model.builder")
+            if not isinstance(fn, ModelSpec) and not callable(fn):
+                raise ConfigError("model.builder", f"{cfg.builder!r} is a {type(fn).__name__}, expected a "
+                                  "callable returning a tf.keras.Model (or a ModelSpec)")
             if isinstance(fn, ModelSpec):
                 spec = fn if fn.provenance else dataclasses.replace(fn, provenance=parts_lib.provenance(
                     fn.builder, name=cfg.builder, kind="model"))

@@ -75,6 +75,10 @@ def _resolve_config(config, overrides: Sequence[str]) -> ExperimentConfig:
 
             return from_dict(apply_overrides(to_dict(config), overrides))
         return config
+    if config is not None:
+        from tff_lab import parts as parts_lib
+
+        parts_lib.add_search_path(Path(config).parent)
     return load_config(config, overrides)
 
 
@@ -171,6 +175,8 @@ def build(config: Union[str, os.PathLike, ExperimentConfig, None] = None, *, ove
     cfg, fd = _with_python_parts(cfg, model, data, algorithm, aggregator)
     _check_user_parts_config(cfg)
     spec = resolve_model(cfg.model)
+    if cfg.model.outputs != spec.outputs:  # the resolved config records what the model declares
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, outputs=spec.outputs))
     loaded = fd if fd is not None else load_federated_data(cfg)
     _check_finite_data(loaded)
     if cfg.training.sampling == "uniform" and cfg.training.clients_per_round > loaded.num_clients:
