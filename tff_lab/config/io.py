@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import datetime
 import hashlib
 import json
 import os
@@ -33,6 +35,17 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
+def _yaml_hint(value: Any) -> str:
+    """Why an unquoted YAML value arrived as this type (YAML 1.1, as PyYAML reads it)."""
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return " (YAML reads an unquoted date as a date; quote it)"
+    if isinstance(value, bool):
+        return " (YAML reads unquoted yes/no/on/off/true/false as a boolean; quote it)"
+    if value is None:
+        return " (YAML reads ~, null and an empty value as null)"
+    return ""
+
+
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Union:
@@ -43,17 +56,18 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return _coerce(value, inner[0], path)
     if origin is Literal:
         choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(path, f"unknown value {value!r}; expected one of: {', '.join(map(str, choices))}")
+        if not any(value == c and type(value) is type(c) for c in choices):
+            raise ConfigError(path, f"unknown value {value!r}; expected one of: {', '.join(map(str, choices))}"
+                              + _yaml_hint(value))
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}{_yaml_hint(value)}")
         elem = typing.get_args(tp)[0]
         return tuple(_coerce(v, elem, f"{path}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise ConfigError(path, f"expected a mapping, got {value!r}")
+            raise ConfigError(path, f"expected a mapping, got {value!r}{_yaml_hint(value)}")
         return _build(tp, value, path)
     if tp is dict:
         if value is None:
@@ -63,11 +77,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return {k: _plain(v, f"{path}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(path, f"expected true or false, got {value!r}")
+            raise ConfigError(path, f"expected true or false, got {value!r}{_yaml_hint(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, f"expected an integer, got {value!r}")
+            raise ConfigError(path, f"expected an integer, got {value!r}{_yaml_hint(value)}")
         return value
     if tp is float:
         if isinstance(value, str):
@@ -77,11 +91,18 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(path, f"expected a number, got {value!r}")
-        return float(value)
+            raise ConfigError(path, f"expected a number, got {value!r}{_yaml_hint(value)}")
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond float's range
+            raise ConfigError(path, f"expected a finite number, got {value!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(path, f"expected a finite number, got {value!r}")
+        return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(path, f"expected a string, got {value!r}")
+            hint = _yaml_hint(value) or " (quote it)"
+            raise ConfigError(path, f"expected a string, got {type(value).__name__} {value!r}{hint}")
         return value
     raise TypeError(f"unsupported config type {tp} at {path}")
 
@@ -103,7 +124,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
-        if key not in names:
+        if not isinstance(key, str) or key not in names:
             where = f"{prefix}.{key}" if prefix else str(key)
             raise ConfigError(where, f"unknown key; valid keys here: {', '.join(names)}")
     kwargs = {}
@@ -150,7 +171,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     """Applies ``key.sub=value`` overrides (values parsed as YAML scalars) to plain data."""
-    out = json.loads(json.dumps(data))  # deep copy of plain data
+    out = copy.deepcopy(data)  # YAML data may hold dates: refused by the schema, not by a JSON round trip
     for item in overrides:
         parts, value = _parse_override(item)
         node = out
@@ -165,12 +186,44 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; an experiment with both is refused."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key (a list): let PyYAML refuse it
+                continue
+            if duplicate:
+                m = key_node.start_mark
+                raise _DuplicateKey(f"duplicate key {key!r} (line {m.line + 1}, column {m.column + 1})")
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
 def read_yaml(path: Union[str, os.PathLike]) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(str(p), "experiment file not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(p), f"not a UTF-8 text file (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(str(p), f"cannot read the experiment file ({e.strerror or e})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
+    except _DuplicateKey as e:
+        raise ConfigError(str(p), str(e)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from tff_lab.errors import ConfigError
 
@@ -37,6 +38,78 @@ InputSharding = Literal["data", "explicit"]
 def _require(cond: bool, path: str, message: str) -> None:
     if not cond:
         raise ConfigError(path, message)
+
+
+# What the libraries accept: counts, sizes and shapes go into TF as int32 (batch sizes, units, filters)
+# or numpy arrays; the seed goes to numpy.random.seed / tf.keras.utils.set_random_seed (< 2**32).
+INT_MAX = 2**31 - 1
+SEED_MAX = 2**32 - 1
+
+
+def _int_in(value: int, lo: int, hi: int, path: str) -> None:
+    _require(lo <= value <= hi, path, f"expected an integer >= {lo} and <= {hi}, got {value}")
+
+
+def _type_ok(value, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_type_ok(v, typing.get_args(tp)[0]) for v in value)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _check_fields(obj, p: str) -> None:
+    """Types of every field (a config built from Python skips io's coercion), then what holds for
+    every field of a kind: numbers finite (NaN/inf mean nothing anywhere in the schema), integers
+    within int64, strings non-empty and free of NUL (paths and names go to the OS and TF)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        path = f"{p}.{f.name}" if p else f.name
+        v, tp = getattr(obj, f.name), hints[f.name]
+        if not _type_ok(v, tp):
+            raise ConfigError(path, f"expected {_type_text(tp)}, got {type(v).__name__} {v!r}")
+        for i, item in enumerate(v if isinstance(v, tuple) else (v,)):
+            where = f"{path}[{i}]" if isinstance(v, tuple) else path
+            if isinstance(item, float):
+                _require(math.isfinite(item), where, f"expected a finite number, got {item}")
+            elif isinstance(item, int) and not isinstance(item, bool):
+                _require(-(2**63) <= item < 2**63, where, f"expected an integer that fits in 64 bits, got {item}")
+            elif isinstance(item, str):
+                _require(item != "" and item.strip() == item, where,
+                         f"expected a non-empty value without surrounding spaces, got {item!r}")
+                _require("\x00" not in item, where, "expected no NUL character")
+
+
+def _type_text(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        return " or ".join(_type_text(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a tuple of {_type_text(typing.get_args(tp)[0])}"
+    return {type(None): "None", int: "an integer", float: "a number", bool: "a bool", str: "a string",
+            dict: "a dict"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _unused(obj, names, path: str, reason: str) -> None:
+    """Refuses fields set away from their defaults that have no effect given another field:
+    a setting that is silently ignored is a result the user did not ask for."""
+    defaults = type(obj)()
+    for name in names:
+        if getattr(obj, name) != getattr(defaults, name):
+            raise ConfigError(f"{path}.{name}", f"has no effect {reason}; remove it")
 
 
 def _is_import_path(value: str) -> bool:
@@ -71,17 +144,30 @@ class DataConfig:
     max_clients: Optional[int] = None  # for natural sources (emnist): cap the population
 
     def validate(self, p: str) -> None:
-        _require(self.num_clients >= 1, f"{p}.num_clients", f"expected an integer >= 1, got {self.num_clients}")
+        _check_fields(self, p)
+        _int_in(self.num_clients, 1, INT_MAX, f"{p}.num_clients")
+        _int_in(self.synthetic_dim, 1, INT_MAX, f"{p}.synthetic_dim")
+        _int_in(self.synthetic_classes, 2, INT_MAX, f"{p}.synthetic_classes")
+        _int_in(self.synthetic_max_examples, 10, INT_MAX, f"{p}.synthetic_max_examples")
+        if self.max_clients is not None:
+            _int_in(self.max_clients, 1, INT_MAX, f"{p}.max_clients")
         _require(0.0 < self.test_fraction < 1.0, f"{p}.test_fraction", f"expected a fraction in (0, 1), got {self.test_fraction}")
         _require(0.0 <= self.client_eval_fraction < 1.0, f"{p}.client_eval_fraction",
                  f"expected a fraction in [0, 1), got {self.client_eval_fraction}")
         if self.source in ("npz_dir", "csv_dir"):
             _require(bool(self.path), f"{p}.path", f"source '{self.source}' needs a directory of per-client files")
-        _require(self.synthetic_alpha >= 0 and self.synthetic_beta >= 0, f"{p}.synthetic_alpha",
-                 "synthetic alpha and beta must be >= 0")
-        _require(self.synthetic_max_examples >= 10, f"{p}.synthetic_max_examples", "expected an integer >= 10")
-        _require(self.synthetic_dim >= 1 and self.synthetic_classes >= 2, f"{p}.synthetic_dim",
-                 "synthetic_dim must be >= 1 and synthetic_classes >= 2")
+        for name in ("synthetic_alpha", "synthetic_beta"):
+            _require(getattr(self, name) >= 0, f"{p}.{name}", f"expected a variance >= 0, got {getattr(self, name)}")
+        if self.source != "synthetic":
+            _unused(self, ("synthetic_alpha", "synthetic_beta", "synthetic_dim", "synthetic_classes", "synthetic_iid",
+                           "synthetic_max_examples"), p, f"unless {p}.source is 'synthetic' (it is '{self.source}')")
+        if self.source in ("digits", "breast_cancer", "synthetic"):
+            _require(self.path is None, f"{p}.path", f"has no effect with source '{self.source}' (only npz_dir, "
+                     "csv_dir and user loaders read it); remove it")
+        if self.source in ("digits", "breast_cancer", "synthetic", "npz_dir", "csv_dir"):
+            _require(self.max_clients is None, f"{p}.max_clients",
+                     f"has no effect with source '{self.source}' (it caps the populations of TFF datasets and user "
+                     "loaders); remove it")
 
 
 @dataclass(frozen=True)
@@ -100,10 +186,17 @@ class PartitionConfig:
     min_examples_per_client: int = 10
 
     def validate(self, p: str) -> None:
+        _check_fields(self, p)
         _require(self.alpha > 0, f"{p}.alpha", f"expected a Dirichlet concentration > 0, got {self.alpha}")
-        _require(self.classes_per_client >= 1, f"{p}.classes_per_client", "expected an integer >= 1")
-        _require(self.quantity_sigma >= 0, f"{p}.quantity_sigma", "expected a value >= 0")
-        _require(self.min_examples_per_client >= 1, f"{p}.min_examples_per_client", "expected an integer >= 1")
+        _int_in(self.classes_per_client, 1, INT_MAX, f"{p}.classes_per_client")
+        _require(self.quantity_sigma >= 0, f"{p}.quantity_sigma", f"expected a value >= 0, got {self.quantity_sigma}")
+        _int_in(self.min_examples_per_client, 1, INT_MAX, f"{p}.min_examples_per_client")
+        # Which scheme reads which field ("auto" is Dirichlet for pooled sources, see ExperimentConfig).
+        used = {"auto": ("alpha", "min_examples_per_client"), "dirichlet": ("alpha", "min_examples_per_client"),
+                "shards": ("classes_per_client",), "quantity_skew": ("quantity_sigma", "min_examples_per_client"),
+                "iid": (), "natural": ()}[self.scheme]
+        _unused(self, [n for n in ("alpha", "classes_per_client", "quantity_sigma", "min_examples_per_client")
+                       if n not in used], p, f"with {p}.scheme '{self.scheme}'")
 
 
 @dataclass(frozen=True)
@@ -122,12 +215,14 @@ class ModelConfig:
     dropout: float = 0.0
 
     def validate(self, p: str) -> None:
+        _check_fields(self, p)
         _require(bool(self.name), f"{p}.name", "expected a non-empty model name")
         if self.builder is not None:
             _require(_is_import_path(self.builder), f"{p}.builder",
                      f"expected an import path 'module:attribute', got {self.builder!r}")
-        _require(all(u >= 1 for u in self.hidden_units), f"{p}.hidden_units", "expected positive integers")
-        _require(all(u >= 1 for u in self.cnn_filters), f"{p}.cnn_filters", "expected positive integers")
+        for name in ("hidden_units", "cnn_filters"):
+            for i, u in enumerate(getattr(self, name)):
+                _int_in(u, 1, INT_MAX, f"{p}.{name}[{i}]")
         _require(0.0 <= self.dropout < 1.0, f"{p}.dropout", f"expected a rate in [0, 1), got {self.dropout}")
 
 
@@ -144,6 +239,7 @@ class OptimizerConfig:
     initial_preconditioner_value: Optional[float] = None  # adagrad, yogi (None: TFF's default)
 
     def validate(self, p: str) -> None:
+        _check_fields(self, p)
         _require(self.learning_rate > 0, f"{p}.learning_rate", f"expected a value > 0, got {self.learning_rate}")
         _require(0.0 <= self.momentum < 1.0, f"{p}.momentum", "expected a value in [0, 1)")
         _require(0.0 <= self.beta_1 < 1.0 and 0.0 <= self.beta_2 < 1.0, f"{p}.beta_1", "betas must be in [0, 1)")
@@ -151,6 +247,12 @@ class OptimizerConfig:
         if self.initial_preconditioner_value is not None:
             _require(self.initial_preconditioner_value >= 0, f"{p}.initial_preconditioner_value",
                      "expected a value >= 0")
+        # What each tff.learning.optimizers.build_* takes (tff_lab.federated.optimizers).
+        used = {"sgd": (), "sgdm": ("momentum",), "adam": ("beta_1", "beta_2", "epsilon"),
+                "yogi": ("beta_1", "beta_2", "epsilon", "initial_preconditioner_value"),
+                "adagrad": ("epsilon", "initial_preconditioner_value")}[self.name]
+        _unused(self, [n for n in ("momentum", "beta_1", "beta_2", "epsilon", "initial_preconditioner_value")
+                       if n not in used], p, f"with optimizer '{self.name}'")
 
 
 @dataclass(frozen=True)
@@ -167,6 +269,7 @@ class AlgorithmConfig:
     server_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="sgd", learning_rate=1.0))
 
     def validate(self, p: str) -> None:
+        _check_fields(self, p)
         if self.builder is not None:
             _require(_is_import_path(self.builder), f"{p}.builder",
                      f"expected an import path 'module:attribute', got {self.builder!r}")
@@ -205,12 +308,12 @@ class TrainingConfig:
     divergence_factor: float = 1e3
 
     def validate(self, p: str) -> None:
+        _check_fields(self, p)
         for name in ("rounds", "clients_per_round", "local_epochs", "batch_size", "eval_every_rounds",
                      "rounds_per_checkpoint"):
-            v = getattr(self, name)
-            _require(v >= 1, f"{p}.{name}", f"expected an integer >= 1, got {v}")
-        _require(self.client_concurrency >= 0, f"{p}.client_concurrency", "expected an integer >= 0")
-        _require(self.workers >= 0, f"{p}.workers", f"expected an integer >= 0, got {self.workers}")
+            _int_in(getattr(self, name), 1, INT_MAX, f"{p}.{name}")
+        _int_in(self.client_concurrency, 0, INT_MAX, f"{p}.client_concurrency")
+        _int_in(self.workers, 0, 1024, f"{p}.workers")  # local worker_binary processes on one machine
         _require(not (self.workers and self.worker_addresses), f"{p}.worker_addresses",
                  "give training.workers (start local workers) or training.worker_addresses (use running ones), "
                  "not both")
@@ -218,7 +321,7 @@ class TrainingConfig:
             host, sep, port = addr.rpartition(":")
             _require(bool(sep) and bool(host) and port.isdigit() and 0 < int(port) < 65536,
                      f"{p}.worker_addresses[{i}]", f"expected host:port, got {addr!r}")
-        _require(self.worker_retries >= 0, f"{p}.worker_retries", "expected an integer >= 0")
+        _int_in(self.worker_retries, 0, INT_MAX, f"{p}.worker_retries")
         _require(math.isfinite(self.divergence_factor) and self.divergence_factor > 1, f"{p}.divergence_factor",
                  f"expected a finite value > 1, got {self.divergence_factor}")
         if self.sampling == "poisson":
@@ -237,7 +340,9 @@ class AuditConfig:
     unseen: int = 0  # canaries held back (never inserted): the null distribution of cosines
 
     def validate(self, p: str) -> None:
-        _require(self.canaries >= 0 and self.unseen >= 0, f"{p}.canaries", "expected integers >= 0")
+        _check_fields(self, p)
+        _int_in(self.canaries, 0, INT_MAX, f"{p}.canaries")
+        _int_in(self.unseen, 0, INT_MAX, f"{p}.unseen")
         _require((self.canaries == 0) == (self.unseen == 0), f"{p}.unseen",
                  "an audit needs both inserted canaries and unseen canaries (give both or neither)")
 
@@ -274,6 +379,7 @@ class PrivacyConfig:
         return self.mechanism != "none"
 
     def validate(self, p: str) -> None:
+        _check_fields(self, p)
         self.audit.validate(f"{p}.audit")
         if self.noise_multiplier is not None:
             _require(math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0, f"{p}.noise_multiplier",
@@ -310,6 +416,12 @@ class PrivacyConfig:
         else:
             for name in ("noise_multiplier", "target_epsilon", "max_epsilon", "delta", "clipped_count_stddev"):
                 _require(getattr(self, name) is None, f"{p}.{name}", "set privacy.mechanism to use it")
+            _unused(self, ("clip", "accountant", "reproducible_noise"), p, "without a privacy.mechanism")
+        if self.mechanism != "gaussian_adaptive":
+            _unused(self, ("target_quantile", "clip_learning_rate"), p,
+                    f"unless {p}.mechanism is 'gaussian_adaptive' (it is '{self.mechanism}')")
+            _require(self.clipped_count_stddev is None, f"{p}.clipped_count_stddev",
+                     f"has no effect unless {p}.mechanism is 'gaussian_adaptive' (it is '{self.mechanism}'); remove it")
 
 
 @dataclass(frozen=True)
@@ -334,14 +446,17 @@ class AggregationConfig:
     stochastic_rounding: bool = True  # compression: unbiased randomized rounding (unseeded in TFF)
 
     def validate(self, p: str) -> None:
+        _check_fields(self, p)
         if self.builder is not None:
             _require(_is_import_path(self.builder), f"{p}.builder",
                      f"expected an import path 'module:attribute', got {self.builder!r}")
         _require(1 <= self.ddp_bits <= 22, f"{p}.ddp_bits", f"expected an integer in [1, 22], got {self.ddp_bits}")
         _require(1 <= self.quantization_bits <= 16, f"{p}.quantization_bits",
                  f"expected an integer in [1, 16], got {self.quantization_bits}")
-        _require(self.quantization_threshold >= 0, f"{p}.quantization_threshold",
-                 f"expected an integer >= 0, got {self.quantization_threshold}")
+        _int_in(self.quantization_threshold, 0, INT_MAX, f"{p}.quantization_threshold")
+        if self.kind != "compression":
+            _unused(self, ("quantization_bits", "quantization_threshold", "rotation", "stochastic_rounding"), p,
+                    f"unless {p}.kind is 'compression' (it is '{self.kind}')")
 
 
 @dataclass(frozen=True)
@@ -352,8 +467,16 @@ class CentralizedConfig:
     dp_l2_norm_clip: float = 1.0
 
     def validate(self, p: str) -> None:
-        _require(self.dp_noise_multiplier > 0, f"{p}.dp_noise_multiplier", "expected a value > 0")
-        _require(self.dp_l2_norm_clip > 0, f"{p}.dp_l2_norm_clip", "expected a value > 0")
+        _check_fields(self, p)
+        _require(self.dp_noise_multiplier > 0, f"{p}.dp_noise_multiplier",
+                 f"expected a value > 0, got {self.dp_noise_multiplier}")
+        _require(self.dp_l2_norm_clip > 0, f"{p}.dp_l2_norm_clip", f"expected a value > 0, got {self.dp_l2_norm_clip}")
+        # The DP-SGD baseline is part of the centralized comparison: without it nothing trains it.
+        _require(self.enabled or not self.dp_sgd, f"{p}.dp_sgd",
+                 f"has no effect with {p}.enabled: false (the DP-SGD baseline is part of the centralized "
+                 f"comparison); set {p}.enabled: true or remove it")
+        if not self.dp_sgd:
+            _unused(self, ("dp_noise_multiplier", "dp_l2_norm_clip"), p, f"without {p}.dp_sgd: true")
 
 
 @dataclass(frozen=True)
@@ -372,10 +495,11 @@ class DistConfig:
     input_sharding: InputSharding = "data"
 
     def validate(self, p: str) -> None:
-        _require(self.epochs >= 1, f"{p}.epochs", f"expected an integer >= 1, got {self.epochs}")
-        _require(self.per_replica_batch_size >= 1, f"{p}.per_replica_batch_size", "expected an integer >= 1")
-        _require(self.learning_rate > 0, f"{p}.learning_rate", "expected a value > 0")
-        _require(self.steps_per_execution >= 1, f"{p}.steps_per_execution", "expected an integer >= 1")
+        _check_fields(self, p)
+        _int_in(self.epochs, 1, INT_MAX, f"{p}.epochs")
+        _int_in(self.per_replica_batch_size, 1, INT_MAX, f"{p}.per_replica_batch_size")
+        _require(self.learning_rate > 0, f"{p}.learning_rate", f"expected a value > 0, got {self.learning_rate}")
+        _int_in(self.steps_per_execution, 1, INT_MAX, f"{p}.steps_per_execution")
 
 
 @dataclass(frozen=True)
@@ -393,13 +517,21 @@ class ExperimentConfig:
     dist: DistConfig = field(default_factory=DistConfig)
 
     def validate(self) -> None:
-        _require(self.seed >= 0, "seed", f"expected an integer >= 0, got {self.seed}")
+        _check_fields(self, "")
+        _int_in(self.seed, 0, SEED_MAX, "seed")
         _require(bool(self.name) and "/" not in self.name, "name", "expected a non-empty name without '/'")
         for f in dataclasses.fields(self):
             sub = getattr(self, f.name)
             if hasattr(sub, "validate"):
                 sub.validate(f.name)
         t = self.training
+        if self.partition.scheme in ("auto", "natural") and self.data.source in ("synthetic", "npz_dir", "csv_dir",
+                                                                                 "emnist"):
+            # The natural split: the population is the source's own, and no partitioner runs.
+            why = f"with source '{self.data.source}' split naturally (partition.scheme '{self.partition.scheme}')"
+            _unused(self.partition, ("alpha", "min_examples_per_client"), "partition", why)
+            if self.data.source != "synthetic":
+                _unused(self.data, ("num_clients",), "data", why)
         if self.partition.scheme == "natural":
             _require(self.data.source not in ("digits", "breast_cancer"), "partition.scheme",
                      f"source '{self.data.source}' has no natural split; use auto, iid, dirichlet, shards or "
