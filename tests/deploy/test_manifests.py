@@ -350,3 +350,16 @@ def test_federated_overlay_shape(params):
     gpu = find(render.render_overlay(dataclasses.replace(params, tff_worker_gpus=1), "federated"), "StatefulSet")
     assert gpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert gpu["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_render_checks_the_experiment_with_the_drivers_override(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    exp = tmp_path / "local_workers.yaml"
+    exp.write_text((REPO / "experiments" / "dist_digits.yaml").read_text() + "training: {workers: 2}\n")
+    assert main(["k8s", "render", str(exp), "--image", "r.example/t:1", "--out", str(tmp_path / "k8s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "training.worker_addresses" in err, err
+    assert not (tmp_path / "k8s").exists()
+    # Without the federated overlay the same experiment renders (MWMS ignores training.workers).
+    assert main(["k8s", "render", str(exp), "--image", "r.example/t:1", "--overlay", "gpu",
+                 "--overlay", "cpu", "--out", str(tmp_path / "k8s")]) == 0
