@@ -4,6 +4,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 from tff_lab.errors import WorkerLost
 from tff_lab.federated import runtime
+from helpers import REPO, assert_user_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +143,16 @@ def test_a_killed_worker_is_reported_as_lost_and_reset_restarts_it(fedavg, refer
 class _RemoteWorker:
     """A worker_binary that is not our child (started through a shell that exits), as a pod's would be."""
 
-    def __init__(self, port):
-        out = subprocess.run(["sh", "-c", f"'{runtime.worker_binary_path()}' --port={port} >/dev/null 2>&1 & echo $!"],
+    def __init__(self, port, via_cli=False):
+        cmd = f"'{sys.executable}' -m tff_lab.cli worker --port {port}" if via_cli \
+            else f"'{runtime.worker_binary_path()}' --port={port}"
+        out = subprocess.run(["sh", "-c", f"{cmd} >/dev/null 2>&1 & echo $!"], cwd=REPO,
                              capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL)
         self.proc = psutil.Process(int(out.stdout.strip()))
+        deadline = time.monotonic() + 60
+        while via_cli and self.proc.name() != "worker_binary":  # the CLI execs the binary once parsed
+            assert time.monotonic() < deadline and self.alive()
+            time.sleep(0.1)
 
     def alive(self):
         return self.proc.is_running() and self.proc.status() != psutil.STATUS_ZOMBIE
@@ -183,7 +191,8 @@ def test_remote_addresses_lost_and_reconnected(fedavg, reference, monkeypatch):
         with pytest.raises(WorkerLost, match=addresses[0]):
             runtime.reset()  # still down: reconnecting fails, naming it
 
-        remote[0] = _RemoteWorker(ports[0])  # e.g. the pod came back
+        remote[0] = _RemoteWorker(ports[0], via_cli=True)  # the pod came back, running `tff-lab worker`
+        assert remote[0].proc.name() == "worker_binary"  # the CLI became the worker (exec, same pid)
         runtime.ensure_context(0, worker_addresses=addresses)
         state = process.next(state, data).state
         assert _max_diff(_weights(process, state), reference) < 1e-6
@@ -217,3 +226,9 @@ def test_workers_die_with_a_thread_that_started_them_never(fedavg):
     runtime.ensure_context(0, workers=2)  # TFF's context stack is per thread: install it here too
     assert runtime.worker_pids() == pids  # the same workers, alive after their starter thread ended
     _rounds(process, data, n=1)
+
+
+@pytest.mark.parametrize("args,field", [(["--port", "0"], "--port"), (["--port", "70000"], "--port"),
+                                        (["--port", "5000", "--max-concurrent-calls", "0"], "--max-concurrent-calls")])
+def test_worker_command_refuses_bad_arguments(args, field):
+    assert_user_error(run_cli("worker", *args, timeout=120), field)

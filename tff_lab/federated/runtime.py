@@ -62,9 +62,13 @@ _spawner: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
 
 def worker_binary_path() -> str:
-    import tensorflow_federated as tff
+    """TFF's C++ executor service in the installed wheel (found without importing TensorFlow)."""
+    import importlib.util
 
-    path = os.path.join(os.path.dirname(tff.__file__), "data", "worker_binary")
+    spec = importlib.util.find_spec("tensorflow_federated")
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - in the lock file
+        raise RuntimeError("tensorflow_federated is not installed")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "worker_binary")
     if not os.path.isfile(path):  # pragma: no cover - part of the TFF wheel
         raise RuntimeError(f"TFF's worker_binary is missing: expected it at {path}")
     return path
