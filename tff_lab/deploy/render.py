@@ -482,8 +482,9 @@ def driver_job(p: RenderParams) -> k8s.V1Job:
         name="wait-for-workers", image=p.image, image_pull_policy=p.image_pull_policy, command=["tff-lab"],
         args=["k8s", "wait", *p.tff_worker_addresses, "--timeout", str(p.workers_wait_seconds)],
         env=_common_env(), security_context=_container_security(),
-        resources=k8s.V1ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"},
-                                             limits={"cpu": "100m", "memory": "256Mi"}))
+        # ~90 MB and ~1 CPU-second to start (Python, numpy); then it polls once a second.
+        resources=k8s.V1ResourceRequirements(requests={"cpu": "250m", "memory": "256Mi"},
+                                             limits={"cpu": "250m", "memory": "256Mi"}))
     driver = k8s.V1Container(
         name=DRIVER_CONTAINER, image=p.image, image_pull_policy=p.image_pull_policy, command=command, args=args,
         env=_common_env(), resources=_resources(dataclasses.replace(p, cpu="2", memory="8Gi"), 0),
