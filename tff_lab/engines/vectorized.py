@@ -1,0 +1,539 @@
+"""The vectorised client engine: a round's sampled clients trained together in one TF graph.
+
+TFF's runtime sets up one computation per client per round (~6-8 ms each on this machine); the
+arithmetic of a small model is microseconds. This engine runs the same round as ONE
+``tf.function`` call: every sampled client's local SGD runs in lock step (``tf.vectorized_map``
+over clients inside a ``tf.while_loop`` over local steps, masked where a client has no batch),
+then the aggregation (weighted/unweighted mean, or tensorflow_privacy's DP query) and the server
+optimizer step. The function has an input signature with unknown cohort size and step count,
+so it is traced once per run, whatever the sampling does.
+
+What is reused, not re-implemented (so that the numbers are TFF's):
+
+- client and server optimizers: ``tff.learning.optimizers`` (``initialize``/``next``, plain TF),
+  built by :func:`tff_lab.federated.optimizers.build_optimizer` exactly as for the TFF engine;
+- the model: the Keras builder's own layers, called on per-client weight tensors with TFF's
+  ``functional_model_from_keras`` technique (a ``variable_creator_scope`` that hands the layers
+  tensors instead of variables);
+- loss and metrics: the model spec's Keras loss (per-element values, reduced as Keras'
+  ``SUM_OVER_BATCH_SIZE`` over the real examples) and Keras metrics;
+- DP: the very query object of tff_lab's DP aggregator
+  (:func:`tff_lab.federated.aggregators.make_aggregator`, i.e. :mod:`tff_lab.privacy.queries`'
+  seeded queries or TFF's stock ones), driven as TFF's ``DifferentiallyPrivateFactory`` drives
+  it (``derive_sample_params`` -> ``preprocess_record`` per client -> sum ->
+  ``get_noised_result``), so the clip, the noise draws, the adaptive clip's evolution and the
+  ``DpEvent`` are TFF's.
+
+The semantics follow TFF 0.87's ``build_weighted_fed_avg``/``build_unweighted_fed_avg``
+(``model_delta_client_work``), ``build_weighted_fed_prox``/``build_unweighted_fed_prox``
+(``proximal_client_work``, including its proximal term ``mu * (w0 - w)`` as written there) and
+``build_fed_sgd``; client updates are ``initial - final``, zeroed with weight 0 when not finite;
+the server optimizer takes the aggregate as its gradient and rejects a non-finite one
+(``apply_optimizer_finalizer``). The state is TFF's ``LearningAlgorithmState`` with the same
+leaves as the TFF engine's process state (checkpoints are interchangeable in layout).
+
+Known difference: a FedAvg client whose update is not finite has its loss/num_examples/num_batches
+dropped from the training metrics as TFF does, but its Keras metrics (accuracy) still count.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from tff_lab.engines.base import RoundResult
+from tff_lab.errors import ConfigError
+
+ENGINE = "the vectorized engine (training.engine: vectorized)"
+
+
+def _refuse(field: str, what: str) -> None:
+    raise ConfigError(field, f"{ENGINE} cannot run {what}; use training.engine: tff")
+
+
+def check_supported(cfg) -> None:
+    """Raises :class:`ConfigError` (one line, naming the engine and the field) for what this
+    engine cannot run exactly as TFF does."""
+    a, p, alg, t = cfg.aggregation, cfg.privacy, cfg.algorithm, cfg.training
+    if alg.builder is not None:
+        _refuse("algorithm.builder", f"a user's TFF learning process ({alg.builder})")
+    if a.builder is not None:
+        _refuse("aggregation.builder", f"a user's TFF aggregator ({a.builder})")
+    if a.kind != "mean":
+        _refuse("aggregation.kind", f"'{a.kind}' aggregation (TFF aggregators it does not vectorise)")
+    if p.mechanism not in ("none", "gaussian_fixed", "gaussian_adaptive"):
+        _refuse("privacy.mechanism", f"'{p.mechanism}' (only gaussian_fixed and gaussian_adaptive are vectorised)")
+    if t.workers or t.worker_addresses:
+        _refuse("training.workers", "on TFF worker processes (it trains in this process)")
+    if cfg.model.dropout > 0:
+        _refuse("model.dropout", "dropout (random per-client masks inside one vectorised graph)")
+
+
+class VectorizedEngine:
+    """Runs FedAvg / FedProx / FedSGD rounds (optionally DP) with all sampled clients in one graph.
+
+    Args:
+      cfg: the experiment config (``algorithm``, ``training``, ``privacy`` are read).
+      data: a :class:`~tff_lab.data.FederatedData` (numpy arrays per client).
+      model_builder: ``() -> tf.keras.Model``, a fresh model per call.
+      loss_builder: ``() -> Keras loss`` (default sparse categorical cross-entropy on probabilities).
+      metrics_builder: ``() -> [Keras metrics]`` (default sparse categorical accuracy named
+        ``accuracy``); reported under their names as TFF does.
+      noise_multiplier: the DP noise multiplier to use (after calibration); default
+        ``privacy.noise_multiplier``.
+    """
+
+    name = "vectorized"
+
+    def __init__(self, cfg, data, *, model_builder: Callable[[], Any], loss_builder: Optional[Callable] = None,
+                 metrics_builder: Optional[Callable] = None, noise_multiplier: Optional[float] = None):
+        import tensorflow as tf
+        import tensorflow_federated as tff
+
+        from tff_lab.federated.optimizers import build_optimizer
+
+        check_supported(cfg)
+        self.cfg, self.data = cfg, data
+        self._model_builder = model_builder
+        alg = cfg.algorithm
+        self._algorithm = alg.name
+        self._weighted = alg.weighting == "num_examples" or alg.name == "fedsgd"
+        self._mu = float(alg.proximal_strength) if alg.name == "fedprox" else 0.0
+        self._batch = int(cfg.training.batch_size)
+
+        probe = self._check_model(model_builder)
+        self._trainable_specs = [tf.TensorSpec(w.shape, w.dtype) for w in probe.trainable_weights]
+        self._init_weights = tff.learning.models.ModelWeights(
+            trainable=[np.asarray(w.numpy()) for w in probe.trainable_weights],
+            non_trainable=[np.asarray(w.numpy()) for w in probe.non_trainable_weights])
+        self._has_reg_losses = bool(probe.losses)
+        del probe
+        self._loss = loss_builder() if loss_builder is not None else tf.keras.losses.SparseCategoricalCrossentropy()
+        self._metrics = list(metrics_builder()) if metrics_builder is not None else [
+            tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
+        self._server_opt = build_optimizer(alg.server_optimizer)
+        self._client_opt = None if alg.name == "fedsgd" else build_optimizer(alg.client_optimizer)
+        self._query = None
+        if cfg.privacy.enabled:
+            from tff_lab.federated.aggregators import make_aggregator
+
+            factory = make_aggregator(cfg, population=data.num_clients, noise_multiplier=noise_multiplier,
+                                      record_specs=self._trainable_specs)
+            # The DifferentiallyPrivateFactory's own query: the one the TFF engine runs.
+            self._query = factory._query  # pylint: disable=protected-access
+
+        # Client data resident in the graph (on the GPU when TF places it there); rounds send indices.
+        ids = data.client_ids
+        sizes = np.array([len(data.train[c][1]) for c in ids], dtype=np.int64)
+        self._sizes = sizes
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        xs = np.concatenate([np.asarray(data.train[c][0]) for c in ids])
+        ys = np.concatenate([np.asarray(data.train[c][1]) for c in ids])
+        self._x_all = tf.convert_to_tensor(xs)
+        self._y_all = tf.convert_to_tensor(ys)
+        if len(xs) >= 2 ** 31:
+            raise ConfigError("data", f"{ENGINE} indexes examples with int32; {len(xs)} are too many")
+
+        self._init_state = self._initial_state()
+        self._functions = {}
+        self._out_structure = None
+
+    # -- model -----------------------------------------------------------------------------------
+    def _check_model(self, model_builder):
+        import tensorflow as tf
+
+        created = []
+
+        def record(next_creator, **kwargs):
+            v = next_creator(**kwargs)
+            created.append(v)
+            return v
+
+        with tf.variable_creator_scope(record):
+            model = model_builder()
+        if not isinstance(model, tf.keras.Model):
+            raise ConfigError("model", f"{ENGINE} needs a builder returning a tf.keras.Model, got "
+                              f"{type(model).__name__}")
+        if len(model.outputs) != 1:
+            _refuse("model.name", f"model '{model.name}': {len(model.outputs)} outputs (one is vectorised)")
+        self._output_dtype = model.outputs[0].dtype
+        if model.non_trainable_weights:
+            _refuse("model.name", f"model '{model.name}': it has non-trainable weights that training updates "
+                    "(e.g. BatchNormalization)")
+        random_layers = [l.name for l in model.submodules if isinstance(l, tf.keras.layers.Layer) and isinstance(
+            l, (tf.keras.layers.Dropout, tf.keras.layers.GaussianNoise, tf.keras.layers.GaussianDropout,
+                tf.keras.layers.AlphaDropout)) and getattr(l, "rate", getattr(l, "stddev", 0)) > 0]
+        if random_layers:
+            _refuse("model.name", f"model '{model.name}': random layers {random_layers} in training")
+        # (Initialisers may create helper variables, e.g. RNG states; only the model's weights count.)
+        weight_ids = {id(v) for v in model.weights}
+        order = [id(v) for v in created if id(v) in weight_ids]
+        if order != [id(v) for v in model.trainable_weights]:
+            _refuse("model.name", f"model '{model.name}': its weights are not listed in creation order")
+        return model
+
+    def _call_model(self, trainable, x):
+        """The Keras model's forward pass with ``trainable`` tensors as its weights (TFF's
+        ``functional_model_from_keras`` technique). Returns (predictions, regularisation losses)."""
+        import tensorflow as tf
+
+        pool = list(trainable)
+
+        def swap(_, **kwargs):
+            if not kwargs.get("trainable", True):
+                raise ValueError("non-trainable weights are not supported")
+            return pool.pop(0)
+
+        with tf.variable_creator_scope(swap):
+            model = self._model_builder()
+        return model(x, training=True), list(model.losses)
+
+    def _batch_loss(self, y, preds, m):
+        """Keras' SUM_OVER_BATCH_SIZE loss over the real rows (``m`` = 1) of a padded batch."""
+        import tensorflow as tf
+
+        loss = self._loss
+        per = loss.call(y, preds) if isinstance(loss, tf.keras.losses.Loss) else loss(y, preds)
+        per = tf.cast(per, tf.float32)
+        mb = tf.reshape(m, tf.concat([tf.shape(m), tf.ones([tf.rank(per) - 1], tf.int32)], 0)) * tf.ones_like(per)
+        total = tf.reduce_sum(per * mb)
+        reduction = getattr(loss, "reduction", "sum_over_batch_size")
+        if reduction == tf.keras.losses.Reduction.SUM:
+            return total
+        return tf.math.divide_no_nan(total, tf.reduce_sum(mb))
+
+    # -- state -----------------------------------------------------------------------------------
+    def _client_work_state(self):
+        import tensorflow as tf
+
+        if self._algorithm != "fedavg":
+            return ()
+        # TFF's model_delta_client_work keeps the client optimizer's hyperparameters as its state.
+        whimsy = self._client_opt.initialize(tf.TensorSpec(shape=(), dtype=tf.float32))
+        hparams = self._client_opt.get_hparams(whimsy)
+        return tf.nest.map_structure(lambda v: np.asarray(tf.convert_to_tensor(v)), hparams)
+
+    def _initial_state(self):
+        import tensorflow as tf
+        import tensorflow_federated as tff
+
+        fin = _to_numpy(tf.function(lambda: self._server_opt.initialize(list(self._trainable_specs)))())
+        if self._query is None:
+            agg = (collections.OrderedDict(value_sum_process=(), weight_sum_process=()) if self._weighted
+                   else ((), ()))
+        else:
+            from tensorflow_federated.python.aggregators.differential_privacy import DPAggregatorState
+
+            q = self._query
+
+            @tf.function
+            def init_dp():
+                gs = q.initial_global_state()
+                _, _, event = q.get_noised_result(q.initial_sample_state(list(self._trainable_specs)), gs)
+                return gs, event.to_named_tuple()
+
+            gs, event = init_dp()
+            agg = DPAggregatorState(_to_numpy(gs), (), _to_numpy(event), np.bool_(True))
+        return tff.learning.templates.LearningAlgorithmState(
+            global_model_weights=self._init_weights, distributor=(), client_work=self._client_work_state(),
+            aggregator=agg, finalizer=fin)
+
+    def initialize(self):
+        return self._init_state
+
+    def set_model_weights(self, state, trainable):
+        import tensorflow_federated as tff
+
+        weights = tff.learning.models.ModelWeights(trainable=[np.asarray(w) for w in trainable],
+                                                   non_trainable=list(state.global_model_weights.non_trainable))
+        return state._replace(global_model_weights=weights)
+
+    def get_model_weights(self, state):
+        import tensorflow_federated as tff
+
+        w = state.global_model_weights
+        return tff.learning.models.ModelWeights(trainable=list(w.trainable), non_trainable=list(w.non_trainable))
+
+    # -- the round -------------------------------------------------------------------------------
+    def cohort_indices(self, round_num: int, client_indices) -> tuple[np.ndarray, np.ndarray]:
+        """``[clients, steps, batch]`` row indices into the resident data (-1 = padding), in exactly
+        the order :func:`tff_lab.sampling.client_dataset` batches them, and the client mask."""
+        from tff_lab.sampling import client_permutations
+
+        b = self._batch
+        per_client = []
+        for i in client_indices:
+            i = int(i)
+            n = int(self._sizes[i])
+            rows = []
+            for perm in client_permutations(self.cfg, n, i, round_num):
+                steps = -(-n // b)
+                padded = np.full(steps * b, -1, dtype=np.int64)
+                padded[:n] = perm + self._offsets[i]
+                rows.append(padded.reshape(steps, b))
+            per_client.append(np.concatenate(rows) if rows else np.full((0, b), -1, np.int64))
+        # Cohorts of varying size (Poisson sampling) are padded with masked-out clients to a power
+        # of two, so that only a few graphs are ever traced; a fixed-size cohort is not padded.
+        n = len(per_client)
+        slots = max(1, n) if self.cfg.training.sampling == "uniform" else 1 << max(0, (n - 1).bit_length())
+        steps = max([1] + [len(r) for r in per_client])
+        idx = np.full((slots, steps, b), -1, dtype=np.int32)
+        for c, r in enumerate(per_client):
+            idx[c, :len(r)] = r
+        mask = np.zeros([slots], np.float32)
+        mask[:n] = 1.0
+        return idx, mask
+
+    def next(self, state, round_num: int, client_indices) -> RoundResult:
+        import tensorflow as tf
+
+        idx, client_mask = self.cohort_indices(round_num, client_indices)
+        agg = state.aggregator
+        query_state = agg.query_state if self._query is not None else ()
+        inputs = (list(state.global_model_weights.trainable), state.client_work, state.finalizer, query_state)
+        fn = self._round_fn(idx.shape[0])
+        flat = fn(*[tf.convert_to_tensor(a) for a in tf.nest.flatten(inputs)], tf.convert_to_tensor(idx),
+                  tf.convert_to_tensor(client_mask))
+        out = tf.nest.pack_sequence_as(self._out_structure, [t.numpy() for t in flat])
+        (trainable, fin, new_query_state, event, train, agg_metrics, non_finite) = out
+        weights = state.global_model_weights._replace(trainable=list(trainable))
+        if self._query is not None:
+            new_agg = agg._replace(query_state=new_query_state, dp_event=event, is_init_state=np.bool_(False))
+        else:
+            new_agg = agg
+        new_state = state._replace(global_model_weights=weights, finalizer=_like(state.finalizer, fin),
+                                   aggregator=new_agg)
+        train = collections.OrderedDict((k, _scalar(v)) for k, v in train.items())
+        metrics = {"distributor": (), "client_work": collections.OrderedDict(train=train),
+                   "aggregator": _to_python(agg_metrics),
+                   "finalizer": collections.OrderedDict(update_non_finite=int(non_finite))}
+        return RoundResult(state=new_state, metrics=metrics)
+
+    def close(self) -> None:
+        self._functions.clear()
+
+    # -- the graph -------------------------------------------------------------------------------
+    def _spec_of(self, nest):
+        import tensorflow as tf
+
+        return tf.nest.map_structure(lambda a: tf.TensorSpec(np.shape(a), tf.as_dtype(np.asarray(a).dtype)), nest)
+
+    def _round_fn(self, num_clients: int):
+        """The round's concrete function for a cohort of ``num_clients`` (static, so that grappler
+        folds the vectorised graph's shape arithmetic); the local step count stays dynamic."""
+        fn = self._functions.get(num_clients)
+        if fn is None:
+            import tensorflow as tf
+
+            s = self._init_state
+            q_state = s.aggregator.query_state if self._query is not None else ()
+            template = (list(self._trainable_specs), self._spec_of(s.client_work), self._spec_of(s.finalizer),
+                        self._spec_of(q_state))
+            flat_specs = tf.nest.flatten(template)
+
+            def flat_round(*args):
+                inputs = tf.nest.pack_sequence_as(template, list(args[:len(flat_specs)]))
+                out = self._round(*inputs, *args[len(flat_specs):])
+                self._out_structure = out
+                return tf.nest.flatten(out)
+
+            signature = [*flat_specs, tf.TensorSpec([num_clients, None, self._batch], tf.int32),
+                         tf.TensorSpec([num_clients], tf.float32)]
+            fn = tf.function(flat_round, input_signature=signature).get_concrete_function()
+            self._functions[num_clients] = fn
+        return fn
+
+    def _round(self, trainable, client_work, server_state, query_state, idx, client_mask):
+        import tensorflow as tf
+
+        from tensorflow_federated.python.learning import tensor_utils
+
+        for m in self._metrics:
+            m.reset_state()
+        num_clients = tf.shape(idx)[0]
+        num_steps = tf.shape(idx)[1]
+        example_mask = tf.cast(idx >= 0, tf.float32)
+        rows = tf.maximum(idx, 0)
+        trainable = [tf.convert_to_tensor(w) for w in trainable]
+
+        def per_client(t):
+            return tf.broadcast_to(t, tf.concat([[num_clients], tf.shape(t)], 0))
+
+        def batch_at(step):
+            r = rows[:, step]
+            return tf.gather(self._x_all, r), tf.gather(self._y_all, r), example_mask[:, step]
+
+        def update_metrics(predictions):
+            # Once per round over every step's predictions (one metric update, not one per step).
+            preds = predictions.stack()  # [steps, clients, batch, ...]
+            by_step = tf.transpose(rows, [1, 0, 2])
+            flat = lambda t: tf.reshape(t, tf.concat([[-1], tf.shape(t)[3:]], 0))  # noqa: E731
+            y = tf.gather(self._y_all, by_step)
+            m = tf.transpose(example_mask, [1, 0, 2])
+            for metric in self._metrics:
+                metric.update_state(flat(y), flat(preds), sample_weight=tf.reshape(m, [-1]))
+
+        preds0 = tf.TensorArray(self._output_dtype, size=num_steps)
+
+        zeros_c = tf.zeros([num_clients], tf.float32)
+        if self._algorithm == "fedsgd":
+            def sgd_step(args):
+                x, y, m = args
+                with tf.GradientTape() as tape:
+                    tape.watch(trainable)
+                    preds, reg = self._call_model(trainable, x)
+                    loss = self._batch_loss(y, preds, m)
+                    total = loss + tf.add_n(reg) if reg else loss
+                grads = tape.gradient(total, trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                return grads, preds, loss, tf.reduce_sum(m)
+
+            def body(step, acc, loss_sum, n_sum, batches, predictions):
+                x, y, m = batch_at(step)
+                grads, preds, loss, n = tf.vectorized_map(sgd_step, (x, y, m))
+                acc = [a + _expand(n, g) * g for a, g in zip(acc, grads)]
+                return (step + 1, acc, loss_sum + loss * n, n_sum + n, batches + tf.cast(n > 0, tf.float32),
+                        predictions.write(step, preds))
+
+            acc0 = [per_client(tf.zeros_like(w)) for w in trainable]
+            _, acc, loss_sum, n_sum, batches, predictions = tf.while_loop(
+                lambda step, *_: step < num_steps, body, (tf.constant(0), acc0, zeros_c, zeros_c, zeros_c, preds0))
+            updates = [a / _expand(n_sum, a) for a in acc]
+            updates, finite = _zero_non_finite(updates)
+            weights = tf.where(finite, n_sum, 0.0)
+            reset = tf.zeros_like(finite)  # FedSGD keeps the metrics of a non-finite client
+        else:
+            opt, mu = self._client_opt, self._mu
+            specs = tuple(self._trainable_specs)
+
+            def opt_init():
+                st = opt.initialize(specs)
+                if self._algorithm == "fedavg":  # TFF sets the hyperparameters kept in client_work
+                    st = opt.set_hparams(st, client_work)
+                return st
+
+            def train_step(args):
+                w, st, x, y, m = args
+                with tf.GradientTape() as tape:
+                    tape.watch(w)
+                    preds, reg = self._call_model(w, x)
+                    loss = self._batch_loss(y, preds, m)
+                    total = loss + tf.add_n(reg) if reg else loss
+                grads = tape.gradient(total, w)
+                if mu > 0.0:  # TFF's proximal_client_work term, as written there: mu * (initial - current)
+                    grads = [g + mu * (w0 - wi) for g, wi, w0 in zip(grads, w, trainable)]
+                new_st, new_w = opt.next(st, tuple(w), tuple(grads))
+                n = tf.reduce_sum(m)
+                active = n > 0
+                new_w = [tf.where(active, a, b) for a, b in zip(new_w, w)]
+                new_st = tf.nest.map_structure(lambda a, b: tf.where(active, a, b), new_st, st)
+                return new_w, new_st, preds, loss, n
+
+            def body(step, w, st, loss_sum, n_sum, batches, predictions):
+                x, y, m = batch_at(step)
+                w, st, preds, loss, n = tf.vectorized_map(train_step, (w, st, x, y, m))
+                return (step + 1, list(w), st, loss_sum + loss * n, n_sum + n, batches + tf.cast(n > 0, tf.float32),
+                        predictions.write(step, preds))
+
+            st0 = tf.nest.map_structure(per_client, opt_init())
+            w0 = [per_client(w) for w in trainable]
+            _, w_final, _, loss_sum, n_sum, batches, predictions = tf.while_loop(
+                lambda step, *_: step < num_steps, body,
+                (tf.constant(0), w0, st0, zeros_c, zeros_c, zeros_c, preds0))
+            updates = [a - b for a, b in zip(w0, w_final)]
+            updates, finite = _zero_non_finite(updates)
+            if self._weighted:
+                weights = tf.where(finite, n_sum, 0.0)
+            else:
+                weights = tf.ones_like(n_sum)
+            # TFF's FedAvg resets a non-finite client's metrics; FedProx does not.
+            reset = tf.logical_not(finite) if self._algorithm == "fedavg" else tf.zeros_like(finite)
+
+        update_metrics(predictions)
+        keep = tf.where(reset, 0.0, 1.0) * client_mask
+        train = collections.OrderedDict()
+        for metric in self._metrics:
+            train[metric.name] = metric.result()
+        train["loss"] = tf.math.divide_no_nan(tf.reduce_sum(loss_sum * keep), tf.reduce_sum(n_sum * keep))
+        train["num_examples"] = tf.cast(tf.reduce_sum(n_sum * keep), tf.int64)
+        train["num_batches"] = tf.cast(tf.reduce_sum(batches * keep), tf.int64)
+
+        # Aggregation.
+        if self._query is None:
+            if self._weighted:
+                w_c = weights * client_mask
+                mean = [tf.reduce_sum(u * _expand(w_c, u), 0) / tf.reduce_sum(w_c) for u in updates]
+                agg_metrics = collections.OrderedDict(mean_value=(), mean_weight=())
+            else:
+                mean = [tf.reduce_sum(u * _expand(client_mask, u), 0) / tf.reduce_sum(client_mask) for u in updates]
+                agg_metrics = collections.OrderedDict(mean_value=(), mean_count=())
+            new_query_state, event = query_state, ()
+        else:
+            q = self._query
+            params = q.derive_sample_params(query_state)
+            records = tf.vectorized_map(lambda u: q.preprocess_record(params, list(u)), updates)
+            summed = tf.nest.map_structure(lambda r: tf.reduce_sum(r * _expand(client_mask, r), 0), records)
+            mean, new_query_state, dp_event = q.get_noised_result(summed, query_state)
+            mean = list(mean)
+            event = dp_event.to_named_tuple()
+            agg_metrics = collections.OrderedDict(dp_query_metrics=q.derive_metrics(new_query_state), dp=())
+
+        # TFF's apply_optimizer_finalizer: the aggregate is the server optimizer's gradient; a
+        # non-finite aggregate is rejected (weights and optimizer state unchanged).
+        new_server_state, new_weights = self._server_opt.next(server_state, list(trainable), list(mean))
+        _, non_finite = tensor_utils.zero_all_if_any_non_finite(mean)
+        reject = tf.equal(non_finite, 1)
+        new_weights = [tf.where(reject, old, new) for old, new in zip(trainable, new_weights)]
+        new_server_state = tf.nest.map_structure(lambda old, new: tf.where(reject, old, new), server_state,
+                                                 _like(server_state, new_server_state))
+        return new_weights, new_server_state, new_query_state, event, train, agg_metrics, non_finite
+
+
+def _expand(v, like):
+    """``v`` ([clients]) reshaped to broadcast against ``like`` ([clients, ...])."""
+    import tensorflow as tf
+
+    return tf.reshape(v, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], 0))
+
+
+def _zero_non_finite(updates):
+    """Per client (leading axis): TFF's ``zero_all_if_any_non_finite``. Returns (updates, finite[clients])."""
+    import tensorflow as tf
+
+    finite = None
+    for u in updates:
+        f = tf.reduce_all(tf.reshape(tf.math.is_finite(u), [tf.shape(u)[0], -1]), axis=1)
+        finite = f if finite is None else tf.logical_and(finite, f)
+    return [tf.where(tf.reshape(finite, [-1] + [1] * (u.shape.rank - 1)), u, tf.zeros_like(u))
+            for u in updates], finite
+
+
+def _like(template, value):
+    """``value`` packed in ``template``'s containers (TFF optimizers may return tuples for lists)."""
+    import tensorflow as tf
+
+    return tf.nest.pack_sequence_as(template, tf.nest.flatten(value))
+
+
+def _to_numpy(nest):
+    import tensorflow as tf
+
+    return tf.nest.map_structure(lambda t: np.asarray(t.numpy() if hasattr(t, "numpy") else t), nest)
+
+
+def _to_python(nest):
+    import tensorflow as tf
+
+    return tf.nest.map_structure(_scalar, nest)
+
+
+def _scalar(v):
+    a = np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+    if a.shape == ():
+        return a.item() if a.dtype.kind in "iub" else a[()]
+    return a
+
+
+__all__ = ["VectorizedEngine", "check_supported"]
