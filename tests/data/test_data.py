@@ -75,8 +75,13 @@ def test_synthetic_has_a_thousand_heterogeneous_clients():
                              "model.name=logreg"])
     d = load_federated_data(cfg)
     assert d.num_clients == 1000 and d.input_shape == (60,) and d.num_classes == 10
-    sizes = np.array([len(d.train[c][1]) for c in d.client_ids])
-    assert sizes.min() >= 30 and sizes.max() > 5 * np.median(sizes) * 0 + sizes.min()
+    # Client sizes are lognormal(4, 2) + 50 capped at 500 (FedProx's formula), of which round(20 %) go
+    # to the global test set: 40..400 examples each, median ~(e^4 + 50) * 0.8 = 84, and
+    # P(lognormal(4, 2) + 50 >= 500) = P(Z > (ln 450 - 4) / 2) = 0.147 of the clients at the cap.
+    sizes = np.array([len(d.train[c][1]) + len(d.eval[c][1]) for c in d.client_ids])
+    assert sizes.min() == 40 and sizes.max() == 400
+    assert 70 <= np.median(sizes) <= 100 and sizes.max() > 4 * np.median(sizes)
+    assert 0.11 <= np.mean(sizes == 400) <= 0.19  # +-3.5 binomial standard deviations around 0.147
     stats = client_stats(d)
     assert stats["mean_tv_distance"] > 0.3  # synthetic(1,1) clients have very different label mixes
     iid = load_federated_data(load_config(None, ["data.source=synthetic", "data.num_clients=50",
@@ -143,3 +148,76 @@ def test_clients_per_round_above_a_loaded_population(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_federated_data(cfg)
     assert e.value.where == "training.clients_per_round"
+
+
+@pytest.mark.parametrize("kind, bad, what", [("npz", np.nan, "NaN"), ("npz", np.inf, "inf"), ("csv", -np.inf, "inf"),
+                                             ("csv", np.nan, "NaN"), ("npz", 1e300, "inf")],
+                         ids=["npz-nan", "npz-inf", "csv-neginf", "csv-nan", "npz-beyond-float32"])
+def test_client_file_with_non_finite_features_is_named(tmp_path, kind, bad, what):
+    _write_clients(tmp_path, kind=kind)
+    x = np.ones((12, 5))
+    x[7, 2] = bad
+    y = np.zeros(12, np.int64)
+    if kind == "npz":
+        np.savez(tmp_path / "site_2.npz", x=x, y=y)
+    else:
+        np.savetxt(tmp_path / "site_2.csv", np.column_stack([x, y]), delimiter=",")
+    cfg = load_config(None, [f"data.source={kind}_dir", f"data.path={tmp_path}", "training.clients_per_round=2"])
+    with pytest.raises(DataError) as e:
+        load_federated_data(cfg)
+    assert e.value.where.endswith(f"site_2.{kind}") and f"{what} at example 7" in e.value.message
+
+
+def test_test_file_with_nan_is_named(tmp_path):
+    _write_clients(tmp_path)
+    x = np.zeros((5, 5), np.float32)
+    x[0, 0] = np.nan
+    np.savez(tmp_path / "test.npz", x=x, y=np.zeros(5, np.int64))
+    cfg = load_config(None, ["data.source=npz_dir", f"data.path={tmp_path}", "training.clients_per_round=2"])
+    with pytest.raises(DataError, match="test.npz.*NaN at example 0"):
+        load_federated_data(cfg)
+
+
+def test_check_finite_names_the_client_of_any_federated_data():
+    from tff_lab.data.sources import check_finite
+
+    d = load_federated_data(load_config(None, ["data.num_clients=4", "training.clients_per_round=2"]))
+    check_finite(d, "data")  # the bundled data is finite
+    cid = d.client_ids[2]
+    x, y = d.eval[cid]
+    x = x.copy()
+    x[1, 3] = np.inf
+    d.eval[cid] = (x, y)
+    with pytest.raises(DataError) as e:
+        check_finite(d, "my_data")
+    assert e.value.where == "my_data" and f"client '{cid}' (eval split) holds inf at example 1" in e.value.message
+    d.eval[cid] = (np.nan_to_num(x), y)
+    d.test[0][4, 0] = np.nan
+    with pytest.raises(DataError, match="global test set holds NaN at example 4"):
+        check_finite(d, "my_data")
+
+
+def test_load_federated_data_checks_whatever_a_loader_returns(monkeypatch):
+    from tff_lab.data import sources
+
+    real = sources.BUILTIN_LOADERS["digits"]
+
+    def poisoned(cfg, rng):
+        d = real(cfg, rng)
+        d.train[d.client_ids[0]][0][0, 0] = np.nan
+        return d
+
+    from tff_lab.data import registry
+
+    monkeypatch.setattr(registry, "source_part", lambda cfg: (poisoned, {}))
+    with pytest.raises(DataError) as e:
+        load_federated_data(load_config(None, ["data.num_clients=4", "training.clients_per_round=2"]))
+    assert e.value.where == "data.source 'digits'" and "client 'client_0' (train split) holds NaN" in e.value.message
+
+
+def test_labels_beyond_int32_are_refused(tmp_path):
+    _write_clients(tmp_path)
+    np.savez(tmp_path / "site_5.npz", x=np.zeros((3, 5), np.float32), y=np.array([0, 1, 2**40]))
+    cfg = load_config(None, ["data.source=npz_dir", f"data.path={tmp_path}", "training.clients_per_round=2"])
+    with pytest.raises(DataError, match="site_5.npz.*labels"):
+        load_federated_data(cfg)

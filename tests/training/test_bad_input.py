@@ -29,10 +29,41 @@ def test_malformed_yaml(tmp_path):
     assert_user_error(run_cli("run", f, "--out", tmp_path / "r"), "bad.yaml", "YAML")
 
 
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow  # it makes an earlier run first
 def test_missing_data_dir(tmp_path):
-    proc = run_cli("run", "--out", tmp_path / "r", "--set", "data.source=npz_dir",
-                   "--set", f"data.path={tmp_path / 'missing'}", "--set", "training.clients_per_round=2")
+    missing = ["--set", "data.source=npz_dir", "--set", f"data.path={tmp_path / 'missing'}",
+               "--set", "training.clients_per_round=2"]
+    proc = run_cli("run", "--out", tmp_path / "r", *missing)
     assert_user_error(proc, "missing", "not found")
+    assert not (tmp_path / "r").exists()
+    # An earlier run in RUN_DIR survives a broken experiment, even with --overwrite (issue 12).
+    earlier = tmp_path / "earlier"
+    run_cli("run", "--out", earlier, "--quiet", "--set", "training.rounds=1", "--set", "centralized.enabled=false",
+            "--set", "data.num_clients=4", "--set", "training.clients_per_round=2", check=True)
+    before = _files(earlier)
+    assert any(p.name == "summary.json" for p in before) and any(p.parts[0] == "checkpoints" for p in before)
+    proc = run_cli("run", "--out", earlier, "--overwrite", *missing)
+    assert_user_error(proc, "missing", "not found")
+    assert _files(earlier) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier"]  # nothing moved aside and left behind
+
+
+def test_client_file_with_nan_features(tmp_path):
+    d = tmp_path / "clients"
+    d.mkdir()
+    for name in ("a", "b"):
+        x = np.ones((6, 3), np.float32)
+        if name == "b":
+            x[4, 1] = np.nan
+        np.savez(d / f"{name}.npz", x=x, y=np.zeros(6, np.int64))
+    proc = run_cli("run", "--out", tmp_path / "r", "--set", "data.source=npz_dir", "--set", f"data.path={d}",
+                   "--set", "training.clients_per_round=1")
+    assert_user_error(proc, "b.npz", "NaN at example 4")
+    assert not (tmp_path / "r").exists()
 
 
 def test_bad_client_file(tmp_path):

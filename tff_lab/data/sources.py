@@ -196,9 +196,43 @@ def _read_client_file(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(str(path), "holds no examples")
     if y.dtype.kind == "f" and not np.all(np.equal(np.mod(y, 1), 0)):
         raise DataError(str(path), "labels y must be integer class ids")
-    if np.any(y < 0):
-        raise DataError(str(path), "labels y must be >= 0")
-    return x.astype(np.float32), y.astype(np.int32)
+    if np.any(y < 0) or np.any(y > np.iinfo(np.int32).max):
+        raise DataError(str(path), "labels y must be class ids >= 0 (and below 2**31)")
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused just below
+        x = x.astype(np.float32)
+    bad = _first_non_finite(x)
+    if bad is not None:
+        raise DataError(str(path), f"x holds {bad}; features must be finite numbers (float32)")
+    return x, y.astype(np.int32)
+
+
+def _first_non_finite(x: np.ndarray) -> Optional[str]:
+    """None when every value is finite, else e.g. 'NaN at example 3' (the first bad example)."""
+    if x.dtype.kind != "f":
+        return None
+    ok = np.isfinite(x).reshape(len(x), -1).all(axis=1) if x.ndim else np.isfinite(x)
+    if np.all(ok):
+        return None
+    i = int(np.flatnonzero(~ok)[0])
+    row = x[i]
+    what = "NaN" if np.isnan(row).any() else "inf"
+    return f"{what} at example {i}"
+
+
+def check_finite(data: FederatedData, where: str) -> None:
+    """Refuses client data whose features are NaN or inf (after the cast to float32, so values beyond
+    float32's range count as inf): a model trained on them "succeeds" with NaN weights. Names the
+    client (or the global test set); ``where`` names the data's origin (a config field or a part)."""
+    for split_name, split in (("train", data.train), ("eval", data.eval)):
+        for cid in data.client_ids:
+            if cid not in split:
+                continue
+            bad = _first_non_finite(np.asarray(split[cid][0]))
+            if bad is not None:
+                raise DataError(where, f"client {cid!r} ({split_name} split) holds {bad}; features must be finite")
+    bad = _first_non_finite(np.asarray(data.test[0]))
+    if bad is not None:
+        raise DataError(where, f"the global test set holds {bad}; features must be finite")
 
 
 def load_client_dir(cfg: ExperimentConfig, rng) -> FederatedData:
@@ -265,6 +299,7 @@ def load_federated_data(cfg: ExperimentConfig) -> FederatedData:
     from tff_lab.data.registry import load_source
 
     data = load_source(cfg, rng)
+    check_finite(data, f"data.source {cfg.data.source!r}")
     if cfg.training.sampling == "uniform" and cfg.training.clients_per_round > data.num_clients:
         from tff_lab.errors import ConfigError
 
