@@ -304,8 +304,9 @@ class TrainingConfig:
     workers: int = 0
     worker_addresses: tuple[str, ...] = ()  # host:port of running TFF workers (e.g. k8s pods)
     worker_retries: int = 2  # a round whose worker died is retried from the last checkpoint this often
-    # Stop when the training loss is not finite or exceeds this multiple of the first round's loss.
-    divergence_factor: float = 1e3
+    # Stop when the training loss is NaN/inf or exceeds this multiple of the initial model's test
+    # loss (at least chance level, ln(classes)); weights that turn NaN/inf stop the run too.
+    divergence_factor: float = 4.0
 
     def validate(self, p: str) -> None:
         _check_fields(self, p)

@@ -449,6 +449,7 @@ def _restore(exp: Experiment, rs: RunState, round_num: Optional[int]) -> None:
     else:
         state = engine.set_model_weights(state, exp.init_weights)
         rs.counters = {"example_passes": 0, "train_seconds": 0.0}
+        rs.counters["initial_loss"], _ = evaluate_global(exp, state)
         for h in exp.hooks:
             h.load_state_dict({})
         rs.stop_reason = None
@@ -511,18 +512,20 @@ def evaluate_global(exp: Experiment, state) -> tuple[float, float]:
 
 
 def _diverged(exp: Experiment, rs: RunState, r: int, row: dict, metrics: dict) -> Optional[str]:
+    """Why round ``r`` diverged, or None: a training loss that is NaN/inf or above
+    ``training.divergence_factor`` x the reference loss (the initial model's test loss, at least
+    ln(num_classes), i.e. chance), or model weights that are NaN/inf."""
     train = metrics.get("client_work", {}).get("train", {}) if metrics else {}
     loss = train.get("loss")
     if loss is not None:
         loss = float(loss)
         if not math.isfinite(loss):
             return f"round {r}: the training loss is {loss}"
-        first = rs.counters.get("first_loss")
-        if first is None:
-            rs.counters["first_loss"] = loss
-        elif first > 0 and loss > exp.cfg.training.divergence_factor * first:
-            return (f"round {r}: the training loss {loss:.4g} exceeds training.divergence_factor "
-                    f"({exp.cfg.training.divergence_factor:g}) x the first round's {first:.4g}")
+        ref = max(float(rs.counters.get("initial_loss") or 0.0), math.log(max(2, exp.data.num_classes)))
+        factor = exp.cfg.training.divergence_factor
+        if loss > factor * ref:
+            return (f"round {r}: the training loss {loss:.4g} exceeds training.divergence_factor ({factor:g}) x "
+                    f"the reference {ref:.4g} (the initial model's test loss, at least chance level)")
     weights = exp.engine.get_model_weights(rs.state).trainable
     for i, w in enumerate(weights):
         if not np.all(np.isfinite(np.asarray(w))):
