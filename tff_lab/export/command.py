@@ -67,6 +67,8 @@ def _export(args) -> int:
             print(f"{r.variant:<14} {r.size_bytes / 1024:>7.1f} KiB {100 * v['parity']['top1_agreement']:>11.2f}% "
                   f"{v['parity']['max_abs_diff']:>13.2e} {100 * v['accuracy']['test']:>8.2f}% {w:>26} "
                   f"{1e3 * v['latency']['batch_1']['p50_ms']:>7.1f} µs  {r.path}")
+        for name, why in (res.get("skipped") or {}).items():
+            print(f"not exported: {name}: {why}")
         print(f"report: {Path(args.run_dir) / 'export' / 'report.md'} (and report.json)")
     return 0
 

@@ -72,6 +72,45 @@ class RunArtifacts:
     model: Any  # tf.keras.Model
     model_path: Path
     model_sha256: str
+    outputs: str = "probabilities"  # what the Keras model returns; the .tflite always returns probabilities
+
+
+def is_sequence_model(model) -> bool:
+    """A text model: integer token-id inputs (its outputs then have a per-position class axis)."""
+    import tensorflow as tf
+
+    return tf.as_dtype(model.inputs[0].dtype).is_integer
+
+
+def model_outputs(cfg) -> str:
+    """``probabilities`` or ``logits``, as the run's model declared (a part that no longer resolves:
+    ``model.outputs`` or probabilities)."""
+    try:
+        from tff_lab.models import resolve_model
+
+        return resolve_model(cfg.model).outputs
+    except Exception:  # noqa: BLE001 - a user part of the run's process is not importable here
+        return cfg.model.outputs or "probabilities"
+
+
+def keras_probabilities(model, x: np.ndarray, outputs: str = "probabilities", batch_size: int = 1024) -> np.ndarray:
+    """The Keras model's class probabilities (softmax of logits models), float32."""
+    out = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), np.float32)
+    if outputs == "logits":
+        z = out - out.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        out = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return out
+
+
+def refused_quantization(model, quantization: str) -> Optional[str]:
+    """Why ``quantization`` cannot be exported for this model (None when it can)."""
+    import tensorflow as tf
+
+    if quantization == "float16" and any(isinstance(l, tf.keras.layers.LSTM) for l in model.submodules):
+        return ("float16 of an LSTM hangs TensorFlow 2.14's converter (fused UNIDIRECTIONAL_SEQUENCE_LSTM); "
+                "export float32, dynamic or int8, or train with model.kwargs.cell: gru")
+    return None
 
 
 def load_run(run_dir: Union[str, os.PathLike]) -> RunArtifacts:
@@ -101,7 +140,7 @@ def load_run(run_dir: Union[str, os.PathLike]) -> RunArtifacts:
     if n_out != data.num_classes:
         raise DataError(str(model_path), f"the model has {n_out} outputs, the run's data {data.num_classes} classes")
     return RunArtifacts(run_dir=run_dir, cfg=cfg, config_hash=config_hash(cfg), data=data, model=model,
-                        model_path=model_path, model_sha256=file_sha256(model_path))
+                        model_path=model_path, model_sha256=file_sha256(model_path), outputs=model_outputs(cfg))
 
 
 def load_keras_model(path: Union[str, os.PathLike]):
@@ -140,12 +179,19 @@ def representative_examples(data, num_examples: int = DEFAULT_REPRESENTATIVE_EXA
             take[c] += 1
         remaining -= min(len(active), remaining)
     xs = [data.train[c][0][orders[c][:take[c]]] for c in data.client_ids if take[c]]
-    return np.concatenate(xs).astype(np.float32), {c: int(k) for c, k in take.items() if k}
+    x = np.concatenate(xs)
+    return (x if x.dtype.kind in "iu" else x.astype(np.float32)), {c: int(k) for c, k in take.items() if k}
 
 
 def convert_keras_model(model, quantization: str, *, representative: Optional[np.ndarray] = None,
-                        int8_io: str = "int8") -> bytes:
-    """Converts a tf.keras model to TFLite bytes with signature ``serving_default(x) -> probs``."""
+                        int8_io: str = "int8", outputs: str = "probabilities") -> bytes:
+    """Converts a tf.keras model to TFLite bytes with signature ``serving_default(x) -> probs``.
+
+    A logits model gets a softmax, so every ``.tflite`` returns probabilities. A text model
+    (integer token inputs) keeps int32 token inputs (int8 quantizes weights and activations, the
+    output stays float32) and is exported with a fixed batch of 1: TFLite's fused LSTM keeps
+    per-batch state and cannot be resized; callers run it example by example.
+    """
     import tensorflow as tf
 
     if quantization not in QUANTIZATIONS:
@@ -157,11 +203,19 @@ def convert_keras_model(model, quantization: str, *, representative: Optional[np
         raise DataError("--quantize int8", "full-integer quantization needs representative data (calibration "
                         "examples), got none; export float32, dynamic or float16 instead")
 
-    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name=INPUT_NAME)
+    why = refused_quantization(model, quantization)
+    if why:
+        raise ConfigError("--quantize", why)
+    tokens = is_sequence_model(model)
+    if tokens:
+        spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.int32, name=INPUT_NAME)
+    else:
+        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name=INPUT_NAME)
 
     @tf.function(input_signature=[spec])
     def serve(x):
-        return {OUTPUT_NAME: model(x, training=False)}
+        out = model(x, training=False)
+        return {OUTPUT_NAME: tf.nn.softmax(out, axis=-1) if outputs == "logits" else out}
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
     if quantization != "float32":
@@ -169,7 +223,7 @@ def convert_keras_model(model, quantization: str, *, representative: Optional[np
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "int8":
-        rep = np.asarray(representative, np.float32)
+        rep = np.asarray(representative, np.int32 if tokens else np.float32)
 
         def gen():
             for i in range(len(rep)):
@@ -178,7 +232,8 @@ def convert_keras_model(model, quantization: str, *, representative: Optional[np
         converter.representative_dataset = gen
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         io = tf.int8 if int8_io == "int8" else tf.float32
-        converter.inference_input_type = io
+        if not tokens:  # token ids stay int32
+            converter.inference_input_type = io
         converter.inference_output_type = io
     return converter.convert()
 
@@ -204,9 +259,10 @@ def build_sidecar(tflite_bytes: bytes, *, model_file: str, quantization: str, in
     sigs = interp.get_signature_list()
     ins, outs = interp.get_input_details(), interp.get_output_details()
     pre = dict(preprocessing or {})
-    pre.setdefault("offset", 0.0)
-    pre.setdefault("scale", 1.0)
-    pre["formula"] = "model_input = (raw - offset) * scale"
+    if pre.get("kind") != "tokens":
+        pre.setdefault("offset", 0.0)
+        pre.setdefault("scale", 1.0)
+        pre["formula"] = "model_input = (raw - offset) * scale"
     side = {
         "format": SIDECAR_FORMAT,
         "model_file": model_file,
@@ -242,8 +298,13 @@ class ExportResult:
 
 def export_artifacts(art: RunArtifacts, quantizations: Sequence[str], *, out: Union[str, os.PathLike, None] = None,
                      int8_io: str = "int8", representative_examples_count: int = DEFAULT_REPRESENTATIVE_EXAMPLES,
-                     representative: Optional[np.ndarray] = None) -> list[ExportResult]:
+                     representative: Optional[np.ndarray] = None, skipped: Optional[dict] = None
+                     ) -> list[ExportResult]:
     """Converts the run's model to each quantization and writes ``.tflite`` + sidecar atomically.
+
+    A quantization this model cannot take (:func:`refused_quantization`) raises a one-line
+    :class:`ConfigError`, unless ``skipped`` is a dict: it is then left out and its reason
+    recorded there (``--quantize all``).
 
     ``out``: None -> RUN_DIR/export/model_<variant>.tflite; a path ending in ``.tflite`` -> that file
     (one quantization only); any other path -> a directory for ``model_<variant>.tflite`` files.
@@ -253,6 +314,13 @@ def export_artifacts(art: RunArtifacts, quantizations: Sequence[str], *, out: Un
     quantizations = parse_quantize(list(quantizations))
     if int8_io not in INT8_IO:
         raise ConfigError("--int8-io", f"expected one of: {', '.join(INT8_IO)}, got {int8_io!r}")
+    for q in list(quantizations):
+        why = refused_quantization(art.model, q)
+        if why and skipped is None:
+            raise ConfigError("--quantize", why)
+        if why:
+            skipped[q] = why
+            quantizations.remove(q)
     targets: dict[str, Path] = {}
     if out is not None and str(out).endswith(".tflite"):
         if len(quantizations) != 1:
@@ -273,7 +341,8 @@ def export_artifacts(art: RunArtifacts, quantizations: Sequence[str], *, out: Un
             rep_info = {"examples": int(len(representative)), "clients": len(counts), "seed": art.cfg.seed,
                         "sampling": "round-robin across clients' training splits", "per_client": counts}
         else:
-            representative = np.asarray(representative, np.float32)
+            representative = np.asarray(representative)
+            representative = representative if representative.dtype.kind in "iu" else representative.astype(np.float32)
             rep_info = {"examples": int(len(representative)), "sampling": "given by the caller"}
 
     source = {"run_dir": str(art.run_dir.resolve()), "config_hash": art.config_hash, "experiment": art.cfg.name,
@@ -282,11 +351,13 @@ def export_artifacts(art: RunArtifacts, quantizations: Sequence[str], *, out: Un
     results = []
     for q in quantizations:
         data = convert_keras_model(art.model, q, representative=representative if q == "int8" else None,
-                                   int8_io=int8_io)
+                                   int8_io=int8_io, outputs=art.outputs)
         path = targets[q]
         side = build_sidecar(data, model_file=path.name, quantization=q, int8_io=int8_io if q == "int8" else "float",
                              labels=art.data.labels, preprocessing=art.data.preprocessing, source=source,
                              representative=rep_info if q == "int8" else None)
+        side["model_kind"] = "sequence" if is_sequence_model(art.model) else "classification"
+        side["keras_outputs"] = art.outputs  # the .tflite's output is always probabilities
         atomic_write(path, data)
         sc = sidecar_path(path)
         atomic_write(sc, json.dumps(side, indent=1) + "\n")
@@ -311,13 +382,18 @@ def export_run(run_dir: Union[str, os.PathLike], quantize: Union[str, Sequence[s
     quantizations = parse_quantize(quantize)  # before any slow work: a typo fails at once
     if int8_io not in INT8_IO:
         raise ConfigError("--int8-io", f"expected one of: {', '.join(INT8_IO)}, got {int8_io!r}")
+    asked_all = any(s.strip() == "all" for s in (quantize.split(",") if isinstance(quantize, str) else quantize))
     art = load_run(run_dir)
+    skipped: dict = {}
     results = export_artifacts(art, quantizations, out=out, int8_io=int8_io,
-                               representative_examples_count=representative_examples_count)
+                               representative_examples_count=representative_examples_count,
+                               skipped=skipped if asked_all else None)
     rep = None
     if report:
         from tff_lab.export.report import build_report, write_report
 
         rep = build_report(art, results, latency_runs=latency_runs, quiet=quiet)
+        if skipped:
+            rep["skipped"] = dict(skipped)
         write_report(art.run_dir / "export", rep)
-    return {"exports": results, "report": rep}
+    return {"exports": results, "report": rep, "skipped": skipped}

@@ -29,8 +29,19 @@ REPORT_FORMAT = "tff_lab.export-report/1"
 LATENCY_BATCH = 64
 
 
-def parity(probs: np.ndarray, ref: np.ndarray) -> dict:
-    """Output differences of ``probs`` against the reference (Keras) probabilities."""
+def parity(probs: np.ndarray, ref: np.ndarray, positions: Optional[np.ndarray] = None) -> dict:
+    """Output differences of ``probs`` against the reference (Keras) probabilities.
+
+    Text models: ``probs`` is (n, T, C) and ``positions`` (n, T) selects the positions compared
+    (those whose target is not padding); each selected position counts as one example.
+    """
+    if probs.ndim > 2:
+        keep = positions.reshape(-1) if positions is not None else slice(None)
+        probs = probs.reshape(-1, probs.shape[-1])[keep]
+        ref = ref.reshape(-1, ref.shape[-1])[keep]
+        if not len(ref):
+            return {"examples": 0, "max_abs_diff": 0.0, "mean_abs_diff": 0.0, "max_rel_diff": 0.0,
+                    "top1_agreement": 1.0, "top1_disagreements": 0}
     diff = np.abs(probs.astype(np.float64) - ref.astype(np.float64))
     rel = diff.max(axis=1) / np.maximum(np.abs(ref).max(axis=1), 1e-12)
     agree = probs.argmax(axis=1) == ref.argmax(axis=1)
@@ -39,10 +50,22 @@ def parity(probs: np.ndarray, ref: np.ndarray) -> dict:
             "top1_disagreements": int((~agree).sum())}
 
 
-def client_accuracies(pred: np.ndarray, y: np.ndarray, counts: Sequence[int]) -> list[Optional[float]]:
+def _accuracy_fn(preprocessing: dict):
+    """accuracy(pred, y): plain top-1 for classes; for text models the masked accuracy (positions whose
+    target is one of ``masked_ids``, e.g. pad/OOV/BOS/EOS, do not count), as in training."""
+    if (preprocessing or {}).get("kind") == "tokens":
+        from tff_lab.tasks.metrics import masked_accuracy
+
+        masked = list(preprocessing.get("masked_ids", [preprocessing.get("pad_id", 0)]))
+        return lambda pred, y: masked_accuracy(pred, y, masked)
+    return lambda pred, y: float(np.mean(pred == y))
+
+
+def client_accuracies(pred: np.ndarray, y: np.ndarray, counts: Sequence[int], accuracy=None) -> list[Optional[float]]:
+    acc = accuracy or (lambda p, t: float(np.mean(p == t)))
     out, start = [], 0
     for n in counts:
-        out.append(float(np.mean(pred[start:start + n] == y[start:start + n])) if n else None)
+        out.append(acc(pred[start:start + n], y[start:start + n]) if n else None)
         start += n
     return out
 
@@ -69,8 +92,10 @@ def client_summary(client_ids, counts, acc: list, ref_acc: Optional[list] = None
     return s
 
 
-def _keras_probs(model, x: np.ndarray) -> np.ndarray:
-    return np.asarray(model.predict(x, batch_size=1024, verbose=0), np.float32)
+def _keras_probs(model, x: np.ndarray, outputs: str = "probabilities") -> np.ndarray:
+    from tff_lab.export.convert import keras_probabilities
+
+    return keras_probabilities(model, x, outputs)
 
 
 def build_report(art, results, *, latency_runs: int = 200, latency_batch: int = LATENCY_BATCH,
@@ -88,10 +113,15 @@ def build_report(art, results, *, latency_runs: int = 200, latency_batch: int = 
           else np.zeros((0, *data.input_shape), np.float32))
     ey = np.concatenate([data.eval[c][1] for c in ids]) if sum(counts) else np.zeros((0,), np.int32)
 
-    k_test = _keras_probs(art.model, tx)
-    k_eval = _keras_probs(art.model, ex) if len(ex) else np.zeros((0, data.num_classes), np.float32)
-    k_client_acc = client_accuracies(k_eval.argmax(1), ey, counts)
-    keras_acc = float(np.mean(k_test.argmax(1) == ty))
+    outputs = getattr(art, "outputs", "probabilities")
+    accuracy = _accuracy_fn(data.preprocessing)
+    tokens = (data.preprocessing or {}).get("kind") == "tokens"
+    positions = (ty != data.preprocessing.get("pad_id", 0)) if tokens else None
+    out_shape = tuple(int(s) for s in art.model.output_shape[1:])
+    k_test = _keras_probs(art.model, tx, outputs)
+    k_eval = _keras_probs(art.model, ex, outputs) if len(ex) else np.zeros((0, *out_shape), np.float32)
+    k_client_acc = client_accuracies(k_eval.argmax(-1), ey, counts, accuracy)
+    keras_acc = accuracy(k_test.argmax(-1), ty)
 
     variants = {}
     backend = None
@@ -102,8 +132,8 @@ def build_report(art, results, *, latency_runs: int = 200, latency_batch: int = 
         t_test = m.predict(tx, batch_size=1024, preprocess=False)
         backend = m.backend
         t_eval = m.predict(ex, batch_size=1024, preprocess=False) if len(ex) else k_eval[:0]
-        acc = float(np.mean(t_test.argmax(1) == ty))
-        c_acc = client_accuracies(t_eval.argmax(1), ey, counts)
+        acc = accuracy(t_test.argmax(-1), ty)
+        c_acc = client_accuracies(t_eval.argmax(-1), ey, counts, accuracy)
         lat1 = m.latency(tx, batch_size=1, runs=latency_runs)
         latb = m.latency(tx, batch_size=latency_batch, runs=max(20, latency_runs // 4))
         variants[res.variant] = {
@@ -112,7 +142,7 @@ def build_report(art, results, *, latency_runs: int = 200, latency_batch: int = 
             "sha256": res.sidecar["sha256"],
             "size_bytes": res.size_bytes,
             "io": {"input": m.input_dtype.name, "output": m.output_dtype.name},
-            "parity": parity(t_test, k_test),
+            "parity": parity(t_test, k_test, positions),
             "accuracy": {"test": acc, "test_drop": keras_acc - acc,
                          "clients": client_summary(ids, counts, c_acc, k_client_acc)},
             "latency": {"batch_1": lat1, f"batch_{latency_batch}": latb},
@@ -133,7 +163,11 @@ def build_report(art, results, *, latency_runs: int = 200, latency_batch: int = 
                    "config_hash": art.config_hash, "model": _rel(art.model_path, art.run_dir),
                    "model_sha256": art.model_sha256},
         "data": {"test_examples": int(len(ty)), "clients": len(ids), "clients_evaluated": sum(1 for n in counts if n),
-                 "client_eval_examples": int(sum(counts)), "num_classes": data.num_classes},
+                 "client_eval_examples": int(sum(counts)), "num_classes": data.num_classes,
+                 **({"kind": "sequence", "positions_compared": int(positions.sum()),
+                     "accuracy": "masked: targets in " + str(list(data.preprocessing.get("masked_ids", []))) +
+                                 " do not count", "parity": "over positions whose target is not padding"}
+                    if tokens else {})},
         "interpreter": {"backend": backend, "num_threads": num_threads, "latency_batch": latency_batch,
                         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}"},
         "keras": {"size_bytes": os.path.getsize(art.model_path), "test_accuracy": keras_acc,
@@ -220,6 +254,12 @@ def to_markdown(rep: dict) -> str:
             f"{'-' if not low else _pct(low['accuracy']) + ' (' + low['client'] + ')'} | "
             f"{1e3 * l1['p50_ms']:.1f} µs | {1e3 * l1['p95_ms']:.1f} µs | "
             f"{lb.get('p50_ms', float('nan')):.3f} ms | {lb.get('throughput_per_s', float('nan')):,.0f}/s |")
+    for name, why in (rep.get("skipped") or {}).items():
+        lines.append(f"\nNot exported: {name}: {why}")
+    if rep.get("data", {}).get("kind") == "sequence":
+        d = rep["data"]
+        lines.append(f"\nText model: parity {d['parity']} ({d['positions_compared']} positions); accuracy "
+                     f"{d['accuracy']}.")
     lines.append("")
     return "\n".join(lines)
 

@@ -176,6 +176,26 @@ def check_input(x: np.ndarray, input_shape: tuple, where: str) -> np.ndarray:
     return x
 
 
+def is_token_dtype(dtype) -> bool:
+    """Integer model inputs that are not quantized int8/uint8: token ids of a sequence model."""
+    return np.dtype(dtype) in (np.dtype(np.int32), np.dtype(np.int64))
+
+
+def check_tokens(xb: np.ndarray, start: int, vocab_size: int, where: str) -> np.ndarray:
+    """Token ids: integers in [0, vocab_size); names the first bad example otherwise."""
+    xb = np.asarray(xb)
+    if xb.dtype.kind == "f":
+        bad = ~np.isfinite(xb) | (np.mod(np.nan_to_num(xb), 1) != 0)
+        if bad.any():
+            row = start + int(np.flatnonzero(bad.reshape(len(xb), -1).any(axis=1))[0])
+            raise DataError(where, f"example {row} holds a value that is not an integer token id")
+    bad = (xb < 0) | (xb >= vocab_size)
+    if bad.any():
+        row = start + int(np.flatnonzero(bad.reshape(len(xb), -1).any(axis=1))[0])
+        raise DataError(where, f"example {row} holds a token id outside 0..{vocab_size - 1} (the model's vocabulary)")
+    return xb
+
+
 def check_finite(xb: np.ndarray, start: int, where: str) -> None:
     """NaN/inf would come out as confident-looking garbage; name the first bad row instead."""
     if xb.dtype.kind == "f" and not np.isfinite(xb).all():
@@ -228,7 +248,12 @@ class TFLiteModel:
         in_shape, self.input_dtype = _io_tensor(parsed, "input", where)
         out_shape, self.output_dtype = _io_tensor(parsed, "output", where)
         self.input_shape = in_shape[1:]
+        self.output_shape = out_shape[1:]  # (num_classes,), or (sequence_length, num_classes) for text models
         self.num_classes = int(out_shape[-1])
+        # Token-id inputs (text models) take no (raw - offset) * scale; recurrent models are exported
+        # with a fixed batch (TFLite's fused LSTM keeps per-batch state), called example by example.
+        self.tokens = is_token_dtype(self.input_dtype)
+        self.fixed_batch = int(in_shape[0]) if in_shape and int(in_shape[0]) > 0 else None
         side = self.sidecar or {}
         self.labels = [str(v) for v in side.get("labels", range(self.num_classes))]
         self.preprocessing = side.get("preprocessing", {})
@@ -270,6 +295,8 @@ class TFLiteModel:
 
     def to_model_input(self, raw: np.ndarray, *, preprocess: bool = True) -> np.ndarray:
         """Raw examples -> the interpreter's input tensor (preprocessed, quantized for int8)."""
+        if self.tokens:
+            return np.asarray(raw).astype(self.input_dtype, copy=False)
         x = raw.astype(np.float32, copy=False)
         if preprocess:
             x = (x - self._offset) * self._scale
@@ -279,6 +306,10 @@ class TFLiteModel:
 
     def _invoke(self, xin: np.ndarray) -> np.ndarray:
         _ = self.interpreter
+        if self.fixed_batch is not None and xin.shape[0] != self.fixed_batch:
+            fb = self.fixed_batch
+            outs = [self._invoke(xin[i:i + fb]) for i in range(0, len(xin), fb)]
+            return np.concatenate(outs)
         if xin.shape[0] != self._batch:
             self.interpreter.resize_tensor_input(self._in["index"], list(xin.shape), strict=False)
             self.interpreter.allocate_tensors()
@@ -294,13 +325,16 @@ class TFLiteModel:
 
     def predict(self, x: np.ndarray, *, batch_size: int = 256, preprocess: bool = True,
                 on_batch: Optional[Callable[[int], None]] = None, where: str = "input") -> np.ndarray:
-        """Class probabilities (float32, (n, num_classes)) for raw examples ``x``."""
+        """Class probabilities (float32, (n, num_classes); (n, sequence_length, num_classes) for text
+        models) for raw examples ``x`` (token ids for text models)."""
         x = check_input(x, self.input_shape, where)
         n = len(x)
-        probs = np.empty((n, self.num_classes), np.float32)
+        probs = np.empty((n, *self.output_shape), np.float32)
         for start in range(0, n, batch_size):
             xb = np.asarray(x[start:start + batch_size])
             check_finite(xb, start, where)
+            if self.tokens:
+                check_tokens(xb, start, self.num_classes, where)
             out = self._invoke(self.to_model_input(xb, preprocess=preprocess))
             probs[start:start + len(xb)] = self.from_model_output(out)
             if on_batch is not None:
