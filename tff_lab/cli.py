@@ -20,7 +20,6 @@ COMMAND_MODULES = [
     "tff_lab.distributed.command",  # train-dist
     "tff_lab.deploy.command",  # k8s render, sweep
     "tff_lab.privacy.command",  # privacy epsilon, privacy noise
-    "tff_lab.federated.command",  # worker
 ]
 
 

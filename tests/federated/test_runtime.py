@@ -13,7 +13,7 @@ import pytest
 
 from tff_lab.errors import WorkerLost
 from tff_lab.federated import runtime
-from helpers import REPO, assert_user_error, run_cli
+from helpers import REPO
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ class _RemoteWorker:
     """A worker_binary that is not our child (started through a shell that exits), as a pod's would be."""
 
     def __init__(self, port, via_cli=False):
-        cmd = f"'{sys.executable}' -m tff_lab.cli worker --port {port}" if via_cli \
+        cmd = f"'{sys.executable}' -m tff_lab.cli tff-worker --port {port}" if via_cli \
             else f"'{runtime.worker_binary_path()}' --port={port}"
         out = subprocess.run(["sh", "-c", f"{cmd} >/dev/null 2>&1 & echo $!"], cwd=REPO,
                              capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL)
@@ -191,7 +191,7 @@ def test_remote_addresses_lost_and_reconnected(fedavg, reference, monkeypatch):
         with pytest.raises(WorkerLost, match=addresses[0]):
             runtime.reset()  # still down: reconnecting fails, naming it
 
-        remote[0] = _RemoteWorker(ports[0], via_cli=True)  # the pod came back, running `tff-lab worker`
+        remote[0] = _RemoteWorker(ports[0], via_cli=True)  # the pod came back, running `tff-lab tff-worker`
         assert remote[0].proc.name() == "worker_binary"  # the CLI became the worker (exec, same pid)
         runtime.ensure_context(0, worker_addresses=addresses)
         state = process.next(state, data).state
@@ -228,7 +228,31 @@ def test_workers_die_with_a_thread_that_started_them_never(fedavg):
     _rounds(process, data, n=1)
 
 
-@pytest.mark.parametrize("args,field", [(["--port", "0"], "--port"), (["--port", "70000"], "--port"),
-                                        (["--port", "5000", "--max-concurrent-calls", "0"], "--max-concurrent-calls")])
-def test_worker_command_refuses_bad_arguments(args, field):
-    assert_user_error(run_cli("worker", *args, timeout=120), field)
+
+def test_secure_sums_run_on_two_workers_as_on_tffs_test_context(fedavg):
+    """Secure-sum intrinsics are compiled to plain sums (TFF's test runtime) on the mergeable path too,
+    and the result keeps its Python containers (LearningProcessOutput)."""
+    import tensorflow_federated as tff
+
+    import tensorflow as tf
+
+    _, data = fedavg
+
+    def model_fn():
+        model = tf.keras.Sequential([tf.keras.layers.Input((4,)), tf.keras.layers.Dense(3)])
+        model.set_weights([np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3), np.zeros(3, np.float32)])
+        return tff.learning.models.from_keras_model(
+            model, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            input_spec=(tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int32)))
+
+    process = tff.learning.algorithms.build_weighted_fed_avg(
+        model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1),
+        model_aggregator=tff.learning.secure_aggregator(zeroing=False, clipping=False))
+    tff.backends.test.set_sync_test_cpp_execution_context()
+    try:
+        reference = _weights(process, _rounds(process, data))
+    finally:
+        runtime.shutdown()
+    runtime.ensure_context(0, secure=True, workers=2)
+    got = _weights(process, _rounds(process, data))
+    assert _max_diff(got, reference) < 1e-6
