@@ -98,7 +98,8 @@ OUT_OF_RANGE = [
     ("data.num_clients", 0), ("data.num_clients", 2**31), ("data.test_fraction", 0.0), ("data.test_fraction", 1.0),
     ("data.client_eval_fraction", 1.0), ("data.client_eval_fraction", -0.1), ("data.max_clients", 0),
     ("data.path", '"a\\0b"'),
-    ("partition.alpha", 0), ("partition.alpha", -1), ("partition.min_examples_per_client", 0),
+    ("partition.alpha", 0), ("partition.alpha", -1), ("partition.alpha", 1e-10), ("partition.alpha", 1e300),
+    ("partition.quantity_sigma", 1e300), ("data.synthetic_beta", 1e300), ("partition.min_examples_per_client", 0),
     ("model.hidden_units", [0]), ("model.hidden_units", [2**31]), ("model.cnn_filters", [-1]),
     ("model.dropout", 1.0), ("model.dropout", -0.5),
     ("algorithm.proximal_strength", -0.1),
@@ -130,6 +131,10 @@ def test_out_of_range_values_name_their_field(path, value):
         extra = {"centralized.dp_sgd": True}
     if path.startswith("partition.min_examples"):
         extra = {"partition.scheme": "dirichlet"}
+    if path.startswith("partition.quantity"):
+        extra = {"partition.scheme": "quantity_skew"}
+    if path.startswith("data.synthetic"):
+        extra = {"data.source": "synthetic"}
     if path.startswith("data.max_clients"):
         extra = {"data.source": "emnist"}
     if path.startswith("data.path"):

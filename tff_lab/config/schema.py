@@ -157,7 +157,8 @@ class DataConfig:
         if self.source in ("npz_dir", "csv_dir"):
             _require(bool(self.path), f"{p}.path", f"source '{self.source}' needs a directory of per-client files")
         for name in ("synthetic_alpha", "synthetic_beta"):
-            _require(getattr(self, name) >= 0, f"{p}.{name}", f"expected a variance >= 0, got {getattr(self, name)}")
+            _require(0 <= getattr(self, name) <= 1e6, f"{p}.{name}",
+                     f"expected a variance >= 0 and <= 1e6, got {getattr(self, name)}")
         if self.source != "synthetic":
             _unused(self, ("synthetic_alpha", "synthetic_beta", "synthetic_dim", "synthetic_classes", "synthetic_iid",
                            "synthetic_max_examples"), p, f"unless {p}.source is 'synthetic' (it is '{self.source}')")
@@ -187,9 +188,15 @@ class PartitionConfig:
 
     def validate(self, p: str) -> None:
         _check_fields(self, p)
-        _require(self.alpha > 0, f"{p}.alpha", f"expected a Dirichlet concentration > 0, got {self.alpha}")
+        # numpy's Dirichlet sampler stalls below ~1e-4 (minutes per draw at 1e-10); 1e-3 is already
+        # one class per client, and 1e6 is IID.
+        _require(1e-3 <= self.alpha <= 1e6, f"{p}.alpha",
+                 f"expected a Dirichlet concentration > 0, between 0.001 and 1e6, got {self.alpha}")
         _int_in(self.classes_per_client, 1, INT_MAX, f"{p}.classes_per_client")
-        _require(self.quantity_sigma >= 0, f"{p}.quantity_sigma", f"expected a value >= 0, got {self.quantity_sigma}")
+        # lognormal(0, sigma) weights overflow float64 near sigma = 30; 10 already puts nearly all
+        # examples on one client.
+        _require(0 <= self.quantity_sigma <= 10, f"{p}.quantity_sigma",
+                 f"expected a log-normal sigma between 0 and 10, got {self.quantity_sigma}")
         _int_in(self.min_examples_per_client, 1, INT_MAX, f"{p}.min_examples_per_client")
         # Which scheme reads which field ("auto" is Dirichlet for pooled sources, see ExperimentConfig).
         used = {"auto": ("alpha", "min_examples_per_client"), "dirichlet": ("alpha", "min_examples_per_client"),
