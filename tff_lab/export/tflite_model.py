@@ -314,6 +314,10 @@ class TFLiteModel:
             self.interpreter.resize_tensor_input(self._in["index"], list(xin.shape), strict=False)
             self.interpreter.allocate_tensors()
             self._batch = xin.shape[0]
+        if self.fixed_batch is not None:
+            # TFLite's fused LSTM writes its final state into variable tensors: without a reset every
+            # call would start from the previous example's state instead of zeros (as Keras does).
+            self.interpreter.reset_all_variables()
         self.interpreter.set_tensor(self._in["index"], xin)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._out["index"])
