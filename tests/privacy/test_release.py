@@ -88,14 +88,16 @@ def test_artifact_coverage_lists_every_artifact_with_a_reason(tmp_path):
 
 
 @pytest.mark.slow
-def test_private_run_publishes_only_what_epsilon_covers(tmp_path):
+@pytest.mark.parametrize("engine,mechanism", [("tff", "gaussian_fixed"), ("vectorized", "gaussian_adaptive")])
+def test_private_run_publishes_only_what_epsilon_covers(tmp_path, engine, mechanism):
     import csv
     import json
 
     from tff_lab import run_experiment
 
     over = ["data.num_clients=8", "training.rounds=3", "training.eval_every_rounds=1", "centralized.enabled=false",
-            "algorithm.weighting=uniform", "privacy.mechanism=gaussian_fixed", "privacy.noise_multiplier=0.7",
+            f"training.engine={engine}", "model.name=logreg",
+            "algorithm.weighting=uniform", f"privacy.mechanism={mechanism}", "privacy.noise_multiplier=0.7",
             "privacy.clip=0.5", "training.sampling=poisson", "training.sampling_rate=0.5"]
     summary = run_experiment(None, tmp_path / "run", overrides=over)
     run = tmp_path / "run"
@@ -107,7 +109,9 @@ def test_private_run_publishes_only_what_epsilon_covers(tmp_path):
     assert not (run / "client_stats.json").exists() and not (run / "plots" / "heterogeneity.png").exists()
     assert summary["per_client_eval_accuracy"] == {}
     report = json.loads((run / "privacy.json").read_text())
-    assert report["aggregator_state_check"]["checked_rounds"] == 3  # the engine passed TFF's state every round
+    assert report["aggregator_state_check"]["checked_rounds"] == 3  # the engine passed its state every round
+    if mechanism == "gaussian_adaptive":
+        assert len(report["aggregator_state_check"]["adaptive_clip_after_round"]) == 3
     table = {a["artifact"]: a["covered_by_epsilon"] for a in report["coverage"]["artifacts"]}
     assert table["model"] and table["metrics.csv"] and not table["checkpoints"]
     assert "client_stats.json" not in table
