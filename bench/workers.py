@@ -46,17 +46,19 @@ class RoundTimer(RoundHook):
     def __init__(self):
         self.wall: list[float] = []
         self.cpu: list[float] = []
+        self.worker_processes = 0  # the most worker_binary processes seen in a round
         self._t0 = self._c0 = None
 
-    @staticmethod
-    def _cpu() -> float:
+    def _cpu(self) -> float:
         import psutil
 
         from tff_lab.federated import runtime
 
         t = os.times()
         total = t.user + t.system
-        for pid in runtime.worker_pids():
+        pids = runtime.worker_pids()
+        self.worker_processes = max(self.worker_processes, len(pids))
+        for pid in pids:
             try:
                 c = psutil.Process(pid).cpu_times()
                 total += c.user + c.system
@@ -93,7 +95,7 @@ def measure(case: str, workers: int, rounds: int) -> dict:
     return {"case": case, "workers": workers, "clients": clients, "rounds": rounds,
             "ms_round": 1000 * statistics.median(steady_wall), "ms_round_mean": 1000 * statistics.mean(steady_wall),
             "cpu_ms_round": 1000 * statistics.mean(steady_cpu), "first_round_ms": 1000 * timer.wall[0],
-            "run_s": total, "accuracy": summary.get("final_test_accuracy"), "weights": weights}
+            "run_s": total, "worker_processes": timer.worker_processes, "accuracy": summary.get("final_test_accuracy"), "weights": weights}
 
 
 def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
