@@ -139,6 +139,22 @@ def preprocessing_arrays(pre: Optional[dict], input_shape: tuple):
     return out[0], out[1]
 
 
+def check_tokens(xb: np.ndarray, start: int, vocab_size: int, where: str) -> np.ndarray:
+    """Token ids of a text model: integers in [0, vocab_size)."""
+    xb = np.asarray(xb)
+    if xb.dtype.kind == "f":
+        bad = ~np.isfinite(xb) | (np.mod(np.nan_to_num(xb), 1) != 0)
+        if bad.any():
+            row = start + int(np.flatnonzero(bad.reshape(len(xb), -1).any(axis=1))[0])
+            raise RunnerError(f"{where}: example {row} holds a value that is not an integer token id")
+    bad = (xb < 0) | (xb >= vocab_size)
+    if bad.any():
+        row = start + int(np.flatnonzero(bad.reshape(len(xb), -1).any(axis=1))[0])
+        raise RunnerError(f"{where}: example {row} holds a token id outside 0..{vocab_size - 1} (the model's "
+                          "vocabulary)")
+    return xb
+
+
 def check_finite(xb: np.ndarray, start: int, where: str) -> None:
     if xb.dtype.kind == "f" and not np.isfinite(xb).all():
         row = start + int(np.flatnonzero(~np.isfinite(xb.reshape(len(xb), -1)).all(axis=1))[0])
@@ -199,16 +215,24 @@ class EdgeModel:
         if len(ins) != 1 or len(outs) != 1:
             raise RunnerError(f"{self.path}: expected one input and one output, got {len(ins)} and {len(outs)}")
         self._in, self._out = ins[0], outs[0]
-        self.input_shape = tuple(int(s) for s in self._in.get("shape_signature", self._in["shape"])[1:])
+        in_sig = [int(s) for s in self._in.get("shape_signature", self._in["shape"])]
+        self.input_shape = tuple(in_sig[1:])
         self.input_dtype = np.dtype(self._in["dtype"])
         self.output_dtype = np.dtype(self._out["dtype"])
+        self.output_shape = tuple(int(s) for s in self._out["shape"][1:])  # (C,) or (T, C) for text models
         self.num_classes = int(self._out["shape"][-1])
+        # Text models take int32 token ids (no preprocessing) and are exported with a fixed batch:
+        # TFLite's fused LSTM keeps per-batch state, so they run example by example.
+        self.tokens = self.input_dtype in (np.dtype(np.int32), np.dtype(np.int64))
+        self.fixed_batch = in_sig[0] if in_sig and in_sig[0] > 0 else None
         side = self.sidecar or {}
         self.labels = [str(v) for v in side.get("labels", range(self.num_classes))]
         self.offset, self.scale = preprocessing_arrays(side.get("preprocessing"), self.input_shape)
         self._batch = int(self._in["shape"][0])
 
     def to_model_input(self, raw: np.ndarray, preprocess: bool = True) -> np.ndarray:
+        if self.tokens:
+            return np.asarray(raw).astype(self.input_dtype)
         x = np.asarray(raw, np.float32)
         if preprocess:
             x = (x - self.offset) * self.scale
@@ -218,6 +242,12 @@ class EdgeModel:
         return x.astype(self.input_dtype, copy=False)
 
     def invoke(self, xin: np.ndarray) -> np.ndarray:
+        if self.fixed_batch is not None and xin.shape[0] != self.fixed_batch:
+            fb = self.fixed_batch
+            return np.concatenate([self.invoke(xin[i:i + fb]) for i in range(0, len(xin), fb)])
+        if self.fixed_batch is not None:
+            # The fused LSTM writes its final state into variable tensors: start every call from zeros.
+            self.interpreter.reset_all_variables()
         if xin.shape[0] != self._batch:
             self.interpreter.resize_tensor_input(self._in["index"], list(xin.shape), strict=False)
             self.interpreter.allocate_tensors()
@@ -233,10 +263,12 @@ class EdgeModel:
         return out.astype(np.float32, copy=False)
 
     def predict(self, x: np.ndarray, batch: int = 256, preprocess: bool = True, where: str = "input") -> np.ndarray:
-        probs = np.empty((len(x), self.num_classes), np.float32)
+        probs = np.empty((len(x), *self.output_shape), np.float32)
         for start in range(0, len(x), batch):
             xb = np.asarray(x[start:start + batch])
             check_finite(xb, start, where)
+            if self.tokens:
+                check_tokens(xb, start, self.num_classes, where)
             probs[start:start + len(xb)] = self.from_model_output(self.invoke(self.to_model_input(xb, preprocess)))
         return probs
 
@@ -276,8 +308,18 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def write_predictions(path: str, probs: np.ndarray, labels: list) -> None:
     p = Path(path)
     suffix = p.suffix.lower()
-    pred = probs.argmax(axis=1).astype(np.int32)
+    pred = probs.argmax(axis=-1).astype(np.int32)
     names = np.asarray([str(v) for v in labels])
+    if probs.ndim > 2 and suffix == ".csv":  # text model: one row per example, a class per position
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["index", "pred", "label", "prob"])
+        top = probs.max(axis=-1)
+        for i in range(len(pred)):
+            w.writerow([i, " ".join(str(int(t)) for t in pred[i]), "".join(names[pred[i]]),
+                        " ".join(f"{v:.5g}" for v in top[i])])
+        _atomic_write(p, buf.getvalue().encode())
+        return
     if suffix == ".npz":
         buf = io.BytesIO()
         np.savez(buf, probs=probs.astype(np.float32), pred=pred, label=names[pred], labels=names)
@@ -295,8 +337,14 @@ def write_predictions(path: str, probs: np.ndarray, labels: list) -> None:
 
 
 def print_predictions(probs: np.ndarray, labels: list, stream) -> None:
-    pred = probs.argmax(axis=1)
+    pred = probs.argmax(axis=-1)
     stream.write("index,pred,label,prob\n")
+    if probs.ndim > 2:  # text model: the predicted next token at every position
+        top = probs.max(axis=-1)
+        for i in range(len(pred)):
+            text = "".join(str(labels[k]) for k in pred[i])
+            stream.write(f"{i},{' '.join(str(int(k)) for k in pred[i])},{json.dumps(text)},{top[i].mean():.6f}\n")
+        return
     for i, k in enumerate(pred):
         stream.write(f"{i},{int(k)},{labels[k]},{probs[i, k]:.6f}\n")
 
