@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -39,6 +40,7 @@ class MetricsWriter:
                     self.rows.append(row)
         # Rounds after the checkpoint will be run again: drop them from the files now.
         atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.rows))
+        truncate_tensorboard(self.run_dir / "tb", resume_round)
         self._tb = None
 
     def _writer(self):
@@ -62,6 +64,8 @@ class MetricsWriter:
         with self._writer().as_default(step=int(row["round"])):
             tf.summary.experimental.write_raw_pb(tf.compat.v1.Summary(value=values).SerializeToString(),
                                                  step=int(row["round"]))
+        # Leaving as_default() flushes (eager): TensorBoard holds every round metrics.jsonl holds, so a
+        # run killed later and resumed from its checkpoint has every round up to it.
 
     def write_csv(self) -> None:
         columns = list(BASE_COLUMNS)
@@ -80,3 +84,64 @@ class MetricsWriter:
             self._tb.flush()
             self._tb.close()
             self._tb = None
+
+
+def _event_files(tb_dir: Path) -> list[Path]:
+    return sorted(p for p in tb_dir.glob("*tfevents*") if p.is_file())
+
+
+def _read_records(path: Path) -> list[bytes]:
+    """The TFRecords of one event file; a record cut by a kill (and anything after it) is dropped."""
+    import tensorflow as tf
+
+    out = []
+    try:
+        for rec in tf.compat.v1.io.tf_record_iterator(str(path)):
+            out.append(rec)
+    except tf.errors.DataLossError:
+        pass
+    return out
+
+
+def truncate_tensorboard(tb_dir: Path, last_round: int) -> None:
+    """Drops TensorBoard events of rounds after ``last_round`` (they will run again after a resume).
+
+    TensorBoard has no purge for a writer (``create_file_writer`` has no ``purge_step``), and a
+    reader shows both copies of a step. So the event files are rewritten: every event of step <=
+    ``last_round`` from every file, once (byte-identical duplicates left by an interrupted earlier
+    rewrite are dropped), with the first file's version header, into one file that takes the oldest
+    file's name (it sorts before the new writer's file). The rewrite goes to a temporary name
+    TensorBoard ignores and replaces the oldest file atomically; the other files are removed after.
+    A kill in between leaves only byte-identical duplicates, which the next resume merges away.
+    """
+    files = _event_files(tb_dir) if tb_dir.is_dir() else []
+    if not files:
+        return
+    from tensorflow.core.util import event_pb2
+
+    kept, seen, dropped, header = [], set(), False, False
+    for f in files:
+        for rec in _read_records(f):
+            ev = event_pb2.Event.FromString(rec)
+            if ev.HasField("file_version"):
+                if header:
+                    continue
+                header = True
+            elif ev.step > last_round or rec in seen:
+                dropped = True
+                continue
+            seen.add(rec)
+            kept.append(rec)
+    if not dropped and len(files) == 1:
+        return
+    import tensorflow as tf
+
+    tmp = tb_dir / "rewrite.tmp"  # no "tfevents" in the name: TensorBoard does not read it
+    with tf.io.TFRecordWriter(str(tmp)) as w:
+        for rec in kept:
+            w.write(rec)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, files[0])
+    for f in files[1:]:
+        f.unlink()
