@@ -136,7 +136,7 @@ def test_two_workers_from_the_manifest_train_in_sync(tmp_path):
                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
     one = [json.loads(r) for r in (single / "metrics.jsonl").read_text().splitlines()]
     two = [json.loads(r) for r in (run_dir(job) / "metrics.jsonl").read_text().splitlines()]
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["accuracy"] == pytest.approx(b["accuracy"])
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
     assert json.loads((single / "summary.json").read_text())["global_batch_size"] == 128

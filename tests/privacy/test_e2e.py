@@ -67,7 +67,7 @@ def test_private_run_resumes_exactly_and_refuses_a_changed_ledger(tmp_path):
     assert [r["eps_rdp"] for r in rows_res] == [r["eps_rdp"] for r in rows_full]
     assert [r["eps_pld"] for r in rows_res] == [r["eps_pld"] for r in rows_full]
     assert float(rows_full[-1]["eps_rdp"]) > float(rows_full[0]["eps_rdp"]) > 0
-    for a, b in zip(_weights(tmp_path / "full"), _weights(part)):
+    for a, b in zip(_weights(tmp_path / "full"), _weights(part), strict=True):
         np.testing.assert_array_equal(a, b)
     report = json.loads((part / "privacy.json").read_text())
     assert report["rounds_run"] == 3 and report["ledger"]["event"]["count"] == 3

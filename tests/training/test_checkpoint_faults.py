@@ -15,7 +15,7 @@ def _state(v: float):
 
 
 def _assert_state(restored, v):
-    for got, want in zip(restored, _state(v)):
+    for got, want in zip(restored, _state(v), strict=True):
         np.testing.assert_array_equal(got, want)
 
 

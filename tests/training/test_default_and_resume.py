@@ -72,9 +72,23 @@ def test_sigkill_anywhere_then_resume_ends_where_an_uninterrupted_run_does(refer
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
 
-    for a, b in zip(_weights(ref_dir), _weights(out)):
+    ref_w, w = _weights(ref_dir), _weights(out)
+    assert len(ref_w) == len(w) > 0
+    for a, b in zip(ref_w, w, strict=True):
         np.testing.assert_array_equal(a, b)
     assert _rows(out) == _rows(ref_dir)
+    # TensorBoard: every round once (the rounds re-run after each kill replaced, not duplicated),
+    # with the uninterrupted run's values.
+    from training.test_metrics import tb_scalars
+
+    ref_tb, tb = tb_scalars(ref_dir), tb_scalars(out)
+    keys = [(step, tag) for step, tag, _ in tb]
+    assert len(keys) == len(set(keys)), "a TensorBoard step appears twice"
+    assert sorted({step for step, _ in keys}) == list(range(1, 101))
+    assert sorted(keys) == sorted((step, tag) for step, tag, _ in ref_tb)
+    timing = ("seconds",)
+    assert sorted(x for x in tb if not any(t in x[1] for t in timing)) == \
+        sorted(x for x in ref_tb if not any(t in x[1] for t in timing))
     s_ref = json.loads((ref_dir / "summary.json").read_text())
     s = json.loads((out / "summary.json").read_text())
     for key in ("final_test_accuracy", "final_test_loss", "centralized_accuracy", "rounds", "example_passes",
