@@ -210,7 +210,7 @@ def _first_non_finite(x: np.ndarray) -> Optional[str]:
     """None when every value is finite, else e.g. 'NaN at example 3' (the first bad example)."""
     if x.dtype.kind != "f":
         return None
-    ok = np.isfinite(x).reshape(len(x), -1).all(axis=1) if x.ndim else np.isfinite(x)
+    ok = np.isfinite(x).reshape(len(x), -1).all(axis=1) if x.ndim and x.size else np.isfinite(x)
     if np.all(ok):
         return None
     i = int(np.flatnonzero(~ok)[0])
