@@ -93,9 +93,11 @@ def measure(case: str, workers: int, rounds: int) -> dict:
     steady_wall = timer.wall[WARMUP:]
     steady_cpu = timer.cpu[WARMUP:]
     return {"case": case, "workers": workers, "clients": clients, "rounds": rounds,
-            "ms_round": 1000 * statistics.median(steady_wall), "ms_round_mean": 1000 * statistics.mean(steady_wall),
+            "ms_round": 1000 * statistics.median(steady_wall),
+            "ms_round_mean": 1000 * statistics.mean(steady_wall),
             "cpu_ms_round": 1000 * statistics.mean(steady_cpu), "first_round_ms": 1000 * timer.wall[0],
-            "run_s": total, "worker_processes": timer.worker_processes, "accuracy": summary.get("final_test_accuracy"), "weights": weights}
+            "run_s": total, "worker_processes": timer.worker_processes,
+            "accuracy": summary.get("final_test_accuracy"), "weights": weights}
 
 
 def fit(points: list[tuple[int, float]]) -> tuple[float, float]:

@@ -263,7 +263,8 @@ def _compiler(secure: bool):
     def compile_secure(comp):
         # TFF's native runtime refuses secure-sum intrinsics; its test runtime compiles them to
         # plain sums (all a simulation can do). Same pipeline as set_sync_test_cpp_execution_context.
-        return native_compiler.desugar_and_transform_to_native(test_compiler.replace_secure_intrinsics_with_bodies(comp))
+        plain = test_compiler.replace_secure_intrinsics_with_bodies(comp)
+        return native_compiler.desugar_and_transform_to_native(plain)
 
     return compile_secure
 
@@ -288,7 +289,8 @@ def _install(endpoints: Sequence[_Endpoint], *, secure: bool, mergeable: bool) -
                 plain = test_compiler.replace_secure_intrinsics_with_bodies(comp)
                 # The proto round trip drops the result's Python containers (LearningProcessOutput):
                 # restore the original signature, which the mergeable compiler carries to the result.
-                plain = tff.framework.ConcreteComputation(computation_proto=tff.framework.ConcreteComputation.get_proto(plain),
+                proto = tff.framework.ConcreteComputation.get_proto(plain)
+                plain = tff.framework.ConcreteComputation(computation_proto=proto,
                                                           context_stack=context_stack_impl.context_stack,
                                                           annotated_type=comp.type_signature)
                 return mergeable_comp_compiler.compile_to_mergeable_comp_form(plain)
