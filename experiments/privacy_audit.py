@@ -92,12 +92,14 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.plot(zs, [r["eps_theory_rdp"] for r in noisy], marker="s", label="theoretical (RDP)")
     ax.plot(zs, [r["eps_theory_pld"] for r in noisy], marker="^", label="theoretical (PLD)")
     emp = [r["eps_empirical"] for r in noisy]
-    err = [[max(0.0, e - r["ci_low"]) for e, r in zip(emp, noisy)], [max(0.0, r["ci_high"] - e) for e, r in zip(emp, noisy)]]
+    err = [[max(0.0, e - r["ci_low"]) for e, r in zip(emp, noisy)],
+           [max(0.0, r["ci_high"] - e) for e, r in zip(emp, noisy)]]
     ax.errorbar(zs, emp, yerr=err, marker="o", capsize=3, label="empirical (canaries, 95% interval)")
     ax.plot(zs, [r["resolution"] for r in noisy], linestyle=":", color="gray", label="audit resolution")
     for r in rows:
         if r["noise_multiplier"] == 0:
-            ax.axhline(r["eps_empirical"], color="red", linestyle="--", label=f"no noise: empirical {r['eps_empirical']:.3g}")
+            ax.axhline(r["eps_empirical"], color="red", linestyle="--",
+                       label=f"no noise: empirical {r['eps_empirical']:.3g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("noise multiplier")

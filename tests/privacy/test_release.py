@@ -37,7 +37,8 @@ def test_poisson_sample_size_and_client_test_sets_are_not_covered():
     assert synth.progress_fields(ROW) == {"eps": "1.5"}
     # the data's own record wins over the source-based default
     assert _policy(DP, data=SimpleNamespace(test_source="clients")).test_set_is_client_data
-    assert not _policy(DP + ["data.source=synthetic"], data=SimpleNamespace(test_source="separate")).test_set_is_client_data
+    separate = _policy(DP + ["data.source=synthetic"], data=SimpleNamespace(test_source="separate"))
+    assert not separate.test_set_is_client_data
 
 
 @pytest.mark.parametrize("overrides", [DP + ["privacy.release_unprotected=true"], []], ids=["opt-in", "no-dp"])

@@ -22,7 +22,8 @@ def _run(tmp_path, overrides, rounds=8):
     cfg = load_config(None, ["algorithm.weighting=uniform", f"data.num_clients={POP}", f"training.rounds={rounds}",
                              "privacy.noise_multiplier=1.0", *overrides])
     ctx = RunContext(cfg=cfg, run_dir=tmp_path, population=POP, noise_multiplier=1.0,
-                     model_weight_shapes=[[4, 2]], model_weight_dtypes=["float32"], data=SimpleNamespace(client_ids=IDS))
+                     model_weight_shapes=[[4, 2]], model_weight_dtypes=["float32"],
+                     data=SimpleNamespace(client_ids=IDS))
     hook = PrivacyHook()
     hook.on_start(ctx)
     for r in range(1, rounds + 1):

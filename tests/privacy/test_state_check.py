@@ -75,7 +75,8 @@ def _run(tmp_path, overrides, *, agg_noise=0.7, rounds=3, skip_empty=False, twic
 
 def test_fixed_noise_of_the_aggregator_differs_from_the_ledger(tmp_path):
     with pytest.raises(PrivacyAccountingError, match=r"round 1: the DP aggregator's state records the event "
-                       r"GaussianDpEvent\(noise_multiplier=0.89999.*ledger accounts GaussianDpEvent\(noise_multiplier=0.7\)"):
+                       r"GaussianDpEvent\(noise_multiplier=0.89999.*ledger accounts "
+                       r"GaussianDpEvent\(noise_multiplier=0.7\)"):
         _run(tmp_path, ["privacy.mechanism=gaussian_fixed"], agg_noise=0.9)
 
 

@@ -479,7 +479,8 @@ def canary_aggregator(cfg, *, population: int, noise_multiplier: float, record_s
     canaries = canaries_for(cfg, population, [tuple(s.shape) for s in record_specs])
     factory = build(cfg, population=canaries.total_population, noise_multiplier=noise_multiplier,
                     record_specs=record_specs)
-    query = canary_query(factory._query, canaries, participation_mask(cfg, canaries))  # pylint: disable=protected-access
+    inner = factory._query  # pylint: disable=protected-access
+    query = canary_query(inner, canaries, participation_mask(cfg, canaries))
     return tff.aggregators.DifferentiallyPrivateFactory(query)
 
 

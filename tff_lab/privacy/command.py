@@ -236,8 +236,8 @@ def _audit(args) -> int:
         try:
             run_experiment(args.experiment, out, overrides=[*args.overrides, *extra], overwrite=True)
         except PrivacyAccountingError as e:
-            raise ConfigError("privacy.audit", f"{e} (the training loop must insert the canaries; "
-                                               "'tff-lab privacy audit --simulate' runs the mechanism without it)") from None
+            raise ConfigError("privacy.audit", f"{e} (the training loop must insert the canaries; 'tff-lab "
+                                               "privacy audit --simulate' runs the mechanism without it)") from None
         report = json.loads((out / "privacy.json").read_text())
         emp = report["epsilon_empirical"]
         theory = emp.get("theoretical_epsilon")

@@ -169,7 +169,8 @@ class Policy:
         if self.mechanism == "ddp_secure":
             return False, "ddp_secure has no accountant in dp_accounting 0.4.3: no epsilon is claimed"
         rows = ("all columns, including ones epsilon does not cover (privacy.release_unprotected)"
-                if self.release_unprotected else "only the columns epsilon covers: " + ", ".join(self.covered_columns()))
+                if self.release_unprotected
+                else "only the columns epsilon covers: " + ", ".join(self.covered_columns()))
         if top == "model":
             return True, "the final model: a post-processing of the noised aggregates"
         if top == "export":
