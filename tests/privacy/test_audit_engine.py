@@ -11,7 +11,7 @@ import pytest
 
 from tff_lab.config import load_config
 from tff_lab.errors import PrivacyAccountingError
-from tff_lab.privacy.audit import canaries_for, client_name, participation_mask
+from tff_lab.privacy.audit import canaries_for, participation_mask, round_clients
 from tff_lab.privacy.hook import PrivacyHook
 from tff_lab.sampling import sample_clients
 from tff_lab.training.hooks import RoundInfo, RunContext
@@ -74,6 +74,19 @@ def test_canary_updates_enter_the_clipped_sum_exactly():
         np.testing.assert_allclose(p - a, shift, atol=2e-6)  # final = initial - aggregate
 
 
+def test_round_clients_samples_canaries_like_everyone():
+    from tff_lab.privacy.audit import audit_population, round_clients
+
+    cfg = load_config(None, BASE + AUDIT)
+    assert audit_population(cfg, POP) == POP + K and audit_population(load_config(None, BASE), POP) == POP
+    idx, real, names = round_clients(cfg, IDS, 1)
+    np.testing.assert_array_equal(idx, sample_clients(cfg, POP + K, 1))
+    assert list(real) == [i for i in idx if i < POP]
+    assert names == [IDS[i] if i < POP else f"canary_{i - POP}" for i in idx]
+    mask = participation_mask(cfg, canaries_for(cfg, POP, SHAPES))
+    assert [f"canary_{k}" for k in np.flatnonzero(mask[0])] == [n for n in names if n.startswith("canary_")]
+
+
 def test_audit_needs_the_canaries_in_the_population(tmp_path):
     cfg = load_config(None, BASE + AUDIT)
     ctx = RunContext(cfg=cfg, run_dir=tmp_path, population=POP, noise_multiplier=1.0,
@@ -100,15 +113,16 @@ def test_audit_run_as_the_loop_drives_it(tmp_path):
     hook.on_start(ctx)
     for r in range(1, cfg.training.rounds + 1):
         assert hook.before_round(ctx, r) is None
-        idx = sample_clients(cfg, total, r)
-        real = idx[idx < POP]
+        idx, real, names = round_clients(cfg, IDS, r)
         out = process.next(state, [_data(int(i)) for i in real])
         state = out.state
-        info = RoundInfo(r, [client_name(IDS, i) for i in idx], len(idx), True, 6 * len(real), out.metrics)
+        info = RoundInfo(r, names, len(idx), True, 6 * len(real), out.metrics)
         info.state = state
         hook.after_round(ctx, info, {})
-    hook.on_end(ctx, {})
+    summary = {}
+    hook.on_end(ctx, summary)
     report = json.loads((tmp_path / "privacy.json").read_text())
+    assert summary["privacy"]["epsilon_empirical"] == report["epsilon_empirical"]["epsilon"]
     emp = report["epsilon_empirical"]
     assert emp["canaries"] == {"seen": K, "unseen": K2} and emp["theoretical_epsilon"] == report["epsilon"]["pld"]
     assert emp["epsilon"] is not None and emp["interval"][0] <= emp["epsilon"] <= emp["interval"][1]

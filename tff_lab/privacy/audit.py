@@ -409,6 +409,23 @@ def participation_mask(cfg, canaries: "CanarySet", rounds: Optional[int] = None)
     return mask
 
 
+def audit_population(cfg, num_clients: int) -> int:
+    """The population the sampler and the ledger see: the clients plus the canaries of a private audit."""
+    return int(num_clients) + (int(cfg.privacy.audit.canaries) if cfg.privacy.enabled else 0)
+
+
+def round_clients(cfg, client_ids: Sequence[str], round_num: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(sampled indices over the audit population, the real ones among them, names of all sampled).
+
+    What the loop does each round of a run (audit or not): the engine trains the real clients;
+    :class:`~tff_lab.training.hooks.RoundInfo` gets every sampled name and ``participants`` = all
+    sampled (a canary's update enters the aggregator's sum, see :func:`canary_query`)."""
+    from tff_lab.sampling import sample_clients
+
+    idx = sample_clients(cfg, audit_population(cfg, len(client_ids)), round_num)
+    return idx, idx[idx < len(client_ids)], [client_name(client_ids, i) for i in idx]
+
+
 def client_name(client_ids: Sequence[str], index: int) -> str:
     """A client's name; canaries (indices past the real clients) are ``canary_<k>``."""
     i = int(index)

@@ -307,6 +307,8 @@ class PrivacyHook(RoundHook):
                               "epsilon": {"rdp": report["epsilon"]["rdp"], "pld": report["epsilon"]["pld"]},
                               "rounds": report["rounds_run"],
                               "stopped_by_budget": report["stopped_by_budget"]}
+        if report.get("epsilon_empirical"):
+            summary["privacy"]["epsilon_empirical"] = report["epsilon_empirical"].get("epsilon")
 
 
 def _max_participations(ctx: RunContext, rounds: int) -> int:
