@@ -189,7 +189,11 @@ class VectorizedEngine:
 
         with tf.variable_creator_scope(swap):
             model = self._model_builder()
-        return model(x, training=True), list(model.losses)
+        # tf.identity drops Keras' cached softmax logits (``_keras_logits``): TFF's model calls Keras
+        # inside a tf.function (``predict_on_batch``), so its loss never sees them and takes the
+        # probabilities' path (log of probabilities clipped to [1e-7, 1 - 1e-7]). Without this the
+        # loss of a confidently wrong example differs (parity broke by 3e-2 in one round).
+        return tf.identity(model(x, training=True)), list(model.losses)
 
     def _batch_loss(self, y, preds, m):
         """Keras' SUM_OVER_BATCH_SIZE loss over the real rows (``m`` = 1) of a padded batch."""
