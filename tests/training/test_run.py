@@ -99,18 +99,54 @@ def test_python_api_matches_cli(tiny_run, tmp_path):
     assert s["config_hash"] == cli["config_hash"]
 
 
-@pytest.mark.parametrize("algo", [
-    ["algorithm.name=fedprox", "algorithm.proximal_strength=0.1"],
-    ["algorithm.name=fedsgd", "algorithm.server_optimizer.learning_rate=0.5"],
-    ["algorithm.weighting=uniform", "algorithm.server_optimizer.name=yogi",
-     "algorithm.server_optimizer.learning_rate=0.01"],
-    ["algorithm.server_optimizer.name=sgdm", "model.name=cnn", "training.sampling=poisson",
-     "training.sampling_rate=0.5"],
-], ids=["fedprox", "fedsgd", "unweighted-yogi", "fedavgm-cnn-poisson"])
-def test_algorithm_family_runs(algo, tmp_path):
+# Each family runs beside a twin that differs only in the knob under test: the knob must reach TFF's
+# process (the final weights differ, and the server optimizer's state is in the checkpoint).
+FAMILIES = {
+    "fedprox": (["algorithm.name=fedprox", "algorithm.proximal_strength=0.5"],
+                ["algorithm.name=fedprox", "algorithm.proximal_strength=0.0"]),
+    "fedsgd": (["algorithm.name=fedsgd", "algorithm.server_optimizer.learning_rate=0.5"],
+               ["algorithm.name=fedavg", "algorithm.server_optimizer.learning_rate=0.5"]),
+    "unweighted-yogi": (["algorithm.weighting=uniform", "algorithm.server_optimizer.name=yogi",
+                         "algorithm.server_optimizer.learning_rate=0.01"],
+                        ["algorithm.weighting=uniform", "algorithm.server_optimizer.learning_rate=0.01"]),
+    "fedavgm-cnn-poisson": (["algorithm.server_optimizer.name=sgdm", "model.name=cnn", "training.sampling=poisson",
+                             "training.sampling_rate=0.5"],
+                            ["model.name=cnn", "training.sampling=poisson", "training.sampling_rate=0.5"]),
+}
+
+
+def _final_weights(run_dir):
+    import tensorflow as tf
+
+    return tf.keras.models.load_model(run_dir / "model/model.keras").get_weights()
+
+
+def _state_arrays(run_dir) -> int:
+    """How many arrays the learning process's state holds (the last checkpoint's record)."""
+    last = sorted((run_dir / "checkpoints").glob("ckpt_*.json"))[-1]
+    return json.loads(last.read_text())["num_arrays"]
+
+
+@pytest.mark.slow  # two tiny runs per family
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_algorithm_family_runs(family, tmp_path):
     from tff_lab import run_experiment
 
-    s = run_experiment(None, tmp_path / "r", overrides=TINY + ["centralized.enabled=false"] + algo)
+    algo, twin = FAMILIES[family]
+    base = TINY + ["centralized.enabled=false"]
+    s = run_experiment(None, tmp_path / "r", overrides=base + algo)
     assert s["rounds"] == 3 and 0 <= s["final_test_accuracy"] <= 1
     rows = [json.loads(l) for l in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
     assert all(r["train_loss"] is None or np.isfinite(r["train_loss"]) for r in rows)
+    run_experiment(None, tmp_path / "twin", overrides=base + twin)
+    w, w_twin = _final_weights(tmp_path / "r"), _final_weights(tmp_path / "twin")
+    assert len(w) == len(w_twin) > 0
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(w, w_twin, strict=True))
+    assert diff > 1e-4, f"{family}: the knob did not change the model ({diff})"
+    # The server optimizer's state (accumulators, hyperparameters) is in the process's state:
+    # yogi adds accumulator + preconditioner per weight and beta_1, beta_2, epsilon, step;
+    # sgdm adds an accumulator per weight and the momentum; FedSGD's process has no client optimizer
+    # (FedAvg's client work keeps its learning rate); FedProx's mu is in the computation, not the state.
+    extra = {"unweighted-yogi": 2 * len(w) + 4, "fedavgm-cnn-poisson": len(w) + 1, "fedsgd": -1}.get(family, 0)
+    assert _state_arrays(tmp_path / "r") - _state_arrays(tmp_path / "twin") == extra
