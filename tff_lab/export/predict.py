@@ -95,8 +95,23 @@ def write_predictions(path: Union[str, os.PathLike], probs: np.ndarray, labels: 
     if suffix not in OUTPUT_SUFFIXES:
         raise ConfigError("--out", f"unsupported output type '{p.suffix}'; expected one of: "
                           f"{', '.join(OUTPUT_SUFFIXES)}")
-    pred = probs.argmax(axis=1).astype(np.int32)
+    pred = probs.argmax(axis=-1).astype(np.int32)
     names = np.asarray([str(v) for v in labels])
+    if probs.ndim > 2:  # text model: a class per position; CSV rows hold one example each
+        if suffix == ".npz":
+            buf = io.BytesIO()
+            np.savez(buf, probs=probs.astype(np.float32), pred=pred, label=names[pred], labels=names)
+            atomic_write(p, buf.getvalue())
+        else:
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(["index", "pred", "label", "prob"])
+            top = probs.max(axis=-1)
+            for i in range(len(pred)):
+                w.writerow([i, " ".join(str(int(t)) for t in pred[i]), "".join(names[pred[i]]),
+                            " ".join(f"{v:.5g}" for v in top[i])])
+            atomic_write(p, buf.getvalue())
+        return p
     if suffix == ".npz":
         buf = io.BytesIO()
         np.savez(buf, probs=probs.astype(np.float32), pred=pred, label=names[pred], labels=names)
@@ -127,8 +142,13 @@ class KerasPredictor:
         else:
             self.model = load_keras_model(self.path)
             self.input_shape = tuple(int(s) for s in self.model.input_shape[1:])
+            self.output_shape = tuple(int(s) for s in self.model.output_shape[1:])
             self.num_classes = int(self.model.output_shape[-1])
+            import tensorflow as tf
+
+            self.tokens = tf.as_dtype(self.model.inputs[0].dtype).is_integer
         side = sidecar if sidecar is not None else _run_sidecar(self.path)
+        self.outputs = (side or {}).get("keras_outputs", "probabilities")
         self.labels = [str(v) for v in (side or {}).get("labels", range(self.num_classes))]
         self.preprocessing = (side or {}).get("preprocessing", {})
         from tff_lab.export.tflite_model import preprocessing_arrays
@@ -154,23 +174,33 @@ class KerasPredictor:
         (self._out_name, out_spec), = outputs.items()
         self._loaded, self._fn = loaded, fn
         self.input_shape = tuple(int(s) for s in spec.shape[1:])
+        self.output_shape = tuple(int(s) for s in out_spec.shape[1:])
         self.num_classes = int(out_spec.shape[-1])
+        self.tokens = spec.dtype.is_integer
 
     def predict(self, x, *, batch_size: int = 256, preprocess: bool = True, on_batch=None, where: str = "input"):
-        from tff_lab.export.tflite_model import check_finite, check_input
+        from tff_lab.export.tflite_model import check_finite, check_input, check_tokens
 
         x = check_input(x, self.input_shape, where)
-        probs = np.empty((len(x), self.num_classes), np.float32)
+        probs = np.empty((len(x), *self.output_shape), np.float32)
         for start in range(0, len(x), batch_size):
-            xb = np.asarray(x[start:start + batch_size], np.float32)
-            check_finite(xb, start, where)
-            if preprocess:
-                xb = (xb - self._offset) * self._scale
+            if self.tokens:  # token ids: no preprocessing
+                xb = check_tokens(np.asarray(x[start:start + batch_size]), start, self.num_classes, where)
+                xb = xb.astype(np.int32)
+            else:
+                xb = np.asarray(x[start:start + batch_size], np.float32)
+                check_finite(xb, start, where)
+                if preprocess:
+                    xb = (xb - self._offset) * self._scale
             if self._fn is None:
                 out = self.model(xb, training=False)
             else:
                 out = self._fn(**{self._in_name: xb})[self._out_name]
-            probs[start:start + len(xb)] = np.asarray(out, np.float32)
+            out = np.asarray(out, np.float32)
+            if self.outputs == "logits":
+                e = np.exp(out - out.max(axis=-1, keepdims=True))
+                out = e / e.sum(axis=-1, keepdims=True)
+            probs[start:start + len(xb)] = out
             if on_batch is not None:
                 on_batch(len(xb))
         return probs
@@ -198,9 +228,10 @@ def _run_sidecar(model_path: Path) -> Optional[dict]:
         if isinstance(side, dict) and side.get("source", {}).get("config_hash") == h and "preprocessing" in side:
             return side
     from tff_lab.data import load_federated_data
+    from tff_lab.export.convert import model_outputs
 
     data = load_federated_data(cfg)
-    return {"labels": data.labels, "preprocessing": data.preprocessing}
+    return {"labels": data.labels, "preprocessing": data.preprocessing, "keras_outputs": model_outputs(cfg)}
 
 
 def load_predictor(model: Union[str, os.PathLike], *, sidecar: Union[str, os.PathLike, None] = None,
@@ -241,8 +272,12 @@ def predict_file(model: Union[str, os.PathLike], input_path: Union[str, os.PathL
     from tff_lab.export.tflite_model import check_finite, check_input
 
     x = check_input(x, predictor.input_shape, str(input_path))
+    from tff_lab.export.tflite_model import check_tokens
+
     for start in range(0, len(x), 65536):  # before the progress bar: a bad row is a one-line error
         check_finite(np.asarray(x[start:start + 65536]), start, str(input_path))
+        if getattr(predictor, "tokens", False):
+            check_tokens(np.asarray(x[start:start + 65536]), start, predictor.num_classes, str(input_path))
     if not isinstance(predictor, KerasPredictor):
         _ = predictor.interpreter  # an interpreter that rejects the model fails here, before the bar
     notes = []
