@@ -63,3 +63,25 @@ def bc_exported(tmp_path_factory) -> dict:
     """Breast cancer (per-feature preprocessing), MLP 16: float32 and int8 exports and the Keras reference."""
     run = edge.make_trained_run(tmp_path_factory.getbasetemp() / "edge_bc_run", edge.BREAST_CANCER)
     return {**edge.export_all(run, "float32,int8"), **edge.reference(run)}
+
+
+text = _load("tff_lab_tests_text_run_fixture", REPO / "tests" / "tasks" / "text_run_fixture.py")
+
+
+@pytest.fixture(scope="session")
+def text_exported(tmp_path_factory) -> dict:
+    """The tiny Shakespeare run (tests/tasks), exported float32/dynamic/int8, and Keras' probabilities."""
+    import numpy as np
+
+    from tff_lab.export import export_run
+    from tff_lab.export.convert import keras_probabilities, load_run
+
+    base = tmp_path_factory.getbasetemp()
+    run = text.make_text_run(base / "text_run", base / "tff_cache")
+    if not (run / "export" / "model_int8.tflite").is_file():
+        export_run(run, "float32,dynamic,int8", latency_runs=5)
+    art = load_run(run)
+    x = art.data.test[0]
+    tokens = base / "text_tokens.npy"
+    np.save(tokens, x)
+    return {"run": run, "tokens": tokens, "x": x, "keras": keras_probabilities(art.model, x, art.outputs)}
