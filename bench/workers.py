@@ -7,7 +7,7 @@ worker processes. Reported per configuration: the median wall ms/round after the
 the mean CPU ms/round of all processes (the mean: the CPU clock ticks in 10 ms), and the final
 weights' max difference from W = 0.
 
-From two cohort sizes on synthetic (10 and 50 clients/round) the script fits, per W,
+From two or more cohort sizes on synthetic (10 and 50 clients/round; add synthetic-100) it fits, per W,
 ``ms/round = a + b * clients`` (a: per-round cost, b: per-client cost) and prints what a second
 worker saves or costs: the model in BENCHMARKS.md.
 
@@ -37,7 +37,9 @@ CASES = {  # label -> (task, extra overrides, clients per round)
     "digits": ("digits", (), 10),
     "synthetic-10": ("synthetic", ("training.clients_per_round=10",), 10),
     "synthetic-50": ("synthetic", (), 50),
+    "synthetic-100": ("synthetic", ("training.clients_per_round=100",), 100),  # not run by default
 }
+DEFAULT_CASES = ["digits", "synthetic-10", "synthetic-50"]
 
 
 class RoundTimer(RoundHook):
@@ -110,7 +112,7 @@ def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES))
     ap.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--reps", type=int, default=1, help="repetitions (W rotated each time); the median is kept")
@@ -148,9 +150,10 @@ def main(argv=None) -> int:
                          "max_weight_diff_vs_first": diff})
 
     model = {}
-    syn = [c for c in ("synthetic-10", "synthetic-50") if c in args.cases]
-    if len(syn) == 2:
-        print("\nPer-round and per-client cost, ms/round = a + b * clients (synthetic, 10 and 50 clients/round):")
+    syn = [c for c in CASES if c.startswith("synthetic-") and c in args.cases]
+    if len(syn) >= 2:
+        sizes = ", ".join(str(CASES[c][2]) for c in syn)
+        print(f"\nPer-round and per-client cost, ms/round = a + b * clients (synthetic, {sizes} clients/round):")
         print(f"{'W':>2s} {'a wall':>8s} {'b wall':>8s} {'a CPU':>8s} {'b CPU':>8s}")
         for w in args.workers:
             a, b = fit([(CASES[c][2], med(c, w, "ms_round")) for c in syn])
