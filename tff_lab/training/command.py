@@ -34,10 +34,10 @@ def _run(args) -> int:
                        overwrite=args.overwrite, quiet=args.quiet)
     if not args.quiet:
         lines = [
-            f"experiment      {s['experiment']}  (seed {s['seed']}, {s['rounds']}/{s['rounds_planned']} rounds, "
-            f"{s['population']} clients)",
-            f"test accuracy   {_fmt(s['final_test_accuracy'])}  (loss {_fmt(s['final_test_loss'])})",
-            f"centralized     {_fmt(s['centralized_accuracy'])}  retention {_fmt(s['retention'], '.3f')}",
+            f"experiment      {s.get('experiment')}  (seed {s.get('seed')}, {s.get('rounds')}/{s.get('rounds_planned')} "
+            f"rounds, {s.get('population')} clients)",
+            f"test accuracy   {_fmt(s.get('final_test_accuracy'))}  (loss {_fmt(s.get('final_test_loss'))})",
+            f"centralized     {_fmt(s.get('centralized_accuracy'))}  retention {_fmt(s.get('retention'), '.3f')}",
         ]
         spread = s.get("per_client_eval_accuracy") or {}
         if spread:
@@ -50,8 +50,11 @@ def _run(args) -> int:
                          + f"  at delta {s['privacy'].get('delta')}")
         if s.get("stopped_reason"):
             lines.append(f"stopped early   {s['stopped_reason']}")
-        lines.append(f"wall time       {s['wall_seconds']:.1f} s  ({_fmt(s['seconds_per_round_median'], '.3f')} "
-                     "s/round)")
+        lines.append(f"wall time       {_fmt(s.get('wall_seconds'), '.1f')} s  "
+                     f"({_fmt(s.get('seconds_per_round_median'), '.3f')} s/round)")
+        if s.get("withheld_by_privacy_policy"):
+            lines.append("withheld        " + ", ".join(map(str, s["withheld_by_privacy_policy"]))
+                         + " (not covered by epsilon; privacy.release_unprotected: true publishes them)")
         lines.append(f"results         {args.out}/ (summary.json, metrics.csv, plots/, model/)")
         print("\n".join(lines))
     return 0

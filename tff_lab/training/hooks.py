@@ -24,6 +24,7 @@ class RunContext:
     model_weight_shapes: list  # shapes of the trainable weights, in order
     model_weight_dtypes: list  # numpy dtype names of the trainable weights
     data: Any = None  # FederatedData
+    initial_weights: Any = None  # the seeded initial trainable weights (list of arrays)
 
 
 @dataclasses.dataclass

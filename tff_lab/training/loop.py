@@ -186,16 +186,19 @@ def build(config: Union[str, os.PathLike, ExperimentConfig, None] = None, *, ove
     _check_model_fits(spec, probe, loaded)
     del probe
     init = initial_weights(spec, loaded.input_shape, loaded.num_classes, cfg.seed)
+    from tff_lab.privacy.audit import audit_population
+
     population = loaded.num_clients
-    noise = _resolve_noise(cfg, population)
+    total = audit_population(cfg, population)  # the sampler's and the ledger's population (+ audit canaries)
+    noise = _resolve_noise(cfg, total)
     record_specs = [tf.TensorSpec(w.shape, tf.as_dtype(w.dtype)) for w in init]
 
     engine, agg = _build_engine(cfg, spec, loaded, noise, record_specs)
     parts = _provenance(cfg, spec, agg)
     all_hooks = _default_hooks(cfg, agg) + list(hooks or [])
-    ctx = RunContext(cfg=cfg, run_dir=Path("."), population=population, noise_multiplier=noise,
+    ctx = RunContext(cfg=cfg, run_dir=Path("."), population=total, noise_multiplier=noise,
                      model_weight_shapes=[list(w.shape) for w in init],
-                     model_weight_dtypes=[str(w.dtype) for w in init], data=loaded)
+                     model_weight_dtypes=[str(w.dtype) for w in init], data=loaded, initial_weights=init)
     eval_model = spec.compile(spec.build(loaded.input_shape, loaded.num_classes))
     acc_name = eval_model.metrics_names[1] if len(eval_model.metrics_names) > 1 else "accuracy"
     _ = make_model_fn, data_element_spec  # (used by _build_engine)
@@ -538,6 +541,8 @@ def run_rounds(exp: Experiment, rs: RunState, *, quiet: bool = True, until: Opti
     """Runs rounds ``rs.round + 1 ..`` up to ``until`` (default ``training.rounds``)."""
     from tqdm.auto import tqdm
 
+    from tff_lab.privacy.audit import round_clients
+
     cfg, t, data, hooks, ctx = exp.cfg, exp.cfg.training, exp.data, exp.hooks, exp.ctx
     last = t.rounds if until is None else min(int(until), t.rounds)
     preempt = preempt or threading.Event()
@@ -555,9 +560,10 @@ def run_rounds(exp: Experiment, rs: RunState, *, quiet: bool = True, until: Opti
             if rs.stop_reason:
                 break
             t0 = time.perf_counter()
-            idx = sample_clients(cfg, exp.data.num_clients, r)
-            sampled = [client_ids[i] for i in idx]
-            expected = int(sum(len(data.train[c][1]) for c in sampled)) * t.local_epochs
+            # Sampled over the population the ledger accounts (a privacy audit's canaries included);
+            # the engine trains the real clients, the aggregator adds the sampled canaries' updates.
+            idx, real, sampled = round_clients(cfg, client_ids, r)
+            expected = int(sum(len(data.train[client_ids[i]][1]) for i in real)) * t.local_epochs
             metrics: dict = {}
             new_state = rs.state
             # A Poisson round that samples nobody still runs under DP: the accountant counts it as a
@@ -565,7 +571,7 @@ def run_rounds(exp: Experiment, rs: RunState, *, quiet: bool = True, until: Opti
             # nobody was chosen). Without DP there is nothing to average, so the round is skipped.
             if len(idx) or cfg.privacy.enabled:
                 try:
-                    result = exp.engine.next(rs.state, r, idx)
+                    result = exp.engine.next(rs.state, r, real)
                 except Exception as e:  # noqa: BLE001 - classified below
                     err = _classify(e)
                     if isinstance(err, WorkerLost) and rs.retries_left > 0:
@@ -613,6 +619,8 @@ def run_rounds(exp: Experiment, rs: RunState, *, quiet: bool = True, until: Opti
                 postfix["test_acc"] = f"{row['eval_accuracy']:.3f}"
             for h in hooks:
                 postfix.update(h.progress_fields())
+            if policy is not None and hasattr(policy, "progress_fields"):
+                postfix = policy.progress_fields(row)  # under DP: epsilon and covered evaluation only
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
             if r % t.rounds_per_checkpoint == 0 or r == t.rounds or preempt.is_set():
@@ -697,7 +705,8 @@ def finalize(exp: Experiment, rs: RunState) -> dict:
     _save_model(exp.eval_model, run_dir / "model")
 
     central = None
-    if cfg.centralized.enabled:
+    policy = _policy(exp)
+    if cfg.centralized.enabled and (policy is None or policy.allow_centralized_baseline()):
         epochs = matched_epochs(rs.counters["example_passes"], data.num_train_examples())
         central = train_centralized(cfg, data, epochs=epochs, initial_weights=exp.init_weights, model=exp.model)
         if cfg.centralized.dp_sgd:
@@ -732,12 +741,18 @@ def finalize(exp: Experiment, rs: RunState) -> dict:
     summary["data"]["test_set"] = getattr(data, "test_source", "separate")
     for h in exp.hooks:
         h.on_end(exp.ctx, summary)
+    if policy is not None:
+        summary = policy.filter_summary(summary)
     rs.writer.close()
     plots = run_dir / "plots"
-    plot_curves(rs.writer.rows, plots, centralized_accuracy=summary["centralized_accuracy"], title=cfg.name)
+    plot_curves(rs.writer.rows, plots, centralized_accuracy=summary.get("centralized_accuracy"), title=cfg.name)
     if _policy_allows(exp, "client_stats"):
         plot_heterogeneity(exp.stats, data.labels, plots / "heterogeneity.png")
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1, default=str))
+    if policy is not None:
+        from tff_lab.privacy.release import update_privacy_json
+
+        update_privacy_json(run_dir, policy)  # every artifact, covered by epsilon or why released
     return summary
 
 
