@@ -224,7 +224,7 @@ class VectorizedEngine:
         import tensorflow as tf
         import tensorflow_federated as tff
 
-        fin = _to_numpy(tf.function(lambda: self._server_opt.initialize(list(self._trainable_specs)))())
+        fin = _to_numpy(self._server_opt.initialize(list(self._trainable_specs)))
         if self._query is None:
             agg = (collections.OrderedDict(value_sum_process=(), weight_sum_process=()) if self._weighted
                    else ((), ()))
@@ -233,13 +233,11 @@ class VectorizedEngine:
 
             q = self._query
 
-            @tf.function
-            def init_dp():
-                gs = q.initial_global_state()
-                _, _, event = q.get_noised_result(q.initial_sample_state(list(self._trainable_specs)), gs)
-                return gs, event.to_named_tuple()
-
-            gs, event = init_dp()
+            # As TFF's DifferentiallyPrivateFactory initialises: the event of a noised result of the
+            # initial state (the query's own state is not advanced by it).
+            gs = q.initial_global_state()
+            _, _, event = q.get_noised_result(q.initial_sample_state(list(self._trainable_specs)), gs)
+            event = event.to_named_tuple()
             agg = DPAggregatorState(_to_numpy(gs), (), _to_numpy(event), np.bool_(True))
         return tff.learning.templates.LearningAlgorithmState(
             global_model_weights=self._init_weights, distributor=(), client_work=self._client_work_state(),
@@ -522,9 +520,16 @@ def _like(template, value):
 
 
 def _to_numpy(nest):
+    """Leaves as numpy arrays, Python numbers converted as TF converts them (float32, int32), as
+    TFF's computations return them."""
     import tensorflow as tf
 
-    return tf.nest.map_structure(lambda t: np.asarray(t.numpy() if hasattr(t, "numpy") else t), nest)
+    def leaf(t):
+        if isinstance(t, (bool, int, float)):
+            t = tf.convert_to_tensor(t)
+        return np.asarray(t.numpy() if hasattr(t, "numpy") else t)
+
+    return tf.nest.map_structure(leaf, nest)
 
 
 def _to_python(nest):
