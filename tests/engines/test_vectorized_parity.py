@@ -45,7 +45,7 @@ def test_final_weights_match_tff(case):
     # The same state layout as TFF's process: same leaves (count, shapes, dtypes), so checkpoints
     # have one format whichever engine wrote them.
     layout = [[(np.shape(v), np.asarray(v).dtype) for v in _flat(e.initialize())] for e in (tff_engine, vec_engine)]
-    assert layout[0] == layout[1]
+    assert layout[0] == layout[1], [(i, a, b) for i, (a, b) in enumerate(zip(*layout)) if a != b]
     rounds = ROUNDS_OF.get(case, ROUNDS)
     s_tff, h_tff = run(tff_engine, cfg, data, rounds)
     s_vec, h_vec = run(vec_engine, cfg, data, rounds)

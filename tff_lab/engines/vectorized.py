@@ -520,12 +520,12 @@ def _like(template, value):
 
 
 def _to_numpy(nest):
-    """Leaves as numpy arrays, Python numbers converted as TF converts them (float32, int32), as
-    TFF's computations return them."""
+    """Leaves as numpy arrays; Python numbers and strings converted as TF converts them (float32,
+    int32, bytes), as TFF's computations return them."""
     import tensorflow as tf
 
     def leaf(t):
-        if isinstance(t, (bool, int, float)):
+        if isinstance(t, (bool, int, float, str)):
             t = tf.convert_to_tensor(t)
         return np.asarray(t.numpy() if hasattr(t, "numpy") else t)
 
