@@ -88,3 +88,21 @@ def _flat(nest):
     import tensorflow as tf
 
     return [np.asarray(v) for v in tf.nest.flatten(nest)]
+
+
+@pytest.mark.slow
+def test_non_finite_client_updates_as_tff():
+    """A client learning rate that overflows: TFF zeroes each non-finite client update with weight 0,
+    drops its metrics (FedAvg), and its finalizer rejects the NaN mean; the engines agree on all of it."""
+    cfg = config({"data": {"num_clients": 6}, "training": {"clients_per_round": 3},
+                  "algorithm": {"client_optimizer": {"name": "sgd", "learning_rate": 1e30}}})
+    data = load(cfg)
+    tff_engine, vec_engine = build_tff(cfg, data), build_vectorized(cfg, data)
+    s_tff, h_tff = run(tff_engine, cfg, data, 2)
+    s_vec, h_vec = run(vec_engine, cfg, data, 2)
+    for a, b in zip(h_tff, h_vec):
+        assert a["finalizer"] == b["finalizer"] == {"update_non_finite": 1}
+        ta, tb = a["client_work"]["train"], b["client_work"]["train"]
+        assert ta["num_examples"] == tb["num_examples"] == 0 and ta["num_batches"] == tb["num_batches"], (ta, tb)
+    for x, y in zip(trainable(tff_engine, s_tff), trainable(vec_engine, s_vec)):
+        assert np.array_equal(x, y)  # both kept the initial weights
