@@ -26,11 +26,11 @@ def config(overrides: dict):
     return from_dict(base)
 
 
-def build_vectorized(cfg, data):
+def build_vectorized(cfg, data, **kwargs):
     spec = models.resolve_model(cfg.model)
     return VectorizedEngine(cfg, data, model_builder=lambda: spec.build(data.input_shape, data.num_classes),
                             loss_builder=spec.make_loss, metrics_builder=spec.make_metrics,
-                            noise_multiplier=cfg.privacy.noise_multiplier)
+                            noise_multiplier=cfg.privacy.noise_multiplier, **kwargs)
 
 
 def build_tff(cfg, data):
