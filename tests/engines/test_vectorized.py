@@ -149,3 +149,36 @@ def test_loop_end_to_end_dp_same_epsilon_and_model_as_tff(tmp_path):
     models = [tf.keras.models.load_model(tmp_path / e / "model" / "model.keras", compile=False).get_weights()
               for e in ("tff", "vectorized")]
     assert max(float(np.max(np.abs(x - y))) for x, y in zip(*models)) <= 1e-5
+
+
+def test_model_xla_cannot_compile_falls_back_to_the_plain_graph():
+    """A layer XLA cannot compile (a numpy_function): the engine runs the same graph uncompiled and
+    ends where an engine built without XLA ends, bit for bit."""
+    cfg = config({"data": {"num_clients": 6}, "training": {"clients_per_round": 3}})
+    data = load(cfg)
+
+    def model_with_py_op():
+        inputs = tf.keras.Input(shape=data.input_shape)
+
+        def numpy_zero(x):
+            z = tf.numpy_function(lambda a: np.zeros_like(a), [x], tf.float32, stateful=False)
+            return x + tf.stop_gradient(tf.reshape(z, tf.shape(x)))
+
+        x = tf.keras.layers.Lambda(numpy_zero)(inputs)
+        return tf.keras.Model(inputs, tf.keras.layers.Dense(data.num_classes, activation="softmax")(x))
+
+    tf.keras.utils.set_random_seed(0)
+    init = [w.numpy() for w in model_with_py_op().trainable_weights]
+    results = []
+    for jit in (True, False):
+        engine = VectorizedEngine(cfg, data, model_builder=model_with_py_op, jit_compile=jit)
+        state = engine.set_model_weights(engine.initialize(), init)
+        from tff_lab.sampling import sample_clients
+
+        for r in (1, 2):
+            state = engine.next(state, r, sample_clients(cfg, data.num_clients, r)).state
+        assert not engine._compiled  # pylint: disable=protected-access
+        results.append(trainable(engine, state))
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(results[0], init)) > 0
