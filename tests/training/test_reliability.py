@@ -31,7 +31,7 @@ def _snapshot(d):
 
 
 @pytest.mark.parametrize("sets", [
-    ["data.source=npz_dir", "data.path=/nonexistent/clients"],  # fails while loading data
+    ["data.source=npz_dir", "data.path=/nonexistent/clients", "data.num_clients=20"],  # fails while loading data
     ["algorithm.client_optimizer.learning_rate=300"],  # diverges in round 1
 ])
 def test_overwrite_with_a_broken_experiment_keeps_the_old_run(sets, good_run, tmp_path, capsys):
