@@ -173,6 +173,10 @@ NO_EFFECT = [
     (["algorithm.proximal_strength=0.1"], "algorithm.proximal_strength"),
     (["training.sampling_rate=0.5"], "training.sampling_rate"),
     (["data.source=synthetic", "partition.alpha=0.1"], "partition.alpha"),
+    (["aggregation.ddp_bits=16"], "aggregation.ddp_bits"),
+    (["aggregation.zeroing=false"], "aggregation.zeroing"),
+    (["privacy.mechanism=ddp_secure", "privacy.noise_multiplier=1", "algorithm.weighting=uniform",
+      "aggregation.clipping=false"], "aggregation.clipping"),
     (["data.source=npz_dir", "data.path=/d", "data.num_clients=5"], "data.num_clients"),
 ]
 
@@ -194,7 +198,10 @@ def test_settings_with_effect_are_accepted():
     load_config(None, ["data.source=synthetic", "data.synthetic_alpha=0.5", "data.num_clients=30"])
     load_config(None, ["data.source=synthetic", "partition.scheme=dirichlet", "partition.alpha=0.1"])
     load_config(None, ["data.source=emnist", "data.max_clients=5", "training.clients_per_round=2"])
-    load_config(None, ["aggregation.kind=compression", "aggregation.quantization_bits=4"])
+    load_config(None, ["aggregation.kind=compression", "aggregation.quantization_bits=4", "aggregation.zeroing=false"])
+    load_config(None, ["aggregation.kind=robust", "aggregation.clipping=false"])
+    load_config(None, ["privacy.mechanism=ddp_secure", "privacy.noise_multiplier=1", "algorithm.weighting=uniform",
+                       "aggregation.ddp_bits=16", "aggregation.zeroing=false"])
     load_config(None, ["privacy.mechanism=gaussian_adaptive", "privacy.noise_multiplier=1",
                        "algorithm.weighting=uniform", "privacy.target_quantile=0.7", "privacy.clip=2.0"])
 

@@ -549,6 +549,16 @@ class ExperimentConfig:
             _require(t.clients_per_round <= self.data.num_clients, "training.clients_per_round",
                      f"expected at most data.num_clients ({self.data.num_clients}), got {t.clients_per_round}")
         self._validate_privacy()
+        a, mech = self.aggregation, self.privacy.mechanism
+        if mech != "ddp_secure":
+            _unused(a, ("ddp_bits", "ddp_rotation"), "aggregation", f"unless privacy.mechanism is 'ddp_secure' "
+                    f"(it is '{mech}')")
+        if a.kind == "mean" and a.builder is None:
+            # Plain mean and the Gaussian DP aggregators do not zero or clip through these fields;
+            # ddp_secure zeroes but clips by itself (tff_lab.federated.aggregators).
+            why = ("with privacy.mechanism 'ddp_secure' (it clips by itself)" if mech == "ddp_secure" else
+                   "with aggregation.kind 'mean' (only secure, robust, compression and ddp_secure read it)")
+            _unused(a, ("clipping",) if mech == "ddp_secure" else ("zeroing", "clipping"), "aggregation", why)
         if self.algorithm.name == "fedsgd":
             _require(self.algorithm.weighting == "num_examples", "algorithm.weighting",
                      "TFF's FedSGD weights clients by examples; set algorithm.weighting: num_examples")
