@@ -62,7 +62,12 @@ def main(argv=None) -> int:
             return 0
         summary = loop.finalize(exp, rs)
         eps = summary["privacy"]["epsilon"]
-        print(f"test accuracy {summary['final_test_accuracy']:.4f} (centralized {summary['centralized_accuracy']:.4f})")
+
+        def fmt(v):
+            return "withheld (not covered by epsilon)" if v is None else f"{v:.4f}"
+
+        print(f"test accuracy {fmt(summary.get('final_test_accuracy'))} "
+              f"(centralized {fmt(summary.get('centralized_accuracy'))})")
         print(f"epsilon: RDP {eps['rdp']:.4f}, PLD {eps['pld']:.4f} at delta {summary['privacy']['delta']:g} "
               "(dp_accounting, the mechanism that ran; see privacy.json)")
         if not args.no_export:

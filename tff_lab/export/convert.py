@@ -183,8 +183,25 @@ def representative_examples(data, num_examples: int = DEFAULT_REPRESENTATIVE_EXA
     return (x if x.dtype.kind in "iu" else x.astype(np.float32)), {c: int(k) for c, k in take.items() if k}
 
 
+def _resizable(tflite_bytes: bytes, input_shape, dtype) -> bool:
+    """Whether a dynamic-batch .tflite really runs at another batch size (some ops, e.g. the
+    BROADCAST_TO of Keras' GroupNormalization, are frozen to the traced batch by the converter)."""
+    import tensorflow as tf
+
+    try:
+        interp = tf.lite.Interpreter(model_content=tflite_bytes)
+        d = interp.get_input_details()[0]
+        interp.resize_tensor_input(d["index"], [2, *input_shape], strict=False)
+        interp.allocate_tensors()
+        interp.set_tensor(d["index"], np.zeros([2, *input_shape], d["dtype"]))
+        interp.invoke()
+        return True
+    except (RuntimeError, ValueError):
+        return False
+
+
 def convert_keras_model(model, quantization: str, *, representative: Optional[np.ndarray] = None,
-                        int8_io: str = "int8", outputs: str = "probabilities") -> bytes:
+                        int8_io: str = "int8", outputs: str = "probabilities", fixed_batch: bool = False) -> bytes:
     """Converts a tf.keras model to TFLite bytes with signature ``serving_default(x) -> probs``.
 
     A logits model gets a softmax, so every ``.tflite`` returns probabilities. A text model
@@ -210,7 +227,7 @@ def convert_keras_model(model, quantization: str, *, representative: Optional[np
     if tokens:
         spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.int32, name=INPUT_NAME)
     else:
-        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name=INPUT_NAME)
+        spec = tf.TensorSpec([1 if fixed_batch else None, *model.input_shape[1:]], tf.float32, name=INPUT_NAME)
 
     @tf.function(input_signature=[spec])
     def serve(x):
@@ -235,7 +252,13 @@ def convert_keras_model(model, quantization: str, *, representative: Optional[np
         if not tokens:  # token ids stay int32
             converter.inference_input_type = io
         converter.inference_output_type = io
-    return converter.convert()
+    out = converter.convert()
+    if not tokens and not fixed_batch and not _resizable(out, model.input_shape[1:], np.float32 if
+                                                          quantization != "int8" or int8_io == "float" else np.int8):
+        # Run example by example (as text models are): the callers and tflite/runner.py handle a fixed batch.
+        return convert_keras_model(model, quantization, representative=representative, int8_io=int8_io,
+                                   outputs=outputs, fixed_batch=True)
+    return out
 
 
 def _tensor_info(detail: dict) -> dict:
