@@ -19,7 +19,7 @@ from tff_lab.errors import ConfigError
 # Built-in data sources and models; any other value must be an import path "module:attribute"
 # (a user's loader or model builder) or a name registered from Python (tff_lab.data.register_source,
 # tff_lab.models.register_model). Resolved (and refused with the valid choices) before RUN_DIR is touched.
-BUILTIN_SOURCES = ("digits", "breast_cancer", "synthetic", "npz_dir", "csv_dir", "emnist")
+BUILTIN_SOURCES = ("digits", "breast_cancer", "synthetic", "npz_dir", "csv_dir", "emnist", "shakespeare")
 PartitionScheme = Literal["auto", "iid", "dirichlet", "shards", "quantity_skew", "natural"]
 AlgorithmName = Literal["fedavg", "fedprox", "fedsgd"]
 Weighting = Literal["num_examples", "uniform"]
@@ -125,7 +125,8 @@ class DataConfig:
 
     ``source``: digits | breast_cancer (scikit-learn bundled), synthetic (FedProx
     synthetic(alpha, beta)), npz_dir / csv_dir (one file per client in ``path``),
-    emnist (TFF loader; needs network).
+    emnist / shakespeare (TFF's federated datasets read from ``cache_dir``, never downloaded; the
+    tasks emnist62_cnn and shakespeare_char), a registered source, or an import path of a loader.
     """
 
     source: str = "digits"
@@ -534,7 +535,7 @@ class ExperimentConfig:
                 sub.validate(f.name)
         t = self.training
         if self.partition.scheme in ("auto", "natural") and self.data.source in ("synthetic", "npz_dir", "csv_dir",
-                                                                                 "emnist"):
+                                                                                 "emnist", "shakespeare"):
             # The natural split: the population is the source's own, and no partitioner runs.
             why = f"with source '{self.data.source}' split naturally (partition.scheme '{self.partition.scheme}')"
             _unused(self.partition, ("alpha", "min_examples_per_client"), "partition", why)

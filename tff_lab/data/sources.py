@@ -19,7 +19,7 @@ from tff_lab.config.schema import ExperimentConfig
 from tff_lab.data import partition as partition_lib
 from tff_lab.errors import DataError
 
-NATURAL_SOURCES = ("synthetic", "npz_dir", "csv_dir", "emnist")
+NATURAL_SOURCES = ("synthetic", "npz_dir", "csv_dir", "emnist", "shakespeare")
 
 
 @dataclasses.dataclass
