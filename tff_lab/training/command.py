@@ -9,8 +9,11 @@ def register(sub) -> None:
     p = sub.add_parser(
         "run", help="run a federated experiment (default: digits, 20 clients, Dirichlet 0.5, FedAvg)",
         description="Run a federated experiment end to end. RUN_DIR receives the resolved config, metrics.csv/"
-                    "metrics.jsonl, TensorBoard events (tb/), plots/, client_stats.json, the model (.keras and "
-                    "SavedModel), checkpoints/ and summary.json (privacy.json for private runs).")
+                    "metrics.jsonl, TensorBoard events (tb/), plots/, client_stats.json, parts.json (the model, data, "
+                    "algorithm and aggregator that ran, with source hashes), the model (.keras and SavedModel), "
+                    "checkpoints/ and summary.json (privacy.json for private runs). Exit codes: 0 done, 2 bad input, "
+                    "3 training diverged (last good checkpoint kept), 75 a TFF worker was lost, 143 SIGTERM "
+                    "(checkpoint saved; --resume continues).")
     p.add_argument("experiment", nargs="?", default=None,
                    help="experiment YAML (experiments/*.yaml); omit for the default experiment")
     p.add_argument("--out", default="runs/default", metavar="RUN_DIR", help="output directory (default: %(default)s)")
@@ -18,7 +21,8 @@ def register(sub) -> None:
                    help="override a config field, e.g. --set training.rounds=20 (repeatable)")
     p.add_argument("--resume", action="store_true",
                    help="continue RUN_DIR's run from its last checkpoint (starts fresh if there is none)")
-    p.add_argument("--overwrite", action="store_true", help="discard an earlier run in RUN_DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in RUN_DIR (kept until the new run's first checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
     p.set_defaults(func=_run)
 
