@@ -27,9 +27,18 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+def _load_common():
+    # By file path: a module named `_common` (bench's) may already be imported in this process.
+    import importlib.util
 
-from _common import write_table  # noqa: E402
+    spec = importlib.util.spec_from_file_location("tff_lab_experiments_common",
+                                                  Path(__file__).resolve().parent / "_common.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+write_table = _load_common().write_table
 
 COLUMNS = ["noise_multiplier", "eps_theory_rdp", "eps_theory_pld", "eps_empirical", "ci_low", "ci_high",
            "resolution", "mu_over_sigma", "mean_canary_participations"]
