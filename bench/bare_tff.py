@@ -46,6 +46,8 @@ def run_bare_tff(task: str, rounds: int, *, loop: str = "tff_default", concurren
     data = load_federated_data(cfg)
     if concurrency is not None:
         tff.backends.native.set_sync_local_cpp_execution_context(max_concurrent_computation_calls=concurrency)
+    else:  # TFF's own default context, as in a fresh process (never a context tff_lab left behind)
+        tff.backends.native.set_sync_local_cpp_execution_context()
 
     input_spec = {"x": tf.TensorSpec((None, *data.input_shape), tf.float32), "y": tf.TensorSpec((None,), tf.int32)}
 
