@@ -120,7 +120,7 @@ def federated_data(obj: Any, *, cfg=None, rng: Optional[np.random.Generator] = N
       ``where`` and what was expected.
     """
     from tff_lab.config import ExperimentConfig
-    from tff_lab.data.sources import FederatedData, _natural_or_repartition
+    from tff_lab.data.sources import FederatedData, _natural_or_repartition, hold_out_test
 
     cfg = cfg or ExperimentConfig()
     if rng is None:
@@ -174,14 +174,7 @@ def federated_data(obj: Any, *, cfg=None, rng: Optional[np.random.Generator] = N
         if test_arr[0].shape[1:] != shape:
             raise PartValueError(f"{where} test", f"examples of shape {test_arr[0].shape[1:]}, clients have {shape}")
     else:
-        held, kept = [], []
-        for x, y in clients:
-            n_test = int(round(len(y) * cfg.data.test_fraction))
-            perm = rng.permutation(len(y))
-            held.append((x[perm[:n_test]], y[perm[:n_test]]))
-            kept.append((x[perm[n_test:]], y[perm[n_test:]]))
-        clients = kept
-        test_arr = (np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held]))
+        clients, test_arr = hold_out_test(clients, cfg.data.test_fraction, rng)
         test_source = "clients"
     max_label = max([int(c[1].max()) for c in clients if len(c[1])] + ([int(test_arr[1].max())]
                                                                            if len(test_arr[1]) else []))

@@ -235,6 +235,18 @@ def check_finite(data: FederatedData, where: str) -> None:
         raise DataError(where, f"the global test set holds {bad}; features must be finite")
 
 
+def hold_out_test(clients, fraction: float, rng):
+    """Holds ``fraction`` of every client's examples out for the global test set (seeded);
+    returns (the clients' remaining examples, the test set)."""
+    held, kept = [], []
+    for x, y in clients:
+        n_test = int(round(len(y) * fraction))
+        perm = rng.permutation(len(y))
+        held.append((x[perm[:n_test]], y[perm[:n_test]]))
+        kept.append((x[perm[n_test:]], y[perm[n_test:]]))
+    return kept, (np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held]))
+
+
 def load_client_dir(cfg: ExperimentConfig, rng) -> FederatedData:
     """One file per client (``<client_id>.npz`` with arrays x, y; or ``<client_id>.csv`` rows of
     features then label). An optional ``test.npz``/``test.csv`` is the global test set; without
@@ -262,14 +274,7 @@ def load_client_dir(cfg: ExperimentConfig, rng) -> FederatedData:
         if test[0].shape[1:] != shape:
             raise DataError(str(test_file), f"expected examples of shape {shape}, got {test[0].shape[1:]}")
     else:
-        held, kept = [], []
-        for x, y in clients:
-            n_test = int(round(len(y) * cfg.data.test_fraction))
-            perm = rng.permutation(len(y))
-            held.append((x[perm[:n_test]], y[perm[:n_test]]))
-            kept.append((x[perm[n_test:]], y[perm[n_test:]]))
-        clients = kept
-        test = (np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held]))
+        clients, test = hold_out_test(clients, cfg.data.test_fraction, rng)
     num_classes = int(max(max(int(c[1].max()) for c in clients), int(test[1].max()))) + 1
     data = _natural_or_repartition(clients, test, cfg, rng, [str(i) for i in range(num_classes)], {}, ids)
     data.test_source = "separate" if test_file.exists() else "clients"

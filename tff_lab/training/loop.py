@@ -168,8 +168,8 @@ def build(config: Union[str, os.PathLike, ExperimentConfig, None] = None, *, ove
     import tensorflow as tf
 
     from tff_lab.data import client_stats, load_federated_data
+    from tff_lab.data.sources import check_finite
     from tff_lab.models import initial_weights, resolve_model
-    from tff_lab.models.tff_adapter import data_element_spec, make_model_fn
 
     cfg = _resolve_config(config, list(overrides))
     cfg, fd = _with_python_parts(cfg, model, data, algorithm, aggregator)
@@ -177,8 +177,9 @@ def build(config: Union[str, os.PathLike, ExperimentConfig, None] = None, *, ove
     spec = resolve_model(cfg.model)
     if cfg.model.outputs != spec.outputs:  # the resolved config records what the model declares
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, outputs=spec.outputs))
+    if fd is not None:
+        check_finite(fd, "data")  # a source's data is checked by load_federated_data
     loaded = fd if fd is not None else load_federated_data(cfg)
-    _check_finite_data(loaded)
     if cfg.training.sampling == "uniform" and cfg.training.clients_per_round > loaded.num_clients:
         raise ConfigError("training.clients_per_round", f"expected at most the population ({loaded.num_clients} "
                           f"clients), got {cfg.training.clients_per_round}")
@@ -201,22 +202,12 @@ def build(config: Union[str, os.PathLike, ExperimentConfig, None] = None, *, ove
                      model_weight_dtypes=[str(w.dtype) for w in init], data=loaded, initial_weights=init)
     eval_model = spec.compile(spec.build(loaded.input_shape, loaded.num_classes))
     acc_name = eval_model.metrics_names[1] if len(eval_model.metrics_names) > 1 else "accuracy"
-    _ = make_model_fn, data_element_spec  # (used by _build_engine)
     return Experiment(cfg=cfg, data=loaded, model=spec, engine=engine, hooks=all_hooks, ctx=ctx,
                       init_weights=init, noise_multiplier=noise, parts=parts, stats=client_stats(loaded),
                       eval_model=eval_model, accuracy_name=acc_name)
 
 
-def _check_finite_data(data) -> None:
-    try:
-        from tff_lab.data.sources import check_finite
-    except ImportError:  # pragma: no cover
-        return
-    check_finite(data, "data")
-
-
 def _build_engine(cfg, spec, data, noise, record_specs):
-    from tff_lab.federated import runtime
     from tff_lab.federated.aggregators import needs_secure_intrinsics, resolve_aggregator
     from tff_lab.federated.algorithms import check_checkpointable, resolve_process
     from tff_lab.models.tff_adapter import data_element_spec, make_model_fn
@@ -238,24 +229,13 @@ def _build_engine(cfg, spec, data, noise, record_specs):
     process = resolve_process(cfg, model_fn, agg)
     engine = TFFEngine(cfg, process, data)
     check_checkpointable(engine.initialize())
-    _ = runtime
     return engine, agg
 
 
 def _ensure_context(cfg, *, secure: bool) -> None:
-    import inspect
-
     from tff_lab.federated import runtime
 
-    t = cfg.training
-    params = inspect.signature(runtime.ensure_context).parameters
-    if "workers" in params:
-        runtime.ensure_context(t.client_concurrency, secure=secure, workers=t.workers,
-                               worker_addresses=tuple(t.worker_addresses))
-    else:
-        if t.workers or t.worker_addresses:
-            raise ConfigError("training.workers", "TFF worker processes are not supported by this runtime")
-        runtime.ensure_context(t.client_concurrency, secure=secure)
+    runtime.ensure_context(cfg.training, secure=secure)
 
 
 def _provenance(cfg, spec, agg) -> list[dict]:
@@ -488,16 +468,10 @@ def _policy(exp: Experiment):
     cached = getattr(exp, "_policy_obj", False)
     if cached is not False:
         return cached
-    try:
-        from tff_lab.privacy.release import publication_policy
-    except ImportError:
-        pol = None
-    else:
-        try:
-            pol = publication_policy(exp.cfg, data=exp.data)
-        except TypeError:
-            pol = publication_policy(exp.cfg)
-    object.__setattr__(exp, "_policy_obj", pol)
+    from tff_lab.privacy.release import publication_policy
+
+    pol = publication_policy(exp.cfg, data=exp.data)
+    exp._policy_obj = pol
     return pol
 
 
