@@ -59,19 +59,39 @@ def resolve(path: str, field: str) -> Any:
     mod_name, sep, attr = path.partition(":")
     if not sep or not mod_name or not attr:
         raise ConfigError(field, f"expected an import path 'module:attribute', got {path!r}")
+    argv = sys.argv
+    # A module that parses argv at import (argparse in a script) must see no arguments of tff-lab's.
+    sys.argv = [mod_name]
     try:
         module = importlib.import_module(mod_name)
     except ImportError as e:
-        raise ConfigError(field, f"cannot import module '{mod_name}' of {path!r} ({type(e).__name__}: {e}); "
-                          "is it on PYTHONPATH (the current directory is searched)?") from None
+        if getattr(e, "name", None) and e.name != mod_name and not mod_name.startswith(f"{e.name}."):
+            raise ConfigError(field, f"importing '{mod_name}' of {path!r} failed: it imports "
+                              f"'{e.name}', which is not installed ({_first_line(e)})") from None
+        raise ConfigError(field, f"cannot import module '{mod_name}' of {path!r} ({type(e).__name__}: "
+                          f"{_first_line(e)}); is it on PYTHONPATH (the current directory is searched)?") from None
+    except SystemExit as e:  # a script's sys.exit() / argparse error at import
+        raise ConfigError(field, f"importing '{mod_name}' of {path!r} called sys.exit({e.code!r}); a module "
+                          "used as a part must not exit when imported (guard it with if __name__ == "
+                          "'__main__')") from None
+    except KeyboardInterrupt:
+        raise ConfigError(field, f"importing '{mod_name}' of {path!r} was interrupted (KeyboardInterrupt)") from None
     except Exception as e:  # the user's module raised while importing
-        raise ConfigError(field, f"importing '{mod_name}' of {path!r} failed: {type(e).__name__}: {e}") from None
+        raise ConfigError(field, f"importing '{mod_name}' of {path!r} failed: {type(e).__name__}: "
+                          f"{_first_line(e)}") from None
+    finally:
+        sys.argv = argv
     obj: Any = module
     for part in attr.split("."):
         if "<" in part or not hasattr(obj, part):
             raise ConfigError(field, f"module '{mod_name}' has no attribute '{attr}' (import path {path!r})")
         obj = getattr(obj, part)
     return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
 
 
 def resolve_callable(path: str, field: str) -> Callable:

@@ -46,7 +46,10 @@ def register(sub) -> None:
                                     "--simulate runs the experiment's exact DP aggregation on synthetic updates "
                                     "instead of training.")
     a.add_argument("experiment", help="experiment YAML (privacy.mechanism: gaussian_fixed)")
-    a.add_argument("--out", default=None, help="RUN_DIR of the audited run (default runs/<name>_audit)")
+    a.add_argument("--out", default=None, help="RUN_DIR of the audited run (default runs/<name>_audit); like "
+                                               "`run`, an earlier run there is kept unless --overwrite or --resume")
+    a.add_argument("--overwrite", action="store_true", help="replace an earlier run in RUN_DIR (as `run --overwrite`)")
+    a.add_argument("--resume", action="store_true", help="continue RUN_DIR's audit run from its last checkpoint")
     a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable)")
     a.add_argument("--simulate", action="store_true", help="simulate the aggregation instead of training")
@@ -234,11 +237,14 @@ def _audit(args) -> int:
 
         out = Path(args.out or f"runs/{cfg.name}_audit")
         try:
-            run_experiment(args.experiment, out, overrides=[*args.overrides, *extra], overwrite=True)
+            run_experiment(args.experiment, out, overrides=[*args.overrides, *extra], overwrite=args.overwrite,
+                           resume=args.resume)
         except PrivacyAccountingError as e:
             raise ConfigError("privacy.audit", f"{e} (the training loop must insert the canaries; 'tff-lab "
                                                "privacy audit --simulate' runs the mechanism without it)") from None
-        report = json.loads((out / "privacy.json").read_text())
+        from tff_lab.run_dir import read_verified
+
+        report = json.loads(read_verified(out, "privacy.json"))
         emp = report["epsilon_empirical"]
         theory = emp.get("theoretical_epsilon")
         where = f"run {out}"

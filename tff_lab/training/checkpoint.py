@@ -2,7 +2,10 @@
 
 A checkpoint is ``ckpt_<round>.npz`` (the flattened LearningProcess state, ``arr_0..``)
 and ``ckpt_<round>.json`` (round, hook states, counters, config hash, and the NPZ's size
-and sha256). Both are written to temp files and renamed; the JSON is written last, so a
+and sha256, and its own sha256). Every field read back is checked against a schema and the
+manifest against its recorded digest: a hand-edited manifest is a damaged checkpoint (skipped for
+the previous one, or refused in one line), never trusted. Both files are written to temp files and
+renamed; the JSON is written last, so a
 checkpoint exists only once it is complete. A SIGKILL at any moment leaves the previous
 one intact.
 
@@ -83,8 +86,9 @@ def save(ckpt_dir: Path, round_num: int, state: Any, meta: dict, keep: int = 2) 
             np.savez(tmp, *flat)
             digest, size = _sha256(tmp), tmp.stat().st_size
         target = manifest
-        atomic_write_text(manifest, json.dumps({"round": round_num, "num_arrays": len(flat), "npz_bytes": size,
-                                                "npz_sha256": digest, **meta}, indent=1))
+        record = {"round": round_num, "num_arrays": len(flat), "npz_bytes": size, "npz_sha256": digest, **meta}
+        record["manifest_sha256"] = _manifest_digest(record)
+        atomic_write_text(manifest, json.dumps(record, indent=1))
         _fsync_dir(ckpt_dir)
     except OSError as e:
         if not manifest.exists():  # arrays without a manifest are not a checkpoint: do not leave them
@@ -105,6 +109,62 @@ def save(ckpt_dir: Path, round_num: int, state: Any, meta: dict, keep: int = 2) 
     return npz
 
 
+def _manifest_digest(record: dict) -> str:
+    body = {k: v for k, v in record.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_hex64(v) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def _is_number(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and v == v and abs(v) != float("inf")
+
+
+# The manifest's schema: field -> (check, what is expected). Every field tff_lab reads back.
+_SCHEMA = {
+    "round": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "num_arrays": (lambda v: _is_int(v) and 0 <= v <= 1_000_000, "an integer array count"),
+    "npz_bytes": (lambda v: _is_int(v) and v >= 0, "an integer byte count"),
+    "npz_sha256": (_is_hex64, "a sha256 hex digest"),
+    "manifest_sha256": (_is_hex64, "a sha256 hex digest"),
+    "config_hash": (lambda v: isinstance(v, str) and len(v) <= 64, "a config hash string"),
+    "resume_key": (lambda v: isinstance(v, str) and len(v) <= 64, "a config hash string"),
+    "counters": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items()),
+                 "an object of finite numbers"),
+    "stop_reason": (lambda v: v is None or isinstance(v, str), "null or a string"),
+    "hooks": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, dict) for k, x in v.items()),
+              "an object of hook states (objects)"),
+    "parts": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and (x is None or isinstance(x, str))
+                                                    for k, x in v.items()), "an object of part digests"),
+    "engine": (lambda v: isinstance(v, str), "an engine name"),
+}
+
+
+def check_manifest(meta: Any, round_num: int) -> Optional[str]:
+    """Why a manifest cannot be trusted (schema, its own digest, the round of its file name); None if it can."""
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    for key, (ok, expected) in _SCHEMA.items():
+        if key in meta and not ok(meta[key]):
+            return f"field '{key}' holds {json.dumps(meta[key])[:40]}, expected {expected}"
+    for key in ("round", "num_arrays"):
+        if key not in meta:
+            return f"field '{key}' is missing"
+    if "resume_key" in meta and "manifest_sha256" not in meta:  # written by a version that records its digest
+        return "field 'manifest_sha256' is missing"
+    if meta["round"] != round_num:
+        return f"field 'round' says {meta['round']} but the file is the checkpoint of round {round_num}"
+    if "manifest_sha256" in meta and _manifest_digest(meta) != meta["manifest_sha256"]:
+        return "it was changed after it was written (its sha256 differs from the one it recorded)"
+    return None
+
+
 def _list(ckpt_dir: Path) -> list[int]:
     if not Path(ckpt_dir).is_dir():
         return []
@@ -115,11 +175,14 @@ def verify(ckpt_dir: Path, round_num: int) -> Optional[tuple[Path, str]]:
     """None when the checkpoint of ``round_num`` is intact, else (the bad file, why)."""
     npz, manifest = _paths(Path(ckpt_dir), round_num)
     try:
+        if manifest.stat().st_size > 64 << 20:
+            raise ValueError("larger than 64 MiB")
         meta = json.loads(manifest.read_text())
-        if not isinstance(meta, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         return manifest, f"unreadable checkpoint manifest ({str(e).splitlines()[0][:120]})"
+    why = check_manifest(meta, round_num)
+    if why is not None:
+        return manifest, f"checkpoint manifest is not one tff-lab wrote: {why}"
     if not npz.is_file():
         return npz, "checkpoint arrays are missing"
     size = npz.stat().st_size
@@ -181,6 +244,8 @@ def load(ckpt_dir: Path, round_num: int, template_state: Any) -> tuple[Any, dict
             arrays = [f[f"arr_{i}"] for i in range(len(f.files))]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(str(npz), f"checkpoint is unreadable ({str(e).splitlines()[0][:120]})") from e
+    if meta.get("num_arrays", len(arrays)) != len(arrays):
+        raise CheckpointError(str(npz), f"checkpoint holds {len(arrays)} arrays, its manifest says {meta['num_arrays']}")
     if len(arrays) != len(template) or any(np.shape(a) != np.shape(t) for a, t in zip(arrays, template)):
         raise ConfigError(str(npz), "checkpoint does not match this experiment's model/aggregator state")
     restored = [a.astype(np.asarray(t).dtype) if hasattr(t, "dtype") or isinstance(t, (int, float)) else a

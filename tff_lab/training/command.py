@@ -32,6 +32,9 @@ def _fmt(v, spec=".4f"):
 
 
 def _run(args) -> int:
+    from tff_lab.run_dir import check_creatable
+
+    check_creatable(args.out, args.out)  # before TensorFlow is even imported
     from tff_lab.training.loop import run_experiment
 
     s = run_experiment(args.experiment, args.out, overrides=args.overrides, resume=args.resume,

@@ -33,6 +33,7 @@ import numpy as np
 
 from tff_lab.config import ExperimentConfig, config_hash, dump_yaml, from_dict, load_config, read_yaml
 from tff_lab.errors import ConfigError, PartValueError, Preempted, TrainingDiverged, WorkerLost
+from tff_lab import run_dir as run_dir_lib
 from tff_lab.fileio import atomic_write_text, replace_dir
 from tff_lab.sampling import client_dataset, sample_clients  # noqa: F401  (public here too)
 from tff_lab.training import checkpoint as ckpt_lib
@@ -295,93 +296,126 @@ class RunState:
     stop_reason: Optional[str]
     writer: Any
     t_start: float
-    replaced: Optional[Path] = None  # the earlier run moved aside by --overwrite, until this one commits
+    owner: Optional[run_dir_lib.Owner] = None  # the exclusive hold on RUN_DIR (tff_lab.run_dir)
     retries_left: int = 0
 
 
-def _prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, *, resume: bool, overwrite: bool):
-    """Checks RUN_DIR against the experiment; returns (checkpoint round to resume from, replace?)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(str(run_dir), "RUN_DIR exists and is not a directory")
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.exists():
-        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-            raise ConfigError(str(run_dir), "RUN_DIR is not empty and holds no tff-lab run; choose a new --out")
-        return None, overwrite and run_dir.exists()
+def _resume_key(cfg: ExperimentConfig) -> str:
+    """The config hash without ``training.rounds``: a finished run may be extended to more rounds."""
+    return config_hash(dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, rounds=0)))
+
+
+def _existing_config(owner: run_dir_lib.Owner) -> ExperimentConfig:
+    text = owner.read_verified("config.yaml")
     try:
-        existing = from_dict(read_yaml(cfg_file), validate=False)
-        same = config_hash(existing) == config_hash(cfg)
-    except ConfigError:
-        same = False
+        import yaml
+
+        return from_dict(yaml.safe_load(text) or {}, validate=False)
+    except Exception as e:  # noqa: BLE001 - any malformed content: one line
+        raise ConfigError(str(owner.path / "config.yaml"),
+                          f"the run's resolved config is unreadable ({type(e).__name__}); it was written "
+                          "by tff-lab and must not be edited") from None
+
+
+def _prepare_run_dir(owner: run_dir_lib.Owner, cfg: ExperimentConfig, *, resume: bool,
+                     overwrite: bool) -> tuple[Optional[int], bool]:
+    """Checks RUN_DIR against the experiment; returns (checkpoint round to resume from, replace?).
+
+    Refuses, before anything is written: a non-empty folder that is not a tff_lab run (with or
+    without ``overwrite``), a different experiment's run, a run of this experiment without
+    ``resume``/``overwrite``, and an extension that is not only more rounds."""
+    run_dir = owner.path
+    if owner.is_empty():
+        return None, False
+    if not owner.is_ours():
+        raise ConfigError(str(run_dir), f"RUN_DIR is not empty and holds no tff-lab run (no "
+                          f"{run_dir_lib.MARKER}); it is never overwritten: choose a new --out")
     if overwrite:
         return None, True
-    if not same:
-        raise ConfigError(str(run_dir), "RUN_DIR already holds a different experiment (its config.yaml differs); "
+    if not (run_dir / "config.yaml").exists():
+        raise ConfigError(str(run_dir), "RUN_DIR holds tff-lab output that is not a run (no config.yaml); "
                           "choose a new --out or pass --overwrite")
+    existing = _existing_config(owner)
+    if config_hash(existing) != config_hash(cfg):
+        if _resume_key(existing) != _resume_key(cfg):
+            raise ConfigError(str(run_dir), "RUN_DIR already holds a different experiment (its config.yaml "
+                              "differs); choose a new --out or pass --overwrite")
+        # Only training.rounds differs: extending (or shortening) the run.
+        done = ckpt_lib.latest(run_dir / "checkpoints")
+        if not resume:
+            raise ConfigError(str(run_dir), f"RUN_DIR holds this experiment with training.rounds="
+                              f"{existing.training.rounds}; pass --resume to continue it to "
+                              f"{cfg.training.rounds} rounds, or --overwrite to start again")
+        if done is not None and cfg.training.rounds < done:
+            raise ConfigError("training.rounds", f"{cfg.training.rounds} is fewer than the {done} rounds the run "
+                              f"in {run_dir} already trained")
+        if cfg.privacy.enabled and cfg.privacy.target_epsilon is not None:
+            raise ConfigError("training.rounds", "the noise of this run was calibrated to privacy.target_epsilon "
+                              f"over {existing.training.rounds} rounds; more rounds would need other noise. "
+                              "Set privacy.noise_multiplier (the calibrated value is in privacy.json) to extend it")
+        return done, False
     if not resume:
         raise ConfigError(str(run_dir), "RUN_DIR already holds a run of this experiment; pass --resume to "
                           "continue it or --overwrite to start again")
     return ckpt_lib.latest(run_dir / "checkpoints"), False
 
 
-def _move_aside(run_dir: Path) -> Optional[Path]:
-    """Moves an earlier run's artifacts into a hidden folder of RUN_DIR (restored if the new run
-    fails before its first checkpoint, deleted once it has one)."""
-    present = [n for n in RUN_ARTIFACTS if (run_dir / n).exists()]
-    if not present:
-        return None
-    aside = run_dir / f".replaced-{os.getpid()}"
-    shutil.rmtree(aside, ignore_errors=True)
-    aside.mkdir()
-    for n in present:
-        os.replace(run_dir / n, aside / n)
-    return aside
-
-
-def _restore_aside(run_dir: Path, aside: Path) -> None:
-    for n in RUN_ARTIFACTS:
-        p = run_dir / n
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.exists():
-            p.unlink()
-    for child in aside.iterdir():
-        os.replace(child, run_dir / child.name)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
 def initialize(exp: Experiment, out_dir: Union[str, os.PathLike], *, resume: bool = False,
                overwrite: bool = False) -> RunState:
-    """Prepares RUN_DIR and returns the starting state (fresh, or the last checkpoint's).
+    """Takes RUN_DIR (exclusively, for the whole run) and returns the starting state (fresh, or the
+    last checkpoint's).
 
-    With ``overwrite`` an earlier run is moved aside, and put back if the new run fails before
-    its first checkpoint (nothing of a working run is lost to a broken experiment).
+    RUN_DIR is owned by :mod:`tff_lab.run_dir`: a second process is refused while this run holds it;
+    with ``overwrite`` an earlier run is moved aside and put back if the new run fails before its
+    first checkpoint (nothing of a working run is lost to a broken experiment); a folder that is not
+    a tff_lab run is never overwritten. :func:`finalize` (or :func:`release`) lets it go.
     """
     from tff_lab.training.metrics import MetricsWriter
 
     cfg = exp.cfg
-    run_dir = Path(out_dir)
-    start_round, replace = _prepare_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    aside = _move_aside(run_dir) if replace else None
-    exp.ctx.run_dir = run_dir
+    owner = run_dir_lib.acquire(out_dir, kind="run", where=str(out_dir))
+    run_dir = owner.path if Path(out_dir).is_absolute() else Path(out_dir)
     try:
-        atomic_write_text(run_dir / "config.yaml", _config_text(exp, run_dir))
-        atomic_write_text(run_dir / "parts.json", json.dumps(exp.parts, indent=1))
+        start_round, replace = _prepare_run_dir(owner, cfg, resume=resume, overwrite=overwrite)
+        if replace:
+            owner.begin_replace([*RUN_ARTIFACTS, run_dir_lib.MARKER])
+        exp.ctx.run_dir = run_dir
+        owner.mark(experiment=cfg.name)
+        owner.write_text("config.yaml", _config_text(exp, run_dir))
+        owner.write_text("parts.json", json.dumps(exp.parts, indent=1))
         if _policy_allows(exp, "client_stats"):
-            atomic_write_text(run_dir / "client_stats.json", json.dumps(exp.stats, indent=1))
+            owner.write_text("client_stats.json", json.dumps(exp.stats, indent=1))
         for h in exp.hooks:
             h.on_start(exp.ctx)
         rs = RunState(run_dir=run_dir, state=None, round=0, counters={"example_passes": 0, "train_seconds": 0.0},
-                      stop_reason=None, writer=None, t_start=time.time(), replaced=aside,
+                      stop_reason=None, writer=None, t_start=time.time(), owner=owner,
                       retries_left=cfg.training.worker_retries)
         _restore(exp, rs, start_round)
         rs.writer = MetricsWriter(run_dir, resume_round=rs.round)  # drops rows after the checkpoint
     except BaseException:
-        if aside is not None:
-            _restore_aside(run_dir, aside)
+        owner.rollback()
+        created = owner.created
+        owner.release()
+        if created:
+            shutil.rmtree(owner.path, ignore_errors=True)
         raise
     return rs
+
+
+def release(rs: RunState, *, failed: bool = False) -> None:
+    """Lets RUN_DIR go. ``failed``: a replacement that never reached its first checkpoint is rolled
+    back (the earlier run comes back as it was)."""
+    if rs.owner is None:
+        return
+    if failed:
+        with contextlib.suppress(Exception):
+            if rs.writer is not None:
+                rs.writer.close()
+        rs.owner.rollback()
+    else:
+        rs.owner.commit()
+    rs.owner.release()
+    rs.owner = None
 
 
 def _config_text(exp: Experiment, run_dir: Path) -> str:
@@ -421,7 +455,7 @@ def _restore(exp: Experiment, rs: RunState, round_num: Optional[int]) -> None:
     if round_num is not None:
         state, meta = ckpt_lib.load(ckpt_dir, round_num, state)
         round_num = int(meta.get("round", round_num))
-        if meta.get("config_hash") != config_hash(cfg):
+        if meta.get("resume_key", meta.get("config_hash")) not in (_resume_key(cfg), config_hash(cfg)):
             raise ConfigError(str(ckpt_dir), "checkpoint was written by a different experiment")
         _check_parts_unchanged(rs.run_dir, exp, meta)
         rs.counters = {"example_passes": 0, "train_seconds": 0.0, **meta.get("counters", {})}
@@ -441,14 +475,13 @@ def _restore(exp: Experiment, rs: RunState, round_num: Optional[int]) -> None:
 
 
 def _save_checkpoint(exp: Experiment, rs: RunState) -> None:
-    meta = {"config_hash": config_hash(exp.cfg), "counters": rs.counters, "stop_reason": rs.stop_reason,
+    meta = {"config_hash": config_hash(exp.cfg), "resume_key": _resume_key(exp.cfg), "counters": rs.counters, "stop_reason": rs.stop_reason,
             "hooks": {h.name: h.state_dict() for h in exp.hooks}, "parts": _parts_digest(exp.parts),
             "engine": exp.engine.name}
     ckpt_lib.save(rs.run_dir / "checkpoints", rs.round, rs.state, meta)
     rs.writer.write_csv()
-    if rs.replaced is not None:  # the new run now has something to put in the old one's place
-        shutil.rmtree(rs.replaced, ignore_errors=True)
-        rs.replaced = None
+    if rs.owner is not None:  # the new run now has something to put in the old one's place
+        rs.owner.commit()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -722,11 +755,16 @@ def finalize(exp: Experiment, rs: RunState) -> dict:
     plot_curves(rs.writer.rows, plots, centralized_accuracy=summary.get("centralized_accuracy"), title=cfg.name)
     if _policy_allows(exp, "client_stats"):
         plot_heterogeneity(exp.stats, data.labels, plots / "heterogeneity.png")
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1, default=str))
+    text = json.dumps(summary, indent=1, default=str)
+    if rs.owner is not None:
+        rs.owner.write_text("summary.json", text)
+    else:
+        atomic_write_text(run_dir / "summary.json", text)
     if policy is not None:
         from tff_lab.privacy.release import update_privacy_json
 
         update_privacy_json(run_dir, policy)  # every artifact, covered by epsilon or why released
+    release(rs)
     return summary
 
 
@@ -794,6 +832,7 @@ def run_experiment(config: Union[str, os.PathLike, ExperimentConfig, None] = Non
 
     exp = None
     rs = None
+    run_dir_lib.check_creatable(out_dir, str(out_dir))  # before any work: a RUN_DIR that cannot be written
     try:
         exp = build(config, overrides=overrides, model=model, data=data, algorithm=algorithm,
                     aggregator=aggregator, hooks=hooks)
@@ -803,10 +842,7 @@ def run_experiment(config: Union[str, os.PathLike, ExperimentConfig, None] = Non
                 run_rounds(exp, rs, quiet=quiet, preempt=preempt)
                 return finalize(exp, rs)
             except BaseException:
-                if rs.replaced is not None:  # no checkpoint of the new run yet: put the old run back
-                    with contextlib.suppress(Exception):
-                        rs.writer.close()
-                    _restore_aside(rs.run_dir, rs.replaced)
+                release(rs, failed=True)  # no checkpoint of the new run yet: the old run comes back
                 raise
     finally:
         if exp is not None:
