@@ -10,8 +10,10 @@ resolves parts the same way. Provenance (import path, source file, its sha256) g
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import io
 import inspect
 import sys
 from pathlib import Path
@@ -62,8 +64,10 @@ def resolve(path: str, field: str) -> Any:
     argv = sys.argv
     # A module that parses argv at import (argparse in a script) must see no arguments of tff-lab's.
     sys.argv = [mod_name]
+    said = io.StringIO()  # what the module prints to stderr while importing (argparse's complaint)
     try:
-        module = importlib.import_module(mod_name)
+        with contextlib.redirect_stderr(said):
+            module = importlib.import_module(mod_name)
     except ImportError as e:
         if getattr(e, "name", None) and e.name != mod_name and not mod_name.startswith(f"{e.name}."):
             raise ConfigError(field, f"importing '{mod_name}' of {path!r} failed: it imports "
@@ -71,9 +75,11 @@ def resolve(path: str, field: str) -> Any:
         raise ConfigError(field, f"cannot import module '{mod_name}' of {path!r} ({type(e).__name__}: "
                           f"{_first_line(e)}); is it on PYTHONPATH (the current directory is searched)?") from None
     except SystemExit as e:  # a script's sys.exit() / argparse error at import
-        raise ConfigError(field, f"importing '{mod_name}' of {path!r} called sys.exit({e.code!r}); a module "
-                          "used as a part must not exit when imported (guard it with if __name__ == "
-                          "'__main__')") from None
+        lines = [ln.strip() for ln in said.getvalue().splitlines() if ln.strip()]
+        printed = f" after printing {lines[-1][:200]!r}" if lines else ""
+        raise ConfigError(field, f"importing '{mod_name}' of {path!r} called sys.exit({e.code!r}){printed}; a "
+                          "module used as a part must not exit or parse the command line when imported (guard "
+                          "it with if __name__ == '__main__')") from None
     except KeyboardInterrupt:
         raise ConfigError(field, f"importing '{mod_name}' of {path!r} was interrupted (KeyboardInterrupt)") from None
     except Exception as e:  # the user's module raised while importing
