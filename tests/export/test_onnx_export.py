@@ -87,6 +87,14 @@ def test_sidecar_is_the_tflite_sidecar(onnx_run):
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
 
 
+def test_the_same_model_gives_the_same_file(onnx_run):
+    from tff_lab.export.convert import load_keras_model
+
+    model = load_keras_model(onnx_run["run"] / "model" / "model.keras")
+    first, second = convert_keras_to_onnx(model), convert_keras_to_onnx(model)
+    assert first == second == (onnx_run["run"] / "export" / "model.onnx").read_bytes()
+
+
 def test_onnx_model_on_raw_inputs_matches_keras_at_any_batch(onnx_run, reference):
     m = ONNXModel(onnx_run["run"] / "export" / "model.onnx", num_threads=1)
     assert m.fixed_batch is None and m.input_shape == (64,) and m.labels == [str(i) for i in range(10)]

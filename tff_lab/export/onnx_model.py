@@ -165,6 +165,9 @@ def convert_keras_to_onnx(model, *, outputs: str = "probabilities", fixed_batch:
     _set_shape(proto.graph.output[0], [b, *model.output_shape[1:]])
     proto.producer_name = "tff_lab (tf2onnx)"
     proto.doc_string = "tff_lab export: serving_default(x) -> probs"
+    # tf2onnx's graph doc string names the traced function's object; a fixed one keeps the bytes a function
+    # of the model alone (same model -> same file, in any process)
+    proto.graph.doc_string = f"converted by tf2onnx {ver} from a tf.keras model"
     import onnx
 
     try:
