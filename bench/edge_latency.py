@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Size, parity and latency of the default experiment's model in every TFLite quantization.
+"""Size, parity and latency of the default experiment's model in every TFLite quantization and in ONNX.
 
     python bench/edge_latency.py                       # trains the default experiment (~40 s), then exports
     python bench/edge_latency.py --run-dir runs/default  # an existing finished run
 
-Exports float32, dynamic, float16, int8 (int8 I/O) and int8 with float I/O, writes the parity
-report (RUN_DIR/export/report.json, report.md), then times each model twice: with TensorFlow
-2.14's interpreter (inside tff_lab, the report's numbers) and with LiteRT in the edge runner's
-TF-free venv (``tflite/runner.py --bench``, the numbers a device with the same CPU would see).
-Both run one thread. Prints a markdown table for BENCHMARKS.md.
+Exports float32, dynamic, float16, int8 (int8 I/O) and int8 with float I/O, and model.onnx
+(``--format onnx``, float32), writes the parity report (RUN_DIR/export/report.json, report.md), then
+times each model twice: inside tff_lab (TensorFlow 2.14's TFLite interpreter, or ONNX Runtime for
+the .onnx: the report's numbers) and in the edge runner's TF-free venv (``tflite/runner.py --bench``:
+LiteRT for .tflite, ONNX Runtime for .onnx; the numbers a device with the same CPU would see). All
+run one thread. Prints two markdown tables for BENCHMARKS.md: every variant, and ONNX vs TFLite
+float32.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def main(argv=None) -> int:
             print(f"training the default experiment into {run_dir} ...", file=sys.stderr)
             run_experiment(None, run_dir, overwrite=True, quiet=True)
     export_run(run_dir, "all", latency_runs=args.runs)
-    rep = export_run(run_dir, "int8", int8_io="float", latency_runs=args.runs)["report"]
+    export_run(run_dir, "int8", int8_io="float", latency_runs=args.runs)
+    rep = export_run(run_dir, "float32", format="onnx", latency_runs=args.runs)["report"]
 
     edge = {}
     if not args.no_edge:
@@ -88,12 +91,12 @@ def main(argv=None) -> int:
           f"{rep['data']['clients_evaluated']} clients evaluated; Keras file "
           f"{rep['keras']['size_bytes'] / 1024:.1f} KiB.")
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; one interpreter thread. "
-          f"TF = tf.lite.Interpreter ({rep['interpreter']['backend']}); LiteRT = "
-          f"{next(iter(edge.values()))['backend'] if edge else 'not run'} in the TF-free venv.\n")
+          f"In tff_lab: {rep['interpreter']['backend']}; edge venv: "
+          f"{', '.join(dict.fromkeys(e['backend'] for e in edge.values())) if edge else 'not run'}.\n")
     head = ["variant", "size", "vs float32", "max abs diff", "top-1 agree", "test acc", "mean client drop",
-            "worst client drop", "TF p50 / p95 b=1", f"TF b={b} throughput"]
+            "worst client drop", "tff_lab p50 / p95 b=1", f"tff_lab b={b} throughput"]
     if edge:
-        head += ["LiteRT p50 / p95 b=1", f"LiteRT p50 b={b}", f"LiteRT b={b} throughput"]
+        head += ["edge p50 / p95 b=1", f"edge p50 b={b}", f"edge b={b} throughput"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     from tff_lab.export.report import worst_drop_text
@@ -110,6 +113,17 @@ def main(argv=None) -> int:
             row += [f"{1e3 * e1['p50_ms']:.1f} / {1e3 * e1['p95_ms']:.1f} µs", f"{1e3 * eb['p50_ms']:.1f} µs",
                     f"{eb['throughput_per_s'] / 1e6:.2f} M/s"]
         print("| " + " | ".join(row) + " |")
+    if edge and "onnx" in edge and "float32" in edge:
+        print("\nONNX vs TFLite, float32, in the TF-free venv (one thread):\n")
+        print(f"| format | runtime | size | max abs diff vs Keras | top-1 agree | p50 / p95 b=1 | p50 b={b} | "
+              f"b={b} throughput |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, fmt in (("float32", "TFLite"), ("onnx", "ONNX")):
+            v, (e1, eb) = rep["variants"][name], edge[name]["bench"]
+            print(f"| {fmt} | {edge[name]['backend']} | {v['size_bytes'] / 1024:.1f} KiB | "
+                  f"{v['parity']['max_abs_diff']:.1e} | {100 * v['parity']['top1_agreement']:.2f}% | "
+                  f"{1e3 * e1['p50_ms']:.1f} / {1e3 * e1['p95_ms']:.1f} µs | {1e3 * eb['p50_ms']:.1f} µs | "
+                  f"{eb['throughput_per_s'] / 1e6:.2f} M/s |")
     print(f"\nreport: {run_dir / 'export' / 'report.md'}")
     return 0
 

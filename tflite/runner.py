@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""Edge runner for tff_lab's ``.tflite`` exports: numpy and the LiteRT interpreter, nothing else.
+"""Edge runner for tff_lab's ``.tflite`` and ``.onnx`` exports: numpy and the runtime, nothing else.
 
-    python tflite/runner.py MODEL.tflite INPUT [--out PRED.npz|PRED.csv] [--batch N] [--bench]
+    python tflite/runner.py MODEL.tflite|MODEL.onnx INPUT [--out PRED.npz|PRED.csv] [--batch N] [--bench]
 
-Reads the sidecar next to the model (``model_int8.tflite`` -> ``model_int8.json``), applies its
-preprocessing to the raw INPUT features (``model_input = (raw - offset) * scale``), quantizes int8
-inputs and dequantizes int8 outputs with the model's own scale and zero point, and runs the
-interpreter in batches (``resize_tensor_input``). Predictions go to stdout (``index,pred,label,
-prob``) or to ``--out`` (.npz: probs, pred, label, labels; .csv: index,pred,label,p_<label>...).
-``--bench`` reports the latency of one interpreter call (p50/p95) at batch 1 and at
-``--bench-batch``, and the throughput.
+The runtime follows the file extension: ``.onnx`` runs on ONNX Runtime (``onnxruntime``, CPU),
+anything else is read as a ``.tflite`` and runs on ``ai_edge_litert`` (LiteRT), falling back to
+``tflite_runtime``. Same CLI, same outputs for both.
 
-The interpreter is ``ai_edge_litert`` (LiteRT), falling back to ``tflite_runtime``. This file
-must never import TensorFlow or tff_lab: it runs on devices that have neither.
-Exit codes: 0 ok, 2 bad input (one line on stderr), 3 no interpreter installed.
+Reads the sidecar next to the model (``model_int8.tflite`` -> ``model_int8.json``, ``model.onnx`` ->
+``model.json``), applies its preprocessing to the raw INPUT features (``model_input = (raw - offset) *
+scale``), quantizes int8 inputs and dequantizes int8 outputs with the model's own scale and zero
+point, and runs the model in batches. Predictions go to stdout (``index,pred,label,prob``) or to
+``--out`` (.npz: probs, pred, label, labels; .csv: index,pred,label,p_<label>...). ``--bench``
+reports the latency of one runtime call (p50/p95) at batch 1 and at ``--bench-batch``, and the
+throughput.
+
+This file must never import TensorFlow or tff_lab: it runs on devices that have neither.
+Exit codes: 0 ok, 2 bad input (one line on stderr), 3 no interpreter (or ONNX Runtime) installed.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import numpy as np
 SIDECAR_FORMAT = "tff_lab.tflite-sidecar/1"
 INPUT_SUFFIXES = (".npy", ".npz", ".csv")
 OUTPUT_SUFFIXES = (".npz", ".csv")
+ONNX_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+              "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
 
 
 class RunnerError(Exception):
@@ -42,7 +47,7 @@ class RunnerError(Exception):
 
 
 class NoInterpreterError(Exception):
-    """Neither ai-edge-litert nor tflite-runtime is installed: exit code 3."""
+    """The model's runtime is not installed (ai-edge-litert/tflite-runtime; onnxruntime): exit code 3."""
 
 
 def load_interpreter_class():
@@ -62,6 +67,16 @@ def load_interpreter_class():
         return mod.Interpreter, f"{module.split('.')[0]} {ver}"
     raise NoInterpreterError("no TFLite interpreter: install ai-edge-litert (pip install -r tflite/requirements.txt)"
                              " or tflite-runtime")
+
+
+def load_onnxruntime():
+    """(the onnxruntime module, "onnxruntime version") for ``.onnx`` models."""
+    try:
+        ort = __import__("onnxruntime")
+    except ImportError:
+        raise NoInterpreterError("no ONNX runtime: install onnxruntime (pip install -r tflite/requirements.txt)") \
+            from None
+    return ort, f"onnxruntime {ort.__version__}"
 
 
 # --- input -------------------------------------------------------------------------------------
@@ -182,17 +197,19 @@ def read_sidecar(path: Path) -> dict:
     return side
 
 
-class EdgeModel:
-    """A ``.tflite`` model, its sidecar and a LiteRT interpreter."""
+class _Model:
+    """What a ``.tflite`` and an ``.onnx`` model share: the file, its sidecar (sha256 checked), the
+    preprocessing, and batched prediction and timing around ``invoke`` (one runtime call)."""
 
-    def __init__(self, path: str, *, sidecar: Optional[str] = None, num_threads: Optional[int] = None):
+    fixed_batch: Optional[int] = None
+    input_quant = (0.0, 0)
+    output_quant = (0.0, 0)
+
+    def _read(self, path: str, sidecar: Optional[str]) -> bytes:
         self.path = Path(path)
         if not self.path.is_file():
             raise RunnerError(f"{self.path}: model file not found")
         data = self.path.read_bytes()
-        if len(data) < 8 or data[4:8] != b"TFL3":
-            raise RunnerError(f"{self.path}: not a TFLite model: expected a FlatBuffer with file identifier 'TFL3' "
-                              f"({len(data)} bytes)")
         sc = Path(sidecar) if sidecar else self.path.with_suffix(".json")
         if sidecar and not sc.is_file():
             raise RunnerError(f"{sc}: sidecar JSON not found")
@@ -204,31 +221,15 @@ class EdgeModel:
                 size = self.sidecar.get("size_bytes")
                 why = f"truncated: {len(data)} of {size} bytes" if size and len(data) < size else "corrupt or replaced"
                 raise RunnerError(f"{self.path}: the model does not match its sidecar's sha256 ({why})")
-        cls, self.backend = load_interpreter_class()
-        try:
-            self.interpreter = cls(model_content=data, num_threads=num_threads)
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as e:
-            raise RunnerError(f"{self.path}: corrupt or truncated TFLite model; the interpreter says: "
-                              f"{' '.join(str(e).split())[:160]}") from None
-        ins, outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
-        if len(ins) != 1 or len(outs) != 1:
-            raise RunnerError(f"{self.path}: expected one input and one output, got {len(ins)} and {len(outs)}")
-        self._in, self._out = ins[0], outs[0]
-        in_sig = [int(s) for s in self._in.get("shape_signature", self._in["shape"])]
-        self.input_shape = tuple(in_sig[1:])
-        self.input_dtype = np.dtype(self._in["dtype"])
-        self.output_dtype = np.dtype(self._out["dtype"])
-        self.output_shape = tuple(int(s) for s in self._out["shape"][1:])  # (C,) or (T, C) for text models
-        self.num_classes = int(self._out["shape"][-1])
-        # Text models take int32 token ids (no preprocessing) and are exported with a fixed batch:
-        # TFLite's fused LSTM keeps per-batch state, so they run example by example.
+        return data
+
+    def _finish(self) -> None:
+        """Labels and preprocessing from the sidecar, once input_shape and num_classes are known."""
+        # Text models take int32 token ids (no preprocessing).
         self.tokens = self.input_dtype in (np.dtype(np.int32), np.dtype(np.int64))
-        self.fixed_batch = in_sig[0] if in_sig and in_sig[0] > 0 else None
         side = self.sidecar or {}
         self.labels = [str(v) for v in side.get("labels", range(self.num_classes))]
         self.offset, self.scale = preprocessing_arrays(side.get("preprocessing"), self.input_shape)
-        self._batch = int(self._in["shape"][0])
 
     def to_model_input(self, raw: np.ndarray, preprocess: bool = True) -> np.ndarray:
         if self.tokens:
@@ -237,28 +238,16 @@ class EdgeModel:
         if preprocess:
             x = (x - self.offset) * self.scale
         if self.input_dtype.kind in "iu":
-            scale, zp = self._in["quantization"]
+            scale, zp = self.input_quant
             return quantize(x, scale, zp, self.input_dtype)
         return x.astype(self.input_dtype, copy=False)
 
-    def invoke(self, xin: np.ndarray) -> np.ndarray:
-        if self.fixed_batch is not None and xin.shape[0] != self.fixed_batch:
-            fb = self.fixed_batch
-            return np.concatenate([self.invoke(xin[i:i + fb]) for i in range(0, len(xin), fb)])
-        if self.fixed_batch is not None:
-            # The fused LSTM writes its final state into variable tensors: start every call from zeros.
-            self.interpreter.reset_all_variables()
-        if xin.shape[0] != self._batch:
-            self.interpreter.resize_tensor_input(self._in["index"], list(xin.shape), strict=False)
-            self.interpreter.allocate_tensors()
-            self._batch = xin.shape[0]
-        self.interpreter.set_tensor(self._in["index"], xin)
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._out["index"])
+    def invoke(self, xin: np.ndarray) -> np.ndarray:  # pragma: no cover - defined by each runtime
+        raise NotImplementedError
 
     def from_model_output(self, out: np.ndarray) -> np.ndarray:
         if self.output_dtype.kind in "iu":
-            scale, zp = self._out["quantization"]
+            scale, zp = self.output_quant
             return dequantize(out, scale, zp)
         return out.astype(np.float32, copy=False)
 
@@ -286,6 +275,116 @@ class EdgeModel:
         return {"batch_size": batch, "runs": runs, "p50_ms": 1e3 * p50,
                 "p95_ms": 1e3 * float(np.percentile(times, 95)), "mean_ms": 1e3 * float(times.mean()),
                 "throughput_per_s": batch / p50}
+
+
+class EdgeModel(_Model):
+    """A ``.tflite`` model, its sidecar and a LiteRT interpreter."""
+
+    def __init__(self, path: str, *, sidecar: Optional[str] = None, num_threads: Optional[int] = None):
+        data = self._read(path, sidecar)
+        if len(data) < 8 or data[4:8] != b"TFL3":
+            raise RunnerError(f"{self.path}: not a TFLite model: expected a FlatBuffer with file identifier 'TFL3' "
+                              f"({len(data)} bytes)")
+        cls, self.backend = load_interpreter_class()
+        try:
+            self.interpreter = cls(model_content=data, num_threads=num_threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise RunnerError(f"{self.path}: corrupt or truncated TFLite model; the interpreter says: "
+                              f"{' '.join(str(e).split())[:160]}") from None
+        ins, outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        if len(ins) != 1 or len(outs) != 1:
+            raise RunnerError(f"{self.path}: expected one input and one output, got {len(ins)} and {len(outs)}")
+        self._in, self._out = ins[0], outs[0]
+        self.input_quant, self.output_quant = tuple(self._in["quantization"]), tuple(self._out["quantization"])
+        in_sig = [int(s) for s in self._in.get("shape_signature", self._in["shape"])]
+        self.input_shape = tuple(in_sig[1:])
+        self.input_dtype = np.dtype(self._in["dtype"])
+        self.output_dtype = np.dtype(self._out["dtype"])
+        self.output_shape = tuple(int(s) for s in self._out["shape"][1:])  # (C,) or (T, C) for text models
+        self.num_classes = int(self._out["shape"][-1])
+        # Text models are exported with a fixed batch: TFLite's fused LSTM keeps per-batch state, so they
+        # run example by example.
+        self.fixed_batch = in_sig[0] if in_sig and in_sig[0] > 0 else None
+        self._batch = int(self._in["shape"][0])
+        self._finish()
+
+    def invoke(self, xin: np.ndarray) -> np.ndarray:
+        if self.fixed_batch is not None and xin.shape[0] != self.fixed_batch:
+            fb = self.fixed_batch
+            return np.concatenate([self.invoke(xin[i:i + fb]) for i in range(0, len(xin), fb)])
+        if self.fixed_batch is not None:
+            # The fused LSTM writes its final state into variable tensors: start every call from zeros.
+            self.interpreter.reset_all_variables()
+        if xin.shape[0] != self._batch:
+            self.interpreter.resize_tensor_input(self._in["index"], list(xin.shape), strict=False)
+            self.interpreter.allocate_tensors()
+            self._batch = xin.shape[0]
+        self.interpreter.set_tensor(self._in["index"], xin)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._out["index"])
+
+
+class OnnxEdgeModel(_Model):
+    """A ``.onnx`` model (``tff-lab export --format onnx``), its sidecar and an ONNX Runtime CPU session."""
+
+    def __init__(self, path: str, *, sidecar: Optional[str] = None, num_threads: Optional[int] = None):
+        data = self._read(path, sidecar)
+        # A serialized ModelProto starts with field 1, ir_version (a varint): tag byte 0x08.
+        if len(data) < 2 or data[:1] != b"\x08":
+            raise RunnerError(f"{self.path}: not an ONNX model: expected a protobuf ModelProto starting with its "
+                              f"ir_version ({len(data)} bytes)")
+        ort, self.backend = load_onnxruntime()
+        so = ort.SessionOptions()
+        so.log_severity_level = 3  # errors only: nothing on stderr but this runner's own lines
+        so.inter_op_num_threads = 1
+        if num_threads:
+            so.intra_op_num_threads = num_threads
+        try:
+            self.session = ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's InvalidProtobuf, InvalidGraph, Fail, ...
+            raise RunnerError(f"{self.path}: corrupt or truncated ONNX model; ONNX Runtime says: "
+                              f"{' '.join(str(e).split())[:160]}") from None
+        ins, outs = self.session.get_inputs(), self.session.get_outputs()
+        if len(ins) != 1 or len(outs) != 1:
+            raise RunnerError(f"{self.path}: expected one input and one output, got {len(ins)} and {len(outs)}")
+        self._in, self._out = ins[0].name, outs[0].name
+        try:
+            self.input_dtype = np.dtype(ONNX_TYPES[ins[0].type])
+            self.output_dtype = np.dtype(ONNX_TYPES[outs[0].type])
+        except KeyError:
+            raise RunnerError(f"{self.path}: unsupported tensor types {ins[0].type} -> {outs[0].type}") from None
+        side = self.sidecar or {}
+        in_shape = self._dims(ins[0].shape, (side.get("input") or {}).get("shape"), "input")
+        out_shape = self._dims(outs[0].shape, (side.get("output") or {}).get("shape"), "output")
+        self.input_shape, self.output_shape = in_shape[1:], out_shape[1:]
+        self.num_classes = int(out_shape[-1])
+        self.fixed_batch = in_shape[0]  # None: any batch (ONNX's LSTM/GRU hold no state between calls)
+        self._finish()
+
+    def _dims(self, shape, sidecar_shape, which: str) -> tuple:
+        """Static dimensions after the batch (named ones taken from the sidecar); the batch or None."""
+        dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
+        side = list(sidecar_shape or [])
+        for i in range(1, len(dims)):
+            if dims[i] is None and i < len(side) and isinstance(side[i], int):
+                dims[i] = side[i]
+        if not dims or any(d is None for d in dims[1:]):
+            raise RunnerError(f"{self.path}: the model's {which} shape {list(shape)} has unknown dimensions besides "
+                              "the batch; expected its sidecar .json next to it")
+        return tuple(dims)
+
+    def invoke(self, xin: np.ndarray) -> np.ndarray:
+        if self.fixed_batch is not None and xin.shape[0] != self.fixed_batch:
+            fb = self.fixed_batch
+            return np.concatenate([self.invoke(xin[i:i + fb]) for i in range(0, len(xin), fb)])
+        return self.session.run([self._out], {self._in: xin})[0]
+
+
+def open_model(path: str, *, sidecar: Optional[str] = None, num_threads: Optional[int] = None) -> _Model:
+    """By file extension: ``.onnx`` -> ONNX Runtime; anything else is read as a ``.tflite`` (LiteRT)."""
+    cls = OnnxEdgeModel if Path(path).suffix.lower() == ".onnx" else EdgeModel
+    return cls(path, sidecar=sidecar, num_threads=num_threads)
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -353,14 +452,16 @@ def print_predictions(probs: np.ndarray, labels: list, stream) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="runner.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", metavar="MODEL.tflite")
+    p.add_argument("model", metavar="MODEL",
+                   help=".tflite (run by LiteRT) or .onnx (run by ONNX Runtime), its sidecar .json beside it")
     p.add_argument("input", metavar="INPUT", help=".npy, .npz (array 'x') or .csv of raw examples")
     p.add_argument("--out", default=None, help="write predictions to .npz or .csv (default: print to stdout)")
-    p.add_argument("--batch", type=int, default=256, help="examples per interpreter call (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=256, help="examples per runtime call (default: %(default)s)")
     p.add_argument("--key", default=None, help="array name in an .npz input (default: 'x' or its only array)")
     p.add_argument("--sidecar", default=None, help="sidecar JSON (default: MODEL with .json)")
     p.add_argument("--no-preprocess", action="store_true", help="INPUT already holds model inputs")
-    p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: the interpreter's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="interpreter (ONNX Runtime: intra-op) threads (default: the runtime's)")
     p.add_argument("--bench", action="store_true", help="report latency (p50/p95) at batch 1 and --bench-batch")
     p.add_argument("--bench-batch", type=int, default=64, help="the larger batch of --bench (default: %(default)s)")
     p.add_argument("--runs", type=int, default=200, help="timed calls at batch 1 for --bench (default: %(default)s)")
@@ -374,7 +475,7 @@ def run(args) -> int:
             raise RunnerError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
     if args.out and Path(args.out).suffix.lower() not in OUTPUT_SUFFIXES:
         raise RunnerError(f"--out {args.out}: unsupported output type; expected one of: {', '.join(OUTPUT_SUFFIXES)}")
-    model = EdgeModel(args.model, sidecar=args.sidecar, num_threads=args.threads)
+    model = open_model(args.model, sidecar=args.sidecar, num_threads=args.threads)
     x = check_input(load_input(args.input, args.key), model.input_shape, args.input)
     for start in range(0, len(x), 65536):
         check_finite(np.asarray(x[start:start + 65536]), start, args.input)

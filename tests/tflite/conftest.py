@@ -85,3 +85,24 @@ def text_exported(tmp_path_factory) -> dict:
     tokens = base / "text_tokens.npy"
     np.save(tokens, x)
     return {"run": run, "tokens": tokens, "x": x, "keras": keras_probabilities(art.model, x, art.outputs)}
+
+
+@pytest.fixture(scope="session")
+def onnx_exported(trained_run, tmp_path_factory) -> dict:
+    """A copy of the digits MLP run exported with ``--format onnx`` (model.onnx + model.json + report)."""
+    from tff_lab.export import export_run
+
+    run = edge.copy_run(trained_run, tmp_path_factory.getbasetemp() / "edge_onnx_run")
+    res = export_run(run, "float32", format="onnx", latency_runs=5)
+    return {"run_dir": run, "path": res["exports"][0].path, "report": res["report"]}
+
+
+@pytest.fixture(scope="session")
+def text_onnx(text_exported) -> dict:
+    """The tiny Shakespeare run's model.onnx (next to its .tflite files)."""
+    from tff_lab.export import export_run
+
+    path = text_exported["run"] / "export" / "model.onnx"
+    if not path.is_file():
+        export_run(text_exported["run"], "float32", format="onnx", latency_runs=5)
+    return {**text_exported, "path": path}

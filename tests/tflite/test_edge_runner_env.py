@@ -1,4 +1,4 @@
-"""The edge runner in a venv with only tflite/requirements.txt (numpy + ai-edge-litert, no TensorFlow)."""
+"""The edge runner in a venv with only tflite/requirements.txt (numpy, ai-edge-litert, onnxruntime; no TensorFlow)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_the_edge_env_has_no_tensorflow(edge_python, tmp_path):
         assert proc.returncode == 1 and "ModuleNotFoundError" in proc.stderr, (module, proc.stderr)
     proc = subprocess.run([str(edge_python), "-m", "pip", "freeze"], capture_output=True, text=True, check=True)
     names = {l.split("==")[0].lower().replace("_", "-") for l in proc.stdout.split()}
-    assert "ai-edge-litert" in names and "numpy" in names
+    assert {"ai-edge-litert", "onnxruntime", "numpy"} <= names
     assert not {n for n in names if n.startswith(("tensorflow", "keras", "tf-", "jax"))}, names
 
 

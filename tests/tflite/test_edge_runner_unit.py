@@ -34,9 +34,23 @@ def test_runner_imports_only_numpy_and_the_interpreter():
             names.add(node.module.split(".")[0])
     third_party = names - set(sys.stdlib_module_names) - {"__future__"}
     assert third_party == {"numpy"}, third_party
-    # the interpreter is imported by name at run time: LiteRT, then tflite-runtime, nothing else
+    # the runtimes are imported by name at run time: LiteRT, then tflite-runtime; onnxruntime for .onnx
     src = RUNNER.read_text()
     assert '"ai_edge_litert.interpreter"' in src and '"tflite_runtime.interpreter"' in src
+    assert '__import__("onnxruntime")' in src
+
+
+def test_without_onnxruntime_an_onnx_model_exits_3(tmp_path):
+    """The runtime follows the extension: an .onnx file needs onnxruntime (hidden here), never TensorFlow."""
+    np.save(tmp_path / "x.npy", np.zeros((2, 64), np.float32))
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x08" + b"\x00" * 64)
+    code = ("import sys, runpy; sys.modules['onnxruntime'] = None\n"
+            f"sys.argv = ['runner.py', {str(tmp_path / 'm.onnx')!r}, {str(tmp_path / 'x.npy')!r}]\n"
+            "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+            "print('exit', code, 'tensorflow' in sys.modules, 'tff_lab' in sys.modules)" % str(RUNNER))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "exit 3 False False", (proc.stdout, proc.stderr)
+    assert "runner: error: no ONNX runtime: install onnxruntime" in proc.stderr
 
 
 def test_without_an_interpreter_the_runner_says_so(tmp_path):

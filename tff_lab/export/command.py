@@ -8,16 +8,22 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "export", help="convert a run's model to .tflite (float32, dynamic, float16, int8) with a parity report",
-        description="Convert RUN_DIR/model/model.keras to TFLite. Each model_<variant>.tflite gets a sidecar "
+        "export", help="convert a run's model to .tflite (float32, dynamic, float16, int8) or .onnx with a parity "
+                       "report",
+        description="Convert RUN_DIR/model/model.keras to TFLite (or, with --format onnx, to RUN_DIR/export/"
+                    "model.onnx with sidecar model.json). Each model_<variant>.tflite gets a sidecar "
                     "model_<variant>.json (labels, input shape/dtype, preprocessing, quantization parameters, source "
                     "run and config hash). Every export writes RUN_DIR/export/report.json and report.md: size, "
                     "parity with Keras, test accuracy overall and per client, interpreter latency.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's directory (from `tff-lab run`)")
+    p.add_argument("--format", default="tflite", metavar="{tflite,onnx}",
+                   help="tflite: model_<variant>.tflite files; onnx: model.onnx (tf2onnx, float32, run by ONNX "
+                        "Runtime) with the same sidecar and report (default: %(default)s)")
     p.add_argument("--quantize", default="all", metavar="{float32,dynamic,float16,int8,all}",
-                   help="quantization(s), comma-separated or 'all' (default: %(default)s)")
+                   help="quantization(s), comma-separated or 'all' (default: %(default)s); --format onnx: "
+                        "float32 only ('all' means float32)")
     p.add_argument("--out", default=None, metavar="FILE",
-                   help="output .tflite file (one quantization) or directory (default: RUN_DIR/export/)")
+                   help="output .tflite (or .onnx) file (one quantization) or directory (default: RUN_DIR/export/)")
     p.add_argument("--int8-io", default="int8", metavar="{int8,float}",
                    help="int8 model's input/output type: int8 (fully integer, the sidecar holds scale and zero "
                         "point) or float (quantize/dequantize inside the model) (default: %(default)s)")
@@ -56,7 +62,7 @@ def _export(args) -> int:
         raise ConfigError("--latency-runs", f"expected an integer >= 1, got {args.latency_runs}")
     res = export_run(args.run_dir, args.quantize, out=args.out, int8_io=args.int8_io,
                      representative_examples_count=args.representative_examples, latency_runs=args.latency_runs,
-                     quiet=args.quiet)
+                     quiet=args.quiet, format=args.format)
     if not args.quiet:
         rep = res["report"]
         print(f"{'variant':<14} {'size':>10} {'top-1 agree':>12} {'max abs diff':>13} {'test acc':>9} "

@@ -392,8 +392,12 @@ def export_artifacts(art: RunArtifacts, quantizations: Sequence[str], *, out: Un
 def export_run(run_dir: Union[str, os.PathLike], quantize: Union[str, Sequence[str]] = "all", *,
                out: Union[str, os.PathLike, None] = None, int8_io: str = "int8",
                representative_examples_count: int = DEFAULT_REPRESENTATIVE_EXAMPLES, report: bool = True,
-               latency_runs: int = 200, quiet: bool = True) -> dict:
+               latency_runs: int = 200, quiet: bool = True, format: str = "tflite") -> dict:  # noqa: A002
     """Exports RUN_DIR's final model and writes the parity report (RUN_DIR/export/report.json, .md).
+
+    ``format="onnx"`` writes ``model.onnx`` (float32; ``quantize`` must be ``all`` or ``float32``)
+    instead of ``.tflite`` files: see :mod:`tff_lab.export.onnx_model`. The report keeps the other
+    format's variants exported earlier from the same model.
 
     Returns ``{"exports": [ExportResult, ...], "report": dict or None}``.
 
@@ -402,15 +406,24 @@ def export_run(run_dir: Union[str, os.PathLike], quantize: Union[str, Sequence[s
       >>> res = export_run("runs/default", "all")
       >>> res["report"]["variants"]["int8"]["parity"]["top1_agreement"]
     """
-    quantizations = parse_quantize(quantize)  # before any slow work: a typo fails at once
+    from tff_lab.export.onnx_model import onnx_quantizations, parse_format
+
+    fmt = parse_format(format)
+    # before any slow work: a typo fails at once
+    quantizations = onnx_quantizations(quantize) if fmt == "onnx" else parse_quantize(quantize)
     if int8_io not in INT8_IO:
         raise ConfigError("--int8-io", f"expected one of: {', '.join(INT8_IO)}, got {int8_io!r}")
     asked_all = any(s.strip() == "all" for s in (quantize.split(",") if isinstance(quantize, str) else quantize))
     art = load_run(run_dir)
     skipped: dict = {}
-    results = export_artifacts(art, quantizations, out=out, int8_io=int8_io,
-                               representative_examples_count=representative_examples_count,
-                               skipped=skipped if asked_all else None)
+    if fmt == "onnx":
+        from tff_lab.export.onnx_model import export_onnx
+
+        results = export_onnx(art, out=out)
+    else:
+        results = export_artifacts(art, quantizations, out=out, int8_io=int8_io,
+                                   representative_examples_count=representative_examples_count,
+                                   skipped=skipped if asked_all else None)
     rep = None
     if report:
         from tff_lab.export.report import build_report, write_report

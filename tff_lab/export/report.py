@@ -128,7 +128,7 @@ def build_report(art, results, *, latency_runs: int = 200, latency_batch: int = 
     for res in results:
         if not quiet:
             print(f"  evaluating {res.variant} ...", flush=True)
-        m = TFLiteModel(res.path, num_threads=num_threads)
+        m = _runtime_model(res.path, num_threads)
         t_test = m.predict(tx, batch_size=1024, preprocess=False)
         backend = m.backend
         t_eval = m.predict(ex, batch_size=1024, preprocess=False) if len(ex) else k_eval[:0]
@@ -141,6 +141,8 @@ def build_report(art, results, *, latency_runs: int = 200, latency_batch: int = 
             "file": _rel(res.path, art.run_dir),
             "sha256": res.sidecar["sha256"],
             "size_bytes": res.size_bytes,
+            "format": "onnx" if Path(res.path).suffix == ".onnx" else "tflite",
+            "backend": m.backend,
             "io": {"input": m.input_dtype.name, "output": m.output_dtype.name},
             "parity": parity(t_test, k_test, positions),
             "accuracy": {"test": acc, "test_drop": keras_acc - acc,
@@ -150,7 +152,9 @@ def build_report(art, results, *, latency_runs: int = 200, latency_batch: int = 
 
     previous = _previous_variants(art, exclude=set(variants))
     variants = {**previous, **variants}
-    order = ["float32", "dynamic", "float16", "int8", "int8_float_io"]
+    order = ["float32", "dynamic", "float16", "int8", "int8_float_io", "onnx"]
+    backends = list(dict.fromkeys(v["backend"] for v in variants.values() if v.get("backend")))
+    backend = ", ".join(backends) or backend
     variants = dict(sorted(variants.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
     f32 = variants.get("float32", {}).get("size_bytes")
     for v in variants.values():
@@ -174,6 +178,15 @@ def build_report(art, results, *, latency_runs: int = 200, latency_batch: int = 
                   "clients": client_summary(ids, counts, k_client_acc)},
         "variants": variants,
     }
+
+
+def _runtime_model(path: Path, num_threads: int):
+    """The converted model in its runtime: ONNX Runtime for ``.onnx``, the TFLite interpreter otherwise."""
+    if Path(path).suffix == ".onnx":
+        from tff_lab.export.onnx_model import ONNXModel
+
+        return ONNXModel(path, num_threads=num_threads)
+    return TFLiteModel(path, num_threads=num_threads)
 
 
 def _rel(path: Path, run_dir: Path) -> str:
