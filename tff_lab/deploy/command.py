@@ -125,7 +125,13 @@ def _render(args) -> int:
         print(render._dump(render.render_overlay(p, overlays[0] if args.overlay else "gpu")), end="")
         return 0
     cmd = "tff-lab k8s render " + " ".join(_quote(a) for a in _argv_for_header(args)) + " --out DIR"
-    paths = render.write_tree(p, args.out, overlays, command=cmd)
+    from tff_lab import run_dir
+
+    with run_dir.own(args.out, kind="k8s", where="--out") as owner:
+        if not owner.is_empty() and not owner.is_ours():
+            raise ConfigError("--out", f"{args.out} is not empty and holds no tree of `tff-lab k8s render`; it is "
+                                       "never overwritten: choose a new directory")
+        paths = render.write_tree(p, args.out, overlays, command=cmd)  # its headers mark it as ours
     print(f"wrote {len(paths)} files under {args.out}: base/ and overlays/{{{','.join(overlays)}}}; "
           f"apply with: kubectl apply -k {args.out}/overlays/{overlays[0]}", file=sys.stderr)
     return 0

@@ -414,6 +414,16 @@ def export_run(run_dir: Union[str, os.PathLike], quantize: Union[str, Sequence[s
     if int8_io not in INT8_IO:
         raise ConfigError("--int8-io", f"expected one of: {', '.join(INT8_IO)}, got {int8_io!r}")
     asked_all = any(s.strip() == "all" for s in (quantize.split(",") if isinstance(quantize, str) else quantize))
+    from tff_lab import run_dir as run_dir_lib
+
+    with run_dir_lib.own(run_dir, kind="run", where=str(run_dir), create=False):  # no run writes it meanwhile
+        return _export_run(run_dir, quantizations, fmt, out=out, int8_io=int8_io, asked_all=asked_all,
+                           representative_examples_count=representative_examples_count, report=report,
+                           latency_runs=latency_runs, quiet=quiet)
+
+
+def _export_run(run_dir, quantizations, fmt, *, out, int8_io, asked_all, representative_examples_count, report,
+                latency_runs, quiet) -> dict:
     art = load_run(run_dir)
     skipped: dict = {}
     if fmt == "onnx":
