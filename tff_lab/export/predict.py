@@ -435,6 +435,29 @@ def batch_candidates(n: int, cap: int = MAX_SEARCH_BATCH) -> list[int]:
     return out
 
 
+def bounds_broken(row: dict, *, max_latency_ms: Optional[float] = None,
+                  max_memory_mb: Optional[float] = None) -> list[str]:
+    """The flags whose bound a measured candidate breaks (empty: it is within every bound)."""
+    over = []
+    if max_latency_ms is not None and row["median_ms"] > max_latency_ms:
+        over.append("--max-latency-ms")
+    if max_memory_mb is not None and row["projected_mib"] > max_memory_mb:
+        over.append("--max-memory-mb")
+    return over
+
+
+def choose_batch_size(rows: list[dict], *, max_latency_ms: Optional[float] = None,
+                      max_memory_mb: Optional[float] = None) -> Optional[int]:
+    """The search's rule on measured candidates (increasing): the last one before the first that breaks a
+    bound; None if the first already does."""
+    chosen = None
+    for row in rows:
+        if bounds_broken(row, max_latency_ms=max_latency_ms, max_memory_mb=max_memory_mb):
+            break
+        chosen = row["batch_size"]
+    return chosen
+
+
 def search_batch_size(predictor, x, *, max_latency_ms: Optional[float] = None,
                       max_memory_mb: Optional[float] = None, preprocess: bool = True, reserve_bytes: int = 0,
                       repeats: int = SEARCH_REPEATS, cap: int = MAX_SEARCH_BATCH, where: str = "input") -> dict:
@@ -470,13 +493,10 @@ def search_batch_size(predictor, x, *, max_latency_ms: Optional[float] = None,
         ms = float(np.median(times)) * 1e3
         peak = peak_rss_mib()
         projected = peak + reserve_bytes / 2 ** 20
-        over = []
-        if max_latency_ms is not None and ms > max_latency_ms:
-            over.append("--max-latency-ms")
-        if max_memory_mb is not None and projected > max_memory_mb:
-            over.append("--max-memory-mb")
-        rows.append({"batch_size": b, "median_ms": ms, "rows_per_s": b / max(ms / 1e3, 1e-12), "peak_mib": peak,
-                     "projected_mib": projected, "within": not over})
+        row = {"batch_size": b, "median_ms": ms, "rows_per_s": b / max(ms / 1e3, 1e-12), "peak_mib": peak,
+               "projected_mib": projected}
+        over = bounds_broken(row, max_latency_ms=max_latency_ms, max_memory_mb=max_memory_mb)
+        rows.append({**row, "within": not over})
         if over:
             stop = f"batch {b} breaks {' and '.join(over)}"
             break
@@ -597,8 +617,11 @@ def predict_file(model: Union[str, os.PathLike], input_path: Union[str, os.PathL
     bar = tqdm(total=len(xs), unit="ex", desc="predict", disable=quiet, file=sys.stderr, dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
-        probs = predictor.predict(xs, batch_size=batch_size, preprocess=preprocess, on_batch=bar.update,
-                                  where=str(input_path))
+        if len(xs):
+            probs = predictor.predict(xs, batch_size=batch_size, preprocess=preprocess, on_batch=bar.update,
+                                      where=str(input_path))
+        else:  # a shard of an input with fewer rows than shards
+            probs = np.empty((0, *predictor.output_shape), np.float32)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
