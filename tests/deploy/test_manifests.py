@@ -121,7 +121,9 @@ def test_overlay_builds_and_every_object_validates(built, overlay, tfjob_validat
                 "tfjob": ["ConfigMap", "NetworkPolicy", "PersistentVolumeClaim", "TFJob"],
                 "sweep": ["ConfigMap", "ConfigMap", "Job", "NetworkPolicy", "PersistentVolumeClaim"],
                 "federated": ["ConfigMap", "Job", "NetworkPolicy", "NetworkPolicy", "PersistentVolumeClaim",
-                              "Service", "StatefulSet"]}[overlay]
+                              "Service", "StatefulSet"],
+                "predict": ["ConfigMap", "Job", "Job", "NetworkPolicy", "NetworkPolicy", "PersistentVolumeClaim",
+                            "PersistentVolumeClaim"]}[overlay]
     assert kinds == expected
     assert {o["metadata"].get("namespace") for o in objs} == {"tff-lab"}
 

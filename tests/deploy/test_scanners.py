@@ -158,7 +158,7 @@ def test_checkov_is_clean_and_catches_each_fix_undone(checkov_python, tmp_path):
     for name in (*render.OVERLAYS, "Dockerfile.gpu"):
         assert results[name]["failed"] == [], f"{name}: {results[name]['failed']}"
         assert results[name]["summary"]["passed"] > 0, name
-    for overlay in ("gpu", "cpu", "sweep", "federated"):
+    for overlay in ("gpu", "cpu", "sweep", "federated", "predict"):
         missing = FIXED_K8S - results[overlay]["passed"]
         assert not missing, f"{overlay}: not evaluated: {missing}"
     assert "CKV_K8S_21" in results["tfjob"]["passed"]  # checkov does not look inside the TFJob CRD

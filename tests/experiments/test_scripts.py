@@ -31,3 +31,14 @@ def test_server_optimizers(tmp_path):
     assert [r["server_optimizer"] for r in rows] == ["fedavg", "fedadam"]
     assert rows[0]["test_accuracy"] != rows[1]["test_accuracy"]
     assert (tmp_path / "server_optimizers.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scaffold_vs_fedavg(tmp_path):
+    _run("scaffold_vs_fedavg.py", "--out", tmp_path, "--rounds", 2, "--seeds", 0, "--clients", 6,
+         "--clients-per-round", 3, "--local-epochs", 1)
+    rows = list(csv.DictReader(open(tmp_path / "scaffold_vs_fedavg.csv")))
+    assert [(r["algorithm"], r["seed"]) for r in rows] == [("fedavg", "0"), ("scaffold", "0"), ("fedavg", "mean"),
+                                                           ("scaffold", "mean")]
+    # Round 1 of SCAFFOLD is FedAvg's (all variates 0); round 2 is corrected, so the models differ.
+    assert rows[0]["final_test_loss"] != rows[1]["final_test_loss"]
+    assert (tmp_path / "scaffold_vs_fedavg.png").read_bytes()[:4] == b"\x89PNG"

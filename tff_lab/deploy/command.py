@@ -17,11 +17,12 @@ def register(subparsers) -> None:
     k8s_sub = k8s.add_subparsers(dest="k8s_command", metavar="K8S_COMMAND")
     k8s_sub.required = True
     r = k8s_sub.add_parser(
-        "render", help="render k8s/ (base + overlays gpu, cpu, tfjob, sweep, federated) from an experiment",
+        "render", help="render k8s/ (base + overlays gpu, cpu, tfjob, sweep, federated, predict) from an experiment",
         description="Renders the kustomize tree from the kubernetes client's models: base/ (ConfigMap with "
                     "the experiment, PVC, headless Service, Indexed Job of N MWMS workers, NetworkPolicy) and "
-                    "overlays/ (gpu, cpu, tfjob, sweep, and federated: a StatefulSet of TFF workers and a "
-                    "driver Job running `tff-lab run` against them). Every object goes to --namespace. "
+                    "overlays/ (gpu, cpu, tfjob, sweep, federated: a StatefulSet of TFF workers and a "
+                    "driver Job running `tff-lab run` against them, and predict: an Indexed Job of prediction "
+                    "shards and a merge Job). Every object goes to --namespace. "
                     "With --out DIR the tree is written there; without it, the objects of one overlay "
                     "(--overlay, default gpu) are printed as YAML. Pin the image by digest "
                     "(REPO:TAG@sha256:DIGEST): every pod then runs the same bytes.",
@@ -35,9 +36,19 @@ def register(subparsers) -> None:
     r.add_argument("--sweep", default=None, metavar="GRID", help="sweep grid YAML for the sweep overlay")
     r.add_argument("--tff-workers", type=int, default=2, help="TFF worker pods of the federated overlay")
     r.add_argument("--tff-worker-gpus", type=int, default=0, help="nvidia.com/gpu limit per TFF worker (0: none)")
+    r.add_argument("--predict-shards", type=int, default=4,
+                   help="predict overlay: shards of the input (Indexed Job completions)")
+    r.add_argument("--predict-parallelism", type=int, default=4, help="predict overlay: shards running at once")
+    r.add_argument("--predict-model", default=None,
+                   help="predict overlay: model under /artifacts (default: the MWMS run's model/model.keras)")
+    r.add_argument("--predict-input", default="/artifacts/predict/input.npy",
+                   help="predict overlay: input under /artifacts")
+    r.add_argument("--predict-batch-size", type=int, default=1024,
+                   help="predict overlay: --batch-size of every shard (measure it with `tff-lab predict "
+                        "--max-latency-ms`)")
     r.add_argument("--overlay", action="append", default=None, metavar="NAME",
-                   help="overlay(s) to render: gpu, cpu, tfjob, sweep, federated (repeatable; default: all, "
-                        "sweep only with --sweep)")
+                   help="overlay(s) to render: gpu, cpu, tfjob, sweep, federated, predict (repeatable; default: "
+                        "all, sweep only with --sweep)")
     r.add_argument("--name", default="tff-lab", help="name prefix of the objects")
     r.add_argument("--namespace", default="tff-lab", help="namespace of every object (kustomize namespace:)")
     r.add_argument("--cpu", default="4", help="CPU request and limit per worker (MWMS and TFF)")
@@ -98,7 +109,9 @@ def _params(args, overlays):
                             gpus_per_worker=args.gpus_per_worker, image=args.image or "", sweep_yaml=sweep_yaml,
                             sweep_points=points, name=args.name, cpu=args.cpu, memory=args.memory,
                             storage=args.storage, namespace=args.namespace, tff_workers=args.tff_workers,
-                            tff_worker_gpus=args.tff_worker_gpus)
+                            tff_worker_gpus=args.tff_worker_gpus, predict_shards=args.predict_shards,
+                            predict_parallelism=args.predict_parallelism, predict_model=args.predict_model or "",
+                            predict_input=args.predict_input, predict_batch_size=args.predict_batch_size)
     p.validate()
     if "federated" in overlays:
         # The driver's exact override, checked now rather than in a pod (e.g. training.workers is set).
@@ -149,7 +162,12 @@ def _argv_for_header(args) -> list[str]:
         out += ["--overlay", o]
     for flag, value, default in (("--name", args.name, "tff-lab"), ("--namespace", args.namespace, "tff-lab"),
                                  ("--cpu", args.cpu, "4"),
-                                 ("--memory", args.memory, "16Gi"), ("--storage", args.storage, "20Gi")):
+                                 ("--memory", args.memory, "16Gi"), ("--storage", args.storage, "20Gi"),
+                                 ("--predict-shards", str(args.predict_shards), "4"),
+                                 ("--predict-parallelism", str(args.predict_parallelism), "4"),
+                                 ("--predict-model", args.predict_model or "", ""),
+                                 ("--predict-input", args.predict_input, "/artifacts/predict/input.npy"),
+                                 ("--predict-batch-size", str(args.predict_batch_size), "1024")):
         if value != default:
             out += [flag, value]
     return out  # --out is left out: the tree is the same wherever it is written

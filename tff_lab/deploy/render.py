@@ -16,6 +16,10 @@ Layout written by :func:`write_tree` (kustomize)::
     overlays/federated/        a StatefulSet of TFF workers (worker_binary), their headless Service and a
                                driver Job running ``tff-lab run`` against them; NetworkPolicies that
                                admit only the driver on the workers' port
+    overlays/predict/          batch prediction: an Indexed Job predicting shard JOB_COMPLETION_INDEX of N
+                               (model and input read-only from the artifacts volume, parts to a
+                               predictions volume) and a merge Job that waits for every part, checks
+                               and joins them; NetworkPolicies that deny all traffic
 
 Security (checkov 3 clean with the skips in ``.checkov.yaml``): every pod runs as uid/gid 10001 with
 no service-account token, no privilege escalation, no capabilities, a read-only root filesystem and
@@ -41,7 +45,7 @@ from tff_lab.distributed import EXIT_RETRIABLE
 from tff_lab.distributed import cluster as cluster_lib
 from tff_lab.errors import ConfigError
 
-OVERLAYS = ("gpu", "cpu", "tfjob", "sweep", "federated")
+OVERLAYS = ("gpu", "cpu", "tfjob", "sweep", "federated", "predict")
 APP = "tff-lab"
 CONTAINER = "trainer"
 TFJOB_CONTAINER = "tensorflow"  # the training operator finds the TF container by this name
@@ -54,6 +58,9 @@ TFF_WORKER_PORT = 8000  # worker_binary's gRPC port in the federated overlay
 TFF_WORKER_CONTAINER = "tff-worker"
 DRIVER_CONTAINER = "driver"
 DNS_PORT = 53
+PREDICTIONS_MOUNT = "/predictions"  # the predict overlay's output volume
+PREDICT_CONTAINER = "predict"
+MERGE_CONTAINER = "merge"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _IMAGE_RE = re.compile(r"^[a-z0-9]+([._/:-][a-zA-Z0-9]+)*(@sha256:[a-f0-9]{64})?$")
@@ -82,6 +89,12 @@ class RenderParams:
     tff_workers: int = 2  # the federated overlay's TFF worker pods
     tff_worker_gpus: int = 0  # nvidia.com/gpu limit per TFF worker (0: none)
     workers_wait_seconds: int = 900  # how long the driver's init container waits for every worker
+    predict_shards: int = 4  # the predict overlay's Indexed Job completions (= shards of the input)
+    predict_parallelism: int = 4
+    predict_model: str = ""  # under /artifacts (read-only); default: the MWMS run's model/model.keras
+    predict_input: str = f"{ARTIFACTS_MOUNT}/predict/input.npy"
+    predict_batch_size: int = 1024  # fixed: every shard batches alike (measure it with --max-latency-ms first)
+    predict_wait_seconds: int = 6 * 3600  # how long the merge Job waits for the parts
 
     def validate(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
@@ -104,6 +117,15 @@ class RenderParams:
                 raise ConfigError(flag, f"expected an integer >= {low}, got {value}")
         if self.sweep_parallelism < 1:
             raise ConfigError("--sweep-parallelism", "expected an integer >= 1")
+        for flag, value in (("--predict-shards", self.predict_shards),
+                            ("--predict-parallelism", self.predict_parallelism),
+                            ("--predict-batch-size", self.predict_batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(flag, f"expected an integer >= 1, got {value}")
+        for flag, path in (("--predict-model", self.predict_model_path), ("--predict-input", self.predict_input)):
+            if not path.startswith(ARTIFACTS_MOUNT + "/") or "/../" in path + "/" or any(c.isspace() for c in path):
+                raise ConfigError(flag, f"expected a path under {ARTIFACTS_MOUNT}/ (the artifacts volume, mounted "
+                                  f"read-only in the predict pods), got {path!r}")
 
     @property
     def job_name(self) -> str:
@@ -132,6 +154,26 @@ class RenderParams:
     @property
     def federated_run_dir(self) -> str:
         return f"{ARTIFACTS_MOUNT}/runs/{self.experiment_name}-federated"
+
+    @property
+    def predict_model_path(self) -> str:
+        return self.predict_model or f"{self.run_dir}/model/model.keras"
+
+    @property
+    def predict_job_name(self) -> str:
+        return f"{self.name}-predict"
+
+    @property
+    def predict_merge_job_name(self) -> str:
+        return f"{self.name}-predict-merge"
+
+    @property
+    def predict_parts_dir(self) -> str:
+        return f"{PREDICTIONS_MOUNT}/{self.experiment_name}/parts"
+
+    @property
+    def predict_output(self) -> str:
+        return f"{PREDICTIONS_MOUNT}/{self.experiment_name}/predictions.npz"
 
     @property
     def tff_worker_addresses(self) -> list[str]:
@@ -522,6 +564,102 @@ def federated_objects(p: RenderParams) -> list[dict]:
                                   driver_network_policy(p))]
 
 
+# --- the predict overlay: an Indexed Job of shards + a merge Job ------------------------------------
+
+
+def predictions_pvc(p: RenderParams) -> k8s.V1PersistentVolumeClaim:
+    # ReadWriteMany: the shards' pods write their parts from any node, the merge pod reads them all.
+    return k8s.V1PersistentVolumeClaim(
+        api_version="v1", kind="PersistentVolumeClaim",
+        metadata=_meta(f"{p.name}-predictions", _labels(p, "storage")),
+        spec=k8s.V1PersistentVolumeClaimSpec(
+            access_modes=["ReadWriteMany"],
+            resources=k8s.V1VolumeResourceRequirements(requests={"storage": p.storage})))
+
+
+def _predict_volumes(p: RenderParams, *, artifacts: bool) -> tuple[list, list]:
+    volumes = [k8s.V1Volume(name="predictions", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+                   claim_name=f"{p.name}-predictions")),
+               k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())]
+    mounts = [k8s.V1VolumeMount(name="predictions", mount_path=PREDICTIONS_MOUNT),
+              k8s.V1VolumeMount(name="tmp", mount_path="/tmp")]
+    if artifacts:  # the model and the input: read-only, in the volume source and in the mount
+        volumes.insert(0, k8s.V1Volume(name="artifacts", persistent_volume_claim=(
+            k8s.V1PersistentVolumeClaimVolumeSource(claim_name=pvc_name(p), read_only=True))))
+        mounts.insert(0, k8s.V1VolumeMount(name="artifacts", mount_path=ARTIFACTS_MOUNT, read_only=True))
+    return volumes, mounts
+
+
+def predict_command(p: RenderParams) -> tuple[list, list]:
+    """Shard ``$JOB_COMPLETION_INDEX`` of ``predict_shards`` (the index comes from the Job controller)."""
+    return ["tff-lab"], ["predict", p.predict_model_path, p.predict_input, "--out", p.predict_parts_dir,
+                         "--num-shards", str(p.predict_shards), "--batch-size", str(p.predict_batch_size), "--quiet"]
+
+
+def predict_merge_command(p: RenderParams) -> tuple[list, list]:
+    return ["tff-lab"], ["predict-merge", p.predict_parts_dir, "--num-shards", str(p.predict_shards), "--out",
+                         p.predict_output, "--wait", str(p.predict_wait_seconds)]
+
+
+def _batch_pod(p: RenderParams, container: k8s.V1Container, volumes: list) -> k8s.V1PodSpec:
+    return k8s.V1PodSpec(containers=[container], volumes=volumes, restart_policy="Never",
+                         security_context=_pod_security(), termination_grace_period_seconds=30,
+                         enable_service_links=False, automount_service_account_token=False)
+
+
+def predict_job(p: RenderParams) -> k8s.V1Job:
+    labels = _labels(p, "predict")
+    volumes, mounts = _predict_volumes(p, artifacts=True)
+    command, args = predict_command(p)
+    container = k8s.V1Container(
+        name=PREDICT_CONTAINER, image=p.image, image_pull_policy=p.image_pull_policy, command=command, args=args,
+        env=_common_env(), resources=_resources(dataclasses.replace(p, cpu="2", memory="4Gi"), 0),
+        security_context=_container_security(), volume_mounts=mounts)
+    return k8s.V1Job(
+        api_version="batch/v1", kind="Job", metadata=_meta(p.predict_job_name, labels),
+        spec=k8s.V1JobSpec(
+            completion_mode="Indexed", completions=p.predict_shards,
+            parallelism=min(p.predict_shards, p.predict_parallelism),
+            backoff_limit_per_index=p.backoff_limit_per_index,
+            max_failed_indexes=0,  # a shard out of retries leaves the merge nothing to merge: fail the job
+            pod_failure_policy=_failure_policy("FailJob", PREDICT_CONTAINER),
+            pod_replacement_policy="Failed",
+            ttl_seconds_after_finished=p.ttl_seconds_after_finished,
+            template=k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels),
+                                           spec=_batch_pod(p, container, volumes))))
+
+
+def predict_merge_job(p: RenderParams) -> k8s.V1Job:
+    """A second Job, applied with the first: it waits (``--wait``) until every part's manifest is on the
+    volume, then checks and joins them. Kubernetes has no Job-after-Job ordering and the shards' pods
+    cannot know they are the last one (their peers may be retried), so the merge polls the volume."""
+    labels = _labels(p, "predict-merge")
+    volumes, mounts = _predict_volumes(p, artifacts=False)
+    command, args = predict_merge_command(p)
+    container = k8s.V1Container(
+        name=MERGE_CONTAINER, image=p.image, image_pull_policy=p.image_pull_policy, command=command, args=args,
+        env=_common_env(), security_context=_container_security(), volume_mounts=mounts,
+        # It holds every prediction once (rows x classes x 4 bytes); no TensorFlow is imported.
+        resources=k8s.V1ResourceRequirements(requests={"cpu": "500m", "memory": "2Gi"},
+                                             limits={"cpu": "1", "memory": "2Gi"}))
+    return k8s.V1Job(
+        api_version="batch/v1", kind="Job", metadata=_meta(p.predict_merge_job_name, labels),
+        spec=k8s.V1JobSpec(
+            completions=1, parallelism=1, backoff_limit=p.backoff_limit_per_index,
+            pod_failure_policy=_failure_policy("FailJob", MERGE_CONTAINER),  # exit 2: a refusal is final
+            pod_replacement_policy="Failed",
+            ttl_seconds_after_finished=p.ttl_seconds_after_finished,
+            template=k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels),
+                                           spec=_batch_pod(p, container, volumes))))
+
+
+def predict_objects(p: RenderParams) -> list[dict]:
+    """What the predict overlay adds to the base; its pods talk to nobody (deny-all NetworkPolicies)."""
+    return [to_plain(o) for o in (predictions_pvc(p), predict_job(p), predict_merge_job(p),
+                                  network_policy(p, p.predict_job_name, "predict"),
+                                  network_policy(p, p.predict_merge_job_name, "predict-merge"))]
+
+
 # --- overlays --------------------------------------------------------------------------------
 
 
@@ -581,6 +719,8 @@ def render_overlay(p: RenderParams, overlay: str) -> list[dict]:
     elif overlay == "federated":
         objs = _without(objs, "Job", "Service", "NetworkPolicy") + [to_plain(tff_workers_service(p))]
         objs += federated_objects(p)
+    elif overlay == "predict":
+        objs = _without(objs, "Job", "Service", "NetworkPolicy") + predict_objects(p)
     for o in objs:
         o["metadata"]["namespace"] = p.namespace
     return objs
@@ -664,7 +804,7 @@ def tree_files(p: RenderParams, overlays=OVERLAYS, command: str = "") -> dict[st
                                                 "value": ["ReadWriteOnce"]}])
             kust["patches"] = [{"path": "cpu-job.yaml", "target": _target(job)},
                                {"path": "cpu-pvc.yaml", "target": _target(pvc)}]
-        else:  # tfjob, sweep, federated: replace the MWMS Job (and its Service / NetworkPolicy)
+        else:  # tfjob, sweep, federated, predict: replace the MWMS Job (and its Service / NetworkPolicy)
             if overlay == "sweep" and not p.sweep_yaml:
                 raise ConfigError("--sweep", "the sweep overlay needs a sweep grid (--sweep GRID.yaml)")
             keys = {(o["kind"], o["metadata"]["name"]) for o in base}

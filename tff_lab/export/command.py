@@ -35,22 +35,55 @@ def register(sub) -> None:
     p.set_defaults(func=_export)
 
     q = sub.add_parser(
-        "predict", help="batch prediction with a .tflite, .keras or SavedModel model",
+        "predict", help="batch prediction with a .tflite, .keras or SavedModel model (one process or one shard)",
         description="Predict every example of INPUT (.npy, .npz, .csv; raw features, preprocessed as the run's data "
-                    "was) with MODEL and write class probabilities and labels to PREDICTIONS (.npz or .csv).")
+                    "was) with MODEL and write class probabilities and labels to PREDICTIONS (.npz or .csv). "
+                    "Batch size: --batch-size N, or chosen by measurement from --max-latency-ms and/or "
+                    "--max-memory-mb (candidates 1, 2, 4, ... timed on the model and the first rows of INPUT; the "
+                    "largest within the bounds; the figures and the --batch-size that reproduces the choice are "
+                    "printed). Sharded: with --num-shards N only shard --shard-index I (default "
+                    "$JOB_COMPLETION_INDEX, as in a Kubernetes Indexed Job) is predicted, rows [I*n//N, (I+1)*n//N), "
+                    "into --out DIR as DIR/part-0000I-of-0000N.npz plus a .json manifest (rows, input and model "
+                    "sha256); `tff-lab predict-merge DIR --num-shards N --out FILE` checks and joins them.")
     q.add_argument("model", metavar="MODEL", help=".tflite file (its sidecar .json beside it), .keras file or "
                                                   "SavedModel directory")
     q.add_argument("input", metavar="INPUT", help="input examples: .npy, .npz (array 'x') or .csv (one row each)")
-    q.add_argument("--out", required=True, metavar="PREDICTIONS", help="output file: .npz or .csv")
-    q.add_argument("--batch-size", type=int, default=256, metavar="N", help="examples per call (default: %(default)s)")
+    q.add_argument("--out", required=True, metavar="PREDICTIONS",
+                   help="output file: .npz or .csv; with --num-shards, the directory of the parts")
+    q.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="examples per call, no search (default: 256, or measured with a bound below)")
+    q.add_argument("--max-latency-ms", type=float, default=None, metavar="MS",
+                   help="choose the largest batch whose median time per call is <= MS (measured)")
+    q.add_argument("--max-memory-mb", type=float, default=None, metavar="MIB",
+                   help="choose the largest batch for which the process's peak resident memory plus the output "
+                        "array stays <= MIB MiB (measured)")
+    q.add_argument("--num-shards", type=int, default=None, metavar="N",
+                   help="predict one of N contiguous shards of INPUT (default: $TFF_LAB_NUM_SHARDS; unset: all rows)")
+    q.add_argument("--shard-index", type=int, default=None, metavar="I",
+                   help="the shard to predict, 0..N-1 (default: $JOB_COMPLETION_INDEX)")
     q.add_argument("--key", default=None, help="array name inside an .npz input (default: 'x' or its only array)")
     q.add_argument("--sidecar", default=None, metavar="JSON",
                    help="sidecar with preprocessing and labels (default: MODEL's own, or its run's)")
     q.add_argument("--no-preprocess", action="store_true",
                    help="INPUT already holds model inputs: skip the sidecar's (raw - offset) * scale")
     q.add_argument("--threads", type=int, default=None, metavar="N", help="TFLite interpreter threads")
-    q.add_argument("--quiet", action="store_true", help="no progress bar or throughput line")
+    q.add_argument("--quiet", action="store_true", help="no progress bar, search table or throughput line")
     q.set_defaults(func=_predict)
+
+    m = sub.add_parser(
+        "predict-merge", help="check and join the parts of a sharded `tff-lab predict`",
+        description="Checks the N parts in PARTS_DIR (part-0000I-of-0000N.npz + .json from `tff-lab predict "
+                    "--num-shards N`): every part present, all from the same input, model and preprocessing "
+                    "(sha256 in the manifests), the row ranges tiling the input with no gap or overlap, the counts "
+                    "adding up, each part matching its manifest's sha256. Then writes the merged predictions to "
+                    "--out (.npz or .csv) and OUT.manifest.json, atomically. A refusal is one line and exit 2.")
+    m.add_argument("parts_dir", metavar="PARTS_DIR", help="the --out directory of the sharded predict runs")
+    m.add_argument("--num-shards", type=int, required=True, metavar="N", help="how many shards the input was split into")
+    m.add_argument("--out", required=True, metavar="PREDICTIONS", help="merged output file: .npz or .csv")
+    m.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to SECONDS for missing parts, polling every 2 s (default: %(default)s)")
+    m.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    m.set_defaults(func=_predict_merge)
 
 
 def _export(args) -> int:
@@ -80,12 +113,30 @@ def _export(args) -> int:
 
 
 def _predict(args) -> int:
+    import json
+
     from tff_lab.export.predict import predict_file
 
     res = predict_file(args.model, args.input, args.out, batch_size=args.batch_size,
                        preprocess=not args.no_preprocess, key=args.key, sidecar=args.sidecar,
-                       num_threads=args.threads, quiet=args.quiet)
+                       num_threads=args.threads, quiet=args.quiet, max_latency_ms=args.max_latency_ms,
+                       max_memory_mb=args.max_memory_mb, shard_index=args.shard_index, num_shards=args.num_shards)
+    shard = (f"shard {res['shard_index']} of {res['num_shards']}, rows [{res['start']}, {res['stop']}) of "
+             f"{res['total_rows']}, " if "shard_index" in res else "")
     if not args.quiet:
         print(f"predicted {res['examples']} examples in {res['seconds']:.3f} s: {res['examples_per_s']:,.0f} "
-              f"examples/s (batch {res['batch_size']}, {res['backend']}) -> {res['out']}", file=sys.stderr)
+              f"examples/s ({shard}batch {res['batch_size']}, {res['backend']}) -> {res['out']}", file=sys.stderr)
+    if "shard_index" in res:  # one machine-readable line per pod (the logs of an Indexed Job)
+        print(json.dumps({k: res[k] for k in ("shard_index", "num_shards", "start", "stop", "total_rows", "examples",
+                                              "seconds", "examples_per_s", "batch_size", "part", "manifest")}))
+    return 0
+
+
+def _predict_merge(args) -> int:
+    from tff_lab.export.predict import merge_parts
+
+    res = merge_parts(args.parts_dir, args.num_shards, args.out, wait_s=args.wait)
+    if not args.quiet:
+        print(f"merged {res['num_shards']} parts, {res['rows']} rows (input sha256 {res['input']['sha256'][:12]}, "
+              f"model sha256 {res['model']['sha256'][:12]}) -> {res['out']} (and {res['manifest']})", file=sys.stderr)
     return 0
