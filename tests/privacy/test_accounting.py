@@ -39,10 +39,14 @@ def test_tff_dp_tutorial_setting():
     eps = epsilon_for_rounds(poisson_spec(1.2, 3383, 120 / 3383), 100, 1e-5)
     assert round(eps.rdp, 2) == 1.99
     assert round(eps.pld, 2) == 1.71
-    # The cached PLD path is exactly dp_accounting's PLDAccountant.
-    acc = dpa.pld.PLDAccountant()
+    # The cached PLD path is exactly dp_accounting's PLDAccountant at the (bounded) spacing it reports,
+    # and within 1e-3 of the accountant's default spacing.
+    acc = dpa.pld.PLDAccountant(value_discretization_interval=eps.pld_value_discretization_interval)
     acc.compose(dpa.PoissonSampledDpEvent(120 / 3383, dpa.GaussianDpEvent(1.2)), 100)
     assert eps.pld == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    default = dpa.pld.PLDAccountant()
+    default.compose(dpa.PoissonSampledDpEvent(120 / 3383, dpa.GaussianDpEvent(1.2)), 100)
+    assert abs(eps.pld - default.get_epsilon(1e-5)) < 1e-3
     rdp = dpa.rdp.RdpAccountant()
     rdp.compose(dpa.PoissonSampledDpEvent(120 / 3383, dpa.GaussianDpEvent(1.2)), 100)
     assert eps.rdp == pytest.approx(rdp.get_epsilon(1e-5), rel=1e-12)
@@ -220,10 +224,11 @@ def test_empty_poisson_round_is_still_a_round():
     assert ledger.epsilon() == epsilon_for_rounds(ledger.spec, 2, 1e-6)
 
 
-def test_ddp_secure_claims_no_epsilon():
-    spec = MechanismSpec("ddp_secure", 1.0, 100, "uniform", clients_per_round=10)
-    eps = epsilon_for_rounds(spec, 10, 1e-5)
-    assert eps.rdp is None and eps.pld is None and eps.note == DDP_UNSUPPORTED
+def test_ddp_secure_with_adaptive_zeroing_claims_no_epsilon():
+    spec = MechanismSpec("ddp_secure", 1.0, 100, "uniform", clients_per_round=10, clipped_count_stddev=1.0,
+                         model_dim=100, ddp_bits=20, ddp_rotation="hd", zeroing=True)
+    eps = epsilon_for_rounds(spec, 10, 1e-5, leaves=[["a"]] * 10)
+    assert eps.rdp is None and eps.pld is None and eps.note == DDP_UNSUPPORTED and "zeroing" in eps.note
 
 
 def test_event_json_round_trip_and_privacy_json_ledger():

@@ -80,9 +80,11 @@ def test_unreachable_targets_are_config_errors(target, match):
 
 
 def test_ddp_and_pld_without_replacement_cannot_be_calibrated():
-    with pytest.raises(ConfigError, match="ddp_secure"):
-        calibrate_noise_multiplier(MechanismSpec("ddp_secure", 1.0, 100, "uniform", clients_per_round=10), 10,
-                                   1e-5, 1.0)
+    with pytest.raises(ConfigError, match="zeroing"):  # TFF's adaptive zeroing is not DP: nothing to calibrate
+        calibrate_noise_multiplier(MechanismSpec("ddp_secure", 1.0, 100, "uniform", clients_per_round=10,
+                                                 clipped_count_stddev=1.0, model_dim=100, ddp_bits=20,
+                                                 ddp_rotation="hd", zeroing=True), 10, 1e-5, 1.0,
+                                   leaves=[["a"]] * 10)
     with pytest.raises(ConfigError, match="privacy.accountant"):
         calibrate_noise_multiplier(MechanismSpec("gaussian_fixed", 1.0, 100, "uniform", clients_per_round=10), 10,
                                    1e-5, 1.0, accountant="pld")

@@ -362,8 +362,8 @@ class PrivacyConfig:
 
     ``mechanism``: gaussian_fixed | gaussian_adaptive (clip adapted to ``target_quantile``;
     the quantile estimate's noised count is accounted) | tree (DP-FTRL, no amplification by
-    sampling) | ddp_secure (distributed DP under secure aggregation; no accountant exists for
-    it in dp_accounting, so no epsilon is claimed). Give ``noise_multiplier`` or
+    sampling) | ddp_secure (distributed Skellam under secure aggregation; accounted with the
+    Skellam RDP bound, without amplification, and only with ``aggregation.zeroing: false``). Give ``noise_multiplier`` or
     ``target_epsilon`` (the noise is then found by searching ``accountant``).
     """
 
@@ -418,10 +418,9 @@ class PrivacyConfig:
             _require(not (self.noise_multiplier is not None and self.target_epsilon is not None),
                      f"{p}.target_epsilon", "give noise_multiplier or target_epsilon, not both")
             if self.mechanism == "ddp_secure":
-                for name in ("target_epsilon", "max_epsilon"):
-                    _require(getattr(self, name) is None, f"{p}.{name}",
-                             "ddp_secure (distributed Skellam) has no accountant in dp_accounting 0.4.3, so no "
-                             "epsilon can be targeted or bounded; give noise_multiplier")
+                _require(self.accountant == "rdp", f"{p}.accountant",
+                         "ddp_secure is accounted with the Skellam RDP bound only (dp_accounting has no PLD for it); "
+                         "use rdp")
         else:
             for name in ("noise_multiplier", "target_epsilon", "max_epsilon", "delta", "clipped_count_stddev"):
                 _require(getattr(self, name) is None, f"{p}.{name}", "set privacy.mechanism to use it")

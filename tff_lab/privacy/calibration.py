@@ -65,11 +65,44 @@ def _search_event(spec: MechanismSpec, z: float, rounds: int, s_tree: int) -> dp
 def _accountant_factory(spec: MechanismSpec, accountant: str):
     relation = spec.neighbouring_relation
     if accountant == "pld":
-        from tff_lab.privacy.accounting import PLD_VALUE_DISCRETIZATION_INTERVAL
+        # dp_accounting's PLD at the ledger's bounded spacing (accounting.pld_epsilon): the same
+        # numbers the ledger reports, at a cost that stays bounded at small noise.
+        from tff_lab.privacy.accounting import BoundedPldAccountant
 
-        return lambda: dp_accounting.pld.PLDAccountant(
-            neighboring_relation=relation, value_discretization_interval=PLD_VALUE_DISCRETIZATION_INTERVAL)
+        return lambda: BoundedPldAccountant(neighboring_relation=relation)
     return lambda: dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
+
+
+def _calibrate_ddp(spec: MechanismSpec, rounds: int, delta: float, target_epsilon: float, leaves, where: str) -> float:
+    """ddp_secure: the smallest noise multiplier (bisection to a relative 1e-6) whose planned
+    Skellam epsilon (:func:`~tff_lab.privacy.accounting.ddp_epsilon` over the planned schedule at
+    TFF's initial clip) is <= the target; epsilon decreases in the noise."""
+    if spec.zeroing:
+        from tff_lab.privacy.accounting import DDP_ZEROING
+
+        raise ConfigError("aggregation.zeroing", DDP_ZEROING)
+    if not any(leaves):
+        raise ConfigError(where, "the planned schedule aggregates nobody; there is nothing to calibrate")
+
+    def eps(z: float) -> float:
+        return epsilon_for_rounds(_exact_spec(spec, z, None), rounds, delta, leaves).rdp
+
+    hi = 1.0
+    while eps(hi) > target_epsilon:
+        hi *= 2
+        if hi > NOISE_MAX:
+            raise ConfigError(where, f"epsilon {target_epsilon} at delta {delta} needs a noise multiplier above "
+                                     f"{NOISE_MAX:g} for these rounds and sampling; raise the target or sample less")
+    lo = hi / 2
+    while eps(lo) <= target_epsilon:
+        hi, lo = lo, lo / 2
+        if lo < NOISE_MIN:
+            raise ConfigError(where, f"epsilon {target_epsilon} is met even with noise multiplier {NOISE_MIN}; such "
+                                     "a guarantee is vacuous; set privacy.noise_multiplier directly")
+    while hi - lo > 1e-6 * hi:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
+    return float(hi)
 
 
 def calibrate_noise_multiplier(spec: MechanismSpec, rounds: int, delta: float, target_epsilon: float, *,
@@ -83,10 +116,15 @@ def calibrate_noise_multiplier(spec: MechanismSpec, rounds: int, delta: float, t
     with the ledger's own computation for the exact mechanism (e.g. the composed adaptive
     event) and nudged up if rounding put it a hair over the target.
     """
-    if spec.mechanism == "ddp_secure":
-        raise ConfigError(where, "ddp_secure has no accountant in dp_accounting 0.4.3; cannot calibrate")
     if not (isinstance(target_epsilon, (int, float)) and math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ConfigError(where, f"expected a finite epsilon > 0, got {target_epsilon!r}")
+    if spec.mechanism == "ddp_secure":
+        if accountant == "pld":
+            raise ConfigError("privacy.accountant", "ddp_secure is accounted with the Skellam RDP bound only "
+                                                    "(dp_accounting has no PLD for it); use the rdp accountant")
+        if leaves is None:
+            raise ValueError("ddp_secure calibration needs the planned participation schedule")
+        return _calibrate_ddp(spec, rounds, delta, target_epsilon, leaves, where)
     if accountant == "pld" and spec.sampling == "uniform" and spec.mechanism != "tree":
         raise ConfigError("privacy.accountant", "dp_accounting 0.4.3's PLD accountant does not support fixed-size "
                           "sampling without replacement; use the rdp accountant or Poisson sampling")
@@ -135,13 +173,17 @@ def _exact_spec(spec: MechanismSpec, z: float, clipped_count_stddev: Optional[fl
     from tff_lab.federated.aggregators import resolve_clipped_count_stddev
 
     exact = dataclasses.replace(spec, noise_multiplier=z)
+    if spec.mechanism == "ddp_secure":
+        exact = dataclasses.replace(exact, clipped_count_stddev=resolve_clipped_count_stddev(
+            clipped_count_stddev, spec.ddp_expected_clients, z))
     if spec.mechanism == "gaussian_adaptive":
         exact = dataclasses.replace(exact, clipped_count_stddev=resolve_clipped_count_stddev(
             clipped_count_stddev, spec.expected_clients, z))
     return exact
 
 
-def spec_for(cfg, population: int, noise_multiplier: Optional[float]) -> MechanismSpec:
+def spec_for(cfg, population: int, noise_multiplier: Optional[float],
+             model_dim: Optional[int] = None) -> MechanismSpec:
     """:meth:`MechanismSpec.from_config` with population checks that name the config field.
 
     ``noise_multiplier`` None gives the template a calibration starts from (noise 1, and for
@@ -151,16 +193,20 @@ def spec_for(cfg, population: int, noise_multiplier: Optional[float]) -> Mechani
     if t.sampling == "uniform" and t.clients_per_round > population:
         raise ConfigError("training.clients_per_round",
                           f"expected at most the population ({population}), got {t.clients_per_round}")
+    if cfg.privacy.mechanism == "ddp_secure" and model_dim is None:
+        raise ConfigError("--model-dim", "ddp_secure's epsilon depends on the model update's size (the rotation pads "
+                                         "it, the scale and the norm bounds follow): give the number of trainable "
+                                         "parameters")
     if noise_multiplier is None:
         template = dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy, clipped_count_stddev=None))
-        spec = MechanismSpec.from_config(template, population, 1.0)
+        spec = MechanismSpec.from_config(template, population, 1.0, model_dim)
         if spec.mechanism == "gaussian_adaptive":
             spec = dataclasses.replace(spec, clipped_count_stddev=math.inf)
         return spec
-    return MechanismSpec.from_config(cfg, population, noise_multiplier)
+    return MechanismSpec.from_config(cfg, population, noise_multiplier, model_dim)
 
 
-def resolve_noise_multiplier(cfg, population: int) -> Optional[float]:
+def resolve_noise_multiplier(cfg, population: int, model_dim: Optional[int] = None) -> Optional[float]:
     """The noise multiplier a run uses: ``privacy.noise_multiplier``, or calibrated from
     ``privacy.target_epsilon`` over ``training.rounds``. None without privacy.
 
@@ -172,9 +218,10 @@ def resolve_noise_multiplier(cfg, population: int) -> Optional[float]:
         return None
     delta = resolve_delta(cfg, population)
     if p.noise_multiplier is not None:
-        spec_for(cfg, population, p.noise_multiplier)  # raises ConfigError on inconsistent settings
+        if p.mechanism != "ddp_secure" or model_dim is not None:
+            spec_for(cfg, population, p.noise_multiplier, model_dim)  # raises ConfigError on inconsistent settings
         return float(p.noise_multiplier)
-    spec = spec_for(cfg, population, None)
-    leaves = planned_tree_leaves(cfg, population) if p.mechanism == "tree" else None
+    spec = spec_for(cfg, population, None, model_dim)
+    leaves = planned_tree_leaves(cfg, population) if p.mechanism in ("tree", "ddp_secure") else None
     return calibrate_noise_multiplier(spec, cfg.training.rounds, delta, p.target_epsilon, accountant=p.accountant,
                                       leaves=leaves, clipped_count_stddev=p.clipped_count_stddev)

@@ -72,6 +72,8 @@ def _common(p) -> None:
     g.add_argument("--sampling-rate", type=float, help="Poisson sampling with this probability per client")
     p.add_argument("--delta", type=float, help="privacy.delta (default: min(1e-5, population^-1.1))")
     p.add_argument("--clipped-count-stddev", type=float, help="privacy.clipped_count_stddev (adaptive clipping)")
+    p.add_argument("--model-dim", type=int, help="ddp_secure: number of trainable parameters of the model (the "
+                                                 "Skellam mechanism's scale and norm bounds depend on it)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -121,10 +123,10 @@ def _config(args, extra: list[str]):
     return cfg, population
 
 
-def _describe(cfg, population: int, noise: float, delta: float, eps) -> dict:
+def _describe(cfg, population: int, noise: float, delta: float, eps, model_dim=None) -> dict:
     from tff_lab.privacy.calibration import spec_for
 
-    spec = spec_for(cfg, population, noise)
+    spec = spec_for(cfg, population, noise, model_dim)
     return {
         "mechanism": spec.mechanism, "noise_multiplier": noise, "noise": spec.noise_components(),
         "population": population, "rounds": cfg.training.rounds, "sampling": spec.sampling,
@@ -156,15 +158,24 @@ def _print(info: dict, as_json: bool, headline: str) -> None:
     print("\n".join(lines))
 
 
-def _plan(cfg, population, noise, delta):
+def _model_dim(args):
     from tff_lab.errors import ConfigError
-    from tff_lab.privacy.accounting import DDP_UNSUPPORTED, epsilon_for_rounds
+
+    dim = getattr(args, "model_dim", None)
+    if dim is not None and dim < 1:
+        raise ConfigError("--model-dim", f"expected an integer >= 1, got {dim}")
+    return dim
+
+
+def _plan(cfg, population, noise, delta, model_dim=None):
+    from tff_lab.errors import ConfigError
+    from tff_lab.privacy.accounting import DDP_ZEROING, epsilon_for_rounds
     from tff_lab.privacy.calibration import planned_tree_leaves, spec_for
 
-    if cfg.privacy.mechanism == "ddp_secure":
-        raise ConfigError("privacy.mechanism", DDP_UNSUPPORTED)
-    spec = spec_for(cfg, population, noise)
-    leaves = planned_tree_leaves(cfg, population) if spec.mechanism == "tree" else None
+    spec = spec_for(cfg, population, noise, model_dim)
+    if spec.mechanism == "ddp_secure" and spec.zeroing:
+        raise ConfigError("aggregation.zeroing", DDP_ZEROING)
+    leaves = planned_tree_leaves(cfg, population) if spec.per_client_schedule else None
     return epsilon_for_rounds(spec, cfg.training.rounds, delta, leaves)
 
 
@@ -181,8 +192,9 @@ def _epsilon(args) -> int:
                                                       "a target epsilon)")
     delta = resolve_delta(cfg, population)
     noise = float(cfg.privacy.noise_multiplier)
-    eps = _plan(cfg, population, noise, delta)
-    _print(_describe(cfg, population, noise, delta, eps), args.json, "what these settings give:")
+    dim = _model_dim(args)
+    eps = _plan(cfg, population, noise, delta, dim)
+    _print(_describe(cfg, population, noise, delta, eps, dim), args.json, "what these settings give:")
     return 0
 
 
@@ -195,9 +207,15 @@ def _noise(args) -> int:
         extra.append(f"privacy.accountant={args.accountant}")
     cfg, population = _config(args, extra)
     delta = resolve_delta(cfg, population)
-    noise = resolve_noise_multiplier(cfg, population)
-    eps = _plan(cfg, population, noise, delta)
-    info = _describe(cfg, population, noise, delta, eps)
+    dim = _model_dim(args)
+    if cfg.privacy.mechanism == "ddp_secure" and cfg.aggregation.zeroing:
+        from tff_lab.errors import ConfigError
+        from tff_lab.privacy.accounting import DDP_ZEROING
+
+        raise ConfigError("aggregation.zeroing", DDP_ZEROING)
+    noise = resolve_noise_multiplier(cfg, population, dim)
+    eps = _plan(cfg, population, noise, delta, dim)
+    info = _describe(cfg, population, noise, delta, eps, dim)
     info["target_epsilon"] = args.target_epsilon
     info["accountant"] = cfg.privacy.accountant
     _print(info, args.json, f"noise for epsilon <= {args.target_epsilon} ({cfg.privacy.accountant}):")

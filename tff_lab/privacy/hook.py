@@ -16,8 +16,8 @@ import math
 from typing import Optional
 
 from tff_lab.errors import PrivacyAccountingError
-from tff_lab.privacy.accounting import (DDP_UNSUPPORTED, Epsilon, MechanismSpec, PrivacyLedger, epsilon_sampling_known,
-                                        library_versions)
+from tff_lab.privacy.accounting import (DDP_ZEROING, Epsilon, MechanismSpec, PrivacyLedger, epsilon_sampling_known,
+                                        headline_epsilon, library_versions)
 from tff_lab.privacy.calibration import resolve_delta, spec_for
 from tff_lab.privacy.release import coverage_report, publication_policy
 from tff_lab.training.hooks import RoundHook, RoundInfo, RunContext
@@ -58,7 +58,8 @@ class PrivacyHook(RoundHook):
                                          f"{ctx.population} for {len(ids)} clients: the canaries must be sampled "
                                          "like everyone (population = clients + canaries)")
         self._final_weights = None
-        spec = spec_for(cfg, ctx.population, ctx.noise_multiplier)
+        dim = sum(int(math.prod(s)) for s in ctx.model_weight_shapes) if cfg.privacy.mechanism == "ddp_secure" else None
+        spec = spec_for(cfg, ctx.population, ctx.noise_multiplier, dim)
         self.ledger = PrivacyLedger(spec, resolve_delta(cfg, ctx.population))
         self._last = None
         self.checked_rounds, self.unchecked_rounds, self.clip_history = 0, 0, []
@@ -112,7 +113,7 @@ class PrivacyHook(RoundHook):
         p = ctx.cfg.privacy
         if p.max_epsilon is None:
             return None
-        nxt = self._sampler_choice(ctx, round_num) if ledger.spec.mechanism == "tree" else None
+        nxt = self._sampler_choice(ctx, round_num) if ledger.spec.per_client_schedule else None
         eps = ledger.epsilon_if_next(nxt).get(p.accountant)
         if eps is not None and eps > p.max_epsilon:
             self.stop_reason = (f"privacy budget: round {round_num} would reach epsilon {eps:.4g} ({p.accountant}, "
@@ -150,6 +151,16 @@ class PrivacyHook(RoundHook):
                 raise PrivacyAccountingError(f"round {r}: TFF processed {seen} examples, the sampled clients hold "
                                              f"{info.expected_examples}; what ran departs from what is accounted")
         ledger.record_round(info.sampled_clients, info.trained)
+        if spec.mechanism == "ddp_secure":
+            # The adaptive clip sets the next round's scale and norm bounds: read them where they are.
+            from tff_lab.privacy.ddp import params_from_state
+
+            state = getattr(info, "state", None)
+            ledger.ddp_next = params_from_state(state) if state is not None else None
+            if ledger.ddp_next is None and not spec.zeroing and r < ctx.cfg.training.rounds:
+                raise PrivacyAccountingError(f"round {r}: the engine passed no distributed Skellam query state; "
+                                             "ddp_secure's next round cannot be accounted (its adaptive clip sets the "
+                                             "Skellam parameters)")
         self._check_state(info, r)
         eps = ledger.epsilon()
         self._last = eps
@@ -186,8 +197,6 @@ class PrivacyHook(RoundHook):
     def progress_fields(self) -> dict:
         if self.ledger is None:
             return {}
-        if self.ledger.spec.mechanism == "ddp_secure":
-            return {"eps": "n/a"}
         eps = self._last or self.ledger.epsilon()
         value = eps.rdp
         return {"eps": f"{value:.3g}" if value is not None else "-"}
@@ -211,18 +220,34 @@ class PrivacyHook(RoundHook):
             clip.update(initial=p.clip, target_quantile=p.target_quantile, learning_rate=p.clip_learning_rate,
                         clipped_count_stddev=spec.clipped_count_stddev)
         elif spec.mechanism == "ddp_secure":
-            clip = {"kind": "adaptive (TFF ddp_secure_aggregator, initial 0.1)"}
+            clip = {"kind": "adaptive (TFF ddp_secure_aggregator, initial 0.1)",
+                    "clipped_count_stddev": spec.noise_components()["clipped_count_stddev"]}
         else:
             clip["norm"] = p.clip
         notes = []
         if spec.mechanism == "ddp_secure":
-            notes.append(DDP_UNSUPPORTED)
+            if spec.zeroing:
+                notes.append(DDP_ZEROING)
+            else:
+                notes.append("ddp_secure: epsilon is the Skellam RDP bound (Agarwal, Kairouz & Liu 2021, Thm 3.5) with "
+                             "the L1/L2 bounds the distributed Skellam query asserts and the participants' summed noise, "
+                             "in TFF's scaled integer domain, read from the aggregator state each round; neighbours: "
+                             "one client's update replaced by zeros (REPLACE_SPECIAL); composed over the rounds each "
+                             "client took part in, without amplification by sampling (dp_accounting has none for "
+                             "Skellam), worst client reported")
+                notes.append("ddp_secure: the adaptive clip's clipped count is noised by the server (a central Gaussian); "
+                             "against the server itself only the clients' Skellam noise protects the values")
         if eps.pld_note and spec.mechanism != "ddp_secure":
             notes.append(eps.pld_note)
+        if eps.pld_value_discretization_interval:
+            notes.append(f"the PLD epsilon uses dp_accounting's pessimistic discretisation at spacing "
+                         f"{eps.pld_value_discretization_interval:g} (bounded so that its cost stays small; a valid "
+                         "upper bound, looser than a finer spacing)")
         if spec.mechanism == "tree":
             notes.append("DP-FTRL (tree aggregation): no amplification by sampling; epsilon is for the realised "
                          "participation schedule (public, data-independent randomness), replace-with-zero neighbours")
         sampling_known = None
+        known = None
         if spec.amplified:
             k = _max_participations(ctx, ledger.rounds)
             known = epsilon_sampling_known(spec, k, ledger.delta)
@@ -254,6 +279,7 @@ class PrivacyHook(RoundHook):
             "delta": ledger.delta,
             "delta_source": "privacy.delta" if p.delta is not None else "default min(1e-5, population^-1.1)",
             "epsilon": eps.to_json(),
+            "epsilon_headline": headline_epsilon(eps, known),
             "epsilon_if_sampling_known": sampling_known,
             "accountant_for_budget": p.accountant,
             "target_epsilon": p.target_epsilon,
@@ -305,6 +331,7 @@ class PrivacyHook(RoundHook):
         summary["privacy"] = {"mechanism": report["mechanism"], "noise_multiplier": report["noise_multiplier"],
                               "delta": report["delta"],
                               "epsilon": {"rdp": report["epsilon"]["rdp"], "pld": report["epsilon"]["pld"]},
+                              "epsilon_headline": report["epsilon_headline"],
                               "rounds": report["rounds_run"],
                               "stopped_by_budget": report["stopped_by_budget"]}
         if report.get("epsilon_empirical"):

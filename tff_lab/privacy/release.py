@@ -56,6 +56,7 @@ class Policy:
     sampling: str  # "uniform" | "poisson"
     reproducible_noise: bool
     mechanism: str = "none"
+    epsilon_claimed: bool = True  # False: a DP mechanism ran but no epsilon is claimed for it
 
     @property
     def restricted(self) -> bool:
@@ -166,8 +167,9 @@ class Policy:
         top = item.split("/")[0]
         if not self.private:
             return False, "no DP mechanism ran: no epsilon"
-        if self.mechanism == "ddp_secure":
-            return False, "ddp_secure has no accountant in dp_accounting 0.4.3: no epsilon is claimed"
+        if not self.epsilon_claimed:
+            return False, ("no epsilon is claimed for this run (ddp_secure with adaptive zeroing, whose threshold "
+                           "moves by unnoised counts)")
         rows = ("all columns, including ones epsilon does not cover (privacy.release_unprotected)"
                 if self.release_unprotected
                 else "only the columns epsilon covers: " + ", ".join(self.covered_columns()))
@@ -206,18 +208,21 @@ class Policy:
         return False, "not classified by the privacy policy: treat it as not covered"
 
 
-def publication_policy(cfg, data: Optional[Any] = None) -> Policy:
+def publication_policy(cfg, data: Optional[Any] = None, declared_dp: bool = False) -> Policy:
     """The publication policy of a run. ``data`` (the run's ``FederatedData``) tells whether the
     global test set is client data (``test_source``); without it this is decided from
     ``cfg.data.source`` conservatively: only bundled datasets (a test split held out before the
-    partition) count as separate."""
+    partition) count as separate. ``declared_dp``: a user aggregator declares a DP event (its
+    run is published under the same rules as tff_lab's own DP mechanisms)."""
     p = cfg.privacy
     source = getattr(data, "test_source", None) if data is not None else None
     if source is None:
         source = "separate" if cfg.data.source in ("digits", "breast_cancer") else "clients"
-    return Policy(private=bool(p.enabled), release_unprotected=bool(p.release_unprotected),
+    return Policy(private=bool(p.enabled) or bool(declared_dp), release_unprotected=bool(p.release_unprotected),
                   test_set_is_client_data=(source == "clients"), sampling=cfg.training.sampling,
-                  reproducible_noise=bool(p.reproducible_noise), mechanism=p.mechanism)
+                  reproducible_noise=bool(p.reproducible_noise) if p.enabled else False,
+                  mechanism=p.mechanism if p.enabled else "declared",
+                  epsilon_claimed=not (p.mechanism == "ddp_secure" and cfg.aggregation.zeroing))
 
 
 def run_dir_listing(run_dir) -> list[str]:

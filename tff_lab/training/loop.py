@@ -192,7 +192,7 @@ def build(config: Union[str, os.PathLike, ExperimentConfig, None] = None, *, ove
 
     population = loaded.num_clients
     total = audit_population(cfg, population)  # the sampler's and the ledger's population (+ audit canaries)
-    noise = _resolve_noise(cfg, total)
+    noise = _resolve_noise(cfg, total, sum(math.prod(int(d) for d in w.shape) for w in init))
     record_specs = [tf.TensorSpec(w.shape, tf.as_dtype(w.dtype)) for w in init]
 
     engine, agg = _build_engine(cfg, spec, loaded, noise, record_specs)
@@ -270,16 +270,16 @@ def _default_hooks(cfg: ExperimentConfig, agg) -> list[RoundHook]:
         from tff_lab.federated.aggregators import declared_dp_event
         from tff_lab.federated.declared_dp import DeclaredPrivacyHook
 
-        hooks.append(DeclaredPrivacyHook(cfg.aggregation.builder, declared_dp_event(agg)))
+        hooks.append(DeclaredPrivacyHook(cfg.aggregation.builder, declared_dp_event(agg), aggregator=agg))
     return hooks
 
 
-def _resolve_noise(cfg: ExperimentConfig, population: int) -> Optional[float]:
+def _resolve_noise(cfg: ExperimentConfig, population: int, model_dim: Optional[int] = None) -> Optional[float]:
     if not cfg.privacy.enabled:
         return None
     from tff_lab.privacy.calibration import resolve_noise_multiplier
 
-    return resolve_noise_multiplier(cfg, population)
+    return resolve_noise_multiplier(cfg, population, model_dim)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -496,14 +496,15 @@ def _policy_allows(exp: Experiment, what: str) -> bool:
 
 
 def _policy(exp: Experiment):
-    if not exp.cfg.privacy.enabled:
+    declared = any(getattr(h, "declares_dp", False) for h in exp.hooks)
+    if not exp.cfg.privacy.enabled and not declared:
         return None
     cached = getattr(exp, "_policy_obj", False)
     if cached is not False:
         return cached
     from tff_lab.privacy.release import publication_policy
 
-    pol = publication_policy(exp.cfg, data=exp.data)
+    pol = publication_policy(exp.cfg, data=exp.data, declared_dp=declared)
     exp._policy_obj = pol
     return pol
 
