@@ -49,6 +49,7 @@ FORMAT = 1
 KINDS = ("run", "export", "k8s", "predict")
 
 PathLike = Union[str, os.PathLike]
+_HELD: dict = {}  # absolute path -> the Owner this process holds it with
 
 
 class RunDirError(ConfigError):
@@ -229,6 +230,8 @@ class Owner:
         return read_verified(self.path, name, where=self.where, max_bytes=max_bytes)
 
     def release(self) -> None:
+        if _HELD.get(str(self.path)) is self:
+            del _HELD[str(self.path)]
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 (self.path / OWNER).unlink()
@@ -325,6 +328,11 @@ def acquire(path: PathLike, *, kind: str, where: Optional[str] = None, create: b
             pass
         except OSError as e:
             raise RunDirError(where, f"cannot create {path}: {os.strerror(e.errno) if e.errno else e}") from None
+    # One process, one hold per directory: a script that re-initializes a run it left (stages API)
+    # takes the hold over from its own earlier owner; other processes are what the lock keeps out.
+    earlier = _HELD.get(str(path))
+    if earlier is not None:
+        earlier.release()
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -355,6 +363,7 @@ def acquire(path: PathLike, *, kind: str, where: Optional[str] = None, create: b
         os.close(fd)
         raise
     owner.created = created
+    _HELD[str(path)] = owner
     return owner
 
 

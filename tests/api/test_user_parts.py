@@ -123,16 +123,22 @@ def test_declared_dp_aggregator_gets_exact_epsilon(tmp_path):
 
     agg = tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(noise_multiplier=1.0, clients_per_round=3,
                                                                       clip=1.0)
-    event = dp_accounting.SampledWithoutReplacementDpEvent(6, 3, dp_accounting.GaussianDpEvent(1.0))
+    # Under replace-one (fixed-size sampling) a clip-C sum moves by 2C: the Gaussian multiplier of the
+    # event is half the aggregator's (declaring 1.0 would overstate the noise, and is refused).
+    event = dp_accounting.SampledWithoutReplacementDpEvent(6, 3, dp_accounting.GaussianDpEvent(0.5))
     agg.dp_event = lambda cfg, population: event
-    s = tff_lab.run_experiment(load_config(None, BASE + ["algorithm.weighting=uniform"]), tmp_path / "r",
+    # z = 1 on 3 clients is loud noise: this test is about epsilon, not accuracy, so no divergence stop.
+    s = tff_lab.run_experiment(load_config(None, BASE + ["algorithm.weighting=uniform", "training.divergence_factor=1000"]),
+                               tmp_path / "r",
                                data=user_parts.blobs(), aggregator=agg)
-    acc = dp_accounting.rdp.RdpAccountant([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
-                                          + [128, 256, 512, 1024],
-                                          neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-    acc.compose(event, 3)
+    from tff_lab.privacy.accounting import epsilon_of
+
     delta = min(1e-5, 6 ** -1.1)
-    assert s["privacy"]["epsilon"]["rdp"] == pytest.approx(acc.get_epsilon(delta), rel=1e-9)
+    expected = epsilon_of(event, 3, delta, dp_accounting.NeighboringRelation.REPLACE_ONE)
+    assert s["privacy"]["epsilon"]["rdp"] == pytest.approx(expected.rdp, rel=1e-9)
+    acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    acc.compose(event, 3)  # dp_accounting's own default orders: the same bound within their resolution
+    assert s["privacy"]["epsilon"]["rdp"] == pytest.approx(acc.get_epsilon(delta), rel=0.05)
     assert s["privacy"]["epsilon"]["neighbouring_relation"] == "REPLACE_ONE"
     rows = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["eps_rdp"] for r in rows] == sorted(r["eps_rdp"] for r in rows) and len(rows) == 3
