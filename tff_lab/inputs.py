@@ -374,3 +374,75 @@ def check_float(value, where: str, lo: Optional[float] = None, hi: Optional[floa
         return float_in(lo, hi, lo_open=lo_open, hi_open=hi_open)(value)
     except argparse.ArgumentTypeError as e:
         raise error(where, str(e)) from None
+
+
+# -- arrays (client data) -------------------------------------------------------------------------
+# An example is at most 4-dimensional (height, width, channels, and one more: e.g. a time axis).
+MAX_EXAMPLE_DIMS = 4
+MAX_FEATURES_PER_EXAMPLE = 1 << 24  # 16.7 M values per example (a 4096 x 4096 image)
+MAX_ARRAY_BYTES = 8 * GiB  # one client's features as stored
+# Class ids are 0..MAX_CLASSES-1: the model's output layer, the label names and per-class tables are
+# sized by the largest label, so it is bounded before anything is allocated from it.
+MAX_CLASSES = 100_000
+
+
+def check_example_shape(shape, where: str, *, name: str = "x", itemsize: int = 4, allow_empty: bool = False,
+                        error: Type[UserError] = DataError) -> None:
+    """Refuses, from the shape alone (nothing allocated yet): no examples (unless ``allow_empty``),
+    zero features, more than MAX_EXAMPLE_DIMS dimensions per example, more than
+    MAX_FEATURES_PER_EXAMPLE values per example, more than MAX_ARRAY_BYTES in all."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) < 2:
+        raise error(where, f"expected {name} of shape (examples, features...), got shape {shape}")
+    if shape[0] == 0 and not allow_empty:
+        raise error(where, f"holds no examples ({name} has shape {shape})")
+    per = shape[1:]
+    if any(d == 0 for d in per):
+        raise error(where, f"{name} has zero features (shape {shape}); expected at least one value per example")
+    if len(per) > MAX_EXAMPLE_DIMS:
+        raise error(where, f"examples of {len(per)} dimensions ({name} has shape {shape}); at most "
+                           f"{MAX_EXAMPLE_DIMS} are supported (e.g. height, width, channels)")
+    n_feat = math.prod(per)
+    if n_feat > MAX_FEATURES_PER_EXAMPLE:
+        raise error(where, f"examples of {n_feat:,} values ({name} has shape {shape}); at most "
+                           f"{MAX_FEATURES_PER_EXAMPLE:,} per example")
+    total = shape[0] * n_feat * max(1, int(itemsize))
+    if total > MAX_ARRAY_BYTES:
+        raise error(where, f"{name} of shape {shape} would take {_size_text(total)}; at most "
+                           f"{_size_text(MAX_ARRAY_BYTES)} per file or client")
+
+
+def check_labels(y, where: str, num_classes: Optional[int] = None, *, name: str = "labels y",
+                 error: Type[UserError] = DataError) -> int:
+    """Refuses labels that are not finite integer class ids in [0, num_classes) (and below
+    MAX_CLASSES): checked on the array as given, before anything is sized by a label. Names the
+    first bad example. Returns the largest label (-1 for no labels)."""
+    import numpy as np
+
+    y = np.asarray(y)
+    if y.dtype.kind not in "iuf" or y.dtype.hasobject:
+        raise error(where, f"{name} must be integer class ids, got dtype {y.dtype}")
+    if y.size == 0:
+        return -1
+    flat = y.reshape(-1)
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(flat)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise error(where, f"{name} must be integer class ids, got {flat[i]} at example {i}")
+        bad = flat != np.floor(flat)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise error(where, f"{name} must be integer class ids, got {flat[i]:g} at example {i}")
+    lo = flat.min()
+    if lo < 0:
+        i = int(np.argmin(flat))
+        raise error(where, f"{name} must be class ids >= 0, got {lo:g} at example {i}")
+    hi = flat.max()
+    limit = MAX_CLASSES if num_classes is None else min(int(num_classes), MAX_CLASSES)
+    if hi >= limit:
+        i = int(np.argmax(flat))
+        what = (f"below num_classes={num_classes}" if num_classes is not None and num_classes <= MAX_CLASSES
+                else f"below {MAX_CLASSES:,} (at most {MAX_CLASSES:,} classes)")
+        raise error(where, f"{name} must be class ids {what}, got {hi:.0f} at example {i}")
+    return int(hi)
