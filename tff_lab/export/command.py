@@ -5,6 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tff_lab.inputs import int_in
+
+MAX_REPRESENTATIVE_EXAMPLES = 100_000  # int8 calibration: TFLite's converter needs hundreds, not millions
+MAX_LATENCY_RUNS = 100_000
+MAX_BATCH_SIZE = 1 << 20
+MAX_THREADS = 1024
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -21,9 +28,9 @@ def register(sub) -> None:
     p.add_argument("--int8-io", default="int8", metavar="{int8,float}",
                    help="int8 model's input/output type: int8 (fully integer, the sidecar holds scale and zero "
                         "point) or float (quantize/dequantize inside the model) (default: %(default)s)")
-    p.add_argument("--representative-examples", type=int, default=500, metavar="N",
+    p.add_argument("--representative-examples", type=int_in(1, MAX_REPRESENTATIVE_EXAMPLES), default=500, metavar="N",
                    help="int8 calibration examples, drawn round-robin across clients (default: %(default)s)")
-    p.add_argument("--latency-runs", type=int, default=200, metavar="N",
+    p.add_argument("--latency-runs", type=int_in(1, MAX_LATENCY_RUNS), default=200, metavar="N",
                    help="interpreter calls timed at batch 1 for the report (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=_export)
@@ -36,13 +43,13 @@ def register(sub) -> None:
                                                   "SavedModel directory")
     q.add_argument("input", metavar="INPUT", help="input examples: .npy, .npz (array 'x') or .csv (one row each)")
     q.add_argument("--out", required=True, metavar="PREDICTIONS", help="output file: .npz or .csv")
-    q.add_argument("--batch-size", type=int, default=256, metavar="N", help="examples per call (default: %(default)s)")
+    q.add_argument("--batch-size", type=int_in(1, MAX_BATCH_SIZE), default=256, metavar="N", help="examples per call (default: %(default)s)")
     q.add_argument("--key", default=None, help="array name inside an .npz input (default: 'x' or its only array)")
     q.add_argument("--sidecar", default=None, metavar="JSON",
                    help="sidecar with preprocessing and labels (default: MODEL's own, or its run's)")
     q.add_argument("--no-preprocess", action="store_true",
                    help="INPUT already holds model inputs: skip the sidecar's (raw - offset) * scale")
-    q.add_argument("--threads", type=int, default=None, metavar="N", help="TFLite interpreter threads")
+    q.add_argument("--threads", type=int_in(1, MAX_THREADS), default=None, metavar="N", help="TFLite interpreter threads")
     q.add_argument("--quiet", action="store_true", help="no progress bar or throughput line")
     q.set_defaults(func=_predict)
 
