@@ -229,7 +229,8 @@ def test_render_bad_input_is_one_line_exit_2(extra, words, capsys, monkeypatch, 
         code = e.code
     assert code == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 or (len(lines) == 2 and lines[0].startswith("usage:")), lines
+    assert len(lines) == 1 or lines[0].startswith("usage:"), lines
+    assert sum("error:" in line for line in lines) == 1 and "Traceback" not in "\n".join(lines), lines
     assert "error: " in lines[-1] and words in lines[-1], lines
     assert not (tmp_path / "k8s").exists()
 
