@@ -67,8 +67,13 @@ def _error(error: Type[UserError], where: str, path: PathLike, message: str) -> 
     """``where: message`` when ``where`` is the path itself, else ``where: PATH message``."""
     p = os.fspath(path)
     if where == p or not where:
-        return error(where or p, message)
-    return error(where, f"{p}: {message}")
+        return error(where or _short(p), message)
+    return error(where, f"{_short(p)}: {message}")
+
+
+def _short(p: str) -> str:
+    """A path as messages show it: whole, unless absurdly long."""
+    return p if len(p) <= 160 else f"{p[:80]}...{p[-60:]}"
 
 
 def _oserror_text(e: OSError) -> str:
@@ -185,8 +190,8 @@ def _name_lengths(p: Path, anc: Path, where: str, path: PathLike, error) -> None
         name_max = 255
     for part in p.relative_to(anc).parts:
         if len(os.fsencode(part)) > name_max:
-            raise _error(error, where, path, f"cannot be created: the name {part[:40]!r}... is longer than "
-                                             f"{name_max} bytes")
+            raise _error(error, where, path, f"cannot be created: the name {part[:40]!r}... is too long "
+                                             f"(more than {name_max} bytes)")
 
 
 def _probe_dir(d: Path, where: str, path: PathLike, error) -> None:
