@@ -195,6 +195,7 @@ MAX_YAML_BYTES = 1 << 20  # 1 MiB
 MAX_YAML_DEPTH = 64  # nesting of sequences/mappings, aliases expanded
 MAX_YAML_NODES = 100_000  # nodes of the document with every alias expanded
 MAX_YAML_ALIASES = 1_000
+MAX_YAML_INT_BITS = 1024
 
 
 class YamlLimitError(Exception):
@@ -235,6 +236,14 @@ class _LimitedLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_yaml_int(self, node):
+        value = super().construct_yaml_int(node)
+        if abs(value).bit_length() > MAX_YAML_INT_BITS:  # e.g. 0xfff... of 5000 digits: printing it fails
+            m = node.start_mark
+            raise YamlLimitError(f"an integer of more than {MAX_YAML_INT_BITS} bits (line {m.line + 1}); no field "
+                                 "takes one")
+        return value
+
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
@@ -250,6 +259,9 @@ class _LimitedLoader(yaml.SafeLoader):
                 m = key_node.start_mark
                 raise _DuplicateKey(f"duplicate key {key!r} (line {m.line + 1}, column {m.column + 1})")
         return super().construct_mapping(node, deep=deep)
+
+
+_LimitedLoader.add_constructor("tag:yaml.org,2002:int", _LimitedLoader.construct_yaml_int)
 
 
 def _check_node_graph(root) -> None:
