@@ -327,6 +327,7 @@ def int_in(lo: Optional[int] = 1, hi: Optional[int] = INT32_MAX, *, note: str = 
 
     parse.__name__ = "integer"
     parse.expected = expected
+    parse.kind, parse.lo, parse.hi, parse.lo_open, parse.hi_open = "int", lo, hi, False, False
     return parse
 
 
@@ -351,6 +352,7 @@ def float_in(lo: Optional[float] = None, hi: Optional[float] = None, *, lo_open:
 
     parse.__name__ = "number"
     parse.expected = expected
+    parse.kind, parse.lo, parse.hi, parse.lo_open, parse.hi_open = "float", lo, hi, lo_open, hi_open
     return parse
 
 
