@@ -76,7 +76,7 @@ def check_quantity(value: str, flag: str, kind: str) -> str:
 
     text = value if isinstance(value, str) else str(value)
     expected = f"a Kubernetes quantity > 0 (e.g. {QUANTITY_EXAMPLES.get(kind, '1')})"
-    if not _QUANTITY_RE.match(text):
+    if not _QUANTITY_RE.fullmatch(text):
         raise ConfigError(flag, f"expected {expected}, got {text!r}")
     try:
         q = parse_quantity(text)
