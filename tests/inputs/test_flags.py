@@ -176,6 +176,15 @@ def test_tree_schedule_refused_up_front(rounds, extra, capsys):
     assert time.monotonic() - t0 < 10
 
 
+@pytest.mark.parametrize("rounds", [100_001, 500_000, 1_000_000])
+def test_pld_noise_search_bounded(rounds, capsys):
+    t0 = time.monotonic()
+    code, err = _main(["privacy", "noise", "--mechanism", "gaussian_fixed", "--target-epsilon", "1", "--accountant",
+                       "pld", "--sampling-rate", "0.1", "--rounds", str(rounds)], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("tff-lab: error: --rounds: searching the PLD"), err
+    assert time.monotonic() - t0 < 10
+
+
 def test_tree_at_tiny_effective_noise_reports_rdp_not_a_hang(capsys):
     import json
 

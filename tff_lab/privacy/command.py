@@ -24,6 +24,9 @@ MAX_TREE_SCHEDULE_ROUNDS = 200_000  # one Python-level leaf per round
 # dp_accounting's PLD of one Gaussian of noise sigma takes ~1 s at 0.3, 8 s at 0.1, 57 s at 0.03
 # (discretisation 1e-4): below this the tree's PLD epsilon is not computed (RDP is).
 TREE_PLD_MIN_SIGMA = 0.1
+# `privacy noise --accountant pld` evaluates the composed PLD ~30 times (Brent's search); at 100,000
+# Poisson rounds that already takes about a minute.
+MAX_PLD_SEARCH_ROUNDS = 100_000
 MAX_NOISE_MULTIPLIER = 1e6
 MAX_EPSILON = 1e6
 MAX_AUDIT_DIM = 1_000_000
@@ -304,6 +307,12 @@ def _noise_impl(args) -> int:
     delta = resolve_delta(cfg, population)
     if cfg.privacy.mechanism == "tree":
         _check_tree_schedule(cfg, population)  # calibration plans the schedule first
+    if cfg.privacy.accountant == "pld" and cfg.training.rounds > MAX_PLD_SEARCH_ROUNDS:
+        from tff_lab.errors import ConfigError
+
+        raise ConfigError("training.rounds", f"searching the PLD accountant over {cfg.training.rounds:,} rounds "
+                          f"composes its PLD ~30 times at that length; at most {MAX_PLD_SEARCH_ROUNDS:,} rounds "
+                          "(or --accountant rdp)")
     noise = resolve_noise_multiplier(cfg, population)
     eps = _plan(cfg, population, noise, delta)
     info = _describe(cfg, population, noise, delta, eps)
