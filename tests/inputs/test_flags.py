@@ -214,7 +214,7 @@ def test_audit_simulation_cost_refused_up_front(tmp_path, dim, overrides, word, 
 
 
 @pytest.mark.parametrize("argv,needles", [
-    (["privacy", "audit", "experiments/dp_digits.yaml", "--simulate", "--dim", "-1"], ["--dim", ">= 1"]),
+    (["privacy", "audit", "experiments/privacy_audit.yaml", "--simulate", "--dim", "-1"], ["--dim", ">= 1"]),
     (["k8s", "wait", "localhost:1", "--timeout", "-1"], ["--timeout", "> 0"]),
     (["privacy", "epsilon", "--mechanism", "tree", "--noise-multiplier", "nan"], ["--noise-multiplier", "finite"]),
     (["privacy", "epsilon", "--mechanism", "tree", "--rounds", "2000000000", "--noise-multiplier", "1"],
