@@ -453,3 +453,30 @@ def check_labels(y, where: str, num_classes: Optional[int] = None, *, name: str 
                 else f"below {MAX_CLASSES:,} (at most {MAX_CLASSES:,} classes)")
         raise error(where, f"{name} must be class ids {what}, got {hi:.0f} at example {i}")
     return int(hi)
+
+
+# -- argparse types for paths ---------------------------------------------------------------------
+def readable_file_arg(max_bytes: int = MAX_DATA_FILE_BYTES, what: str = "file"):
+    """An argparse ``type=``: :func:`regular_file` at parse time, so argparse names the flag."""
+
+    def parse(text: str) -> str:
+        try:
+            regular_file(text, text, max_bytes, what=what)
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+
+    parse.__name__ = what
+    return parse
+
+
+def output_file_arg(text: str) -> str:
+    """An argparse ``type=``: :func:`output_file` at parse time (before any work)."""
+    try:
+        output_file(text, text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+output_file_arg.__name__ = "output file"

@@ -169,4 +169,4 @@ def test_predict_bad_arguments(exported_run, reference, tmp_path, capsys):
     _user_error(capsys, ["predict", tmp_path / "m.h5", tmp_path / "x.npy", "--out", tmp_path / "p.npz"],
                 "unsupported model type '.h5'")
     _user_error(capsys, ["predict", m, tmp_path / "x.npy", "--out", tmp_path / "p.npz", "--sidecar",
-                         tmp_path / "none.json"], "sidecar JSON not found")
+                         tmp_path / "none.json"], "--sidecar", "none.json", "not found")

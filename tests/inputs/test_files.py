@@ -317,3 +317,31 @@ def test_cli_refuses_bad_client_files(tmp_path, bad_name, make_bad, words):
                    "--set", "training.clients_per_round=2", "--set", "training.rounds=1", timeout=120)
     assert_user_error(proc, *words)
     assert not (tmp_path / "r").exists()
+
+
+def test_predict_paths_checked_at_parse_time(tmp_path, capsys):
+    """predict's INPUT, --sidecar and --out go through the same checks, as argparse types (named)."""
+    from tff_lab.cli import build_parser
+
+    good = tmp_path / "x.npy"
+    np.save(good, np.ones((2, 3)))
+
+    def parse(argv):
+        try:
+            build_parser().parse_args(argv)
+            return 0, ""
+        except SystemExit as e:
+            return e.code, capsys.readouterr().err.strip().splitlines()[-1]
+
+    assert parse(["predict", "m.keras", str(good), "--out", str(tmp_path / "o.npz")])[0] == 0
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    for path, _ in _non_regular(tmp_path / "in"):
+        code, line = within(5, parse, ["predict", "m.keras", str(path), "--out", str(tmp_path / "o.npz")])[1]
+        assert code == 2 and "argument INPUT: " in line, (path, line)
+        code, line = within(5, parse, ["predict", "m.keras", str(good), "--out", str(tmp_path / "o.npz"),
+                                       "--sidecar", str(path)])[1]
+        assert code == 2 and "argument --sidecar: " in line, (path, line)
+    for path, word in _bad_outputs(tmp_path / "out"):
+        code, line = within(5, parse, ["predict", "m.keras", str(good), "--out", str(path)])[1]
+        assert code == 2 and "argument --out: " in line and word in line, (path, line)

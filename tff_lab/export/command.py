@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tff_lab.inputs import int_in
+from tff_lab.inputs import MAX_TEXT_FILE_BYTES, int_in, output_file_arg, readable_file_arg
 
 MAX_REPRESENTATIVE_EXAMPLES = 100_000  # int8 calibration: TFLite's converter needs hundreds, not millions
 MAX_LATENCY_RUNS = 100_000
@@ -41,11 +41,11 @@ def register(sub) -> None:
                     "was) with MODEL and write class probabilities and labels to PREDICTIONS (.npz or .csv).")
     q.add_argument("model", metavar="MODEL", help=".tflite file (its sidecar .json beside it), .keras file or "
                                                   "SavedModel directory")
-    q.add_argument("input", metavar="INPUT", help="input examples: .npy, .npz (array 'x') or .csv (one row each)")
-    q.add_argument("--out", required=True, metavar="PREDICTIONS", help="output file: .npz or .csv")
+    q.add_argument("input", metavar="INPUT", type=readable_file_arg(what="input file"), help="input examples: .npy, .npz (array 'x') or .csv (one row each)")
+    q.add_argument("--out", required=True, metavar="PREDICTIONS", type=output_file_arg, help="output file: .npz or .csv")
     q.add_argument("--batch-size", type=int_in(1, MAX_BATCH_SIZE), default=256, metavar="N", help="examples per call (default: %(default)s)")
     q.add_argument("--key", default=None, help="array name inside an .npz input (default: 'x' or its only array)")
-    q.add_argument("--sidecar", default=None, metavar="JSON",
+    q.add_argument("--sidecar", default=None, metavar="JSON", type=readable_file_arg(MAX_TEXT_FILE_BYTES, "sidecar JSON"),
                    help="sidecar with preprocessing and labels (default: MODEL's own, or its run's)")
     q.add_argument("--no-preprocess", action="store_true",
                    help="INPUT already holds model inputs: skip the sidecar's (raw - offset) * scale")
