@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import assert_user_error, run_cli
+from helpers import REPO, assert_user_error, run_cli
 from tff_lab.cli import build_parser, main
 
 RNG = np.random.default_rng(2026)
@@ -57,12 +57,23 @@ def _base_argv(path, parser, skip) -> list[str]:
         if a is skip or isinstance(a, argparse._SubParsersAction):
             continue
         if not a.option_strings and a.nargs not in ("?", "*"):
-            argv += ["h:1"] * (1 if a.nargs in (None, 1) else 1)
+            argv.append(_placeholder(a.type))
         elif a.option_strings and a.required:
             t = a.type
-            ok = "x" if getattr(t, "kind", None) is None else str(_inside(t))
+            ok = _placeholder(t) if getattr(t, "kind", None) is None else str(_inside(t))
             argv += [a.option_strings[-1], ok]
     return argv
+
+
+def _placeholder(t) -> str:
+    """A value the type accepts: host:port for plain strings, a real file or a writable path for path types."""
+    from tff_lab.inputs import output_file_arg
+
+    if t is None:
+        return "h:1"
+    if t is output_file_arg:
+        return str(REPO / "tests" / "_no_such_output.npz")
+    return str(REPO / "README.md")
 
 
 def _inside(t):
