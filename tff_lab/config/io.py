@@ -163,9 +163,11 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError("--set", f"expected key.sub=value, got {item!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_limited(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        value = raw
+        value = raw  # not YAML: the text itself (the schema says whether a string fits)
+    except _YAML_FAILURES as e:  # over a limit, a duplicate key: refused, never kept as text
+        raise _yaml_error(e, f"--set {key}") from None
     return key.split("."), value
 
 
@@ -186,8 +188,61 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     return out
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys silently; an experiment with both is refused."""
+# Limits of every YAML document tff_lab reads (experiments, sweep grids, --set values): an experiment
+# is a few KiB; these bounds refuse what only an attack or an accident produces (an alias "billion
+# laughs" bomb, 100,000 nested brackets, a multi-GiB file) before it costs memory or a RecursionError.
+MAX_YAML_BYTES = 1 << 20  # 1 MiB
+MAX_YAML_DEPTH = 64  # nesting of sequences/mappings, aliases expanded
+MAX_YAML_NODES = 100_000  # nodes of the document with every alias expanded
+MAX_YAML_ALIASES = 1_000
+MAX_YAML_INT_BITS = 1024
+
+
+class YamlLimitError(Exception):
+    """A YAML document over one of the limits (the message says which)."""
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """A SafeLoader (plain data, never Python objects) that refuses duplicate keys (PyYAML keeps the
+    last of two equal keys silently), nesting deeper than MAX_YAML_DEPTH while composing (before
+    PyYAML's own recursion can fail), more than MAX_YAML_ALIASES aliases, and documents whose
+    alias-expanded tree exceeds MAX_YAML_NODES nodes or MAX_YAML_DEPTH levels, or is recursive
+    (checked on the node graph, before anything is constructed)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                m = self.peek_event().start_mark
+                raise YamlLimitError(f"more than {MAX_YAML_ALIASES} aliases (*name) (line {m.line + 1}); "
+                                     "expand them in the file")
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                m = self.peek_event().start_mark
+                raise YamlLimitError(f"nested deeper than {MAX_YAML_DEPTH} levels (line {m.line + 1}, "
+                                     f"column {m.column + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_yaml_int(self, node):
+        value = super().construct_yaml_int(node)
+        if abs(value).bit_length() > MAX_YAML_INT_BITS:  # e.g. 0xfff... of 5000 digits: printing it fails
+            m = node.start_mark
+            raise YamlLimitError(f"an integer of more than {MAX_YAML_INT_BITS} bits (line {m.line + 1}); no field "
+                                 "takes one")
+        return value
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -206,29 +261,101 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-class _DuplicateKey(Exception):
-    pass
+_LimitedLoader.add_constructor("tag:yaml.org,2002:int", _LimitedLoader.construct_yaml_int)
+
+
+def _check_node_graph(root) -> None:
+    """Size and depth of the document with aliases expanded, on the composed node graph (shared
+    nodes are visited once: linear time however many times an alias repeats them)."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        nid = id(node)
+        if isinstance(node, yaml.ScalarNode):
+            size[nid], depth[nid] = 1, 0
+            continue
+        children = ([c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode)
+                    else list(node.value))
+        if done:
+            on_path.discard(nid)
+            size[nid] = 1 + sum(size[id(c)] for c in children)
+            depth[nid] = 1 + max((depth[id(c)] for c in children), default=0)
+            if size[nid] > MAX_YAML_NODES:
+                m = node.start_mark
+                raise YamlLimitError(f"expands to more than {MAX_YAML_NODES:,} values (aliases expanded; line "
+                                     f"{m.line + 1}); an experiment is far smaller")
+            if depth[nid] > MAX_YAML_DEPTH:
+                m = node.start_mark
+                raise YamlLimitError(f"nested deeper than {MAX_YAML_DEPTH} levels with aliases expanded (line "
+                                     f"{m.line + 1})")
+            continue
+        if nid in size:
+            continue
+        if nid in on_path:
+            m = node.start_mark
+            raise YamlLimitError(f"a recursive alias (an anchor used inside itself, line {m.line + 1})")
+        on_path.add(nid)
+        stack.append((node, True))
+        for c in children:
+            cid = id(c)
+            if cid in on_path:
+                m = c.start_mark
+                raise YamlLimitError(f"a recursive alias (an anchor used inside itself, line {m.line + 1})")
+            if cid not in size:
+                stack.append((c, False))
+
+
+def _load_limited(text: str) -> Any:
+    if len(text) > MAX_YAML_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
+        raise YamlLimitError(f"YAML larger than {MAX_YAML_BYTES // 1024} KiB; an experiment is far smaller")
+    loader = _LimitedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_node_graph(node)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise YamlLimitError(f"nested too deeply (at most {MAX_YAML_DEPTH} levels)") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_error(e: BaseException, where: str) -> ConfigError:
+    if isinstance(e, (_DuplicateKey, YamlLimitError)):
+        return ConfigError(where, str(e))
+    if isinstance(e, yaml.YAMLError):
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        return ConfigError(where, f"malformed YAML{at}: {problem}")
+    # e.g. ValueError of an integer of more than 4300 digits
+    return ConfigError(where, f"malformed YAML value: {' '.join(str(e).split())[:200]}")
+
+
+_YAML_FAILURES = (_DuplicateKey, YamlLimitError, yaml.YAMLError, ValueError, OverflowError, TypeError)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Plain data from YAML text, within the limits above; every failure a ConfigError naming
+    ``where`` (and the line). The one YAML parser of tff_lab (files, sweep grids, --set values)."""
+    try:
+        return _load_limited(text)
+    except _YAML_FAILURES as e:
+        raise _yaml_error(e, where) from None
 
 
 def read_yaml(path: Union[str, os.PathLike]) -> dict:
+    """A YAML file of sections (an experiment, a sweep grid) as plain data: a regular file (not a
+    directory, FIFO or device), at most MAX_YAML_BYTES, UTF-8, parsed by :func:`parse_yaml`."""
+    from tff_lab.inputs import read_text_file
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(str(p), "experiment file not found")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(str(p), f"not a UTF-8 text file (byte {e.start})") from None
-    except OSError as e:
-        raise ConfigError(str(p), f"cannot read the experiment file ({e.strerror or e})") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
-    except _DuplicateKey as e:
-        raise ConfigError(str(p), str(e)) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError(str(p), f"malformed YAML{where}: {problem}") from None
+    text = read_text_file(p, str(p), MAX_YAML_BYTES, what="YAML file", error=ConfigError)
+    data = parse_yaml(text, str(p))
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -44,6 +44,9 @@ def _require(cond: bool, path: str, message: str) -> None:
 # or numpy arrays; the seed goes to numpy.random.seed / tf.keras.utils.set_random_seed (< 2**32).
 INT_MAX = 2**31 - 1
 SEED_MAX = 2**32 - 1
+# The zoo's layer widths (tff_lab.models.zoo also bounds the total parameter count).
+MAX_HIDDEN_UNITS = 65536
+MAX_CNN_FILTERS = 4096
 
 
 def _int_in(value: int, lo: int, hi: int, path: str) -> None:
@@ -228,9 +231,9 @@ class ModelConfig:
         if self.builder is not None:
             _require(_is_import_path(self.builder), f"{p}.builder",
                      f"expected an import path 'module:attribute', got {self.builder!r}")
-        for name in ("hidden_units", "cnn_filters"):
+        for name, hi in (("hidden_units", MAX_HIDDEN_UNITS), ("cnn_filters", MAX_CNN_FILTERS)):
             for i, u in enumerate(getattr(self, name)):
-                _int_in(u, 1, INT_MAX, f"{p}.{name}[{i}]")
+                _int_in(u, 1, hi, f"{p}.{name}[{i}]")
         _require(0.0 <= self.dropout < 1.0, f"{p}.dropout", f"expected a rate in [0, 1), got {self.dropout}")
 
 

@@ -90,10 +90,20 @@ def _normalise(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np
         raise PartTypeError(where, f"features must be numeric, got dtype {x.dtype}")
     if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and len(y) and not np.all(np.mod(y, 1) == 0)):
         raise PartTypeError(where, f"labels must be integer class ids, got dtype {y.dtype}")
-    if len(y) and (y.min() < 0):
-        raise PartValueError(where, "labels must be >= 0")
+    _check_entering(x, y, where)
     x = x.astype(np.int32) if x.dtype.kind in "iu" else x.astype(np.float32)
     return x, y.astype(np.int32)
+
+
+def _check_entering(x: np.ndarray, y: np.ndarray, where: str) -> None:
+    """Bounds of arrays entering from Python, from their shape before anything else is built: zero
+    features, too many dimensions or values per example; labels finite integer ids >= 0 and below
+    tff_lab.inputs.MAX_CLASSES (the output layer and label names are sized by the largest one)."""
+    from tff_lab.inputs import check_example_shape, check_labels
+
+    if x.ndim >= 2:
+        check_example_shape(x.shape, where, allow_empty=True, error=PartValueError)
+    check_labels(y, where, name="labels", error=PartValueError)
 
 
 def federated_data(obj: Any, *, cfg=None, rng: Optional[np.random.Generator] = None, test: Any = None,
@@ -178,6 +188,10 @@ def federated_data(obj: Any, *, cfg=None, rng: Optional[np.random.Generator] = N
         test_source = "clients"
     max_label = max([int(c[1].max()) for c in clients if len(c[1])] + ([int(test_arr[1].max())]
                                                                            if len(test_arr[1]) else []))
+    if num_classes is not None:
+        from tff_lab.inputs import MAX_CLASSES, check_int
+
+        check_int(num_classes, f"{where} num_classes", 1, MAX_CLASSES, error=PartValueError)
     k = int(num_classes) if num_classes is not None else max_label + 1
     if max_label >= k:
         raise PartValueError(where, f"label {max_label} does not fit num_classes={k}")

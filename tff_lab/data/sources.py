@@ -18,6 +18,7 @@ import numpy as np
 from tff_lab.config.schema import ExperimentConfig
 from tff_lab.data import partition as partition_lib
 from tff_lab.errors import DataError
+from tff_lab.inputs import check_example_shape, check_labels, regular_file
 
 NATURAL_SOURCES = ("synthetic", "npz_dir", "csv_dir", "emnist", "shakespeare")
 
@@ -169,35 +170,97 @@ def _natural_or_repartition(clients, test, cfg, rng, labels, preprocessing, ids=
     return _assemble([(x[p], y[p]) for p in parts], test, cfg, rng, labels, preprocessing)
 
 
-def _read_client_file(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    if kind == "npz":
+MAX_CSV_BYTES = 1 << 30  # a client CSV is parsed whole (float64): larger files belong in .npz
+
+
+def _npy_header(zf, member: str, path: Path, key: str):
+    """(shape, dtype) of one .npy inside an .npz, read from its header alone (nothing allocated)."""
+    fmt = np.lib.format
+    try:
+        with zf.open(member) as fp:
+            version = fmt.read_magic(fp)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(fp)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(fp)
+            else:
+                shape, _, dtype = fmt._read_array_header(fp, version)
+    except Exception as e:  # a corrupt zip member or .npy header
+        raise DataError(str(path), f"array {key!r} is not a readable .npy ({type(e).__name__}: {e})") from None
+    if dtype.hasobject:
+        raise DataError(str(path), f"array {key!r} holds Python objects (pickled); only numeric arrays are read")
+    return tuple(shape), dtype
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of a client .npz: a zip of .npy files whose headers (shape, dtype) are checked before
+    any array is read; never unpickled (allow_pickle=False)."""
+    import zipfile
+
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise DataError(str(path), f"not a readable .npz (a zip of .npy arrays): {type(e).__name__}: {e}") from None
+    with zf:
+        members = {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
+        if "x" not in members or "y" not in members:
+            found = sorted(members)
+            shown = ", ".join(repr(k) for k in found[:10]) + (", ..." if len(found) > 10 else "")
+            raise DataError(str(path), f"expected arrays 'x' and 'y', found [{shown}]")
+        (xs, xd), (ys, yd) = _npy_header(zf, members["x"], path, "x"), _npy_header(zf, members["y"], path, "y")
+        _check_xy_header(path, xs, xd, ys, yd)
         try:
-            with np.load(path, allow_pickle=False) as f:
-                if "x" not in f.files or "y" not in f.files:
-                    raise DataError(str(path), f"expected arrays 'x' and 'y', found {sorted(f.files)}")
-                x, y = f["x"], f["y"]
-        except DataError:
-            raise
-        except Exception as e:  # zipfile/ValueError: a corrupt or pickled file
+            with zf.open(members["x"]) as fp:
+                x = np.lib.format.read_array(fp, allow_pickle=False)
+            with zf.open(members["y"]) as fp:
+                y = np.lib.format.read_array(fp, allow_pickle=False)
+        except Exception as e:  # truncated or corrupt data after a valid header
             raise DataError(str(path), f"not a readable .npz of numeric arrays ({type(e).__name__}: {e})") from None
-    else:
-        try:
+    if x.shape != xs or y.shape != ys:
+        raise DataError(str(path), "arrays do not match their headers (a corrupt file)")
+    return x, y
+
+
+def _check_xy_header(path: Path, xs, xd, ys, yd) -> None:
+    if xd.kind not in "fiu" or yd.kind not in "fiu":
+        raise DataError(str(path), f"expected numeric x and integer y, got x {xd}, y {yd}")
+    if len(ys) != 1 or len(xs) < 1 or xs[0] != ys[0]:
+        raise DataError(str(path), f"expected x of shape (n, ...) and y of shape (n,), got x {xs}, y {ys}")
+    check_example_shape(xs, str(path), itemsize=max(xd.itemsize, 4))
+
+
+def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import warnings
+
+    regular_file(path, str(path), MAX_CSV_BYTES)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data": refused below, in one line
             arr = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2, comments="#")
-        except ValueError as e:
-            raise DataError(str(path), f"expected numeric CSV rows 'feature,...,label' ({e})") from None
-        if arr.shape[1] < 2:
-            raise DataError(str(path), "expected at least one feature column and a label column")
-        x, y = arr[:, :-1], arr[:, -1]
+    except (ValueError, IndexError) as e:
+        raise DataError(str(path), "expected numeric CSV rows 'feature,...,label' "
+                                   f"({' '.join(str(e).split())[:200]})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(str(path), f"cannot read the CSV ({type(e).__name__}: {e})") from None
+    if arr.shape[0] == 0:
+        raise DataError(str(path), "holds no examples")
+    if arr.shape[1] < 2:
+        raise DataError(str(path), "expected at least one feature column and a label column")
+    return arr[:, :-1], arr[:, -1]
+
+
+def _read_client_file(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """One client's (x float32, y int32), every check made where the file enters: a regular file
+    of bounded size (no directory, FIFO or device), shapes and dtypes from the headers before
+    anything is read, labels integer ids in range before anything is sized by one, features finite."""
+    regular_file(path, str(path))
+    x, y = _read_npz(path) if kind == "npz" else _read_csv(path)
     if x.dtype.kind not in "fiu" or y.dtype.kind not in "fiu":
         raise DataError(str(path), f"expected numeric x and integer y, got x {x.dtype}, y {y.dtype}")
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
         raise DataError(str(path), f"expected x of shape (n, ...) and y of shape (n,), got x {x.shape}, y {y.shape}")
-    if len(y) == 0:
-        raise DataError(str(path), "holds no examples")
-    if y.dtype.kind == "f" and not np.all(np.equal(np.mod(y, 1), 0)):
-        raise DataError(str(path), "labels y must be integer class ids")
-    if np.any(y < 0) or np.any(y > np.iinfo(np.int32).max):
-        raise DataError(str(path), "labels y must be class ids >= 0 (and below 2**31)")
+    check_example_shape(x.shape, str(path))
+    check_labels(y, str(path))
     with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused just below
         x = x.astype(np.float32)
     bad = _first_non_finite(x)

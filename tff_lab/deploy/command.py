@@ -10,6 +10,29 @@ import sys
 import time
 from pathlib import Path
 
+from tff_lab.inputs import INT32_MAX, float_in, int_in
+
+MAX_WORKERS = 10_000  # pods of one Job/StatefulSet
+MAX_GPUS_PER_POD = 64
+MAX_WAIT_SECONDS = 7 * 24 * 3600.0
+
+
+def _quantity(kind: str):
+    """argparse type: a Kubernetes quantity checked by render.check_quantity (the kubernetes
+    client's parse_quantity); argparse names the flag in the error."""
+
+    def parse(text: str) -> str:
+        from tff_lab.deploy.render import check_quantity
+        from tff_lab.errors import ConfigError
+
+        try:
+            return check_quantity(text, "", kind)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(e.message) from None
+
+    parse.__name__ = f"{kind} quantity"
+    return parse
+
 
 def register(subparsers) -> None:
     k8s = subparsers.add_parser("k8s", help="Kubernetes manifests (kustomize base + overlays)",
@@ -28,22 +51,23 @@ def register(subparsers) -> None:
                     "(REPO:TAG@sha256:DIGEST): every pod then runs the same bytes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("experiment", help="experiment YAML, stored in the ConfigMap the pods read")
-    r.add_argument("--workers", type=int, default=2, help="MWMS workers (Indexed Job completions = parallelism)")
-    r.add_argument("--gpus-per-worker", type=int, default=1, help="nvidia.com/gpu limit per worker (0: none)")
+    r.add_argument("--workers", type=int_in(1, MAX_WORKERS), default=2, help="MWMS workers (Indexed Job completions = parallelism)")
+    r.add_argument("--gpus-per-worker", type=int_in(0, MAX_GPUS_PER_POD), default=1, help="nvidia.com/gpu limit per worker (0: none)")
     r.add_argument("--image", default=None,
                    help="image built from Dockerfile.gpu (required): REPO:TAG@sha256:DIGEST (pulled IfNotPresent) "
                         "or REPO:TAG (pulled Always)")
     r.add_argument("--sweep", default=None, metavar="GRID", help="sweep grid YAML for the sweep overlay")
-    r.add_argument("--tff-workers", type=int, default=2, help="TFF worker pods of the federated overlay")
-    r.add_argument("--tff-worker-gpus", type=int, default=0, help="nvidia.com/gpu limit per TFF worker (0: none)")
-    r.add_argument("--predict-shards", type=int, default=4,
+    r.add_argument("--tff-workers", type=int_in(1, MAX_WORKERS), default=2, help="TFF worker pods of the federated overlay")
+    r.add_argument("--tff-worker-gpus", type=int_in(0, MAX_GPUS_PER_POD), default=0, help="nvidia.com/gpu limit per TFF worker (0: none)")
+    r.add_argument("--predict-shards", type=int_in(1, MAX_WORKERS), default=4,
                    help="predict overlay: shards of the input (Indexed Job completions)")
-    r.add_argument("--predict-parallelism", type=int, default=4, help="predict overlay: shards running at once")
+    r.add_argument("--predict-parallelism", type=int_in(1, MAX_WORKERS), default=4,
+                   help="predict overlay: shards running at once")
     r.add_argument("--predict-model", default=None,
                    help="predict overlay: model under /artifacts (default: the MWMS run's model/model.keras)")
     r.add_argument("--predict-input", default="/artifacts/predict/input.npy",
                    help="predict overlay: input under /artifacts")
-    r.add_argument("--predict-batch-size", type=int, default=1024,
+    r.add_argument("--predict-batch-size", type=int_in(1, 1 << 20), default=1024,
                    help="predict overlay: --batch-size of every shard (measure it with `tff-lab predict "
                         "--max-latency-ms`)")
     r.add_argument("--overlay", action="append", default=None, metavar="NAME",
@@ -51,9 +75,9 @@ def register(subparsers) -> None:
                         "all, sweep only with --sweep)")
     r.add_argument("--name", default="tff-lab", help="name prefix of the objects")
     r.add_argument("--namespace", default="tff-lab", help="namespace of every object (kustomize namespace:)")
-    r.add_argument("--cpu", default="4", help="CPU request and limit per worker (MWMS and TFF)")
-    r.add_argument("--memory", default="16Gi", help="memory request and limit per worker (MWMS and TFF)")
-    r.add_argument("--storage", default="20Gi", help="size of the artifacts/checkpoints volume")
+    r.add_argument("--cpu", default="4", type=_quantity("cpu"), help="CPU request and limit per worker (MWMS and TFF)")
+    r.add_argument("--memory", default="16Gi", type=_quantity("memory"), help="memory request and limit per worker (MWMS and TFF)")
+    r.add_argument("--storage", default="20Gi", type=_quantity("storage"), help="size of the artifacts/checkpoints volume")
     r.add_argument("--out", default=None, help="write the kustomize tree here (e.g. k8s)")
     r.set_defaults(func=_render)
 
@@ -63,7 +87,7 @@ def register(subparsers) -> None:
                     "did not within --timeout seconds. The federated overlay's driver runs it before `tff-lab run`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     w.add_argument("addresses", nargs="+", metavar="HOST:PORT")
-    w.add_argument("--timeout", type=float, default=900.0, help="seconds to wait in total")
+    w.add_argument("--timeout", type=float_in(0.0, MAX_WAIT_SECONDS, lo_open=True), default=900.0, help="seconds to wait in total")
     w.set_defaults(func=_wait)
 
     t = subparsers.add_parser(
@@ -73,9 +97,9 @@ def register(subparsers) -> None:
                     "overlay's StatefulSet runs it; `tff-lab run --set training.worker_addresses=[HOST:PORT,...]` "
                     "drives it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--port", type=int, default=8000, help="gRPC port")
-    t.add_argument("--max-concurrent-computation-calls", type=int, default=-1,
-                   help="worker_binary's limit on parallel calls of one computation (<= 0: none)")
+    t.add_argument("--port", type=int_in(1, 65535), default=8000, help="gRPC port")
+    t.add_argument("--max-concurrent-computation-calls", type=int_in(-1, INT32_MAX), default=-1,
+                   help="worker_binary's limit on parallel calls of one computation (0 or -1: none)")
     t.set_defaults(func=_tff_worker)
 
     s = subparsers.add_parser(
@@ -85,7 +109,7 @@ def register(subparsers) -> None:
                     "--list prints every point's overrides instead.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("grid", help="sweep grid YAML")
-    s.add_argument("--index", type=int, default=None, help="experiment index (default: $JOB_COMPLETION_INDEX)")
+    s.add_argument("--index", type=int_in(0, INT32_MAX), default=None, help="experiment index (default: $JOB_COMPLETION_INDEX)")
     s.add_argument("--out", default="runs/sweeps", help="output root")
     s.add_argument("--list", action="store_true", help="print the override sets and exit")
     s.set_defaults(func=_sweep)
@@ -128,6 +152,10 @@ def _render(args) -> int:
             raise ConfigError("--overlay", f"unknown overlay {o!r}; expected one of: {', '.join(render.OVERLAYS)}")
     overlays = tuple(args.overlay) if args.overlay else tuple(
         o for o in render.OVERLAYS if o != "sweep" or args.sweep)
+    if args.out is not None:
+        from tff_lab.inputs import check_output_dir
+
+        check_output_dir(args.out, "--out")  # writable, before any work
     p = _params(args, overlays)
     if not render.has_digest(p.image):
         print(f"tff-lab: note: --image {p.image} has no digest; pods pull it Always. Pin it as "
@@ -240,6 +268,10 @@ def _sweep(args) -> int:
     from tff_lab.deploy.sweep import index_from_env, load_sweep, run_sweep_point
 
     sweep = load_sweep(args.grid)
+    if not args.list:
+        from tff_lab.inputs import check_output_dir
+
+        check_output_dir(args.out, "--out")  # writable, before TensorFlow starts
     if args.list:
         for i in range(len(sweep)):
             print(f"{i}\t{sweep.run_name(i)}\t{' '.join(sweep.overrides(i))}")

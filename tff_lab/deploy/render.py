@@ -66,6 +66,41 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _IMAGE_RE = re.compile(r"^[a-z0-9]+([._/:-][a-zA-Z0-9]+)*(@sha256:[a-f0-9]{64})?$")
 
 
+# Kubernetes' own quantity syntax (apimachinery's resource.Quantity): a signed decimal, then a
+# binary (Ki..Ei) or decimal (m, k..E) suffix or a decimal exponent. parse_quantity of the kubernetes
+# client computes the value but also accepts spaces, underscores, NaN and inf, which the API refuses.
+_QUANTITY_RE = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?[0-9]{1,3})?$")
+QUANTITY_EXAMPLES = {"cpu": "4, 500m", "memory": "16Gi, 512Mi", "storage": "20Gi", "gpu": "1"}
+# Beyond any node (and beyond int64 bytes for memory/storage: the API server refuses them).
+QUANTITY_MAX = {"cpu": 100_000, "memory": 2**62, "storage": 2**62}
+
+
+def check_quantity(value: str, flag: str, kind: str) -> str:
+    """A Kubernetes resource quantity (``--cpu``, ``--memory``, ``--storage``) as Kubernetes parses
+    it (``kubernetes.utils.parse_quantity``), refused in one line naming ``flag`` when malformed,
+    not finite, <= 0, or beyond any node; returns it unchanged (manifests keep the user's text)."""
+    from kubernetes.utils import parse_quantity
+
+    text = value if isinstance(value, str) else str(value)
+    expected = f"a Kubernetes quantity > 0 (e.g. {QUANTITY_EXAMPLES.get(kind, '1')})"
+    if not _QUANTITY_RE.fullmatch(text):
+        raise ConfigError(flag, f"expected {expected}, got {text!r}")
+    try:
+        q = parse_quantity(text)
+    except (ValueError, ArithmeticError) as e:
+        raise ConfigError(flag, f"expected {expected}, got {text!r} ({e})") from None
+    if not q.is_finite() or q <= 0:
+        raise ConfigError(flag, f"expected {expected}, got {text!r}")
+    if kind in ("memory", "storage") and q < 1:
+        raise ConfigError(flag, f"expected at least 1 byte (e.g. {QUANTITY_EXAMPLES[kind]}), got {text!r}")
+    if kind == "cpu" and q < parse_quantity("1m"):
+        raise ConfigError(flag, f"expected at least 1m (one millicore), got {text!r}")
+    hi = QUANTITY_MAX.get(kind)
+    if hi is not None and q > hi:
+        raise ConfigError(flag, f"expected {expected} and at most {hi:,}, got {text!r}")
+    return text
+
+
 @dataclasses.dataclass(frozen=True)
 class RenderParams:
     """What ``tff-lab k8s render`` was asked for; validated by :meth:`validate`."""
@@ -115,6 +150,9 @@ class RenderParams:
         for flag, value, low in (("--tff-workers", self.tff_workers, 1), ("--tff-worker-gpus", self.tff_worker_gpus, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(flag, f"expected an integer >= {low}, got {value}")
+        for flag, value, kind in (("--cpu", self.cpu, "cpu"), ("--memory", self.memory, "memory"),
+                                  ("--storage", self.storage, "storage")):
+            check_quantity(value, flag, kind)
         if self.sweep_parallelism < 1:
             raise ConfigError("--sweep-parallelism", "expected an integer >= 1")
         for flag, value in (("--predict-shards", self.predict_shards),

@@ -5,6 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tff_lab.inputs import MAX_TEXT_FILE_BYTES, float_in, int_in, output_file_arg, readable_file_arg
+
+MAX_REPRESENTATIVE_EXAMPLES = 100_000  # int8 calibration: TFLite's converter needs hundreds, not millions
+MAX_LATENCY_RUNS = 100_000
+MAX_BATCH_SIZE = 1 << 20
+MAX_THREADS = 1024
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -27,9 +34,9 @@ def register(sub) -> None:
     p.add_argument("--int8-io", default="int8", metavar="{int8,float}",
                    help="int8 model's input/output type: int8 (fully integer, the sidecar holds scale and zero "
                         "point) or float (quantize/dequantize inside the model) (default: %(default)s)")
-    p.add_argument("--representative-examples", type=int, default=500, metavar="N",
+    p.add_argument("--representative-examples", type=int_in(1, MAX_REPRESENTATIVE_EXAMPLES), default=500, metavar="N",
                    help="int8 calibration examples, drawn round-robin across clients (default: %(default)s)")
-    p.add_argument("--latency-runs", type=int, default=200, metavar="N",
+    p.add_argument("--latency-runs", type=int_in(1, MAX_LATENCY_RUNS), default=200, metavar="N",
                    help="interpreter calls timed at batch 1 for the report (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=_export)
@@ -47,26 +54,27 @@ def register(sub) -> None:
                     "sha256); `tff-lab predict-merge DIR --num-shards N --out FILE` checks and joins them.")
     q.add_argument("model", metavar="MODEL", help=".tflite file (its sidecar .json beside it), .keras file or "
                                                   "SavedModel directory")
-    q.add_argument("input", metavar="INPUT", help="input examples: .npy, .npz (array 'x') or .csv (one row each)")
+    q.add_argument("input", metavar="INPUT", type=readable_file_arg(what="input file"),
+                   help="input examples: .npy, .npz (array 'x') or .csv (one row each)")
     q.add_argument("--out", required=True, metavar="PREDICTIONS",
                    help="output file: .npz or .csv; with --num-shards, the directory of the parts")
-    q.add_argument("--batch-size", type=int, default=None, metavar="N",
+    q.add_argument("--batch-size", type=int_in(1, MAX_BATCH_SIZE), default=None, metavar="N",
                    help="examples per call, no search (default: 256, or measured with a bound below)")
-    q.add_argument("--max-latency-ms", type=float, default=None, metavar="MS",
+    q.add_argument("--max-latency-ms", type=float_in(1e-3, 3.6e6), default=None, metavar="MS",
                    help="choose the largest batch whose median time per call is <= MS (measured)")
-    q.add_argument("--max-memory-mb", type=float, default=None, metavar="MIB",
+    q.add_argument("--max-memory-mb", type=float_in(1.0, 1 << 30), default=None, metavar="MIB",
                    help="choose the largest batch for which the process's peak resident memory plus the output "
                         "array stays <= MIB MiB (measured)")
-    q.add_argument("--num-shards", type=int, default=None, metavar="N",
+    q.add_argument("--num-shards", type=int_in(1, 100_000), default=None, metavar="N",
                    help="predict one of N contiguous shards of INPUT (default: $TFF_LAB_NUM_SHARDS; unset: all rows)")
-    q.add_argument("--shard-index", type=int, default=None, metavar="I",
+    q.add_argument("--shard-index", type=int_in(0, 99_999), default=None, metavar="I",
                    help="the shard to predict, 0..N-1 (default: $JOB_COMPLETION_INDEX)")
     q.add_argument("--key", default=None, help="array name inside an .npz input (default: 'x' or its only array)")
-    q.add_argument("--sidecar", default=None, metavar="JSON",
+    q.add_argument("--sidecar", default=None, metavar="JSON", type=readable_file_arg(MAX_TEXT_FILE_BYTES, "sidecar JSON"),
                    help="sidecar with preprocessing and labels (default: MODEL's own, or its run's)")
     q.add_argument("--no-preprocess", action="store_true",
                    help="INPUT already holds model inputs: skip the sidecar's (raw - offset) * scale")
-    q.add_argument("--threads", type=int, default=None, metavar="N", help="TFLite interpreter threads")
+    q.add_argument("--threads", type=int_in(1, MAX_THREADS), default=None, metavar="N", help="TFLite interpreter threads")
     q.add_argument("--quiet", action="store_true", help="no progress bar, search table or throughput line")
     q.set_defaults(func=_predict)
 
@@ -115,8 +123,16 @@ def _export(args) -> int:
 def _predict(args) -> int:
     import json
 
-    from tff_lab.export.predict import predict_file
+    import os
 
+    from tff_lab.export.predict import NUM_SHARDS_ENV, predict_file
+    from tff_lab.inputs import check_output_dir, output_file
+
+    # Before any work: the parts' folder (sharded) or the predictions file can be written there.
+    if args.num_shards is not None or os.environ.get(NUM_SHARDS_ENV):
+        check_output_dir(args.out, "--out")
+    else:
+        output_file(args.out, "--out")
     res = predict_file(args.model, args.input, args.out, batch_size=args.batch_size,
                        preprocess=not args.no_preprocess, key=args.key, sidecar=args.sidecar,
                        num_threads=args.threads, quiet=args.quiet, max_latency_ms=args.max_latency_ms,

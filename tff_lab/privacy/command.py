@@ -8,9 +8,67 @@ Settings come from an experiment YAML (plus ``--set`` overrides) and/or flags; t
 
 from __future__ import annotations
 
+import contextlib
 import json
 
+from tff_lab.inputs import INT32_MAX, float_in, int_in, open_fraction, positive_float, probability
+
 _KNOWN_POPULATION_SOURCES = ("digits", "breast_cancer", "synthetic")
+
+# Bounds of what these commands compute, refused up front rather than run for hours:
+MAX_ACCOUNTING_ROUNDS = 1_000_000  # the RDP of one round is cached; PLD and tree schedules grow with rounds
+# Tree aggregation: the planned schedule draws every round's sample (population draws per round with
+# Poisson sampling, clients_per_round draws with uniform sampling).
+MAX_TREE_SCHEDULE_DRAWS = 20_000_000
+MAX_TREE_SCHEDULE_ROUNDS = 200_000  # one Python-level leaf per round
+# dp_accounting's PLD of one Gaussian of noise sigma takes ~1 s at 0.3, 8 s at 0.1, 57 s at 0.03
+# (discretisation 1e-4): below this the tree's PLD epsilon is not computed (RDP is).
+TREE_PLD_MIN_SIGMA = 0.1
+# `privacy noise --accountant pld` evaluates the composed PLD ~30 times (Brent's search); at 100,000
+# Poisson rounds that already takes about a minute.
+MAX_PLD_SEARCH_ROUNDS = 100_000
+MAX_NOISE_MULTIPLIER = 1e6
+MAX_EPSILON = 1e6
+MAX_AUDIT_DIM = 1_000_000
+MAX_AUDIT_CANARY_BYTES = 2 << 30  # (canaries, dim) float64 directions
+MAX_AUDIT_WORK = 20_000_000_000  # rounds x expected clients x dim multiply-adds of the simulation
+
+# Which flag sets which config field: an error about that field names the flag the user typed.
+_FLAG_FIELDS = {
+    "mechanism": ("privacy.mechanism", "--mechanism"),
+    "rounds": ("training.rounds", "--rounds"),
+    "population": ("data.num_clients", "--population"),
+    "clients_per_round": ("training.clients_per_round", "--clients-per-round"),
+    "sampling_rate": ("training.sampling_rate", "--sampling-rate"),
+    "delta": ("privacy.delta", "--delta"),
+    "clipped_count_stddev": ("privacy.clipped_count_stddev", "--clipped-count-stddev"),
+    "noise_multiplier": ("privacy.noise_multiplier", "--noise-multiplier"),
+    "target_epsilon": ("privacy.target_epsilon", "--target-epsilon"),
+    "accountant": ("privacy.accountant", "--accountant"),
+}
+
+
+@contextlib.contextmanager
+def _flags_named(args):
+    """A ConfigError about a config field that a flag set names the flag (``--population``, not
+    ``data.num_clients``); the message is kept."""
+    from tff_lab.errors import ConfigError
+
+    try:
+        yield
+    except ConfigError as e:
+        where = e.where
+        experiment = getattr(args, "experiment", None)
+        if experiment and where.startswith(f"{experiment}: "):
+            where = where[len(experiment) + 2:]
+        for attr, (field, flag) in _FLAG_FIELDS.items():
+            if getattr(args, attr, None) is not None and where == field:
+                raise ConfigError(flag, e.message) from None
+        if (where == "training.clients_per_round" and getattr(args, "population", None) is not None
+                and getattr(args, "clients_per_round", None) is None):
+            raise ConfigError("--population", f"too small for training.clients_per_round ({e.message}); pass "
+                                              "--clients-per-round or a larger --population") from None
+        raise
 
 
 def _yaml_float(x: float) -> str:
@@ -30,13 +88,13 @@ def register(sub) -> None:
     e = psub.add_parser("epsilon", help="epsilon after the planned rounds",
                         description="Epsilon at delta after training.rounds rounds of the configured mechanism.")
     _common(e)
-    e.add_argument("--noise-multiplier", type=float, help="noise multiplier (privacy.noise_multiplier)")
+    e.add_argument("--noise-multiplier", type=float_in(0.0, MAX_NOISE_MULTIPLIER, lo_open=True), help="noise multiplier (privacy.noise_multiplier)")
     e.set_defaults(func=_epsilon)
     n = psub.add_parser("noise", help="noise multiplier for a target epsilon",
                         description="The smallest noise multiplier whose epsilon after training.rounds rounds is "
                                     "at most the target (dp_accounting.calibrate_dp_mechanism).")
     _common(n)
-    n.add_argument("--target-epsilon", type=float, required=True, help="the epsilon to reach")
+    n.add_argument("--target-epsilon", type=float_in(0.0, MAX_EPSILON, lo_open=True), required=True, help="the epsilon to reach")
     n.add_argument("--accountant", choices=("rdp", "pld"), help="accountant to search (privacy.accountant)")
     n.set_defaults(func=_noise)
     a = psub.add_parser("audit", help="empirical epsilon of a run with canary clients, beside the theoretical one",
@@ -53,7 +111,8 @@ def register(sub) -> None:
     a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable)")
     a.add_argument("--simulate", action="store_true", help="simulate the aggregation instead of training")
-    a.add_argument("--dim", type=int, default=20000, help="update-space dimension of --simulate")
+    a.add_argument("--dim", type=int_in(1, MAX_AUDIT_DIM), default=20000,
+                   help=f"update-space dimension of --simulate (at most {MAX_AUDIT_DIM:,})")
     a.add_argument("--json", action="store_true", help="print JSON")
     a.set_defaults(func=_audit)
 
@@ -64,16 +123,18 @@ def _common(p) -> None:
                    help="override a config field (repeatable)")
     p.add_argument("--mechanism", choices=("gaussian_fixed", "gaussian_adaptive", "tree", "ddp_secure"),
                    help="privacy.mechanism")
-    p.add_argument("--rounds", type=int, help="training.rounds")
-    p.add_argument("--population", type=int, help="number of clients (default: data.num_clients for bundled and "
+    p.add_argument("--rounds", type=int_in(1, MAX_ACCOUNTING_ROUNDS),
+                   help=f"training.rounds (at most {MAX_ACCOUNTING_ROUNDS:,})")
+    p.add_argument("--population", type=int_in(1, INT32_MAX), help="number of clients (default: data.num_clients for bundled and "
                                                    "synthetic sources; required for directory/natural sources)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--clients-per-round", type=int, help="uniform sampling without replacement of this many clients")
-    g.add_argument("--sampling-rate", type=float, help="Poisson sampling with this probability per client")
-    p.add_argument("--delta", type=float, help="privacy.delta (default: min(1e-5, population^-1.1))")
-    p.add_argument("--clipped-count-stddev", type=float, help="privacy.clipped_count_stddev (adaptive clipping)")
-    p.add_argument("--model-dim", type=int, help="ddp_secure: number of trainable parameters of the model (the "
-                                                 "Skellam mechanism's scale and norm bounds depend on it)")
+    g.add_argument("--clients-per-round", type=int_in(1, INT32_MAX), help="uniform sampling without replacement of this many clients")
+    g.add_argument("--sampling-rate", type=probability, help="Poisson sampling with this probability per client")
+    p.add_argument("--delta", type=open_fraction, help="privacy.delta (default: min(1e-5, population^-1.1))")
+    p.add_argument("--clipped-count-stddev", type=positive_float, help="privacy.clipped_count_stddev (adaptive clipping)")
+    p.add_argument("--model-dim", type=int_in(1, INT32_MAX), help="ddp_secure: number of trainable parameters of the "
+                                                                  "model (the Skellam mechanism's scale and norm bounds "
+                                                                  "depend on it)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -114,6 +175,10 @@ def _config(args, extra: list[str]):
     cfg = load_config(args.experiment, [*args.overrides, *flags, *extra])
     if not cfg.privacy.enabled:
         raise ConfigError("privacy.mechanism", "no DP mechanism: pass --mechanism or set privacy.mechanism")
+    if cfg.training.rounds > MAX_ACCOUNTING_ROUNDS:
+        raise ConfigError("--rounds" if args.rounds is not None else "training.rounds",
+                          f"expected at most {MAX_ACCOUNTING_ROUNDS:,} rounds for accounting, got "
+                          f"{cfg.training.rounds:,}")
     population = args.population
     if population is None:
         if cfg.data.source not in _KNOWN_POPULATION_SOURCES:
@@ -170,16 +235,60 @@ def _model_dim(args):
 def _plan(cfg, population, noise, delta, model_dim=None):
     from tff_lab.errors import ConfigError
     from tff_lab.privacy.accounting import DDP_ZEROING, epsilon_for_rounds
-    from tff_lab.privacy.calibration import planned_tree_leaves, spec_for
+    from tff_lab.privacy.calibration import spec_for
 
     spec = spec_for(cfg, population, noise, model_dim)
     if spec.mechanism == "ddp_secure" and spec.zeroing:
         raise ConfigError("aggregation.zeroing", DDP_ZEROING)
-    leaves = planned_tree_leaves(cfg, population) if spec.per_client_schedule else None
-    return epsilon_for_rounds(spec, cfg.training.rounds, delta, leaves)
+    if spec.mechanism != "tree":
+        return epsilon_for_rounds(spec, cfg.training.rounds, delta)
+    return _tree_epsilon(cfg, spec, population, delta)
+
+
+def _check_tree_schedule(cfg, population: int) -> None:
+    """The tree's planned schedule draws every round's sample: refused up front when it would
+    take longer than an accounting query should."""
+    from tff_lab.errors import ConfigError
+
+    t = cfg.training
+    per_round = population if t.sampling == "poisson" else t.clients_per_round
+    draws = t.rounds * per_round
+    if t.rounds > MAX_TREE_SCHEDULE_ROUNDS or draws > MAX_TREE_SCHEDULE_DRAWS:
+        raise ConfigError("training.rounds", f"tree aggregation is accounted over the planned schedule of every "
+                          f"round's sample: {t.rounds:,} rounds x {per_round:,} "
+                          f"{'clients' if t.sampling == 'poisson' else 'clients per round'} is beyond the "
+                          f"{MAX_TREE_SCHEDULE_ROUNDS:,} rounds / {MAX_TREE_SCHEDULE_DRAWS:,} draws this command "
+                          "computes; plan fewer rounds")
+
+
+def _tree_epsilon(cfg, spec, population: int, delta: float):
+    """epsilon_for_rounds of the tree, with the PLD left out (and said so) where the tree's
+    effective noise is so small that dp_accounting's PLD would take minutes to hours."""
+    import math
+
+    import dp_accounting
+
+    from tff_lab.privacy.accounting import Epsilon, epsilon_for_rounds, rdp_epsilon, tree_sensitivity_squared
+    from tff_lab.privacy.calibration import planned_tree_leaves
+
+    _check_tree_schedule(cfg, population)
+    leaves = planned_tree_leaves(cfg, population)
+    s = tree_sensitivity_squared(leaves)
+    sigma = spec.noise_multiplier / math.sqrt(s) if s else math.inf
+    if sigma >= TREE_PLD_MIN_SIGMA:
+        return epsilon_for_rounds(spec, cfg.training.rounds, delta, leaves)
+    rdp, order = rdp_epsilon(dp_accounting.GaussianDpEvent(sigma), 1, delta, spec.neighbouring_relation)
+    return Epsilon(delta, rdp, order, None,
+                   pld_note=f"not computed: the tree's effective noise multiplier {sigma:.3g} is below "
+                            f"{TREE_PLD_MIN_SIGMA} (dp_accounting's PLD would take minutes); RDP is an upper bound")
 
 
 def _epsilon(args) -> int:
+    with _flags_named(args):
+        return _epsilon_impl(args)
+
+
+def _epsilon_impl(args) -> int:
     from tff_lab.errors import ConfigError
     from tff_lab.privacy.calibration import resolve_delta
 
@@ -199,6 +308,11 @@ def _epsilon(args) -> int:
 
 
 def _noise(args) -> int:
+    with _flags_named(args):
+        return _noise_impl(args)
+
+
+def _noise_impl(args) -> int:
     from tff_lab.privacy.calibration import resolve_delta, resolve_noise_multiplier
 
     extra = ["privacy.noise_multiplier=null", f"privacy.target_epsilon={_yaml_float(args.target_epsilon)}",
@@ -213,6 +327,14 @@ def _noise(args) -> int:
         from tff_lab.privacy.accounting import DDP_ZEROING
 
         raise ConfigError("aggregation.zeroing", DDP_ZEROING)
+    if cfg.privacy.mechanism == "tree":
+        _check_tree_schedule(cfg, population)  # calibration plans the schedule first
+    if cfg.privacy.accountant == "pld" and cfg.training.rounds > MAX_PLD_SEARCH_ROUNDS:
+        from tff_lab.errors import ConfigError
+
+        raise ConfigError("training.rounds", f"searching the PLD accountant over {cfg.training.rounds:,} rounds "
+                          f"composes its PLD ~30 times at that length; at most {MAX_PLD_SEARCH_ROUNDS:,} rounds "
+                          "(or --accountant rdp)")
     noise = resolve_noise_multiplier(cfg, population, dim)
     eps = _plan(cfg, population, noise, delta, dim)
     info = _describe(cfg, population, noise, delta, eps, dim)
@@ -220,6 +342,27 @@ def _noise(args) -> int:
     info["accountant"] = cfg.privacy.accountant
     _print(info, args.json, f"noise for epsilon <= {args.target_epsilon} ({cfg.privacy.accountant}):")
     return 0
+
+
+def _check_simulation_cost(cfg, dim: int) -> None:
+    """``privacy audit --simulate`` holds (canaries, dim) directions and adds every sampled
+    client's dim-vector each round: refused up front beyond MAX_AUDIT_CANARY_BYTES / MAX_AUDIT_WORK."""
+    from tff_lab.errors import ConfigError
+
+    a, t = cfg.privacy.audit, cfg.training
+    canary_bytes = (a.canaries + a.unseen) * dim * 8
+    if canary_bytes > MAX_AUDIT_CANARY_BYTES:
+        raise ConfigError("--dim", f"{a.canaries + a.unseen:,} canaries of dimension {dim:,} need "
+                          f"{canary_bytes / 2**30:.1f} GiB; at most {MAX_AUDIT_CANARY_BYTES / 2**30:.0f} GiB: lower "
+                          "--dim or privacy.audit.canaries/unseen")
+    if t.rounds > MAX_ACCOUNTING_ROUNDS:
+        raise ConfigError("training.rounds", f"expected at most {MAX_ACCOUNTING_ROUNDS:,} rounds, got {t.rounds:,}")
+    expected = float(t.sampling_rate or 0.0) * (cfg.data.num_clients + a.canaries + a.unseen)
+    work = t.rounds * (expected + 1.0) * dim
+    if work > MAX_AUDIT_WORK:
+        raise ConfigError("--dim", f"the simulation would add {work:.3g} update coordinates ({t.rounds:,} rounds x "
+                          f"{expected:.0f} expected clients x {dim:,} dimensions); at most {MAX_AUDIT_WORK:.0e}: "
+                          "lower --dim, training.rounds or training.sampling_rate")
 
 
 def _audit(args) -> int:
@@ -243,6 +386,7 @@ def _audit(args) -> int:
             raise ConfigError("training.sampling", "--simulate follows Poisson sampling; set training.sampling: "
                                                    "poisson")
         a = cfg.privacy.audit
+        _check_simulation_cost(cfg, args.dim)
         res = audit_simulation(noise_multiplier=float(cfg.privacy.noise_multiplier), clip=cfg.privacy.clip,
                                population=cfg.data.num_clients, sampling_rate=cfg.training.sampling_rate,
                                rounds=cfg.training.rounds, seen=a.canaries, unseen=a.unseen, dim=args.dim,
