@@ -342,6 +342,11 @@ def test_predict_paths_checked_at_parse_time(tmp_path, capsys):
         code, line = within(5, parse, ["predict", "m.keras", str(good), "--out", str(tmp_path / "o.npz"),
                                        "--sidecar", str(path)])[1]
         assert code == 2 and "argument --sidecar: " in line, (path, line)
+    from tff_lab.cli import main
+
+    # --out is a file, or with --num-shards the parts' folder: checked when the command starts,
+    # before the model is even opened (m.keras does not exist).
     for path, word in _bad_outputs(tmp_path / "out"):
-        code, line = within(5, parse, ["predict", "m.keras", str(good), "--out", str(path)])[1]
-        assert code == 2 and "argument --out: " in line and word in line, (path, line)
+        code = within(5, main, ["predict", "m.keras", str(good), "--out", str(path)])[1]
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and "--out: " in line and word in line, (path, line)
