@@ -258,9 +258,13 @@ def _stable(value: Any, depth: int = 0) -> Any:
     if inspect.isclass(value) or inspect.ismodule(value) or inspect.isbuiltin(value):
         return f"<{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', getattr(value, '__name__', ''))}>"
     attrs = getattr(value, "__dict__", None)
-    out = [f"{type(value).__module__}.{type(value).__qualname__}"]
+    cls = type(value)
+    out = [f"{cls.__module__}.{cls.__qualname__}"]
     if isinstance(attrs, dict):
         out.append(_stable({k: v for k, v in attrs.items() if not k.startswith("__")}, depth + 1))
+    if "<locals>" in cls.__qualname__:  # a class made by a factory function keeps its settings in closures
+        out.append(_stable({k: v for k, v in vars(cls).items() if inspect.isfunction(v) and v.__closure__},
+                           depth + 1))
     return out
 
 

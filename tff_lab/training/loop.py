@@ -561,6 +561,47 @@ def _check_parts_unchanged(run_dir: Path, exp: Experiment, meta: Optional[dict] 
                           f"a resumed run must use the same {kind}")
 
 
+def extension_hash(cfg: ExperimentConfig) -> str:
+    """The config hash with ``training.rounds`` left out: equal for a run and its extension."""
+    return config_hash(dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, rounds=1)))
+
+
+def _differences(a, b, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted field, value in a, value in b) for every field where two config dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in list(a) + [k for k in b if k not in a]:
+            out += _differences(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [(prefix, a, b)]
+
+
+def check_resume_config(saved: ExperimentConfig, cfg: ExperimentConfig, *, done_round: int = 0) -> str:
+    """How ``cfg`` may continue the run of ``saved`` (RUN_DIR's config.yaml): ``"same"``, or
+    ``"extend"`` (only ``training.rounds`` grew: the run continues, its privacy ledger and budget
+    with it, epsilon composed over all rounds). Anything else is refused in one line naming the
+    first field that changed."""
+    from tff_lab.config import to_dict
+
+    diff = _differences(to_dict(saved), to_dict(cfg))
+    if not diff:
+        return "same"
+    others = [d for d in diff if d[0] != "training.rounds"]
+    field, old, new = (others or diff)[0]
+    if not others:
+        if new < max(done_round, 1):
+            raise ConfigError("training.rounds", f"the run in RUN_DIR already ran {done_round} rounds; to extend it "
+                              f"give more than that (got {new})")
+        if cfg.privacy.target_epsilon is not None and new != old:
+            raise ConfigError("training.rounds", f"the run's noise was calibrated to privacy.target_epsilon over "
+                              f"{old} rounds; more rounds would need other noise, so this run cannot be extended "
+                              "(start a new run with the rounds you want)")
+        return "extend"
+    raise ConfigError(field, f"differs from the run in RUN_DIR ({old!r} there, {new!r} now); --resume continues the "
+                      "same experiment (only training.rounds may grow, to extend it); choose a new --out or "
+                      "pass --overwrite")
+
+
 def _checkpoint_meta(ckpt_dir: Path, round_num: int) -> dict:
     """The manifest of a checkpoint, read before its arrays (empty when unreadable: load() reports it)."""
     try:
@@ -580,7 +621,8 @@ def _restore(exp: Experiment, rs: RunState, round_num: Optional[int]) -> None:
         _check_parts_unchanged(rs.run_dir, exp, _checkpoint_meta(ckpt_dir, round_num))
         state, meta = ckpt_lib.load(ckpt_dir, round_num, state)
         round_num = int(meta.get("round", round_num))
-        if meta.get("config_hash") != config_hash(cfg):
+        extends = (meta.get("extension_hash") == extension_hash(cfg) and round_num <= cfg.training.rounds)
+        if meta.get("config_hash") != config_hash(cfg) and not extends:
             raise ConfigError(str(ckpt_dir), "checkpoint was written by a different experiment")
         _check_parts_unchanged(rs.run_dir, exp, meta)
         rs.counters = {"example_passes": 0, "train_seconds": 0.0, **meta.get("counters", {})}
@@ -600,7 +642,7 @@ def _restore(exp: Experiment, rs: RunState, round_num: Optional[int]) -> None:
 
 
 def _save_checkpoint(exp: Experiment, rs: RunState) -> None:
-    meta = {"config_hash": config_hash(exp.cfg), "counters": rs.counters, "stop_reason": rs.stop_reason,
+    meta = {"config_hash": config_hash(exp.cfg), "extension_hash": extension_hash(exp.cfg), "counters": rs.counters, "stop_reason": rs.stop_reason,
             "hooks": {h.name: h.state_dict() for h in exp.hooks}, "parts": _parts_digest(exp.parts),
             "engine": exp.engine.name}
     ckpt_lib.save(rs.run_dir / "checkpoints", rs.round, rs.state, meta)
@@ -836,6 +878,9 @@ def finalize(exp: Experiment, rs: RunState) -> dict:
     # A stale export of an earlier model must not survive beside the new one.
     shutil.rmtree(run_dir / "export", ignore_errors=True)
     _save_model(exp.eval_model, run_dir / "model")
+    from tff_lab.export import run_inputs
+
+    run_inputs.save(run_dir, cfg, data, outputs=exp.model.outputs)  # what export needs, as the policy allows
 
     central = None
     policy = _policy(exp)
