@@ -43,7 +43,8 @@ def test_python_model_and_data_run_and_record_provenance(tmp_path):
     src = Path(user_parts.__file__).resolve()
     assert parts["model"]["name"] == "user_parts:tiny_net"
     assert parts["model"]["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
-    assert parts["data"]["name"].startswith("python:dict#") and not parts["model"]["builtin"]
+    assert parts["data"]["name"] == "python:data:dict" and not parts["model"]["builtin"]
+    assert parts["data"]["type"] == "object" and len(parts["data"]["builds_sha256"]) == 64
     text = (tmp_path / "r" / "config.yaml").read_text()
     assert "builder: user_parts:tiny_net" in text and "outputs: logits" in text and "user parts" in text
     assert json.loads((tmp_path / "r" / "parts.json").read_text()) == s["parts"]
@@ -167,18 +168,25 @@ def test_stages_resume_bit_identical_with_user_parts(tmp_path):
     assert split["privacy"]["epsilon"] == full["privacy"]["epsilon"]
 
 
-def test_resume_refuses_changed_user_code(tmp_path):
+def test_resume_refuses_a_part_that_builds_something_else(tmp_path):
+    """Same name (a closure of one factory), different architecture: refused naming the model."""
     import user_parts
 
+    def make(width):
+        def net(input_shape, num_classes):
+            return user_parts.tiny_net(input_shape, num_classes, width=width)
+        return net
+
     cfg = load_config(None, BASE)
-    exp = tff_lab.build(cfg, data=user_parts.blobs(), model=user_parts.tiny_net)
+    exp = tff_lab.build(cfg, data=user_parts.blobs(), model=make(4))
     rs = tff_lab.initialize(exp, tmp_path / "r")
     tff_lab.run_rounds(exp, rs, until=1)
     exp.close()
-    exp2 = tff_lab.build(cfg, data=user_parts.blobs(), model=user_parts.tiny_net)
-    exp2.parts[0]["source_sha256"] = "0" * 64  # as if user_parts.py had been edited
-    with pytest.raises(tff_lab.errors.ConfigError, match="source changed"):
+    exp2 = tff_lab.build(cfg, data=user_parts.blobs(), model=make(5))
+    assert exp2.cfg.model.builder == exp.cfg.model.builder  # python:model:...make.<locals>.net
+    with pytest.raises(tff_lab.errors.ConfigError, match=r"^model: .*what it builds changed.*\[5, 5\]"):
         tff_lab.initialize(exp2, tmp_path / "r", resume=True)
+    exp2.close()
 
 
 # -- bad parts: TypeError/ValueError in Python, one line and exit 2 from the CLI, RUN_DIR untouched ----------

@@ -65,3 +65,33 @@ def mean_factory():
     import tensorflow_federated as tff
 
     return tff.aggregators.MeanFactory()
+
+
+def softmax_net(input_shape, num_classes, *, width=8):
+    inputs = tf.keras.Input(shape=input_shape, name="x")
+    x = tf.keras.layers.Dense(width, activation="relu")(tf.keras.layers.Flatten()(inputs))
+    return tf.keras.Model(inputs, tf.keras.layers.Dense(num_classes, activation="softmax")(x))
+
+
+def sigmoid_net(input_shape, num_classes):
+    inputs = tf.keras.Input(shape=input_shape, name="x")
+    return tf.keras.Model(inputs, tf.keras.layers.Dense(num_classes, activation="sigmoid")(inputs))
+
+
+class NetFactory:
+    """A callable instance and a bound method as model builders."""
+
+    def __init__(self, width):
+        self.width = width
+
+    def __call__(self, input_shape, num_classes):
+        return tiny_net(input_shape, num_classes, width=self.width)
+
+    def build(self, input_shape, num_classes):
+        return softmax_net(input_shape, num_classes, width=self.width)
+
+
+def make_net(width):
+    def net(input_shape, num_classes):
+        return tiny_net(input_shape, num_classes, width=width)
+    return net

@@ -239,7 +239,7 @@ def test_every_hand_edited_manifest_is_refused_and_the_previous_checkpoint_used(
 
     d = tmp_path / "checkpoints"
     state = [np.arange(6, dtype=np.float32).reshape(2, 3), np.float32(1.0)]
-    meta = {"config_hash": "abc", "resume_key": "def", "counters": {"example_passes": 10, "train_seconds": 0.5},
+    meta = {"config_hash": "abc", "extension_hash": "def", "counters": {"example_passes": 10, "train_seconds": 0.5},
             "stop_reason": None, "hooks": {"privacy": {"rounds": 2}}, "parts": {}, "engine": "tff"}
     ckpt.save(d, 2, state, meta, keep=5)
     ckpt.save(d, 4, state, meta, keep=5)

@@ -23,8 +23,9 @@ BUILTIN_SOURCES = ("digits", "breast_cancer", "synthetic", "npz_dir", "csv_dir",
 PartitionScheme = Literal["auto", "iid", "dirichlet", "shards", "quantity_skew", "natural"]
 AlgorithmName = Literal["fedavg", "fedprox", "fedsgd"]
 Weighting = Literal["num_examples", "uniform"]
-ClientOptimizerName = Literal["sgd"]
-ServerOptimizerName = Literal["sgd", "sgdm", "adam", "yogi", "adagrad"]
+# tff.learning.optimizers.build_* (TFF 0.87 takes only its own optimizers), for clients and server alike.
+ServerOptimizerName = Literal["sgd", "sgdm", "adam", "yogi", "adagrad", "adamw"]
+ClientOptimizerName = ServerOptimizerName
 Sampling = Literal["uniform", "poisson"]
 LoopImpl = Literal["dataset_iterator", "dataset_reduce"]
 DpMechanism = Literal["none", "gaussian_fixed", "gaussian_adaptive", "tree", "ddp_secure"]
@@ -116,7 +117,11 @@ def _unused(obj, names, path: str, reason: str) -> None:
 
 
 def _is_import_path(value: str) -> bool:
-    """``package.module:attribute`` (resolved with importlib, never eval)."""
+    """``package.module:attribute`` (resolved with importlib, never eval), or ``python:KIND:LABEL``:
+    a part passed as a Python object to the process that wrote the config (tff_lab.parts)."""
+    if value.startswith("python:"):
+        _, kind, label = (value.split(":", 2) + ["", ""])[:3]
+        return kind.isidentifier() and bool(label) and label.isprintable() and " " not in label
     mod, sep, attr = value.partition(":")
     return bool(sep) and all(part.isidentifier() for part in mod.split(".")) and all(
         part.isidentifier() for part in attr.split("."))
@@ -246,8 +251,9 @@ class OptimizerConfig:
     momentum: float = 0.9  # sgdm only
     beta_1: float = 0.9  # adam, yogi
     beta_2: float = 0.99  # adam, yogi
-    epsilon: float = 1e-3  # adam, yogi, adagrad (FedOpt paper's tau)
+    epsilon: float = 1e-3  # adam, yogi, adagrad, adamw (FedOpt paper's tau)
     initial_preconditioner_value: Optional[float] = None  # adagrad, yogi (None: TFF's default)
+    weight_decay: float = 0.004  # adamw (TFF's default)
 
     def validate(self, p: str) -> None:
         _check_fields(self, p)
@@ -258,12 +264,15 @@ class OptimizerConfig:
         if self.initial_preconditioner_value is not None:
             _require(self.initial_preconditioner_value >= 0, f"{p}.initial_preconditioner_value",
                      "expected a value >= 0")
+        _require(0.0 <= self.weight_decay < 1.0, f"{p}.weight_decay",
+                 f"expected a decay in [0, 1), got {self.weight_decay}")
         # What each tff.learning.optimizers.build_* takes (tff_lab.federated.optimizers).
         used = {"sgd": (), "sgdm": ("momentum",), "adam": ("beta_1", "beta_2", "epsilon"),
                 "yogi": ("beta_1", "beta_2", "epsilon", "initial_preconditioner_value"),
-                "adagrad": ("epsilon", "initial_preconditioner_value")}[self.name]
-        _unused(self, [n for n in ("momentum", "beta_1", "beta_2", "epsilon", "initial_preconditioner_value")
-                       if n not in used], p, f"with optimizer '{self.name}'")
+                "adagrad": ("epsilon", "initial_preconditioner_value"),
+                "adamw": ("beta_1", "beta_2", "epsilon", "weight_decay")}[self.name]
+        _unused(self, [n for n in ("momentum", "beta_1", "beta_2", "epsilon", "initial_preconditioner_value",
+                                   "weight_decay") if n not in used], p, f"with optimizer '{self.name}'")
 
 
 @dataclass(frozen=True)
@@ -284,8 +293,10 @@ class AlgorithmConfig:
         if self.builder is not None:
             _require(_is_import_path(self.builder), f"{p}.builder",
                      f"expected an import path 'module:attribute', got {self.builder!r}")
-        _require(self.client_optimizer.name == "sgd", f"{p}.client_optimizer.name",
-                 f"expected 'sgd' (clients run plain SGD), got '{self.client_optimizer.name}'")
+        if self.name == "fedsgd":  # FedSGD's clients compute one gradient: no client optimizer runs
+            _require(self.client_optimizer == OptimizerConfig(name="sgd", learning_rate=0.1),
+                     f"{p}.client_optimizer", "has no effect with algorithm 'fedsgd' (clients send one gradient; "
+                     "the server optimizer applies it); remove it")
         _require(self.proximal_strength >= 0, f"{p}.proximal_strength", "expected mu >= 0")
         if self.name != "fedprox":
             _require(self.proximal_strength == 0, f"{p}.proximal_strength",

@@ -11,8 +11,15 @@ batches them from the seed (so sampling, shuffles and a resumed run are exact), 
 privacy ledger can check what each round processed. Dataset elements are ``(x, y)`` tuples
 or dicts; for dicts the keys are ``x_key``/``y_key`` (defaults: ``x``/``y``, or TFF's
 ``pixels``/``label`` and ``snippets`` conventions when present). ``preprocess`` is applied to
-each client's ``tf.data.Dataset`` (as TFF's ``ClientData.preprocess`` does) and must return
-unbatched examples.
+each client's ``tf.data.Dataset`` (as TFF's ``ClientData.preprocess`` does) and to a test set
+given as a dataset or ``ClientData``; test arrays ``(x, y)`` are taken as model inputs as they are.
+
+TFF-tutorial pipelines are read as the tutorials intend (:func:`checked_client_dataset`): a
+batched dataset (``ds.batch(10)``, with or without ``drop_remainder``) is unbatched into examples
+(tff_lab batches, shuffles and runs ``training.local_epochs`` itself, from the seed); a repeated
+or infinite dataset (``ds.repeat(3)``, ``ds.repeat()``, or whose examples come back as exact
+copies of the first pass) is refused in one line naming the client: its duplicates would count
+several times and leak into the evaluation split.
 """
 
 from __future__ import annotations
@@ -42,14 +49,113 @@ def _keys(element, x_key, y_key, where):
     raise PartTypeError(where, f"dataset elements must be (x, y) tuples or dicts, got {type(element).__name__}")
 
 
+_BATCH_OPS = frozenset({"BatchDataset", "BatchDatasetV2", "PaddedBatchDataset", "PaddedBatchDatasetV2",
+                        "ParallelBatchDataset", "RebatchDataset", "RebatchDatasetV2"})
+_UNBATCH_OPS = frozenset({"UnbatchDataset", "ExperimentalUnbatchDataset"})
+_REPEAT_OPS = frozenset({"RepeatDataset"})
+
+
+def dataset_structure(ds) -> Optional[dict]:
+    """What a ``tf.data`` pipeline does, read from its graph (``DatasetToGraphV2``): whether its
+    elements are batches (a batch op not undone by a later ``unbatch``) and the counts of every
+    ``repeat`` in it (-1: infinite). None when the graph cannot be serialised (e.g. external state)."""
+    import tensorflow as tf
+
+    try:
+        blob = tf.raw_ops.DatasetToGraphV2(input_dataset=ds._variant_tensor, external_state_policy=1).numpy()
+        graph = tf.compat.v1.GraphDef()
+        graph.ParseFromString(blob)
+    except Exception:  # noqa: BLE001 - a pipeline TF cannot serialise: judged by its elements only
+        return None
+    nodes = {n.name: n for n in graph.node}
+    repeats = []
+    for n in graph.node:
+        if n.op in _REPEAT_OPS:
+            count = None
+            if len(n.input) > 1 and n.input[1].split(":")[0] in nodes:
+                c = nodes[n.input[1].split(":")[0]]
+                if c.op == "Const":
+                    count = int(tf.make_ndarray(c.attr["value"].tensor))
+            repeats.append(count)
+    out = next((n for n in graph.node if n.op == "_Retval"), None)
+    batched = False
+    node = nodes.get(out.input[0].split(":")[0]) if out is not None and out.input else None
+    for _ in range(len(nodes)):
+        if node is None:
+            break
+        if node.op in _UNBATCH_OPS:
+            break
+        if node.op in _BATCH_OPS:
+            batched = True
+            break
+        node = nodes.get(node.input[0].split(":")[0].lstrip("^")) if node.input else None
+    return {"batched": batched, "repeats": repeats}
+
+
+def checked_client_dataset(ds, where: str):
+    """A client's ``tf.data.Dataset`` as examples: refused (one line naming ``where``) when
+    infinite or repeated, unbatched when its elements are batches. Returns (dataset, unbatched)."""
+    import tensorflow as tf
+
+    card = int(ds.cardinality())
+    if card == tf.data.INFINITE_CARDINALITY:
+        raise PartValueError(where, "the dataset is infinite (ds.repeat() without a count, or a generator that never "
+                             "ends); give each client's examples once: tff_lab runs training.local_epochs passes itself")
+    info = dataset_structure(ds)
+    if info is not None and info["repeats"]:
+        counts = ", ".join("" if c is None else str(c) for c in info["repeats"])
+        if any(c is not None and c < 0 for c in info["repeats"]):
+            raise PartValueError(where, "the dataset is infinite (ds.repeat()); give each client's examples once: "
+                                 "tff_lab runs training.local_epochs passes itself")
+        if any(c is None or c != 1 for c in info["repeats"]):
+            raise PartValueError(where, f"the dataset is repeated (ds.repeat({counts})): each example would count "
+                                 "several times and its copies would leak into the evaluation split; remove .repeat() "
+                                 "(for several local passes set training.local_epochs)")
+    if info is not None and info["batched"]:
+        return ds.unbatch(), True
+    return ds, False
+
+
+def _repeated_pass(x: np.ndarray, y: np.ndarray) -> Optional[int]:
+    """k when the examples are k exact copies of their first pass (a repeat TF's graph did not show)."""
+    n = len(y)
+    if n < 4:
+        return None
+    xb = np.ascontiguousarray(x).reshape(n, -1).view(np.uint8) if x.size else None
+    for k in range(2, 9):
+        if n % k or n // k < 2:
+            continue
+        m = n // k
+        if xb is not None and all(np.array_equal(xb[:m], xb[i * m:(i + 1) * m]) and
+                                  np.array_equal(y[:m], y[i * m:(i + 1) * m]) for i in range(1, k)):
+            return k
+    return None
+
+
 def _dataset_arrays(ds, x_key, y_key, where) -> tuple[np.ndarray, np.ndarray]:
+    ds, unbatched = checked_client_dataset(ds, where)
     xs, ys = [], []
     keys = None
-    for el in ds.as_numpy_iterator():
-        if keys is None:
-            keys = _keys(el, x_key, y_key, where)
-        xs.append(np.asarray(el[keys[0]]))
-        ys.append(np.asarray(el[keys[1]]))
+    try:
+        for el in ds.as_numpy_iterator():
+            if keys is None:
+                keys = _keys(el, x_key, y_key, where)
+            xs.append(np.asarray(el[keys[0]]))
+            ys.append(np.asarray(el[keys[1]]))
+    except (PartTypeError, PartValueError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's pipeline (or preprocess) failed inside TensorFlow
+        raise PartValueError(where, f"reading its dataset failed: {type(e).__name__}: "
+                             f"{_error_line(e)}") from None
+    if xs:
+        k = _repeated_pass(np.stack(xs) if len({a.shape for a in xs}) == 1 else np.zeros((0,)), np.stack(ys)
+                           if len({a.shape for a in ys}) == 1 else np.zeros((0,)))
+        if k:
+            raise PartValueError(where, f"the dataset holds its examples {k} times over (exact copies of the first "
+                                 "pass, as ds.repeat() gives): copies would count several times and leak into the "
+                                 "evaluation split; give each example once (training.local_epochs sets the passes)")
+    if unbatched and ys and ys[0].shape == (1,):
+        ys = [a.reshape(()) for a in ys]  # TFF tutorials' y of shape (batch, 1): one label per example
     if not xs:
         return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
     try:
@@ -63,7 +169,7 @@ def _as_arrays(value, x_key, y_key, preprocess, where):
     import tensorflow as tf
 
     if isinstance(value, tf.data.Dataset):
-        ds = preprocess(value) if preprocess is not None else value
+        ds = _preprocessed(preprocess, value, where) if preprocess is not None else value
         return _dataset_arrays(ds, x_key, y_key, where)
     if isinstance(value, Mapping):
         xk = x_key or next((k for k in _X_KEYS if k in value), None)
@@ -78,8 +184,40 @@ def _as_arrays(value, x_key, y_key, preprocess, where):
                             f"{type(value).__name__}")
     x, y = np.asarray(x), np.asarray(y)
     if preprocess is not None:
-        return _dataset_arrays(preprocess(tf.data.Dataset.from_tensor_slices((x, y))), 0, 1, where)
+        return _dataset_arrays(_preprocessed(preprocess, tf.data.Dataset.from_tensor_slices((x, y)), where), 0, 1,
+                               where)
     return x, y
+
+
+def _error_line(e: BaseException) -> str:
+    """One line of an exception: TensorFlow's autograph errors put the cause last ("in user code: ...")."""
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    if not lines:
+        return ""
+    return (lines[-1] if lines[0].startswith("in user code") else lines[0])[:200]
+
+
+def _preprocessed(preprocess, ds, where):
+    """``preprocess(ds)``; a failure is one line naming ``where``."""
+    import tensorflow as tf
+
+    try:
+        out = preprocess(ds)
+    except Exception as e:  # noqa: BLE001 - the user's preprocess raised (often a raw TensorFlow error)
+        raise PartValueError(where, f"preprocess failed: {type(e).__name__}: "
+                             f"{_error_line(e)}") from None
+    if not isinstance(out, tf.data.Dataset):
+        raise PartTypeError(where, f"preprocess returned {type(out).__name__}, expected a tf.data.Dataset")
+    return out
+
+
+def _test_preprocess(test, preprocess):
+    """Preprocess applies to a test set given as a dataset or ClientData (as to the clients'), not
+    to test arrays: those are taken as model inputs as they are."""
+    import tensorflow as tf
+
+    is_data = isinstance(test, tf.data.Dataset) or hasattr(test, "create_tf_dataset_for_client")
+    return preprocess if is_data else None
 
 
 def _normalise(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +275,8 @@ def federated_data(obj: Any, *, cfg=None, rng: Optional[np.random.Generator] = N
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xDA7A]))
     if isinstance(obj, FederatedData):
         if test is not None:
-            obj.test = _normalise(*_as_arrays(test, x_key, y_key, preprocess, f"{where} test"), f"{where} test")
+            obj.test = _normalise(*_as_arrays(test, x_key, y_key, _test_preprocess(test, preprocess), f"{where} test"),
+                                  f"{where} test")
             obj.test_source = "separate"
         return obj
 
@@ -179,10 +318,13 @@ def federated_data(obj: Any, *, cfg=None, rng: Optional[np.random.Generator] = N
                 raise PartValueError(f"{where} test", "the test ClientData holds no examples")
             tx, ty = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         else:
-            tx, ty = _as_arrays(test, x_key, y_key, preprocess, f"{where} test")
+            tx, ty = _as_arrays(test, x_key, y_key, _test_preprocess(test, preprocess), f"{where} test")
         test_arr = _normalise(tx, ty, f"{where} test")
         if test_arr[0].shape[1:] != shape:
-            raise PartValueError(f"{where} test", f"examples of shape {test_arr[0].shape[1:]}, clients have {shape}")
+            note = (" (test arrays are taken as model inputs: preprocess applies to datasets only)"
+                    if preprocess is not None and _test_preprocess(test, preprocess) is None else "")
+            raise PartValueError(f"{where} test", f"examples of shape {test_arr[0].shape[1:]}, clients have "
+                                 f"{shape}{note}")
     else:
         clients, test_arr = hold_out_test(clients, cfg.data.test_fraction, rng)
         test_source = "clients"

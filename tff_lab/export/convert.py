@@ -73,6 +73,7 @@ class RunArtifacts:
     model_path: Path
     model_sha256: str
     outputs: str = "probabilities"  # what the Keras model returns; the .tflite always returns probabilities
+    inputs_note: str = "the run's data, rebuilt from its config"  # where the evaluation inputs came from
 
 
 def is_sequence_model(model) -> bool:
@@ -114,7 +115,15 @@ def refused_quantization(model, quantization: str) -> Optional[str]:
 
 
 def load_run(run_dir: Union[str, os.PathLike]) -> RunArtifacts:
-    """Loads RUN_DIR's resolved config and final model and rebuilds its data (deterministic in the seed)."""
+    """Loads RUN_DIR's resolved config, final model and evaluation inputs.
+
+    Export needs no part it cannot find: the model is RUN_DIR's, its inputs are the ones the run
+    saved (``model/export_inputs.*``, :mod:`tff_lab.export.run_inputs`); what the privacy policy
+    kept out of them is rebuilt from the config when its parts resolve here (and build the same
+    data as parts.json records), else parity is measured on what there is, or on synthetic inputs,
+    and the report says which."""
+    from tff_lab.export import run_inputs
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(str(run_dir), "RUN_DIR not found (expected the output directory of `tff-lab run`)")
@@ -127,11 +136,21 @@ def load_run(run_dir: Union[str, os.PathLike]) -> RunArtifacts:
         raise DataError(str(run_dir), "the run has no finished model: expected model/model.keras, which "
                         "`tff-lab run` writes when training ends (resume the run with --resume)")
     from tff_lab.config import config_hash, load_config
-    from tff_lab.data import load_federated_data
 
     cfg = load_config(cfg_path)
-    data = load_federated_data(cfg)
     model = load_keras_model(model_path)
+    saved = run_inputs.load(run_dir)
+    data, note = saved, (saved.note if saved is not None else "")
+    complete = saved is not None and "evaluation_splits" in saved.info.get("saved", [])
+    if not complete:
+        rebuilt, why = _rebuild_data(run_dir, cfg)
+        if rebuilt is not None:
+            data, note = rebuilt, "the run's data, rebuilt from its config (its parts resolve here)"
+        elif saved is not None and len(saved.test[1]):
+            note = f"{saved.note}; per-client evaluation and int8 calibration unavailable: {why}"
+        else:
+            data = run_inputs.synthetic(model, saved.info if saved is not None else None, cfg.seed)
+            note = f"{data.note}; the run's data: {why}"
     got = tuple(int(s) for s in model.input_shape[1:])
     if got != tuple(data.input_shape):
         raise DataError(str(model_path), f"the model takes inputs of shape {got}, but the run's data has "
@@ -139,8 +158,35 @@ def load_run(run_dir: Union[str, os.PathLike]) -> RunArtifacts:
     n_out = int(model.output_shape[-1])
     if n_out != data.num_classes:
         raise DataError(str(model_path), f"the model has {n_out} outputs, the run's data {data.num_classes} classes")
+    outputs = saved.info.get("outputs") if saved is not None else None
     return RunArtifacts(run_dir=run_dir, cfg=cfg, config_hash=config_hash(cfg), data=data, model=model,
-                        model_path=model_path, model_sha256=file_sha256(model_path), outputs=model_outputs(cfg))
+                        model_path=model_path, model_sha256=file_sha256(model_path),
+                        outputs=outputs or model_outputs(cfg), inputs_note=note)
+
+
+def _rebuild_data(run_dir: Path, cfg):
+    """(data, None) when the config's data source resolves here and builds the data parts.json
+    records; else (None, why)."""
+    from tff_lab.errors import UserError
+
+    try:
+        from tff_lab.data import load_federated_data
+
+        data = load_federated_data(cfg)
+    except UserError as e:
+        return None, f"its data source cannot be rebuilt here ({e})"
+    try:
+        parts = json.loads((run_dir / "parts.json").read_text())
+        want = next((p.get("builds_sha256") for p in parts if isinstance(p, dict) and p.get("kind") == "data"), None)
+    except (OSError, ValueError):
+        want = None
+    if want:
+        from tff_lab.parts import data_builds
+
+        if data_builds(data)["builds_sha256"] != want:
+            return None, ("the data source found here builds other data than the run's (its digest differs from "
+                          "parts.json)")
+    return data, None
 
 
 def load_keras_model(path: Union[str, os.PathLike]):
@@ -165,22 +211,24 @@ def representative_examples(data, num_examples: int = DEFAULT_REPRESENTATIVE_EXA
     """
     if num_examples < 1:
         raise ConfigError("--representative-examples", f"expected an integer >= 1, got {num_examples}")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7F11E]))
-    orders = {c: rng.permutation(len(data.train[c][1])) for c in data.client_ids}
-    total = sum(len(o) for o in orders.values())
-    if total == 0:
+    if hasattr(data, "representative"):  # a run's saved export inputs: the same draw, from what was saved
+        if not data.has_calibration():
+            raise DataError("--quantize int8", "full-integer quantization needs calibration examples, but the run "
+                            "saved none (its privacy policy withholds client data, or its clients hold no training "
+                            "examples) and its data cannot be rebuilt here; export float32, dynamic or float16")
+        return data.representative(num_examples)
+    from tff_lab.export.run_inputs import client_orders, round_robin
+
+    lengths = [len(data.train[c][1]) for c in data.client_ids]
+    if sum(lengths) == 0:
         raise DataError("--quantize int8", "full-integer quantization needs representative data, but the "
                         "clients hold no training examples; export float32, dynamic or float16 instead")
-    take = {c: 0 for c in data.client_ids}
-    remaining = min(num_examples, total)
-    while remaining:
-        active = [c for c in data.client_ids if take[c] < len(orders[c])]
-        for c in active[:remaining]:
-            take[c] += 1
-        remaining -= min(len(active), remaining)
-    xs = [data.train[c][0][orders[c][:take[c]]] for c in data.client_ids if take[c]]
+    orders = client_orders(lengths, seed)
+    take = round_robin(lengths, num_examples)
+    xs = [data.train[c][0][o[:k]] for c, o, k in zip(data.client_ids, orders, take) if k]
     x = np.concatenate(xs)
-    return (x if x.dtype.kind in "iu" else x.astype(np.float32)), {c: int(k) for c, k in take.items() if k}
+    return (x if x.dtype.kind in "iu" else x.astype(np.float32)), {c: int(k) for c, k in zip(data.client_ids, take)
+                                                                   if k}
 
 
 def _resizable(tflite_bytes: bytes, input_shape, dtype) -> bool:
@@ -426,6 +474,13 @@ def _export_run(run_dir, quantizations, fmt, *, out, int8_io, asked_all, represe
                 latency_runs, quiet) -> dict:
     art = load_run(run_dir)
     skipped: dict = {}
+    if "int8" in quantizations and hasattr(art.data, "has_calibration") and not art.data.has_calibration():
+        why = ("int8 needs calibration examples: the run saved none (its privacy policy withholds client data) "
+               "and its data cannot be rebuilt here")
+        if not asked_all:
+            raise ConfigError("--quantize", why + "; export float32, dynamic or float16")
+        skipped["int8"] = why
+        quantizations = [q for q in quantizations if q != "int8"]
     if fmt == "onnx":
         from tff_lab.export.onnx_model import export_onnx
 
@@ -439,6 +494,7 @@ def _export_run(run_dir, quantizations, fmt, *, out, int8_io, asked_all, represe
         from tff_lab.export.report import build_report, write_report
 
         rep = build_report(art, results, latency_runs=latency_runs, quiet=quiet)
+        rep["evaluation_inputs"] = art.inputs_note
         if skipped:
             rep["skipped"] = dict(skipped)
         write_report(art.run_dir / "export", rep)

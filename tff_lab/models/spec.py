@@ -3,9 +3,11 @@
 Built-in models (the zoo, the tasks) and a user's models go through the same registry and the
 same :class:`ModelSpec`. A builder is ``builder(input_shape, num_classes, **kwargs) ->
 tf.keras.Model`` and must return a *new* model on every call (TFF calls it once per trace).
-The loss and metrics are declared, not guessed: by default sparse categorical cross-entropy
-and accuracy, on probabilities or on logits as ``outputs`` says. The first metric is the one
-reported as ``accuracy``.
+The loss and metrics are declared: by default sparse categorical cross-entropy and accuracy, on
+probabilities or on logits as ``outputs`` says. ``outputs`` is checked on a probe batch before
+training (:func:`check_outputs`): a builder that declares nothing gets what its outputs are (rows
+in [0, 1] summing to 1: probabilities; anything else: logits), and a declaration its outputs
+contradict is refused. The first metric is the one reported as ``accuracy``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ class ModelSpec:
     Args:
       builder: ``(input_shape, num_classes, **kwargs) -> tf.keras.Model`` (a fresh model per
         call); a zero-argument callable is accepted too.
-      outputs: ``"probabilities"`` (the model ends in a softmax) or ``"logits"``.
+      outputs: ``"probabilities"`` (the model ends in a softmax), ``"logits"``, or None (the
+        default): found from the model's outputs on a probe batch before training.
       loss: zero-argument factory of a Keras loss; default sparse categorical cross-entropy
         (``from_logits`` follows ``outputs``).
       metrics: zero-argument factory of a list of Keras metrics; the first is reported as
@@ -40,7 +43,7 @@ class ModelSpec:
     """
 
     builder: Callable[..., Any]
-    outputs: str = "probabilities"
+    outputs: Optional[str] = None
     loss: Optional[Callable[[], Any]] = None
     metrics: Optional[Callable[[], list]] = None
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -50,8 +53,11 @@ class ModelSpec:
     def __post_init__(self):
         if not callable(self.builder):
             raise TypeError(f"model builder must be callable, got {type(self.builder).__name__}")
-        if self.outputs not in OUTPUTS:
-            raise ValueError(f"model outputs must be one of {OUTPUTS}, got {self.outputs!r}")
+        if self.outputs is not None and self.outputs not in OUTPUTS:
+            raise ValueError(f"model outputs must be one of {OUTPUTS} (or None: found on a probe batch), got "
+                             f"{self.outputs!r}")
+        if not isinstance(self.kwargs, Mapping):
+            raise TypeError(f"model kwargs must be a mapping, got {type(self.kwargs).__name__}")
         for what in ("loss", "metrics"):
             v = getattr(self, what)
             if v is not None and not callable(v):
@@ -76,6 +82,13 @@ class ModelSpec:
         except TypeError as e:
             raise PartTypeError("model", f"builder {self.name!r} could not be called as builder(input_shape, "
                                 f"num_classes{', **kwargs' if self.kwargs else ''}): {e}") from None
+        except (PartTypeError, PartValueError, ConfigError):
+            raise
+        except Exception as e:  # noqa: BLE001 - the user's builder raised: one line naming it
+            raise PartValueError("model", f"builder {self.name!r} raised {type(e).__name__} for input shape "
+                                 f"{tuple(input_shape)}, {int(num_classes)} classes"
+                                 f"{f', kwargs {dict(self.kwargs)}' if self.kwargs else ''}: "
+                                 f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
         if not isinstance(model, tf.keras.Model):
             raise PartTypeError("model", f"builder {self.name!r} returned {type(model).__name__}, expected a fresh "
                                 "tf.keras.Model (Keras 2, tf.keras)")
@@ -112,11 +125,45 @@ class ModelSpec:
         import numpy as np
 
         out = np.asarray(outputs)
-        if self.outputs == "probabilities":
+        if self.outputs != "logits":
             return out
         z = out - out.max(axis=-1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=-1, keepdims=True)
+
+
+def outputs_kind(outputs) -> str:
+    """``probabilities`` when every row (last axis) lies in [0, 1] and sums to 1, else ``logits``."""
+    import numpy as np
+
+    out = np.asarray(outputs, np.float64)
+    if out.ndim == 0 or out.shape[-1] < 2 or not np.all(np.isfinite(out)):
+        return "logits"
+    sums = out.sum(axis=-1)
+    ok = np.all(out >= -1e-6) and np.all(out <= 1 + 1e-6) and np.all(np.abs(sums - 1.0) < 1e-3)
+    return "probabilities" if ok else "logits"
+
+
+def check_outputs(spec: "ModelSpec", outputs, *, field: str = "model.outputs") -> "ModelSpec":
+    """``spec`` with ``outputs`` settled from the model's outputs on a probe batch: undeclared ->
+    what they are; declared and contradicted -> :class:`PartValueError` naming ``model.outputs``
+    (a model with its own loss declares what that loss expects: only undeclared outputs are set)."""
+    import numpy as np
+
+    seen = outputs_kind(outputs)
+    if spec.outputs is None:
+        return dataclasses.replace(spec, outputs=seen)
+    if spec.outputs != seen and spec.loss is None:
+        out = np.asarray(outputs, np.float64)
+        sums = out.sum(axis=-1) if out.ndim else out
+        facts = (f"values in [{out.min():.3g}, {out.max():.3g}], row sums in [{sums.min():.3g}, {sums.max():.3g}]"
+                 if out.size and np.all(np.isfinite(out)) else "non-finite values")
+        why = ("every row lies in [0, 1] and sums to 1 (a softmax)" if seen == "probabilities" else
+               f"they are not probabilities ({facts})")
+        raise PartValueError(field, f"model {spec.name!r} declares outputs '{spec.outputs}', but its outputs on a "
+                             f"probe batch are {seen}: {why}; declare {field}: {seen} (or leave it out: tff_lab "
+                             "then uses what the outputs are)")
+    return spec
 
 
 # -- registry ------------------------------------------------------------------------------------
@@ -124,11 +171,12 @@ _REGISTRY: dict[str, ModelSpec] = {}
 _CONFIG_FIELDS = ("hidden_units", "cnn_filters", "dropout")  # ModelConfig fields the zoo reads
 
 
-def register_model(name: str, builder: Callable[..., Any], *, outputs: str = "probabilities",
+def register_model(name: str, builder: Callable[..., Any], *, outputs: Optional[str] = None,
                    loss: Optional[Callable[[], Any]] = None, metrics: Optional[Callable[[], list]] = None,
                    replace: bool = False) -> ModelSpec:
     """Registers a model under ``name`` (usable as ``model.name`` in YAML and ``--set``).
 
+    ``outputs``: "probabilities", "logits", or None (found on a probe batch before training).
     Raises on a duplicate name unless ``replace``.
     """
     if not isinstance(name, str) or not name:

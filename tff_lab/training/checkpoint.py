@@ -134,7 +134,7 @@ _SCHEMA = {
     "npz_sha256": (_is_hex64, "a sha256 hex digest"),
     "manifest_sha256": (_is_hex64, "a sha256 hex digest"),
     "config_hash": (lambda v: isinstance(v, str) and len(v) <= 64, "a config hash string"),
-    "resume_key": (lambda v: isinstance(v, str) and len(v) <= 64, "a config hash string"),
+    "extension_hash": (lambda v: isinstance(v, str) and len(v) <= 64, "a config hash string"),
     "counters": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items()),
                  "an object of finite numbers"),
     "stop_reason": (lambda v: v is None or isinstance(v, str), "null or a string"),
@@ -156,7 +156,7 @@ def check_manifest(meta: Any, round_num: int) -> Optional[str]:
     for key in ("round", "num_arrays"):
         if key not in meta:
             return f"field '{key}' is missing"
-    if "resume_key" in meta and "manifest_sha256" not in meta:  # written by a version that records its digest
+    if "extension_hash" in meta and "manifest_sha256" not in meta:  # written by a version that records its digest
         return "field 'manifest_sha256' is missing"
     if meta["round"] != round_num:
         return f"field 'round' says {meta['round']} but the file is the checkpoint of round {round_num}"

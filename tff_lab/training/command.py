@@ -31,6 +31,20 @@ def _fmt(v, spec=".4f"):
     return "n/a" if v is None else format(v, spec)
 
 
+def privacy_line(priv) -> str:
+    """The summary's privacy line; a run without epsilon (a user aggregator that declares no
+    dp_event, ddp_secure, ...) says so and why, instead of numbers it does not have."""
+    priv = priv if isinstance(priv, dict) else {}
+    eps = priv.get("epsilon")
+    nums = {k: v for k, v in eps.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} \
+        if isinstance(eps, dict) else ({"": eps} if isinstance(eps, (int, float)) and not isinstance(eps, bool) else {})
+    if not nums:
+        why = priv.get("why_no_epsilon") or priv.get("reason") or "no epsilon is reported for this mechanism"
+        return f"privacy         no epsilon ({priv.get('mechanism') or 'mechanism unknown'}): {why} (see privacy.json)"
+    return ("privacy         " + "  ".join(f"eps_{k} {v:.3f}" if k else f"eps {v:.3f}" for k, v in nums.items())
+            + f"  at delta {priv.get('delta')}")
+
+
 def _run(args) -> int:
     from tff_lab.run_dir import check_creatable
 
@@ -51,10 +65,7 @@ def _run(args) -> int:
             lines.append(f"per-client acc  min {spread['min']:.3f}  median {spread['median']:.3f}  "
                          f"max {spread['max']:.3f}")
         if s.get("privacy"):
-            eps = s["privacy"].get("epsilon", {})
-            lines.append(f"privacy         " + "  ".join(f"eps_{k} {v:.3f}" for k, v in eps.items()
-                                                          if isinstance(v, (int, float)))
-                         + f"  at delta {s['privacy'].get('delta')}")
+            lines.append(privacy_line(s["privacy"]))
         if s.get("stopped_reason"):
             lines.append(f"stopped early   {s['stopped_reason']}")
         lines.append(f"wall time       {_fmt(s.get('wall_seconds'), '.1f')} s  "

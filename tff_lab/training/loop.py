@@ -85,28 +85,80 @@ def _resolve_config(config, overrides: Sequence[str]) -> ExperimentConfig:
 
 def _with_python_parts(cfg: ExperimentConfig, model, data, algorithm, aggregator):
     """Registers parts passed as Python objects and names them in the config (so the resolved
-    config records them and every stage resolves them as it resolves built-in parts)."""
+    config records them and every stage resolves them as it resolves built-in parts).
+
+    Any object is accepted as it is (functions, lambdas, closures, ``functools.partial``, bound
+    methods, callable instances, factory instances): its name is its import path when another
+    process can import exactly it, else ``python:<kind>:<qualname>``; what it builds is digested
+    in :func:`build` (see :mod:`tff_lab.parts`). A ModelSpec's plain kwargs and declared outputs go
+    into ``model.kwargs``/``model.outputs`` (config.yaml and the config hash keep them); the zoo's
+    fields (``model.name``, ``hidden_units``, ...) no longer apply and are reset."""
     from tff_lab import parts as parts_lib
+    from tff_lab.config.schema import DataConfig, ModelConfig
 
     fd = None
     if model is not None:
-        name = parts_lib.register_object(model, parts_lib.object_name(model.builder if _is_spec(model) else model)
-                                         .split("@")[0])
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, builder=name))
+        spec = model if _is_spec(model) else None
+        name = parts_lib.part_name(spec.builder if spec is not None else model, "model")
+        if spec is not None and (spec.loss is not None or spec.metrics is not None) and \
+                not parts_lib.is_python_name(name):
+            # The builder alone (importable) would lose the spec's loss/metrics in another process.
+            name = f"{parts_lib.PYTHON_PREFIX}model:{name.replace(':', '.')}"
+        kwargs = dict(cfg.model.kwargs)
+        outputs = cfg.model.outputs
+        if spec is not None:
+            if spec.kwargs and _plain_data(dict(spec.kwargs)):
+                kwargs = {**dict(spec.kwargs), **kwargs}
+            outputs = outputs or spec.outputs
+            if spec.name == "model":
+                model = dataclasses.replace(spec, name=name)
+        parts_lib.register_object(model, name, description=parts_lib.describe(
+            spec.builder if spec is not None else model))
+        cfg = dataclasses.replace(cfg, model=ModelConfig(builder=name, kwargs=kwargs, outputs=outputs))
     if data is not None:
-        from tff_lab.data import content_hash, federated_data
+        from tff_lab.data import federated_data
 
         fd = federated_data(data, cfg=cfg)
-        name = parts_lib.register_object(fd, f"python:{type(data).__name__}#{content_hash(fd)}")
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=name, kwargs={}))
+        name = f"{parts_lib.PYTHON_PREFIX}data:{type(data).__name__}"
+        parts_lib.register_object(fd, name, description=parts_lib.describe(data))
+        defaults = DataConfig()
+        # Python data replaces the source: what configured a source no longer applies.
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+            defaults, source=name, test_fraction=cfg.data.test_fraction,
+            client_eval_fraction=cfg.data.client_eval_fraction, max_clients=cfg.data.max_clients))
     if algorithm is not None:
-        name = parts_lib.register_object(algorithm, parts_lib.object_name(algorithm).split("@")[0])
+        name = parts_lib.register_object(algorithm, parts_lib.part_name(algorithm, "algorithm"),
+                                         description=parts_lib.describe(algorithm))
         cfg = dataclasses.replace(cfg, algorithm=dataclasses.replace(cfg.algorithm, builder=name))
     if aggregator is not None:
-        name = parts_lib.register_object(aggregator, parts_lib.object_name(aggregator).split("@")[0])
+        name = parts_lib.register_object(aggregator, parts_lib.part_name(aggregator, "aggregator"),
+                                         description=parts_lib.describe(aggregator))
         cfg = dataclasses.replace(cfg, aggregation=dataclasses.replace(cfg.aggregation, builder=name))
     cfg.validate()
     return cfg, fd
+
+
+def _plain_data(value) -> bool:
+    """Whether a value survives YAML (config.yaml) unchanged: str, int, float, bool, None, lists, dicts."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return isinstance(value, list) and all(_plain_data(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
+    return False
+
+
+def _with_what_ran(cfg: ExperimentConfig, data) -> ExperimentConfig:
+    """The config as it ran: a user source's population is what it loaded (``data.num_clients``
+    is not read by a user's loader or Python data)."""
+    from tff_lab.config.schema import BUILTIN_SOURCES
+
+    if cfg.data.source not in BUILTIN_SOURCES and cfg.data.num_clients != data.num_clients:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_clients=int(data.num_clients)))
+    return cfg
 
 
 def _is_spec(obj) -> bool:
@@ -123,25 +175,46 @@ def _check_user_parts_config(cfg: ExperimentConfig) -> None:
     if cfg.aggregation.builder is not None and cfg.aggregation.kind != "mean":
         raise ConfigError("aggregation.kind", f"'{cfg.aggregation.kind}' has no effect with aggregation.builder "
                           "(the user aggregator replaces it); leave kind: mean")
+    if cfg.model.builder is not None:
+        from tff_lab.config.schema import ModelConfig
+
+        defaults = ModelConfig()
+        for name in ("name", "hidden_units", "cnn_filters", "dropout"):
+            if getattr(cfg.model, name) != getattr(defaults, name):
+                raise ConfigError(f"model.{name}", f"has no effect with model.builder ({cfg.model.builder}): only "
+                                  "tff_lab's own models read it; remove it (your builder's arguments go in "
+                                  "model.kwargs)")
+    from tff_lab.federated.optimizers import check_engine
+
+    check_engine(cfg)
 
 
-def _check_model_fits(spec, model, data) -> None:
-    """The model's output must fit the labels: shape (batch, *label_shape, num_classes)."""
+def _check_model_fits(spec, model, data):
+    """The model's output must fit the labels: shape (batch, *label_shape, num_classes); and what
+    it emits (probabilities or logits) is settled on this probe batch (a declaration the outputs
+    contradict is refused). Returns the spec with ``outputs`` settled."""
+    from tff_lab.models.spec import check_outputs
+
     x, y = data.test
     if len(y) == 0:
         x, y = data.union_train()
     if len(y) == 0:
-        return
+        return spec if spec.outputs else dataclasses.replace(spec, outputs="probabilities")
+    n = min(16, len(y))
     try:
-        out = model(x[:2], training=False)
+        out = model(x[:n], training=False)
     except Exception as e:  # noqa: BLE001 - the user's model cannot take the data at all
         raise PartValueError("model", f"{spec.name!r} cannot take the data's inputs of shape {x.shape[1:]} "
                              f"({x.dtype}): {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
-    want = (min(2, len(y)), *y.shape[1:], data.num_classes)
+    if isinstance(out, (list, tuple, dict)):
+        raise PartValueError("model", f"{spec.name!r} returns {type(out).__name__} of outputs; expected one tensor "
+                             f"of shape (batch, {data.num_classes}) of class scores")
+    want = (n, *y.shape[1:], data.num_classes)
     if tuple(out.shape) != want:
         raise PartValueError("model", f"{spec.name!r} outputs shape {tuple(out.shape)[1:]} per example, but the "
                              f"labels have shape {y.shape[1:]} with {data.num_classes} classes: expected "
-                             f"{want[1:]} ({spec.outputs})")
+                             f"{want[1:]} ({spec.outputs or 'probabilities or logits'})")
+    return check_outputs(spec, np.asarray(out))
 
 
 def build(config: Union[str, os.PathLike, ExperimentConfig, None] = None, *, overrides: Iterable[str] = (),
@@ -176,16 +249,20 @@ def build(config: Union[str, os.PathLike, ExperimentConfig, None] = None, *, ove
     cfg, fd = _with_python_parts(cfg, model, data, algorithm, aggregator)
     _check_user_parts_config(cfg)
     spec = resolve_model(cfg.model)
-    if cfg.model.outputs != spec.outputs:  # the resolved config records what the model declares
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, outputs=spec.outputs))
     if fd is not None:
         check_finite(fd, "data")  # a source's data is checked by load_federated_data
     loaded = fd if fd is not None else load_federated_data(cfg)
+    cfg = _with_what_ran(cfg, loaded)
     if cfg.training.sampling == "uniform" and cfg.training.clients_per_round > loaded.num_clients:
         raise ConfigError("training.clients_per_round", f"expected at most the population ({loaded.num_clients} "
                           f"clients), got {cfg.training.clients_per_round}")
+    from tff_lab import parts as parts_lib
+
     probe = spec.build(loaded.input_shape, loaded.num_classes)
-    _check_model_fits(spec, probe, loaded)
+    spec = _check_model_fits(spec, probe, loaded)
+    if cfg.model.outputs != spec.outputs:  # the resolved config records what the model emits
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, outputs=spec.outputs))
+    model_builds = parts_lib.model_builds(probe)
     del probe
     init = initial_weights(spec, loaded.input_shape, loaded.num_classes, cfg.seed)
     from tff_lab.privacy.audit import audit_population
@@ -196,7 +273,7 @@ def build(config: Union[str, os.PathLike, ExperimentConfig, None] = None, *, ove
     record_specs = [tf.TensorSpec(w.shape, tf.as_dtype(w.dtype)) for w in init]
 
     engine, agg = _build_engine(cfg, spec, loaded, noise, record_specs)
-    parts = _provenance(cfg, spec, agg)
+    parts = _provenance(cfg, spec, agg, model_builds=model_builds, data=loaded, record_specs=record_specs)
     all_hooks = _default_hooks(cfg, agg) + list(hooks or [])
     ctx = RunContext(cfg=cfg, run_dir=Path("."), population=total, noise_multiplier=noise,
                      model_weight_shapes=[list(w.shape) for w in init],
@@ -239,12 +316,28 @@ def _ensure_context(cfg, *, secure: bool) -> None:
     runtime.ensure_context(cfg.training, secure=secure)
 
 
-def _provenance(cfg, spec, agg) -> list[dict]:
+def _provenance(cfg, spec, agg, *, model_builds: Optional[dict] = None, data=None, record_specs=None) -> list[dict]:
+    """Every part that ran: its name, type, source file and sha256, and (user parts) a digest of
+    what it builds: the model's architecture and weight shapes, the data's arrays, the aggregator's
+    type signature and settings; an algorithm builder's code and bound arguments."""
     from tff_lab import parts as parts_lib
     from tff_lab.data.registry import source_part
 
-    out = [dict(spec.provenance) or {"kind": "model", "name": spec.name}]
+    model = dict(spec.provenance) or {"kind": "model", "name": spec.name}
+    if cfg.model.builder is not None:
+        model.update(parts_lib.registered_description(cfg.model.builder) or {})
+        model["name"] = cfg.model.builder
+    if model_builds:
+        model.update(model_builds)
+    model["outputs"] = spec.outputs
+    if spec.kwargs:
+        model["kwargs"] = {k: (v if _plain_data(v) else repr(v)[:200]) for k, v in dict(spec.kwargs).items()}
+    out = [model]
     _, prov = source_part(cfg)
+    prov = dict(prov)
+    prov.update(parts_lib.registered_description(cfg.data.source) or {})
+    if data is not None and not prov.get("builtin"):
+        prov.update(parts_lib.data_builds(data))
     out.append(prov)
     if cfg.algorithm.builder is not None:
         obj = parts_lib.resolve(cfg.algorithm.builder, "algorithm.builder")
@@ -252,9 +345,11 @@ def _provenance(cfg, spec, agg) -> list[dict]:
     else:
         out.append({"kind": "algorithm", "name": cfg.algorithm.name, "builtin": True})
     if cfg.aggregation.builder is not None:
-        out.append(parts_lib.provenance(agg, name=cfg.aggregation.builder, kind="aggregator"))
-    if cfg.data.source.startswith("python:"):
-        out[1]["content_hash"] = cfg.data.source.rsplit("#", 1)[-1]
+        obj = parts_lib.resolve(cfg.aggregation.builder, "aggregation.builder")
+        prov = parts_lib.provenance(obj, name=cfg.aggregation.builder, kind="aggregator")
+        if agg is not None and record_specs is not None:
+            prov.update(parts_lib.aggregator_builds(agg, record_specs))
+        out.append(prov)
     return out
 
 
@@ -300,11 +395,6 @@ class RunState:
     retries_left: int = 0
 
 
-def _resume_key(cfg: ExperimentConfig) -> str:
-    """The config hash without ``training.rounds``: a finished run may be extended to more rounds."""
-    return config_hash(dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, rounds=0)))
-
-
 def _existing_config(owner: run_dir_lib.Owner) -> ExperimentConfig:
     text = owner.read_verified("config.yaml")
     try:
@@ -337,22 +427,18 @@ def _prepare_run_dir(owner: run_dir_lib.Owner, cfg: ExperimentConfig, *, resume:
                           "choose a new --out or pass --overwrite")
     existing = _existing_config(owner)
     if config_hash(existing) != config_hash(cfg):
-        if _resume_key(existing) != _resume_key(cfg):
+        if extension_hash(existing) != extension_hash(cfg):
+            if resume:  # name the first field that differs
+                check_resume_config(existing, cfg)
             raise ConfigError(str(run_dir), "RUN_DIR already holds a different experiment (its config.yaml "
                               "differs); choose a new --out or pass --overwrite")
-        # Only training.rounds differs: extending (or shortening) the run.
-        done = ckpt_lib.latest(run_dir / "checkpoints")
+        # Only training.rounds differs: extending the run.
         if not resume:
             raise ConfigError(str(run_dir), f"RUN_DIR holds this experiment with training.rounds="
                               f"{existing.training.rounds}; pass --resume to continue it to "
                               f"{cfg.training.rounds} rounds, or --overwrite to start again")
-        if done is not None and cfg.training.rounds < done:
-            raise ConfigError("training.rounds", f"{cfg.training.rounds} is fewer than the {done} rounds the run "
-                              f"in {run_dir} already trained")
-        if cfg.privacy.enabled and cfg.privacy.target_epsilon is not None:
-            raise ConfigError("training.rounds", "the noise of this run was calibrated to privacy.target_epsilon "
-                              f"over {existing.training.rounds} rounds; more rounds would need other noise. "
-                              "Set privacy.noise_multiplier (the calibrated value is in privacy.json) to extend it")
+        done = ckpt_lib.latest(run_dir / "checkpoints")
+        check_resume_config(existing, cfg, done_round=done or 0)  # fewer rounds, a calibrated noise: refused
         return done, False
     if not resume:
         raise ConfigError(str(run_dir), "RUN_DIR already holds a run of this experiment; pass --resume to "
@@ -419,32 +505,134 @@ def release(rs: RunState, *, failed: bool = False) -> None:
 
 
 def _config_text(exp: Experiment, run_dir: Path) -> str:
+    """config.yaml: what ran. Fields that had no effect are left out (they read back as their
+    defaults, so the config hash is the same): the zoo's model fields beside a builder, a natural
+    source's ``num_clients``, synthetic settings of other sources."""
+    import yaml
+
+    from tff_lab.config import to_dict
+
+    cfg = exp.cfg
     lines = [f"# resolved config; rerun with: tff-lab run {run_dir / 'config.yaml'} --out NEW_DIR"]
     user = [p for p in exp.parts if not p.get("builtin")]
     if user:
         lines.append("# user parts (see parts.json and summary.json):")
         for p in user:
-            lines.append(f"#   {p['kind']}: {p['name']}  source {p.get('source_file', '-')}  "
-                         f"sha256 {str(p.get('source_sha256') or p.get('content_hash') or '-')[:16]}")
-    return "\n".join(lines) + "\n" + dump_yaml(exp.cfg)
+            digest = p.get("builds_sha256") or p.get("code_sha256") or p.get("source_sha256") or "-"
+            lines.append(f"#   {p['kind']}: {p['name']}  ({p.get('type', 'part')})  source {p.get('source_file', '-')}"
+                         f"  builds {str(digest)[:16]}")
+        if any(str(p.get("name", "")).startswith("python:") for p in user):
+            lines.append("#   python:... parts were Python objects of the process that ran: pass them again from "
+                         "Python to rerun")
+    d = to_dict(cfg)
+    if cfg.model.builder is not None:
+        for k in ("name", "hidden_units", "cnn_filters", "dropout"):
+            d["model"].pop(k, None)
+    if cfg.data.source != "synthetic":
+        for k in [k for k in d["data"] if k.startswith("synthetic_")]:
+            d["data"].pop(k)
+    natural = cfg.partition.scheme in ("auto", "natural") and cfg.data.source not in ("digits", "breast_cancer",
+                                                                                       "synthetic")
+    from tff_lab.config.schema import BUILTIN_SOURCES
+
+    if natural and cfg.data.source in BUILTIN_SOURCES:
+        d["data"].pop("num_clients", None)  # the source's own population (a default the schema keeps)
+    for k in ("path", "cache_dir", "max_clients"):
+        if d["data"].get(k) is None:
+            d["data"].pop(k, None)
+    if not d["data"].get("kwargs"):
+        d["data"].pop("kwargs", None)
+    return "\n".join(lines) + "\n" + yaml.safe_dump(d, sort_keys=False)
 
 
 def _parts_digest(parts: list[dict]) -> dict:
-    # Only a user's parts: built-in ones change with tff_lab's version, which config_hash does not pin.
-    return {f"{p['kind']}:{p['name']}": p.get("source_sha256") or p.get("content_hash") for p in parts
-            if not p.get("builtin")}
+    """kind -> the digest a resumed run must match (what the part builds, else its code, else its
+    source). Only a user's parts: built-in ones change with tff_lab's version, which config_hash
+    does not pin."""
+    from tff_lab import parts as parts_lib
+
+    return {p["kind"]: parts_lib.identity(p) for p in parts if not p.get("builtin")}
 
 
 def _check_parts_unchanged(run_dir: Path, exp: Experiment, meta: Optional[dict] = None) -> None:
+    """Refuses (one line naming the part and what changed) to resume with a part that builds
+    something else than the checkpoint's."""
+    from tff_lab import parts as parts_lib
+
     saved = (meta or {}).get("parts")
-    if saved is None:
+    if not isinstance(saved, dict):
         return
     now = _parts_digest(exp.parts)
+    by_kind = {p["kind"]: p for p in exp.parts}
     for key, digest in saved.items():
-        if key in now and digest is not None and now[key] != digest:
-            raise ConfigError(key.split(":", 1)[0], f"{key.split(':', 1)[1]}: its source changed since the "
-                              f"checkpoint in {run_dir} was written (sha256 {str(digest)[:12]} then, "
-                              f"{str(now[key])[:12]} now); a resumed run must use the same code")
+        kind = str(key).split(":", 1)[0]
+        if kind not in now or digest is None or now[kind] is None:
+            continue
+        old = str(digest) if ":" in str(digest) else f"source:{digest}"  # an older checkpoint: the source sha256
+        new = now[kind]
+        if old.split(":")[0] != new.split(":")[0]:
+            p = by_kind[kind]
+            key_name = old.split(":")[0] + ("_sha256" if old.split(":")[0] != "content" else "_hash")
+            new = f"{old.split(':')[0]}:{p.get(key_name)}" if p.get(key_name) else new
+        if old == new:
+            continue
+        p = by_kind[kind]
+        what = parts_lib.IDENTITY_WHAT.get(old.split(":")[0], "it")
+        detail = ""
+        if kind == "model" and p.get("builds"):
+            detail = f"; it now builds weights of shapes {p['builds'].get('weight_shapes')}"
+        raise ConfigError(kind, f"{p.get('name')}: {what} changed since the checkpoint in {run_dir} was written "
+                          f"(sha256 {old.split(':', 1)[1][:12]} then, {new.split(':', 1)[1][:12]} now{detail}); "
+                          f"a resumed run must use the same {kind}")
+
+
+def extension_hash(cfg: ExperimentConfig) -> str:
+    """The config hash with ``training.rounds`` left out: equal for a run and its extension."""
+    return config_hash(dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, rounds=1)))
+
+
+def _differences(a, b, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted field, value in a, value in b) for every field where two config dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in list(a) + [k for k in b if k not in a]:
+            out += _differences(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [(prefix, a, b)]
+
+
+def check_resume_config(saved: ExperimentConfig, cfg: ExperimentConfig, *, done_round: int = 0) -> str:
+    """How ``cfg`` may continue the run of ``saved`` (RUN_DIR's config.yaml): ``"same"``, or
+    ``"extend"`` (only ``training.rounds`` grew: the run continues, its privacy ledger and budget
+    with it, epsilon composed over all rounds). Anything else is refused in one line naming the
+    first field that changed."""
+    from tff_lab.config import to_dict
+
+    diff = _differences(to_dict(saved), to_dict(cfg))
+    if not diff:
+        return "same"
+    others = [d for d in diff if d[0] != "training.rounds"]
+    field, old, new = (others or diff)[0]
+    if not others:
+        if new < max(done_round, 1):
+            raise ConfigError("training.rounds", f"the run in RUN_DIR already ran {done_round} rounds; to extend it "
+                              f"give more than that (got {new})")
+        if cfg.privacy.target_epsilon is not None and new != old:
+            raise ConfigError("training.rounds", f"the run's noise was calibrated to privacy.target_epsilon over "
+                              f"{old} rounds; more rounds would need other noise, so this run cannot be extended "
+                              "(start a new run with the rounds you want)")
+        return "extend"
+    raise ConfigError(field, f"differs from the run in RUN_DIR, a different experiment ({old!r} there, {new!r} now); "
+                      "--resume continues the "
+                      "same experiment (only training.rounds may grow, to extend it); choose a new --out or "
+                      "pass --overwrite")
+
+
+def _checkpoint_meta(ckpt_dir: Path, round_num: int) -> dict:
+    """The manifest of a checkpoint, read before its arrays (empty when unreadable: load() reports it)."""
+    if ckpt_lib.verify(Path(ckpt_dir), round_num) is not None:
+        return {}  # not trusted: load() reports why
+    return json.loads((Path(ckpt_dir) / f"ckpt_{round_num:06d}.json").read_text())
 
 
 def _restore(exp: Experiment, rs: RunState, round_num: Optional[int]) -> None:
@@ -453,9 +641,12 @@ def _restore(exp: Experiment, rs: RunState, round_num: Optional[int]) -> None:
     state = engine.initialize()
     ckpt_dir = rs.run_dir / "checkpoints"
     if round_num is not None:
+        # Parts first: a model that builds other weights would otherwise fail as "does not match the state".
+        _check_parts_unchanged(rs.run_dir, exp, _checkpoint_meta(ckpt_dir, round_num))
         state, meta = ckpt_lib.load(ckpt_dir, round_num, state)
         round_num = int(meta.get("round", round_num))
-        if meta.get("resume_key", meta.get("config_hash")) not in (_resume_key(cfg), config_hash(cfg)):
+        extends = (meta.get("extension_hash") == extension_hash(cfg) and round_num <= cfg.training.rounds)
+        if meta.get("config_hash") != config_hash(cfg) and not extends:
             raise ConfigError(str(ckpt_dir), "checkpoint was written by a different experiment")
         _check_parts_unchanged(rs.run_dir, exp, meta)
         rs.counters = {"example_passes": 0, "train_seconds": 0.0, **meta.get("counters", {})}
@@ -475,7 +666,7 @@ def _restore(exp: Experiment, rs: RunState, round_num: Optional[int]) -> None:
 
 
 def _save_checkpoint(exp: Experiment, rs: RunState) -> None:
-    meta = {"config_hash": config_hash(exp.cfg), "resume_key": _resume_key(exp.cfg), "counters": rs.counters, "stop_reason": rs.stop_reason,
+    meta = {"config_hash": config_hash(exp.cfg), "extension_hash": extension_hash(exp.cfg), "counters": rs.counters, "stop_reason": rs.stop_reason,
             "hooks": {h.name: h.state_dict() for h in exp.hooks}, "parts": _parts_digest(exp.parts),
             "engine": exp.engine.name}
     ckpt_lib.save(rs.run_dir / "checkpoints", rs.round, rs.state, meta)
@@ -711,6 +902,9 @@ def finalize(exp: Experiment, rs: RunState) -> dict:
     # A stale export of an earlier model must not survive beside the new one.
     shutil.rmtree(run_dir / "export", ignore_errors=True)
     _save_model(exp.eval_model, run_dir / "model")
+    from tff_lab.export import run_inputs
+
+    run_inputs.save(run_dir, cfg, data, outputs=exp.model.outputs)  # what export needs, as the policy allows
 
     central = None
     policy = _policy(exp)
