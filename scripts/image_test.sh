@@ -112,11 +112,15 @@ build_base() {
 # --- 3. the image ----------------------------------------------------------------------------------
 build_image() {
   log "building $IMAGE from Dockerfile.gpu (first build ~5-6 min; cached layers after)"
-  local t0=$SECONDS
+  local t0=$SECONDS old new
+  old=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
   # The host's CA bundle: pip inside the build reaches the package registry over HTTPS.
   podman build --pull=never --layers -f "$REPO/Dockerfile.gpu" -t "$IMAGE" \
     -v /etc/ssl/certs:/etc/ssl/certs:ro "$REPO" >&2
   log "built in $((SECONDS - t0)) s"
+  new=$(podman image inspect --format '{{.Id}}' "$IMAGE")
+  # The replaced image (~3 GB) goes; the wheels stage's layers stay as the cache for the next build.
+  if [ -n "$old" ] && [ "$old" != "$new" ]; then podman rmi "$old" > /dev/null 2>&1 || true; fi
 }
 
 image_facts() {
