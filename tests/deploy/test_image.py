@@ -235,3 +235,47 @@ def test_the_image_builds_and_runs_as_the_manifests_run_it(tmp_path):
     assert fed["rounds"] == 2
     config = yaml.safe_load((pvc / "dist_digits-federated" / "config.yaml").read_text())
     assert config["training"]["worker_addresses"] == [f"tff-lab-worker-{i}.tff-lab-workers:8000" for i in range(2)]
+
+
+def test_tff_worker_as_pid_1_stops_on_sigterm(tmp_path):
+    """A pod's container runs `tff-lab tff-worker` as PID 1 of its PID namespace, where the kernel gives
+    no default action to signals: exec'd, worker_binary (no handler) ignored SIGTERM until SIGKILL.
+    Here in a PID namespace of its own (as in the container lane): it serves, then exits 143 on SIGTERM."""
+    import signal
+    import socket
+    import time
+
+    import portpicker
+
+    unshare = shutil.which("unshare")
+    if unshare is None or os.getuid() != 0:
+        pytest.skip("needs unshare(1) and root for a PID namespace")
+    port = portpicker.pick_unused_port()
+    log = open(tmp_path / "worker.log", "w")
+    proc = subprocess.Popen([unshare, "--pid", "--fork", "--kill-child", sys.executable, "-m", "tff_lab.cli",
+                             "tff-worker", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        t_end = time.monotonic() + 60
+        while True:  # serving: accepts connections
+            try:
+                socket.create_connection(("localhost", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < t_end, (tmp_path / "worker.log").read_text()
+                time.sleep(0.2)
+        # unshare's child is the namespace's PID 1: tff-lab (python), with worker_binary as its child.
+        pid1 = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+        assert Path(f"/proc/{pid1}/status").read_text().split("NSpid:")[1].splitlines()[0].split()[-1] == "1"
+        children = Path(f"/proc/{pid1}/task/{pid1}/children").read_text().split()
+        assert [Path(f"/proc/{c}/exe").resolve().name for c in children] == ["worker_binary"]
+        t0 = time.monotonic()
+        os.kill(pid1, signal.SIGTERM)
+        assert proc.wait(timeout=20) == 143  # unshare passes on PID 1's exit status
+        assert time.monotonic() - t0 < 10
+        with pytest.raises(OSError):
+            socket.create_connection(("localhost", port), timeout=1).close()
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
