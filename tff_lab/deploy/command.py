@@ -93,7 +93,9 @@ def register(subparsers) -> None:
     t = subparsers.add_parser(
         "tff-worker", help="run TFF's executor service (worker_binary) in the foreground: a TFF worker pod",
         description="Replaces this process with TensorFlow Federated's C++ executor service "
-                    "(tensorflow_federated/data/worker_binary, insecure gRPC) listening on --port. The federated "
+                    "(tensorflow_federated/data/worker_binary, insecure gRPC) listening on --port; as a "
+                    "container's PID 1 it runs the binary as its child instead and forwards SIGTERM/SIGINT "
+                    "(exit 143 after SIGTERM). The federated "
                     "overlay's StatefulSet runs it; `tff-lab run --set training.worker_addresses=[HOST:PORT,...]` "
                     "drives it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -256,12 +258,29 @@ def _tff_worker(args) -> int:
     if not 0 < args.port < 65536:
         raise ConfigError("--port", f"expected a port in 1..65535, got {args.port}")
     binary = tff_worker_binary()
+    argv = [binary, f"--port={args.port}",
+            f"--max_concurrent_computation_calls={args.max_concurrent_computation_calls}"]
     sys.stdout.flush()
     sys.stderr.flush()
-    # exec: the worker is PID 1 of its container and gets SIGTERM from the kubelet itself.
-    os.execv(binary, [binary, f"--port={args.port}",
-                      f"--max_concurrent_computation_calls={args.max_concurrent_computation_calls}"])
-    return 0  # pragma: no cover - execv does not return
+    if os.getpid() != 1:
+        # exec: the worker itself gets the signals (a local process, or a pod with an init process).
+        os.execv(binary, argv)
+    # PID 1 of a container (a pod without an init process): the kernel delivers PID 1 no signal it has
+    # no handler for, and worker_binary installs none, so an exec'd worker ignored the kubelet's SIGTERM
+    # until the grace period ended in SIGKILL (exit 137; seen with the image under podman). Supervise
+    # it instead: forward SIGTERM/SIGINT to it and exit with its status (143 after SIGTERM).
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(argv)
+
+    def forward(signum, _frame):
+        proc.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    code = proc.wait()
+    return 128 - code if code < 0 else code
 
 
 def _sweep(args) -> int:
