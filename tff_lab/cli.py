@@ -14,7 +14,7 @@ import errno
 import importlib
 import os
 import sys
-from typing import Optional
+from typing import Any, Callable, Optional
 
 # Subcommand modules, in --help order.
 COMMAND_MODULES = [
@@ -44,14 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     _quiet_tf_logs()
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse's own refusals: usage + one line, exit 2
     return run_command(args.func, args)
 
 
-def run_command(func, args) -> int:
+def run_command(func: Callable[[Any], Any], args: Any) -> int:
     """The one error boundary of every command: whatever happens below becomes an exit code and at
     most one line on stderr. Exit 2: the user's input, files or code (their model builder, data
     loader, aggregator) is at fault, named; 1: a bug of tff-lab's own, with a please-report line;

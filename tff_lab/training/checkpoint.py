@@ -26,7 +26,7 @@ import re
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -65,7 +65,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save(ckpt_dir: Path, round_num: int, state: Any, meta: dict, keep: int = 2) -> Path:
+def save(ckpt_dir: Path, round_num: int, state: Any, meta: dict[str, Any], keep: int = 2) -> Path:
     """Writes the checkpoint of ``round_num`` and keeps the newest ``keep`` ones.
 
     Raises:
@@ -109,25 +109,25 @@ def save(ckpt_dir: Path, round_num: int, state: Any, meta: dict, keep: int = 2) 
     return npz
 
 
-def _manifest_digest(record: dict) -> str:
+def _manifest_digest(record: dict[str, Any]) -> str:
     body = {k: v for k, v in record.items() if k != "manifest_sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _is_int(v) -> bool:
+def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_hex64(v) -> bool:
+def _is_hex64(v: Any) -> bool:
     return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
 
-def _is_number(v) -> bool:
+def _is_number(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and v == v and abs(v) != float("inf")
 
 
 # The manifest's schema: field -> (check, what is expected). Every field tff_lab reads back.
-_SCHEMA = {
+_SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "round": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "num_arrays": (lambda v: _is_int(v) and 0 <= v <= 1_000_000, "an integer array count"),
     "npz_bytes": (lambda v: _is_int(v) and v >= 0, "an integer byte count"),
@@ -207,7 +207,7 @@ def latest(ckpt_dir: Path) -> Optional[int]:
     A damaged newer checkpoint is skipped with a warning naming it. Raises CheckpointError when
     checkpoints exist but none is intact (resuming must not silently start over)."""
     ckpt_dir = Path(ckpt_dir)
-    damaged = []
+    damaged: list[tuple[Path, str]] = []
     for r in reversed(_list(ckpt_dir)):
         npz, manifest = _paths(ckpt_dir, r)
         if not npz.exists() and not manifest.exists():
@@ -226,7 +226,7 @@ def latest(ckpt_dir: Path) -> Optional[int]:
     return None
 
 
-def load(ckpt_dir: Path, round_num: int, template_state: Any) -> tuple[Any, dict]:
+def load(ckpt_dir: Path, round_num: int, template_state: Any) -> tuple[Any, dict[str, Any]]:
     """Restores a state with the structure of ``template_state`` (from ``process.initialize()``).
 
     Raises CheckpointError (naming the file) when the checkpoint is truncated or corrupt."""
