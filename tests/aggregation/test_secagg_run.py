@@ -79,3 +79,23 @@ def test_run_with_dropouts_aborted_rounds_are_not_applied(tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(a2, a3))  # round 3 aborted: nothing applied
     assert [x.shape for x in a2[:len(init)]] == [w.shape for w in init]
     assert not all(np.array_equal(x, w) for x, w in zip(a2, init))  # round 2 was applied
+
+
+def test_cost_script_runs_and_secagg_plus_receives_less(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import cli_env
+
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "secagg_cost.py"), "--out", str(tmp_path),
+                           "--cohorts", "4", "12", "--dropouts", "0", "0.2", "--repeats", "1"], cwd=REPO,
+                          env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "secagg_cost.csv")))
+    assert len(rows) == 8 and (tmp_path / "secagg_cost.png").stat().st_size > 0
+    by = {(r["protocol"], r["clients"], r["dropout_rate"]): r for r in rows}
+    full, plus = by[("SecAgg", "12", "0.0")], by[("SecAgg+", "12", "0.0")]
+    assert int(full["neighbors"]) == 11 and int(plus["neighbors"]) == 4
+    # received: 68 B of keys + 74 B of shares per neighbour + 4 B per surviving holder's id at unmasking
+    assert float(full["client_received_kB"]) * 1e3 == pytest.approx(68 * 11 + 74 * 11 + 4 * 12)
+    assert float(plus["client_received_kB"]) * 1e3 == pytest.approx(68 * 4 + 74 * 4 + 4 * 5)
