@@ -7,7 +7,8 @@ Each point runs the protocol (tff_lab.aggregation.secagg.protocol: X25519 + HKDF
 masks, pycryptodome Shamir) among n simulated clients on a vector the size of the default digits
 MLP (8,970 parameters, 32-bit quantised as TFF's secure sum, plus the secure aggregator's side
 values), ``--repeats`` times; dropouts are drawn as in training (half after share_keys, half after
-masked_input). A round that cannot be completed (too many holders of one secret gone) counts as
+masked_input). ``client_key_share_kB`` is what the protocol adds to the masked vector (keys, shares,
+unmasking; sent + received). A round that cannot be completed (too many holders of one secret gone) counts as
 aborted. Writes secagg_cost.csv/.md and secagg_cost.png.
 """
 
@@ -37,7 +38,7 @@ def point(n: int, neighbors, rate: float, repeats: int, seed: int, fraction: flo
     segments = [(MODEL_PARAMS, field.field_bits(32, n)), (SIDE_VALUES, field.field_bits(32, n))]
     rng = np.random.default_rng([seed, n])
     xs = [rng.integers(0, 2 ** 32, MODEL_PARAMS + SIDE_VALUES, dtype=np.uint64) for _ in range(n)]
-    sent, recv, client_s, server_s, wall, aborted = [], [], [], [], [], 0
+    sent, recv, overhead, client_s, server_s, wall, aborted = [], [], [], [], [], [], 0
     for r in range(repeats):
         dropouts = protocol.draw_dropouts(n, rate, np.random.default_rng([seed, n, r]))
         t0 = time.perf_counter()
@@ -50,11 +51,14 @@ def point(n: int, neighbors, rate: float, repeats: int, seed: int, fraction: flo
         took_part = res.sent.sum(1) > 0
         sent.append(res.sent[took_part].sum(1).mean())
         recv.append(res.received[took_part].sum(1).mean())
+        keys_shares = [protocol.STEPS.index(s) for s in ("advertise_keys", "share_keys", "unmasking")]
+        overhead.append((res.sent[took_part][:, keys_shares] + res.received[took_part][:, keys_shares]).sum(1).mean())
         client_s.append(res.client_seconds[took_part].mean())
         server_s.append(res.server_seconds)
     mean = lambda v: float(np.mean(v)) if v else float("nan")  # noqa: E731
     return {"protocol": "SecAgg" if neighbors == "all" else "SecAgg+", "clients": n, "neighbors": k, "threshold": t,
             "dropout_rate": rate, "client_sent_kB": mean(sent) / 1e3, "client_received_kB": mean(recv) / 1e3,
+            "client_key_share_kB": mean(overhead) / 1e3,
             "client_compute_s": mean(client_s), "server_compute_s": mean(server_s), "round_wall_s": mean(wall),
             "aborted": f"{aborted}/{repeats}"}
 
@@ -81,10 +85,11 @@ def main(argv=None) -> int:
                 row = point(n, neighbors, rate, args.repeats, args.seed, args.threshold_fraction)
                 rows.append(row)
                 print(f"{row['protocol']:<8} n={n:<4} k={row['neighbors']:<3} drop={rate:<4} "
-                      f"sent={row['client_sent_kB']:8.1f} kB recv={row['client_received_kB']:8.1f} kB "
+                      f"sent={row['client_sent_kB']:8.1f} kB recv={row['client_received_kB']:8.1f} kB keys+shares={row['client_key_share_kB']:6.2f} kB "
                       f"client={row['client_compute_s']:.4f}s server={row['server_compute_s']:.3f}s "
                       f"round={row['round_wall_s']:.3f}s aborted={row['aborted']}", flush=True)
     cols = ["protocol", "clients", "neighbors", "threshold", "dropout_rate", "client_sent_kB", "client_received_kB",
+            "client_key_share_kB",
             "client_compute_s", "server_compute_s", "round_wall_s", "aborted"]
     print(write_table(rows, cols, out, "secagg_cost"))
     plot(rows, out / "secagg_cost.png")
@@ -100,7 +105,7 @@ def plot(rows: list, path: Path) -> None:
 
     rates = sorted({r["dropout_rate"] for r in rows})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = [("client_sent_kB", "kB sent per client (all steps)"),
+    panels = [("client_key_share_kB", "kB per client beyond the masked vector\n(keys, shares, unmasking; sent + received)"),
               ("client_compute_s", "client compute seconds per round"),
               ("round_wall_s", "round time, all clients + server, one process (s)")]
     for ax, (key, label) in zip(axes, panels):

@@ -89,3 +89,25 @@ def test_sum_equals_the_secure_kind_bit_for_bit(weighted, zeroing, clipping):
     for e in estimates:
         assert any(x.dtype == e.dtype and np.array_equal(x, e) for x in tff_leaves), (e, tff_leaves)
     assert len(ours_leaves) > 0
+
+
+def test_fewer_bits_quantise_coarser_and_send_less():
+    n = 6
+    rng = np.random.default_rng(4)
+    ups = [(rng.normal(size=(n,) + s) * 3).astype(np.float32) for s in SHAPES]
+    ones = np.ones(n, np.float32)
+    outs = {}
+    for bits in (32, 16):
+        agg = SecAggAggregator(weighted=False, zeroing=False, clipping=False, bits=bits, neighbors="all")
+        outs[bits] = agg.aggregate(agg.initial_state(), ups, ones, 1, dropouts={})
+    bound = outs[32].measurements["secure_upper_threshold"]  # 100: the initial bound, nothing clipped
+    assert outs[32].measurements["secure_upper_clipped_count"] == 0
+    step = 2 * bound / (2 ** 16 - 1)
+    exact = [u.astype(np.float64).mean(0) for u in ups]
+    for e, m32, m16 in zip(exact, outs[32].mean, outs[16].mean):
+        assert np.max(np.abs(m32 - e)) < 2 * bound / (2 ** 32 - 1) + 1e-6
+        assert np.max(np.abs(m16 - e)) <= step / 2 + 1e-6  # half a quantisation step per client, averaged
+        assert np.max(np.abs(m16 - e)) > np.max(np.abs(m32 - e))
+    d = sum(int(np.prod(s)) for s in SHAPES)
+    assert outs[32].secagg.segments[0] == (d, 32 + 3) and outs[16].secagg.segments[0] == (d, 16 + 3)
+    assert outs[32].secagg.sent[0, 2] - outs[16].secagg.sent[0, 2] == d * (5 - 3)  # 35 -> 5 bytes, 19 -> 3
