@@ -53,7 +53,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], path)
+        for alt in inner[:-1]:  # e.g. Union[None, int, Literal["all"]]: the first kind that fits
+            try:
+                return _coerce(value, alt, path)
+            except ConfigError:
+                pass
+        return _coerce(value, inner[-1], path)
     if origin is Literal:
         choices = typing.get_args(tp)
         if not any(value == c and type(value) is type(c) for c in choices):

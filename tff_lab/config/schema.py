@@ -30,7 +30,7 @@ Sampling = Literal["uniform", "poisson"]
 LoopImpl = Literal["dataset_iterator", "dataset_reduce"]
 DpMechanism = Literal["none", "gaussian_fixed", "gaussian_adaptive", "tree", "ddp_secure"]
 Accountant = Literal["rdp", "pld"]
-AggregationKind = Literal["mean", "secure", "compression", "robust"]
+AggregationKind = Literal["mean", "secure", "compression", "robust", "secagg"]
 Engine = Literal["tff", "vectorized"]
 ModelOutputs = Literal["probabilities", "logits"]
 InputSharding = Literal["data", "explicit"]
@@ -447,6 +447,27 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class SecAggConfig:
+    """``aggregation.kind: secagg``: the SecAgg / SecAgg+ protocol run between the sampled clients
+    and a server object (:mod:`tff_lab.aggregation.secagg`)."""
+
+    neighbors: Union[None, int, Literal["all"]] = None  # None: SecAgg+ (k ~ log2 n); 'all': SecAgg; or k
+    threshold_fraction: float = 0.5  # t = floor(fraction * (k + 1)) + 1 shares of each secret
+    dropout_rate: float = 0.0  # clients vanishing after share_keys or after masked_input (seeded)
+    bits: int = 32  # quantisation of the model update (32 = TFF's secure sum)
+
+    def validate(self, p: str) -> None:
+        _check_fields(self, p)
+        if isinstance(self.neighbors, int):
+            _int_in(self.neighbors, 2, INT_MAX, f"{p}.neighbors")
+        _require(0.0 < self.threshold_fraction < 1.0, f"{p}.threshold_fraction",
+                 f"expected a fraction in (0, 1), got {self.threshold_fraction}")
+        _require(0.0 <= self.dropout_rate < 1.0, f"{p}.dropout_rate",
+                 f"expected a probability in [0, 1), got {self.dropout_rate}")
+        _int_in(self.bits, 1, 32, f"{p}.bits")
+
+
+@dataclass(frozen=True)
 class AggregationConfig:
     """Non-DP aggregation families (TFF factories); see README for what each does here.
 
@@ -466,9 +487,14 @@ class AggregationConfig:
     quantization_threshold: int = 0  # compression: quantize tensors with more elements than this
     rotation: Literal["none", "hadamard"] = "none"  # compression
     stochastic_rounding: bool = True  # compression: unbiased randomized rounding (unseeded in TFF)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def validate(self, p: str) -> None:
         _check_fields(self, p)
+        self.secagg.validate(f"{p}.secagg")
+        if self.kind != "secagg" and self.secagg != SecAggConfig():
+            raise ConfigError(f"{p}.secagg", f"has no effect unless {p}.kind is 'secagg' (it is '{self.kind}'); "
+                              "remove it")
         if self.builder is not None:
             _require(_is_import_path(self.builder), f"{p}.builder",
                      f"expected an import path 'module:attribute', got {self.builder!r}")
@@ -564,6 +590,8 @@ class ExperimentConfig:
                      f"expected at most data.num_clients ({self.data.num_clients}), got {t.clients_per_round}")
         self._validate_privacy()
         a, mech = self.aggregation, self.privacy.mechanism
+        _require(a.kind != "secagg" or t.engine == "vectorized", "aggregation.kind",
+                 "secagg runs on the vectorised engine (training.engine: vectorized)")
         if mech != "ddp_secure":
             _unused(a, ("ddp_bits", "ddp_rotation"), "aggregation", f"unless privacy.mechanism is 'ddp_secure' "
                     f"(it is '{mech}')")

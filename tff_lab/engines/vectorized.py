@@ -63,7 +63,7 @@ def check_supported(cfg) -> None:
         _refuse("algorithm.builder", f"a user's TFF learning process ({alg.builder})")
     if a.builder is not None:
         _refuse("aggregation.builder", f"a user's TFF aggregator ({a.builder})")
-    if a.kind != "mean":
+    if a.kind not in ("mean", "secagg"):
         _refuse("aggregation.kind", f"'{a.kind}' aggregation (TFF aggregators it does not vectorise)")
     if p.mechanism not in ("none", "gaussian_fixed", "gaussian_adaptive"):
         _refuse("privacy.mechanism", f"'{p.mechanism}' (only gaussian_fixed and gaussian_adaptive are vectorised)")
@@ -130,6 +130,13 @@ class VectorizedEngine:
                                       record_specs=self._trainable_specs)
             # The DifferentiallyPrivateFactory's own query: the one the TFF engine runs.
             self._query = factory._query  # pylint: disable=protected-access
+
+        # aggregation.kind: secagg: the protocol sums the updates outside the graph (tff_lab.aggregation.secagg.engine).
+        self._secagg = None
+        if cfg.aggregation.kind == "secagg":
+            from tff_lab.aggregation.secagg.engine import attach
+
+            self._secagg = attach(self)
 
         # Client data resident in the graph (on the GPU when TF places it there); rounds send indices.
         ids = data.client_ids
@@ -233,7 +240,9 @@ class VectorizedEngine:
         import tensorflow_federated as tff
 
         fin = _to_numpy(self._server_opt.initialize(list(self._trainable_specs)))
-        if self._query is None:
+        if self._secagg is not None:
+            agg = self._secagg.initial_state()
+        elif self._query is None:
             agg = (collections.OrderedDict(value_sum_process=(), weight_sum_process=()) if self._weighted
                    else ((), ()))
         else:
@@ -301,6 +310,9 @@ class VectorizedEngine:
 
     def next(self, state, round_num: int, client_indices) -> RoundResult:
         import tensorflow as tf
+
+        if self._secagg is not None:  # may raise tff_lab.aggregation.secagg.SecAggAborted
+            return self._secagg.next(state, round_num, client_indices)
 
         idx, client_mask = self.cohort_indices(round_num, client_indices)
         agg = state.aggregator

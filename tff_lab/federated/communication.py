@@ -99,7 +99,7 @@ def per_client_bytes(cfg, shapes, dtypes) -> dict:
                 down_side += _F32  # clip norm
     else:
         up_side += _F32  # client weight (weighted mean) or count (unweighted mean)
-        if a.kind in ("robust", "secure", "compression"):
+        if a.kind in ("robust", "secure", "compression", "secagg"):
             if a.clipping:
                 up_side += 2 * _F32
                 down_side += _F32
@@ -117,6 +117,19 @@ def per_client_bytes(cfg, shapes, dtypes) -> dict:
                         f"{a.quantization_threshold} elements (bit-packed int32 + min/max)")
             if a.rotation == "hadamard":
                 down_side += 16  # the rotation seed
+        elif a.kind == "secagg":
+            # The masked vector of SecAgg's masked_input step: field elements of bits + ceil(log2 n)
+            # bits, byte-aligned (tff_lab.aggregation.secagg.protocol). The protocol's key exchange,
+            # shares and unmasking are counted per step in the secagg_* columns.
+            from tff_lab.aggregation.secagg.field import field_bits
+
+            n = max(1, int(round(cfg.training.clients_per_round if cfg.training.sampling == "uniform"
+                                 else cfg.training.sampling_rate * max(1, cfg.data.num_clients))))
+            width = -(-field_bits(a.secagg.bits, n) // 8)
+            update = sum(sizes) * width
+            encoding = (f"secagg: {a.secagg.bits}-bit quantized update masked in Z_2^{field_bits(a.secagg.bits, n)} "
+                        f"({width} bytes per element, {n} clients)")
+            down_side += 2 * _F32  # the secure-sum bounds
         elif a.kind == "secure":
             update = sum(sizes) * 4
             encoding = "secure: floats quantized to 32-bit integers for secure summation"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import platform
@@ -31,6 +32,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from tff_lab.aggregation.secagg.protocol import SecAggAborted
 from tff_lab.config import ExperimentConfig, config_hash, dump_yaml, from_dict, load_config, read_yaml
 from tff_lab.errors import ConfigError, PartValueError, Preempted, TrainingDiverged, WorkerLost
 from tff_lab import run_dir as run_dir_lib
@@ -357,6 +359,10 @@ def _default_hooks(cfg: ExperimentConfig, agg) -> list[RoundHook]:
     from tff_lab.federated.communication import CommunicationHook
 
     hooks: list[RoundHook] = [CommunicationHook()]
+    if cfg.aggregation.kind == "secagg":
+        from tff_lab.aggregation.secagg.hook import SecAggHook
+
+        hooks.append(SecAggHook())
     if cfg.privacy.enabled:
         from tff_lab.privacy.hook import PrivacyHook
 
@@ -765,12 +771,18 @@ def run_rounds(exp: Experiment, rs: RunState, *, quiet: bool = True, until: Opti
             expected = int(sum(len(data.train[client_ids[i]][1]) for i in real)) * t.local_epochs
             metrics: dict = {}
             new_state = rs.state
+            aborted = None
             # A Poisson round that samples nobody still runs under DP: the accountant counts it as a
             # sampled round, so its noise-only update must be released (skipping it would reveal that
             # nobody was chosen). Without DP there is nothing to average, so the round is skipped.
             if len(idx) or cfg.privacy.enabled:
                 try:
                     result = exp.engine.next(rs.state, r, real)
+                except SecAggAborted as e:
+                    # Secure aggregation failed (too many dropouts): nothing was summed, so the round is
+                    # not applied; the state stays, and the row says so (secagg_aborted = 1).
+                    aborted, result = str(e), None
+                    logging.getLogger(__name__).warning("round %d: secure aggregation aborted: %s", r, e)
                 except Exception as e:  # noqa: BLE001 - classified below
                     err = _classify(e)
                     if isinstance(err, WorkerLost) and rs.retries_left > 0:
@@ -781,7 +793,8 @@ def run_rounds(exp: Experiment, rs: RunState, *, quiet: bool = True, until: Opti
                     if err is e:
                         raise
                     raise err from e
-                new_state, metrics = result.state, result.metrics
+                if result is not None:
+                    new_state, metrics = result.state, result.metrics
             prev_state, rs.state = rs.state, new_state
             train = metrics.get("client_work", {}).get("train", {}) if metrics else {}
             n_ex = int(train.get("num_examples", 0))
@@ -789,6 +802,8 @@ def run_rounds(exp: Experiment, rs: RunState, *, quiet: bool = True, until: Opti
                    "train_loss": float(train["loss"]) if "loss" in train else None,
                    "train_accuracy": float(train[exp.accuracy_name]) if exp.accuracy_name in train else None,
                    "eval_loss": None, "eval_accuracy": None}
+            if aborted:
+                row["_secagg_aborted"] = aborted  # taken by the SecAgg hook
             info = RoundInfo(round_num=r, sampled_clients=sampled, participants=len(idx), trained=bool(metrics),
                              expected_examples=expected, tff_metrics=metrics, state=rs.state)
             why = _diverged(exp, rs, r, row, metrics)

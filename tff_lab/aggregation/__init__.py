@@ -1,0 +1,1 @@
+"""Aggregation that is not a TFF factory: the secure-aggregation protocol (:mod:`.secagg`)."""

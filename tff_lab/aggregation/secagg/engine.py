@@ -1,0 +1,147 @@
+"""``aggregation.kind: secagg`` on the vectorised engine.
+
+The engine's round graph computes every client's update in one ``tf.function``; for secure
+aggregation the round is split at the one place the protocol needs: the clients' (zeroed,
+non-finite-checked) updates and weights come out of the graph as numpy arrays, the protocol sums
+them (:class:`~tff_lab.aggregation.secagg.aggregator.SecAggAggregator`, the server object never
+seeing an unmasked update), and a second small graph applies the server optimizer to the mean as
+TFF's ``apply_optimizer_finalizer`` does. Local training, metrics and the server step are the
+engine's own (same functions, same order); only the aggregation in between differs.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import numpy as np
+
+from tff_lab.engines.base import RoundResult
+
+
+class SecAggRounds:
+    def __init__(self, engine):
+        from tff_lab.aggregation.secagg.aggregator import from_config
+
+        self.engine = engine
+        self.aggregator = from_config(engine.cfg)
+        self._client_fns: dict = {}
+        self._server_fn = None
+
+    def initial_state(self):
+        return self.aggregator.initial_state()
+
+    # -- graphs ----------------------------------------------------------------------------------
+    def _clients(self, trainable, client_work, idx, client_mask):
+        """The engine's local training and training metrics (as ``VectorizedEngine._round``)."""
+        import tensorflow as tf
+
+        e = self.engine
+        for m in e._metrics:
+            m.reset_state()
+        trainable = [tf.convert_to_tensor(w) for w in trainable]
+        train = e._train_compiled if e._compiled else e._train
+        updates, weights, reset, loss_sum, n_sum, batches, preds = train(trainable, client_work, idx)
+        rows, example_mask = tf.maximum(idx, 0), tf.cast(idx >= 0, tf.float32)
+        flat = lambda t: tf.reshape(t, tf.concat([[-1], tf.shape(t)[3:]], 0))  # noqa: E731
+        y = tf.gather(e._y_all, tf.transpose(rows, [1, 0, 2]))
+        m = tf.reshape(tf.transpose(example_mask, [1, 0, 2]), [-1])
+        for metric in e._metrics:
+            metric.update_state(flat(y), flat(preds), sample_weight=m)
+        keep = tf.where(reset, 0.0, 1.0) * client_mask
+        out = collections.OrderedDict()
+        for metric in e._metrics:
+            out[metric.name] = metric.result()
+        out["loss"] = tf.math.divide_no_nan(tf.reduce_sum(loss_sum * keep), tf.reduce_sum(n_sum * keep))
+        out["num_examples"] = tf.cast(tf.reduce_sum(n_sum * keep), tf.int64)
+        out["num_batches"] = tf.cast(tf.reduce_sum(batches * keep), tf.int64)
+        return list(updates), weights, out
+
+    def _server(self, trainable, server_state, mean):
+        """TFF's apply_optimizer_finalizer (as ``VectorizedEngine._round``)."""
+        import tensorflow as tf
+        from tensorflow_federated.python.learning import tensor_utils
+
+        from tff_lab.engines.vectorized import _like
+
+        e = self.engine
+        new_server_state, new_weights = e._server_opt.next(server_state, list(trainable), list(mean))
+        _, non_finite = tensor_utils.zero_all_if_any_non_finite(mean)
+        reject = tf.equal(non_finite, 1)
+        new_weights = [tf.where(reject, old, new) for old, new in zip(trainable, new_weights)]
+        new_server_state = tf.nest.map_structure(lambda old, new: tf.where(reject, old, new), server_state,
+                                                 _like(server_state, new_server_state))
+        return new_weights, new_server_state, non_finite
+
+    def _client_fn(self, slots: int):
+        fn = self._client_fns.get(slots)
+        if fn is None:
+            import tensorflow as tf
+
+            e = self.engine
+            s = e._init_state
+            cw_spec = e._spec_of(s.client_work)
+            flat_cw = tf.nest.flatten(cw_spec)
+            n_w = len(e._trainable_specs)
+
+            def call(*args):
+                trainable = list(args[:n_w])
+                cw = tf.nest.pack_sequence_as(cw_spec, list(args[n_w:n_w + len(flat_cw)]))
+                return self._clients(trainable, cw, args[-2], args[-1])
+
+            sig = [*e._trainable_specs, *flat_cw, tf.TensorSpec([slots, None, e._batch], tf.int32),
+                   tf.TensorSpec([slots], tf.float32)]
+            fn = tf.function(call, input_signature=sig)
+            self._client_fns[slots] = fn
+        return fn
+
+    # -- the round -------------------------------------------------------------------------------
+    def next(self, state, round_num: int, client_indices) -> RoundResult:
+        import tensorflow as tf
+
+        from tff_lab.engines.vectorized import _like, _scalar, _to_python
+
+        e = self.engine
+        idx, client_mask = e.cohort_indices(round_num, client_indices)
+        trainable = [tf.convert_to_tensor(w) for w in state.global_model_weights.trainable]
+        cw = [tf.convert_to_tensor(a) for a in tf.nest.flatten(state.client_work)]
+        try:
+            updates, weights, train = self._client_fn(idx.shape[0])(*trainable, *cw, tf.convert_to_tensor(idx),
+                                                                    tf.convert_to_tensor(client_mask))
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
+            if not e._compiled or "XLA" not in str(err):
+                raise
+            logging.getLogger(__name__).warning("vectorized engine: XLA cannot compile this model (%s); "
+                                                "running without XLA", str(err).splitlines()[0])
+            e._compiled = False
+            self._client_fns.clear()
+            return self.next(state, round_num, client_indices)
+        n = len(client_indices)
+        updates = [np.asarray(u.numpy())[:n] for u in updates]
+        weights = np.asarray(weights.numpy())[:n]
+        out = self.aggregator.aggregate(state.aggregator, updates, weights, round_num)  # raises SecAggAborted
+        if self._server_fn is None:
+            self._server_fn = tf.function(self._server)
+        new_w, new_server, non_finite = self._server_fn(trainable, tf.nest.map_structure(
+            tf.convert_to_tensor, state.finalizer), [tf.convert_to_tensor(m) for m in out.mean])
+        weights_out = state.global_model_weights._replace(trainable=[np.asarray(w.numpy()) for w in new_w])
+        fin = tf.nest.map_structure(lambda t: np.asarray(t.numpy()), new_server)
+        new_state = state._replace(global_model_weights=weights_out, finalizer=_like(state.finalizer, fin),
+                                   aggregator=out.state)
+        r = out.secagg
+        agg_metrics = collections.OrderedDict(out.measurements)
+        agg_metrics["secagg"] = collections.OrderedDict(
+            clients=n, included=len(r.included), dropped_after_share_keys=sum(
+                1 for s in r.dropped.values() if s == "after_share_keys"),
+            dropped_after_masked_input=sum(1 for s in r.dropped.values() if s == "after_masked_input"),
+            neighbors=r.degree, threshold=r.threshold, sent=r.sent, received=r.received,
+            client_seconds=r.client_seconds, server_seconds=r.server_seconds)
+        metrics = {"distributor": (), "client_work": collections.OrderedDict(
+            train=collections.OrderedDict((k, _scalar(v)) for k, v in _to_python(train).items())),
+            "aggregator": agg_metrics,
+            "finalizer": collections.OrderedDict(update_non_finite=int(non_finite.numpy()))}
+        return RoundResult(state=new_state, metrics=metrics)
+
+
+def attach(engine) -> SecAggRounds:
+    return SecAggRounds(engine)
