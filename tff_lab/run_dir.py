@@ -104,6 +104,30 @@ def check_creatable(path: PathLike, where: str) -> Path:
     return path
 
 
+def precheck(path: PathLike, where: str) -> Path:
+    """The cheap refusals, before any work (no TensorFlow, no data): a location that cannot be
+    written, a non-empty folder that is not tff_lab's, a folder another process holds. :func:`acquire`
+    checks all of it again when it takes the hold."""
+    p = check_creatable(path, where)
+    if p.is_dir():
+        if _visible_entries(p) and not is_tff_lab_dir(p):
+            raise RunDirError(where, f"{p} is not empty and holds no tff_lab output (no {MARKER}); it is never "
+                                     "overwritten: choose a new directory")
+        if str(p) not in _HELD:
+            fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _read_owner(p)
+                who = (f"process {holder.get('pid')} ('{holder.get('command')}', since {holder.get('since')})"
+                       if holder else "another process")
+                raise RunDirError(where, f"{p} is in use by {who}; wait for it to finish or choose another "
+                                         "directory") from None
+            finally:
+                os.close(fd)  # closing drops a lock taken here
+    return p
+
+
 def is_tff_lab_dir(path: PathLike) -> bool:
     """Whether ``path`` holds tff_lab's marker (or a resolved config.yaml of a run made before markers)."""
     path = Path(path)

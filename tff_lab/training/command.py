@@ -46,9 +46,9 @@ def privacy_line(priv) -> str:
 
 
 def _run(args) -> int:
-    from tff_lab.run_dir import check_creatable
+    from tff_lab.run_dir import precheck
 
-    check_creatable(args.out, args.out)  # before TensorFlow is even imported
+    precheck(args.out, args.out)  # before TensorFlow is even imported
     from tff_lab.training.loop import run_experiment
 
     s = run_experiment(args.experiment, args.out, overrides=args.overrides, resume=args.resume,

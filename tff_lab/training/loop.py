@@ -1042,7 +1042,7 @@ def run_experiment(config: Union[str, os.PathLike, ExperimentConfig, None] = Non
 
     exp = None
     rs = None
-    run_dir_lib.check_creatable(out_dir, str(out_dir))  # before any work: a RUN_DIR that cannot be written
+    run_dir_lib.precheck(out_dir, str(out_dir))  # before any work: unwritable, not ours, or held elsewhere
     try:
         exp = build(config, overrides=overrides, model=model, data=data, algorithm=algorithm,
                     aggregator=aggregator, hooks=hooks)
