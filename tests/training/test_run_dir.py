@@ -269,8 +269,17 @@ def test_edited_run_files_are_refused_on_resume(tmp_path):
     (d / "config.yaml").write_text(text.replace("rounds: 2", "rounds: 1000000"))
     proc = run_cli("run", "--out", d, "--quiet", "--resume", *_sets(), timeout=300)
     assert_user_error(proc, "config.yaml", "changed after tff_lab wrote it")
-    # A marker edited into nonsense is refused too, naming it.
+    # metrics.jsonl is read back on resume: every row that is not one tff-lab wrote is refused, naming it.
     (d / "config.yaml").write_text(text)
+    rows = (d / "metrics.jsonl").read_text().splitlines()
+    for bad in ['5', '"x"', '[]', 'null', '{"round": "1"}', '{"round": 0}', '{"round": true}', '{"no": 1}',
+                '{"round": 2}', '{"round": 1.5}']:
+        (d / "metrics.jsonl").write_text("\n".join([bad, *rows[1:]]) + "\n")
+        before = _snapshot(d)
+        assert main(["run", "--out", str(d), "--quiet", "--resume", *_sets()]) == 2, bad
+        assert _snapshot(d) == before
+    (d / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    # A marker edited into nonsense is refused too, naming it.
     for bad in ["[]", '{"format": 7}', '{"format": 1, "kind": "x"}', '{"format": 1, "kind": "run", "files": []}']:
         (d / rd.MARKER).write_text(bad)
         with pytest.raises(ConfigError, match=rd.MARKER):

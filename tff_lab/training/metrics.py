@@ -31,12 +31,20 @@ class MetricsWriter:
         self.csv = self.run_dir / "metrics.csv"
         self.rows: list[dict] = []
         if resume_round > 0 and self.jsonl.exists():
-            for line in self.jsonl.read_text().splitlines():
+            last = 0
+            for n, line in enumerate(self.jsonl.read_text().splitlines(), 1):
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a kill: everything after the checkpoint goes
+                except (json.JSONDecodeError, RecursionError):  # a line cut by a kill: the rest goes
                     break
-                if row.get("round", math.inf) <= resume_round:
+                r = row.get("round") if isinstance(row, dict) else None
+                if not isinstance(r, int) or isinstance(r, bool) or r <= last:
+                    from tff_lab.errors import DataError
+
+                    raise DataError(str(self.jsonl), f"line {n} is not a row tff-lab wrote (expected an object with "
+                                    f"an integer 'round' after {last}); it was edited: restore it or pass --overwrite")
+                last = r
+                if r <= resume_round:
                     self.rows.append(row)
         # Rounds after the checkpoint will be run again: drop them from the files now.
         atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.rows))
