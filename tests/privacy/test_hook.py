@@ -51,15 +51,19 @@ POISSON = ["privacy.mechanism=gaussian_fixed", "privacy.noise_multiplier=1.0", "
            "training.sampling_rate=0.1"]
 
 
-def test_rows_carry_both_accountants_per_round(tmp_path):
-    ctx = make_ctx(tmp_path, POISSON)
+def test_rows_carry_rdp_every_round_and_pld_at_checkpoints(tmp_path):
+    ctx = make_ctx(tmp_path, [*POISSON, "training.rounds_per_checkpoint=2", "training.rounds=5"])
     hook = PrivacyHook()
     hook.on_start(ctx)
-    rows = run_rounds(hook, ctx, 4)
+    rows = run_rounds(hook, ctx, 5)
     spec = MechanismSpec("gaussian_fixed", 1.0, POP, "poisson", sampling_rate=0.1, clip=1.0)
     for r, row in enumerate(rows, start=1):
         eps = epsilon_for_rounds(spec, r, default_delta(POP))
-        assert row["eps_rdp"] == pytest.approx(eps.rdp) and row["eps_pld"] == pytest.approx(eps.pld)
+        assert row["eps_rdp"] == pytest.approx(eps.rdp)
+        if r in (2, 4, 5):  # checkpoint rounds and the last: the PLD too, exactly
+            assert row["eps_pld"] == pytest.approx(eps.pld)
+        else:  # deferred: the PLD costs more than a round
+            assert row["eps_pld"] is None
     assert rows[0]["eps_rdp"] < rows[-1]["eps_rdp"]
     assert hook.progress_fields()["eps"] == f"{rows[-1]['eps_rdp']:.3g}"
 

@@ -328,10 +328,18 @@ class BoundedPldAccountant(dp_accounting.PrivacyAccountant):
         raise NotImplementedError
 
 
-def epsilon_of(event: dp_accounting.DpEvent, count: int, delta: float, relation: NeighboringRelation) -> Epsilon:
-    """Epsilon of ``count`` rounds of ``event`` from both accountants."""
+PLD_DEFERRED = ("computed at checkpoint rounds and at the end (the PLD costs more than a round; RDP, an "
+                "upper bound too, is computed every round)")
+
+
+def epsilon_of(event: dp_accounting.DpEvent, count: int, delta: float, relation: NeighboringRelation,
+               with_pld: bool = True) -> Epsilon:
+    """Epsilon of ``count`` rounds of ``event`` from both accountants (``with_pld=False``: RDP only)."""
     if isinstance(event, dp_accounting.UnsupportedDpEvent):
         return Epsilon(delta, None, None, None, pld_note=DDP_UNSUPPORTED, note=DDP_UNSUPPORTED)
+    if not with_pld:
+        rdp, order = rdp_epsilon(event, count, delta, relation)
+        return Epsilon(delta, rdp, order, None, pld_note=PLD_DEFERRED)
     rdp, order = rdp_epsilon(event, count, delta, relation)
     pld, note, interval = pld_epsilon(event, count, delta, relation)
     return Epsilon(delta, rdp, order, pld, pld_note=note, pld_value_discretization_interval=interval)
@@ -729,7 +737,7 @@ class MechanismSpec:
 
 def epsilon_for_rounds(spec: MechanismSpec, rounds: int, delta: float,
                        leaves: Optional[Sequence[Sequence[Any]]] = None,
-                       ddp_params: Optional[Sequence[Any]] = None) -> Epsilon:
+                       ddp_params: Optional[Sequence[Any]] = None, *, with_pld: bool = True) -> Epsilon:
     """Epsilon after ``rounds`` rounds. Tree aggregation and ddp_secure need the participation
     ``leaves``; ddp_secure the Skellam parameters of each round (default: the planned ones)."""
     if spec.mechanism == "ddp_secure":
@@ -744,8 +752,8 @@ def epsilon_for_rounds(spec: MechanismSpec, rounds: int, delta: float,
         event = spec.tree_event(leaves)
         if isinstance(event, dp_accounting.NoOpDpEvent):
             return Epsilon(delta, 0.0, None, 0.0)
-        return epsilon_of(event, 1, delta, spec.neighbouring_relation)
-    return epsilon_of(spec.round_event(), rounds, delta, spec.neighbouring_relation)
+        return epsilon_of(event, 1, delta, spec.neighbouring_relation, with_pld)
+    return epsilon_of(spec.round_event(), rounds, delta, spec.neighbouring_relation, with_pld)
 
 
 def epsilon_sampling_known(spec: MechanismSpec, participations: int, delta: float) -> Epsilon:
@@ -803,7 +811,7 @@ class PrivacyLedger:
         self.leaves: list[list[str]] = []
         self.ddp_params: list = []  # ddp_secure: the SkellamParams in effect in each round
         self.ddp_next = None  # ddp_secure: the SkellamParams the next round uses (set by the hook)
-        self._eps_cache: Optional[tuple[int, int, Epsilon]] = None
+        self._eps_cache: Optional[tuple[int, int, Epsilon, bool]] = None
 
     def record_round(self, participants: Sequence[Any], trained: bool) -> None:
         """One round. ``trained``: the aggregator ran (it must, for the tree: see :func:`tree_leaf`)."""
@@ -833,29 +841,30 @@ class PrivacyLedger:
                                          "cannot be accounted")
         return planned_ddp_params(self.spec, 1)[0]
 
-    def epsilon(self) -> Epsilon:
+    def epsilon(self, with_pld: bool = True) -> Epsilon:
+        """Epsilon after the rounds recorded; ``with_pld=False``: RDP only (cheap, for every round)."""
         key = (self.rounds, len(self.leaves))
-        if self._eps_cache is not None and self._eps_cache[:2] == key:
+        if self._eps_cache is not None and self._eps_cache[:2] == key and (self._eps_cache[3] or not with_pld):
             return self._eps_cache[2]
         eps = epsilon_for_rounds(self.spec, self.rounds, self.delta, self.leaves,
-                                 self.ddp_params if self.spec.mechanism == "ddp_secure" else None)
-        self._eps_cache = (*key, eps)
+                                 self.ddp_params if self.spec.mechanism == "ddp_secure" else None, with_pld=with_pld)
+        self._eps_cache = (*key, eps, with_pld)
         return eps
 
-    def epsilon_if_next(self, participants: Optional[Sequence[Any]] = None) -> Epsilon:
+    def epsilon_if_next(self, participants: Optional[Sequence[Any]] = None, with_pld: bool = True) -> Epsilon:
         """Epsilon after one more round (the tree needs that round's participants, [] for none)."""
         if self.spec.mechanism == "tree":
             if participants is None:
                 raise ValueError("tree aggregation: the next round's participants are needed (the sampler's choice)")
             leaves = [*self.leaves, tree_leaf(participants)]
-            return epsilon_for_rounds(self.spec, self.rounds + 1, self.delta, leaves)
+            return epsilon_for_rounds(self.spec, self.rounds + 1, self.delta, leaves, with_pld=with_pld)
         if self.spec.mechanism == "ddp_secure":
             if participants is None:
                 raise ValueError("ddp_secure: the next round's participants are needed (the sampler's choice)")
             leaves = [*self.leaves, tree_leaf(participants)]
             params = None if self.spec.zeroing else [*self.ddp_params, self._ddp_current()]
             return epsilon_for_rounds(self.spec, self.rounds + 1, self.delta, leaves, params)
-        return epsilon_for_rounds(self.spec, self.rounds + 1, self.delta)
+        return epsilon_for_rounds(self.spec, self.rounds + 1, self.delta, with_pld=with_pld)
 
     def ledger_events(self) -> dict:
         """The composed DpEvent of everything accounted (JSON), for privacy.json."""

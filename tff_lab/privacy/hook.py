@@ -114,7 +114,7 @@ class PrivacyHook(RoundHook):
         if p.max_epsilon is None:
             return None
         nxt = self._sampler_choice(ctx, round_num) if ledger.spec.per_client_schedule else None
-        eps = ledger.epsilon_if_next(nxt).get(p.accountant)
+        eps = ledger.epsilon_if_next(nxt, with_pld=p.accountant == "pld").get(p.accountant)
         if eps is not None and eps > p.max_epsilon:
             self.stop_reason = (f"privacy budget: round {round_num} would reach epsilon {eps:.4g} ({p.accountant}, "
                                 f"delta {ledger.delta:.3g}) > privacy.max_epsilon {p.max_epsilon:g}")
@@ -162,11 +162,16 @@ class PrivacyHook(RoundHook):
                                              "ddp_secure's next round cannot be accounted (its adaptive clip sets the "
                                              "Skellam parameters)")
         self._check_state(info, r)
-        eps = ledger.epsilon()
+        # RDP every round; the PLD (dearer than a round) at checkpoints, at the end, and every round
+        # only when it is the accountant a budget is held to.
+        t = ctx.cfg.training
+        p = ctx.cfg.privacy
+        with_pld = (r % t.rounds_per_checkpoint == 0 or r == t.rounds
+                    or (p.accountant == "pld" and p.max_epsilon is not None))
+        eps = ledger.epsilon(with_pld=with_pld)
         self._last = eps
         row["eps_rdp"] = _num(eps.rdp)
         row["eps_pld"] = _num(eps.pld)
-        p = ctx.cfg.privacy
         if p.max_epsilon is not None:
             e = eps.get(p.accountant)
             if e is not None and e > p.max_epsilon * (1 + 1e-9):
@@ -197,7 +202,7 @@ class PrivacyHook(RoundHook):
     def progress_fields(self) -> dict:
         if self.ledger is None:
             return {}
-        eps = self._last or self.ledger.epsilon()
+        eps = self.ledger.epsilon()  # with the PLD (cached when the last round computed it)
         value = eps.rdp
         return {"eps": f"{value:.3g}" if value is not None else "-"}
 
