@@ -21,7 +21,6 @@ from tff_lab.errors import ConfigError
 # tff_lab.models.register_model). Resolved (and refused with the valid choices) before RUN_DIR is touched.
 BUILTIN_SOURCES = ("digits", "breast_cancer", "synthetic", "npz_dir", "csv_dir", "emnist", "shakespeare")
 PartitionScheme = Literal["auto", "iid", "dirichlet", "shards", "quantity_skew", "natural"]
-AlgorithmName = Literal["fedavg", "fedprox", "fedsgd"]
 Weighting = Literal["num_examples", "uniform"]
 ClientOptimizerName = Literal["sgd"]
 ServerOptimizerName = Literal["sgd", "sgdm", "adam", "yogi", "adagrad"]
@@ -255,7 +254,7 @@ class OptimizerConfig:
         if self.initial_preconditioner_value is not None:
             _require(self.initial_preconditioner_value >= 0, f"{p}.initial_preconditioner_value",
                      "expected a value >= 0")
-        # What each tff.learning.optimizers.build_* takes (tff_lab.federated.optimizers).
+        # What each tff.learning.optimizers.build_* takes (tff_lab.algorithms.optimizers).
         used = {"sgd": (), "sgdm": ("momentum",), "adam": ("beta_1", "beta_2", "epsilon"),
                 "yogi": ("beta_1", "beta_2", "epsilon", "initial_preconditioner_value"),
                 "adagrad": ("epsilon", "initial_preconditioner_value")}[self.name]
@@ -265,10 +264,11 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    """A built-in TFF algorithm (``name``), or ``builder``: an import path of a function
-    ``(model_fn, *, aggregator, cfg) -> tff.learning.templates.LearningProcess``."""
+    """A registered algorithm (``name``, resolved by :mod:`tff_lab.algorithms.registry`), or
+    ``builder``: an import path of a function ``(model_fn, *, aggregator, cfg) ->
+    tff.learning.templates.LearningProcess`` (TFF engine only)."""
 
-    name: AlgorithmName = "fedavg"
+    name: str = "fedavg"
     builder: Optional[str] = None
     kwargs: dict = field(default_factory=dict)
     weighting: Weighting = "num_examples"
@@ -284,9 +284,9 @@ class AlgorithmConfig:
         _require(self.client_optimizer.name == "sgd", f"{p}.client_optimizer.name",
                  f"expected 'sgd' (clients run plain SGD), got '{self.client_optimizer.name}'")
         _require(self.proximal_strength >= 0, f"{p}.proximal_strength", "expected mu >= 0")
-        if self.name != "fedprox":
-            _require(self.proximal_strength == 0, f"{p}.proximal_strength",
-                     f"only used by algorithm 'fedprox', but algorithm is '{self.name}'")
+        from tff_lab.algorithms.registry import check_config  # the one list of names (imports no TF)
+
+        check_config(self, p)  # the name, and the fields and rules of that algorithm
         self.client_optimizer.validate(f"{p}.client_optimizer")
         self.server_optimizer.validate(f"{p}.server_optimizer")
 
@@ -560,17 +560,16 @@ class ExperimentConfig:
             why = ("with privacy.mechanism 'ddp_secure' (it clips by itself)" if mech == "ddp_secure" else
                    "with aggregation.kind 'mean' (only secure, robust, compression and ddp_secure read it)")
             _unused(a, ("clipping",) if mech == "ddp_secure" else ("zeroing", "clipping"), "aggregation", why)
-        if self.algorithm.name == "fedsgd":
-            _require(self.algorithm.weighting == "num_examples", "algorithm.weighting",
-                     "TFF's FedSGD weights clients by examples; set algorithm.weighting: num_examples")
 
     def _validate_privacy(self) -> None:
         """Cross-field rules of privacy/aggregation (refused, never silently changed)."""
         pr, t = self.privacy, self.training
         if not pr.enabled:
             return
-        _require(self.algorithm.name != "fedsgd", "algorithm.name",
-                 "fedsgd is weighted in TFF 0.87; use fedavg with local_epochs 1 for DP")
+        from tff_lab.algorithms.registry import algorithm_class
+
+        refusal = algorithm_class(self.algorithm.name).dp_refusal
+        _require(refusal is None, "algorithm.name", refusal or "")
         _require(self.algorithm.weighting == "uniform", "algorithm.weighting",
                  "differentially private aggregation is unweighted (each client's clipped update counts once); "
                  "set algorithm.weighting: uniform")
