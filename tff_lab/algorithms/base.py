@@ -58,6 +58,9 @@ class Algorithm:
     #: TFF's FedAvg drops a client's loss/example counts from the round's metrics when its update is
     #: not finite; FedProx and FedSGD keep them.
     resets_metrics_of_non_finite: ClassVar[bool] = False
+    #: Model-sized tensors a client sends besides its update and receives besides the model
+    #: (the communication hook counts them).
+    extra_model_copies: ClassVar[int] = 0
 
     def __init__(self, cfg: AlgorithmConfig) -> None:
         self.cfg = cfg

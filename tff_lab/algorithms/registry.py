@@ -13,6 +13,7 @@ from tff_lab.algorithms.base import Algorithm
 from tff_lab.algorithms.fedavg import FedAvg
 from tff_lab.algorithms.fedprox import FedProx
 from tff_lab.algorithms.fedsgd import FedSGD
+from tff_lab.algorithms.scaffold import Scaffold
 from tff_lab.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "fedavg": FedAvg,
     "fedprox": FedProx,
     "fedsgd": FedSGD,
+    "scaffold": Scaffold,
 }
 
 # AlgorithmConfig fields that only some algorithms read, with their defaults.

@@ -163,6 +163,15 @@ def latest(ckpt_dir: Path) -> Optional[int]:
     return None
 
 
+def _fits(array: np.ndarray, template: Any) -> bool:
+    """Same shape; a template leaf whose shape starts with 0 is a table that grows (one row per
+    client with state, e.g. SCAFFOLD's control variates) and takes any number of rows."""
+    want = np.shape(template)
+    if want and want[0] == 0:
+        return np.ndim(array) == len(want) and np.shape(array)[1:] == want[1:]
+    return np.shape(array) == want
+
+
 def load(ckpt_dir: Path, round_num: int, template_state: Any) -> tuple[Any, dict]:
     """Restores a state with the structure of ``template_state`` (from ``process.initialize()``).
 
@@ -181,7 +190,7 @@ def load(ckpt_dir: Path, round_num: int, template_state: Any) -> tuple[Any, dict
             arrays = [f[f"arr_{i}"] for i in range(len(f.files))]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(str(npz), f"checkpoint is unreadable ({str(e).splitlines()[0][:120]})") from e
-    if len(arrays) != len(template) or any(np.shape(a) != np.shape(t) for a, t in zip(arrays, template)):
+    if len(arrays) != len(template) or not all(_fits(a, t) for a, t in zip(arrays, template)):
         raise ConfigError(str(npz), "checkpoint does not match this experiment's model/aggregator state")
     restored = [a.astype(np.asarray(t).dtype) if hasattr(t, "dtype") or isinstance(t, (int, float)) else a
                 for a, t in zip(arrays, template)]
