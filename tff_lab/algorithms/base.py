@@ -36,13 +36,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from tff_lab.errors import ConfigError
 
 if TYPE_CHECKING:
     from tff_lab.config.schema import AlgorithmConfig
 
-GradFn = Callable[[Sequence[Any]], tuple[list, Any, Any]]
+GradFn = Callable[[Sequence[Any]], tuple[list[Any], Any, Any]]
 
 
 class Algorithm:
@@ -65,7 +66,7 @@ class Algorithm:
     def __init__(self, cfg: AlgorithmConfig) -> None:
         self.cfg = cfg
         self.weighted = cfg.weighting == "num_examples"
-        self.specs: list = []
+        self.specs: list[Any] = []
         self.population = 0
         self.server_optimizer: Any = None
 
@@ -74,7 +75,7 @@ class Algorithm:
         """Rules of this algorithm's own config section (raise :class:`ConfigError`)."""
 
     # -- the TFF engine --------------------------------------------------------------------------
-    def learning_process(self, model_fn: Callable, *, aggregator: Any, loop_implementation: Any) -> Any:
+    def learning_process(self, model_fn: Callable[..., Any], *, aggregator: Any, loop_implementation: Any) -> Any:
         """The ``tff.learning.templates.LearningProcess`` the TFF engine runs."""
         raise ConfigError("algorithm.name", self.tff_refusal or f"{self.name} has no TFF learning process")
 
@@ -97,29 +98,30 @@ class Algorithm:
 
         return optimizer_state(self.server_optimizer, self.specs)
 
-    def split_state(self, client_work: Any, client_indices: np.ndarray, slots: int) -> tuple[Any, Any]:
+    def split_state(self, client_work: Any, client_indices: npt.NDArray[Any], slots: int) -> tuple[Any, Any]:
         """(the part of ``client_work`` the round's graph reads, the per-client inputs ``[slots, ...]``
         of the sampled clients). Padded slots beyond ``len(client_indices)`` are ignored."""
         return client_work, ()
 
-    def merge_state(self, client_work: Any, graph_client_work: Any, client_indices: np.ndarray,
+    def merge_state(self, client_work: Any, graph_client_work: Any, client_indices: npt.NDArray[Any],
                     client_out: Any) -> Any:
         """The new ``client_work`` after a round, from the graph's outputs (numpy)."""
         return graph_client_work
 
     # -- the vectorised engine: pure TF, inside the round's graph -------------------------------
-    def client_init(self, initial: list, client_work: Any) -> Any:
+    def client_init(self, initial: list[Any], client_work: Any) -> Any:
         """One client's carry before its first local step (the engine broadcasts it to every client)."""
         raise NotImplementedError
 
-    def client_step(self, carry: Any, client_in: Any, initial: list, grad_fn: GradFn, n: Any) -> tuple[Any, Any, Any]:
+    def client_step(self, carry: Any, client_in: Any, initial: list[Any], grad_fn: GradFn,
+                    n: Any) -> tuple[Any, Any, Any]:
         """One local step of one client on one batch of ``n`` real examples. ``grad_fn(weights)``
         returns (gradients of the batch loss, predictions, batch loss). Returns (carry,
         predictions, loss). The engine keeps the old carry when ``n`` is 0."""
         raise NotImplementedError
 
-    def client_end(self, carry: Any, client_in: Any, initial: list, num_examples: Any,
-                   num_steps: Any) -> tuple[list, Any]:
+    def client_end(self, carry: Any, client_in: Any, initial: list[Any], num_examples: Any,
+                   num_steps: Any) -> tuple[list[Any], Any]:
         """One client's (model update ``initial - final``, outputs kept by the simulation)."""
         raise NotImplementedError
 
@@ -131,8 +133,8 @@ class Algorithm:
             return tf.where(finite, num_examples, 0.0)
         return tf.ones_like(num_examples)
 
-    def server_step(self, finalizer: Any, client_work: Any, weights: list, aggregate: list, client_out: Any,
-                    client_mask: Any) -> tuple[Any, Any, list, Any]:
+    def server_step(self, finalizer: Any, client_work: Any, weights: list[Any], aggregate: list[Any], client_out: Any,
+                    client_mask: Any) -> tuple[Any, Any, list[Any], Any]:
         """(new server optimizer state, new graph ``client_work``, new weights, non_finite)."""
         from tff_lab.algorithms.optimizers import server_step
 
@@ -145,7 +147,7 @@ def to_numpy(nest: Any) -> Any:
     int32, bytes), as TFF's computations return them."""
     import tensorflow as tf
 
-    def leaf(t: Any) -> np.ndarray:
+    def leaf(t: Any) -> npt.NDArray[Any]:
         if isinstance(t, (bool, int, float, str)):
             t = tf.convert_to_tensor(t)
         return np.asarray(t.numpy() if hasattr(t, "numpy") else t)

@@ -7,7 +7,7 @@ as the ``client_work`` state; the update is ``initial - final``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tff_lab.algorithms.base import Algorithm, GradFn, to_numpy
 
@@ -16,7 +16,7 @@ class FedAvg(Algorithm):
     name = "fedavg"
     resets_metrics_of_non_finite = True
 
-    def learning_process(self, model_fn: Callable, *, aggregator: Any, loop_implementation: Any) -> Any:
+    def learning_process(self, model_fn: Callable[..., Any], *, aggregator: Any, loop_implementation: Any) -> Any:
         import tensorflow_federated as tff
 
         from tff_lab.algorithms.optimizers import build_optimizer
@@ -27,7 +27,7 @@ class FedAvg(Algorithm):
                      model_aggregator=aggregator, loop_implementation=loop_implementation)
 
     # -- vectorised engine -----------------------------------------------------------------------
-    def setup(self, specs, population: int) -> None:
+    def setup(self, specs: Sequence[Any], population: int) -> None:
         from tff_lab.algorithms.optimizers import build_optimizer
 
         super().setup(specs, population)
@@ -46,21 +46,22 @@ class FedAvg(Algorithm):
         opt = self.client_optimizer
         return opt.set_hparams(opt.initialize(tuple(self.specs)), client_work)
 
-    def client_init(self, initial: list, client_work: Any) -> Any:
+    def client_init(self, initial: list[Any], client_work: Any) -> Any:
         return list(initial), self.client_optimizer_state(client_work)
 
-    def gradient(self, grads: list, weights: list, initial: list, client_in: Any) -> list:
+    def gradient(self, grads: list[Any], weights: list[Any], initial: list[Any], client_in: Any) -> list[Any]:
         """The gradient the client optimizer takes (FedAvg: the loss gradient itself)."""
         return grads
 
-    def client_step(self, carry: Any, client_in: Any, initial: list, grad_fn: GradFn, n: Any) -> tuple[Any, Any, Any]:
+    def client_step(self, carry: Any, client_in: Any, initial: list[Any], grad_fn: GradFn,
+                    n: Any) -> tuple[Any, Any, Any]:
         weights, opt_state = carry
         grads, preds, loss = grad_fn(weights)
         grads = self.gradient(list(grads), list(weights), initial, client_in)
         opt_state, weights = self.client_optimizer.next(opt_state, tuple(weights), tuple(grads))
         return (list(weights), opt_state), preds, loss
 
-    def client_end(self, carry: Any, client_in: Any, initial: list, num_examples: Any,
-                   num_steps: Any) -> tuple[list, Any]:
+    def client_end(self, carry: Any, client_in: Any, initial: list[Any], num_examples: Any,
+                   num_steps: Any) -> tuple[list[Any], Any]:
         weights, _ = carry
         return [a - b for a, b in zip(initial, weights)], ()

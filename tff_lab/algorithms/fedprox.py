@@ -16,7 +16,7 @@ class FedProx(FedAvg):
     uses = ("proximal_strength",)
     resets_metrics_of_non_finite = False  # TFF's proximal_client_work keeps them
 
-    def learning_process(self, model_fn: Callable, *, aggregator: Any, loop_implementation: Any) -> Any:
+    def learning_process(self, model_fn: Callable[..., Any], *, aggregator: Any, loop_implementation: Any) -> Any:
         import tensorflow_federated as tff
 
         from tff_lab.algorithms.optimizers import build_optimizer
@@ -33,7 +33,7 @@ class FedProx(FedAvg):
     def client_optimizer_state(self, client_work: Any) -> Any:
         return self.client_optimizer.initialize(tuple(self.specs))
 
-    def gradient(self, grads: list, weights: list, initial: list, client_in: Any) -> list:
+    def gradient(self, grads: list[Any], weights: list[Any], initial: list[Any], client_in: Any) -> list[Any]:
         mu = float(self.cfg.proximal_strength)
         if mu == 0.0:
             return grads

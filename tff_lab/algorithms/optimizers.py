@@ -38,7 +38,8 @@ def build_optimizer(cfg: OptimizerConfig) -> Any:
     raise ValueError(f"unknown optimizer '{cfg.name}'")
 
 
-def server_step(optimizer: Any, state: Any, weights: Sequence[Any], aggregate: Sequence[Any]) -> tuple[Any, list, Any]:
+def server_step(optimizer: Any, state: Any, weights: Sequence[Any],
+                aggregate: Sequence[Any]) -> tuple[Any, list[Any], Any]:
     """One server optimizer step with the aggregate as the gradient (TFF's
     ``apply_optimizer_finalizer``). Returns (new optimizer state, new weights, non_finite: int32 1
     when the aggregate held NaN/inf and the step was rejected)."""

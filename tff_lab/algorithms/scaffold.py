@@ -23,6 +23,7 @@ import collections
 from typing import Any, Callable
 
 import numpy as np
+import numpy.typing as npt
 
 from tff_lab.algorithms.base import GradFn
 from tff_lab.algorithms.fedavg import FedAvg
@@ -35,7 +36,7 @@ class Scaffold(FedAvg):
                   "covers them; use fedavg or fedprox for DP")
     extra_model_copies = 1  # c_i+ - c_i up, c down
 
-    def learning_process(self, model_fn: Callable, *, aggregator: Any, loop_implementation: Any) -> Any:
+    def learning_process(self, model_fn: Callable[..., Any], *, aggregator: Any, loop_implementation: Any) -> Any:
         from tff_lab.errors import ConfigError
 
         raise ConfigError("algorithm.name", self.tff_refusal)
@@ -47,7 +48,7 @@ class Scaffold(FedAvg):
             control=zeros, clients=np.zeros([0], np.int64),
             client_controls=[np.zeros((0, *s.shape), s.dtype.as_numpy_dtype) for s in self.specs])
 
-    def split_state(self, client_work: Any, client_indices: np.ndarray, slots: int) -> tuple[Any, Any]:
+    def split_state(self, client_work: Any, client_indices: npt.NDArray[Any], slots: int) -> tuple[Any, Any]:
         ids, idx = client_work["clients"], np.asarray(client_indices, np.int64)
         pos = np.searchsorted(ids, idx)
         found = pos < len(ids)
@@ -59,7 +60,7 @@ class Scaffold(FedAvg):
             c_in.append(c)
         return collections.OrderedDict(control=list(client_work["control"])), c_in
 
-    def merge_state(self, client_work: Any, graph_client_work: Any, client_indices: np.ndarray,
+    def merge_state(self, client_work: Any, graph_client_work: Any, client_indices: npt.NDArray[Any],
                     client_out: Any) -> Any:
         new_c, _ = client_out
         ids, idx = client_work["clients"], np.asarray(client_indices, np.int64)
@@ -74,18 +75,19 @@ class Scaffold(FedAvg):
                                        clients=all_ids, client_controls=tables)
 
     # -- the round's graph -----------------------------------------------------------------------
-    def client_init(self, initial: list, client_work: Any) -> Any:
+    def client_init(self, initial: list[Any], client_work: Any) -> Any:
         return list(initial), self.client_optimizer.initialize(tuple(self.specs)), list(client_work["control"])
 
-    def client_step(self, carry: Any, client_in: Any, initial: list, grad_fn: GradFn, n: Any) -> tuple[Any, Any, Any]:
+    def client_step(self, carry: Any, client_in: Any, initial: list[Any], grad_fn: GradFn,
+                    n: Any) -> tuple[Any, Any, Any]:
         weights, opt_state, control = carry
         grads, preds, loss = grad_fn(weights)
         corrected = [g - ci + c for g, ci, c in zip(grads, client_in, control)]
         opt_state, weights = self.client_optimizer.next(opt_state, tuple(weights), tuple(corrected))
         return (list(weights), opt_state, control), preds, loss
 
-    def client_end(self, carry: Any, client_in: Any, initial: list, num_examples: Any,
-                   num_steps: Any) -> tuple[list, Any]:
+    def client_end(self, carry: Any, client_in: Any, initial: list[Any], num_examples: Any,
+                   num_steps: Any) -> tuple[list[Any], Any]:
         import tensorflow as tf
 
         weights, _, control = carry
@@ -97,8 +99,8 @@ class Scaffold(FedAvg):
         new_c = [tf.where(keep, n, ci) for n, ci in zip(new_c, client_in)]
         return update, (new_c, [n - ci for n, ci in zip(new_c, client_in)])
 
-    def server_step(self, finalizer: Any, client_work: Any, weights: list, aggregate: list, client_out: Any,
-                    client_mask: Any) -> tuple[Any, Any, list, Any]:
+    def server_step(self, finalizer: Any, client_work: Any, weights: list[Any], aggregate: list[Any], client_out: Any,
+                    client_mask: Any) -> tuple[Any, Any, list[Any], Any]:
         import tensorflow as tf
 
         finalizer, _, weights, non_finite = super().server_step(finalizer, client_work, weights, aggregate,
