@@ -29,7 +29,7 @@ LoopImpl = Literal["dataset_iterator", "dataset_reduce"]
 DpMechanism = Literal["none", "gaussian_fixed", "gaussian_adaptive", "tree", "ddp_secure"]
 Accountant = Literal["rdp", "pld"]
 AggregationKind = Literal["mean", "secure", "compression", "robust"]
-Engine = Literal["tff", "vectorized"]
+Engine = Literal["auto", "tff", "vectorized"]
 ModelOutputs = Literal["probabilities", "logits"]
 InputSharding = Literal["data", "explicit"]
 
@@ -305,8 +305,9 @@ class TrainingConfig:
     # that keep results identical.
     loop_implementation: LoopImpl = "dataset_iterator"
     client_concurrency: int = 0  # 0 = as many clients at once as the executor wants
-    # Which engine runs a round: TFF's runtime, or every sampled client in one TF graph (README).
-    engine: Engine = "tff"
+    # Which engine runs a round: TFF's runtime, or every sampled client in one TF graph (README);
+    # auto: the vectorised one whenever it runs the experiment exactly, else TFF's.
+    engine: Engine = "auto"
     # TFF executor workers: 0 = TFF's in-process local context; N = tff_lab starts N local
     # worker_binary processes and spreads each round's clients over them.
     workers: int = 0

@@ -97,6 +97,7 @@ class VectorizedEngine:
     """
 
     name = "vectorized"
+    choice = None  # set by tff_lab.engines.factory
 
     def __init__(self, cfg, data, *, model_builder: Callable[[], Any], loss_builder: Optional[Callable] = None,
                  metrics_builder: Optional[Callable] = None, noise_multiplier: Optional[float] = None,
@@ -174,6 +175,11 @@ class VectorizedEngine:
         if model.non_trainable_weights:
             _refuse("model.name", f"model '{model.name}': it has non-trainable weights that training updates "
                     "(e.g. BatchNormalization)")
+        recurrent = [layer.name for layer in model.submodules
+                     if isinstance(layer, (tf.keras.layers.RNN, tf.keras.layers.Bidirectional))]
+        if recurrent:
+            _refuse("model.name", f"model '{model.name}': recurrent layers {recurrent} (the while loop of their "
+                    "gradient does not vectorise over clients)")
         random_layers = [l.name for l in model.submodules if isinstance(l, tf.keras.layers.Layer) and isinstance(
             l, (tf.keras.layers.Dropout, tf.keras.layers.GaussianNoise, tf.keras.layers.GaussianDropout,
                 tf.keras.layers.AlphaDropout)) and getattr(l, "rate", getattr(l, "stddev", 0)) > 0]
@@ -330,6 +336,17 @@ class VectorizedEngine:
 
     def close(self) -> None:
         self._functions.clear()
+
+    def trace(self) -> None:
+        """Builds the round graph of the run's cohort size now (a graph that cannot be built raises
+        here, not in round 1; ``training.engine: auto`` then falls back to TFF's runtime)."""
+        t = self.cfg.training
+        if t.sampling == "uniform":
+            slots = max(1, t.clients_per_round)
+        else:
+            expected = max(1, int(round(t.sampling_rate * self.data.num_clients)))
+            slots = 1 << max(0, (expected - 1).bit_length())
+        self._round_fn(slots)
 
     # -- the graph -------------------------------------------------------------------------------
     def _spec_of(self, nest):
