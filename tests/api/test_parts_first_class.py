@@ -242,7 +242,7 @@ def test_preprocess_applies_to_datasets_not_to_test_arrays():
                                          ("yogi", ["epsilon=0.01"]), ("adagrad", ["epsilon=0.01"]),
                                          ("adamw", ["weight_decay=0.01"])])
 def test_every_tff_optimizer_is_a_client_optimizer(name, extra):
-    from tff_lab.federated.optimizers import build_optimizer
+    from tff_lab.algorithms.optimizers import build_optimizer
 
     sets = [f"algorithm.client_optimizer.name={name}", "algorithm.client_optimizer.learning_rate=0.05"] + [
         f"algorithm.client_optimizer.{e}" for e in extra]

@@ -99,8 +99,9 @@ def test_preprocess_and_separate_test_set(tmp_path):
 def test_user_algorithm_equals_the_builtin_one(tmp_path):
     import user_parts
 
+    # The built-in process on TFF's runtime, bit for bit the user's aggregator's run (also TFF's runtime).
     cfg = load_config(None, BASE + ["algorithm.server_optimizer.name=sgdm", "algorithm.server_optimizer.momentum=0.9",
-                                    "algorithm.client_optimizer.learning_rate=0.1"])
+                                    "algorithm.client_optimizer.learning_rate=0.1", "training.engine=tff"])
     ref = tff_lab.run_experiment(cfg, tmp_path / "ref", data=user_parts.blobs())
     # sgdm(0.1) with momentum 0.9 on the clients differs from the built-in plain SGD clients:
     mine = tff_lab.run_experiment(cfg, tmp_path / "mine", data=user_parts.blobs(), algorithm=user_parts.my_fedavg)

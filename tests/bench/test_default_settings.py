@@ -108,7 +108,7 @@ def test_a_run_builds_one_process_with_the_fast_settings(tmp_path, monkeypatch):
                 workers.append(psutil.Process(pid).cmdline())
 
     monkeypatch.setattr(algorithms, "build_learning_process", spy_build)
-    summary = run_experiment(None, tmp_path / "run", overrides=TINY, hooks=[WorkerProbe()])
+    summary = run_experiment(None, tmp_path / "run", overrides=TINY + ["training.engine=tff"], hooks=[WorkerProbe()])
 
     assert summary["rounds"] == 3
     assert builds == [tff.learning.LoopImplementation.DATASET_ITERATOR]  # built once, iterator loop

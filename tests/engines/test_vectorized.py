@@ -54,6 +54,15 @@ def test_refuses_models_it_cannot_vectorise():
         VectorizedEngine(cfg, data, model_builder=batchnorm_model)
     assert e.value.where == "model.name" and "non-trainable" in str(e.value)
 
+    def lstm_model():  # the while loop of an RNN's gradient does not vectorise over clients
+        inputs = tf.keras.Input(shape=data.input_shape)
+        x = tf.keras.layers.LSTM(4)(tf.keras.layers.Reshape((8, 8))(inputs))
+        return tf.keras.Model(inputs, tf.keras.layers.Dense(data.num_classes, activation="softmax")(x))
+
+    with pytest.raises(ConfigError) as e:
+        VectorizedEngine(cfg, data, model_builder=lstm_model)
+    assert e.value.where == "model.name" and "recurrent layers" in str(e.value)
+
 
 def test_cli_refusal_is_one_line():
     proc = run_cli("run", "experiments/default.yaml", "--out", "/tmp/tff_lab_vec_refused", "--overwrite",

@@ -101,7 +101,7 @@ LONG = ["training.rounds=400", "training.eval_every_rounds=400", "training.round
 ])
 def test_no_worker_outlives_the_run(tmp_path, path, workers):
     out = tmp_path / "run"
-    sets = [f"training.workers={workers}"]
+    sets = ["training.engine=tff", f"training.workers={workers}"]  # TFF's runtime and its workers
     if path == "success":
         sets.append("training.rounds=2")
     elif path == "exit2":

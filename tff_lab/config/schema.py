@@ -21,7 +21,6 @@ from tff_lab.errors import ConfigError
 # tff_lab.models.register_model). Resolved (and refused with the valid choices) before RUN_DIR is touched.
 BUILTIN_SOURCES = ("digits", "breast_cancer", "synthetic", "npz_dir", "csv_dir", "emnist", "shakespeare")
 PartitionScheme = Literal["auto", "iid", "dirichlet", "shards", "quantity_skew", "natural"]
-AlgorithmName = Literal["fedavg", "fedprox", "fedsgd"]
 Weighting = Literal["num_examples", "uniform"]
 # tff.learning.optimizers.build_* (TFF 0.87 takes only its own optimizers), for clients and server alike.
 ServerOptimizerName = Literal["sgd", "sgdm", "adam", "yogi", "adagrad", "adamw"]
@@ -31,7 +30,7 @@ LoopImpl = Literal["dataset_iterator", "dataset_reduce"]
 DpMechanism = Literal["none", "gaussian_fixed", "gaussian_adaptive", "tree", "ddp_secure"]
 Accountant = Literal["rdp", "pld"]
 AggregationKind = Literal["mean", "secure", "compression", "robust", "secagg"]
-Engine = Literal["tff", "vectorized"]
+Engine = Literal["auto", "tff", "vectorized"]
 ModelOutputs = Literal["probabilities", "logits"]
 InputSharding = Literal["data", "explicit"]
 
@@ -266,7 +265,7 @@ class OptimizerConfig:
                      "expected a value >= 0")
         _require(0.0 <= self.weight_decay < 1.0, f"{p}.weight_decay",
                  f"expected a decay in [0, 1), got {self.weight_decay}")
-        # What each tff.learning.optimizers.build_* takes (tff_lab.federated.optimizers).
+        # What each tff.learning.optimizers.build_* takes (tff_lab.algorithms.optimizers).
         used = {"sgd": (), "sgdm": ("momentum",), "adam": ("beta_1", "beta_2", "epsilon"),
                 "yogi": ("beta_1", "beta_2", "epsilon", "initial_preconditioner_value"),
                 "adagrad": ("epsilon", "initial_preconditioner_value"),
@@ -277,10 +276,11 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    """A built-in TFF algorithm (``name``), or ``builder``: an import path of a function
-    ``(model_fn, *, aggregator, cfg) -> tff.learning.templates.LearningProcess``."""
+    """A registered algorithm (``name``, resolved by :mod:`tff_lab.algorithms.registry`), or
+    ``builder``: an import path of a function ``(model_fn, *, aggregator, cfg) ->
+    tff.learning.templates.LearningProcess`` (TFF engine only)."""
 
-    name: AlgorithmName = "fedavg"
+    name: str = "fedavg"
     builder: Optional[str] = None
     kwargs: dict = field(default_factory=dict)
     weighting: Weighting = "num_examples"
@@ -298,9 +298,9 @@ class AlgorithmConfig:
                      f"{p}.client_optimizer", "has no effect with algorithm 'fedsgd' (clients send one gradient; "
                      "the server optimizer applies it); remove it")
         _require(self.proximal_strength >= 0, f"{p}.proximal_strength", "expected mu >= 0")
-        if self.name != "fedprox":
-            _require(self.proximal_strength == 0, f"{p}.proximal_strength",
-                     f"only used by algorithm 'fedprox', but algorithm is '{self.name}'")
+        from tff_lab.algorithms.registry import check_config  # the one list of names (imports no TF)
+
+        check_config(self, p)  # the name, and the fields and rules of that algorithm
         self.client_optimizer.validate(f"{p}.client_optimizer")
         self.server_optimizer.validate(f"{p}.server_optimizer")
 
@@ -319,8 +319,9 @@ class TrainingConfig:
     # that keep results identical.
     loop_implementation: LoopImpl = "dataset_iterator"
     client_concurrency: int = 0  # 0 = as many clients at once as the executor wants
-    # Which engine runs a round: TFF's runtime, or every sampled client in one TF graph (README).
-    engine: Engine = "tff"
+    # Which engine runs a round: TFF's runtime, or every sampled client in one TF graph (README);
+    # auto: the vectorised one whenever it runs the experiment exactly, else TFF's.
+    engine: Engine = "auto"
     # TFF executor workers: 0 = TFF's in-process local context; N = tff_lab starts N local
     # worker_binary processes and spreads each round's clients over them.
     workers: int = 0
@@ -601,17 +602,16 @@ class ExperimentConfig:
             why = ("with privacy.mechanism 'ddp_secure' (it clips by itself)" if mech == "ddp_secure" else
                    "with aggregation.kind 'mean' (only secure, robust, compression and ddp_secure read it)")
             _unused(a, ("clipping",) if mech == "ddp_secure" else ("zeroing", "clipping"), "aggregation", why)
-        if self.algorithm.name == "fedsgd":
-            _require(self.algorithm.weighting == "num_examples", "algorithm.weighting",
-                     "TFF's FedSGD weights clients by examples; set algorithm.weighting: num_examples")
 
     def _validate_privacy(self) -> None:
         """Cross-field rules of privacy/aggregation (refused, never silently changed)."""
         pr, t = self.privacy, self.training
         if not pr.enabled:
             return
-        _require(self.algorithm.name != "fedsgd", "algorithm.name",
-                 "fedsgd is weighted in TFF 0.87; use fedavg with local_epochs 1 for DP")
+        from tff_lab.algorithms.registry import algorithm_class
+
+        refusal = algorithm_class(self.algorithm.name).dp_refusal
+        _require(refusal is None, "algorithm.name", refusal or "")
         _require(self.algorithm.weighting == "uniform", "algorithm.weighting",
                  "differentially private aggregation is unweighted (each client's clipped update counts once); "
                  "set algorithm.weighting: uniform")

@@ -38,6 +38,7 @@ class RoundResult:
 
 class Engine(Protocol):
     name: str
+    choice: Any  # tff_lab.engines.factory.EngineChoice: which engine runs and why (set by the factory)
 
     def initialize(self) -> Any: ...
 
@@ -54,6 +55,7 @@ class TFFEngine:
     """Runs a ``tff.learning.templates.LearningProcess`` (built-in or a user's) on TFF's runtime."""
 
     name = "tff"
+    choice = None
 
     def __init__(self, cfg, process, data):
         self.cfg = cfg

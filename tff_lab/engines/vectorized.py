@@ -9,10 +9,18 @@ optimizer step. The cohort size is static (a Poisson cohort is padded with maske
 a power of two) and the step count dynamic, so a run traces one graph per cohort size class. The
 local training is compiled with XLA by default (``jit_compile``; ~25% faster here, same parity).
 
+The algorithm is an object (:mod:`tff_lab.algorithms`): this engine owns the data, the cohort,
+the model's forward/backward pass, the lock step over local steps and the vectorisation over
+clients, the masking of clients without a batch, the per-client zeroing of non-finite updates and
+the aggregation; the algorithm's ``client_init``/``client_step``/``client_end``/``client_weights``
+and ``server_step`` (pure TF) say what a client does with a batch and what the server does with the
+aggregate. FedAvg, FedProx and FedSGD follow TFF 0.87's ``model_delta_client_work``,
+``proximal_client_work`` and ``build_fed_sgd`` (see their files); SCAFFOLD keeps per-client state.
+
 What is reused, not re-implemented (so that the numbers are TFF's):
 
 - client and server optimizers: ``tff.learning.optimizers`` (``initialize``/``next``, plain TF),
-  built by :func:`tff_lab.federated.optimizers.build_optimizer` exactly as for the TFF engine;
+  built by :func:`tff_lab.algorithms.optimizers.build_optimizer` exactly as for the TFF engine;
 - the model: the Keras builder's own layers, called on per-client weight tensors with TFF's
   ``functional_model_from_keras`` technique (a ``variable_creator_scope`` that hands the layers
   tensors instead of variables);
@@ -25,13 +33,10 @@ What is reused, not re-implemented (so that the numbers are TFF's):
   ``get_noised_result``), so the clip, the noise draws, the adaptive clip's evolution and the
   ``DpEvent`` are TFF's.
 
-The semantics follow TFF 0.87's ``build_weighted_fed_avg``/``build_unweighted_fed_avg``
-(``model_delta_client_work``), ``build_weighted_fed_prox``/``build_unweighted_fed_prox``
-(``proximal_client_work``, including its proximal term ``mu * (w0 - w)`` as written there) and
-``build_fed_sgd``; client updates are ``initial - final``, zeroed with weight 0 when not finite;
-the server optimizer takes the aggregate as its gradient and rejects a non-finite one
-(``apply_optimizer_finalizer``). The state is TFF's ``LearningAlgorithmState`` with the same
-leaves as the TFF engine's process state (checkpoints are interchangeable in layout).
+Client updates are ``initial - final``, zeroed with weight 0 when not finite; the server optimizer
+takes the aggregate as its gradient and rejects a non-finite one (``apply_optimizer_finalizer``).
+The state is TFF's ``LearningAlgorithmState`` with the same leaves as the TFF engine's process
+state for TFF's algorithms (checkpoints are interchangeable in layout).
 
 Known difference: a FedAvg client whose update is not finite has its loss/num_examples/num_batches
 dropped from the training metrics as TFF does, but its Keras metrics (accuracy) still count.
@@ -45,6 +50,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from tff_lab.algorithms.base import to_numpy
 from tff_lab.engines.base import RoundResult
 from tff_lab.errors import ConfigError
 
@@ -71,6 +77,15 @@ def check_supported(cfg) -> None:
         _refuse("training.workers", "on TFF worker processes (it trains in this process)")
     if cfg.model.dropout > 0:
         _refuse("model.dropout", "dropout (random per-client masks inside one vectorised graph)")
+    from tff_lab.algorithms.optimizers import vectorized_client_refusal
+
+    why = vectorized_client_refusal(cfg)
+    if why is not None:
+        _refuse("algorithm.client_optimizer.name", f"client optimizer '{alg.client_optimizer.name}' (it runs sgd "
+                                                   "clients with TFF's exact maths)")
+    if a.kind == "secagg" and alg.name == "scaffold":
+        _refuse("aggregation.kind", "secagg with scaffold (the protocol sums model updates only, not control "
+                                    "variates)")
 
 
 class VectorizedEngine:
@@ -91,6 +106,7 @@ class VectorizedEngine:
     """
 
     name = "vectorized"
+    choice = None  # set by tff_lab.engines.factory
 
     def __init__(self, cfg, data, *, model_builder: Callable[[], Any], loss_builder: Optional[Callable] = None,
                  metrics_builder: Optional[Callable] = None, noise_multiplier: Optional[float] = None,
@@ -98,15 +114,11 @@ class VectorizedEngine:
         import tensorflow as tf
         import tensorflow_federated as tff
 
-        from tff_lab.federated.optimizers import build_optimizer
+        from tff_lab.algorithms import create
 
         check_supported(cfg)
         self.cfg, self.data = cfg, data
         self._model_builder = model_builder
-        alg = cfg.algorithm
-        self._algorithm = alg.name
-        self._weighted = alg.weighting == "num_examples" or alg.name == "fedsgd"
-        self._mu = float(alg.proximal_strength) if alg.name == "fedprox" else 0.0
         self._batch = int(cfg.training.batch_size)
 
         probe = self._check_model(model_builder)
@@ -120,8 +132,9 @@ class VectorizedEngine:
         self._metrics = list(metrics_builder()) if metrics_builder is not None else [
             tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
-        self._server_opt = build_optimizer(alg.server_optimizer)
-        self._client_opt = None if alg.name == "fedsgd" else build_optimizer(alg.client_optimizer)
+        # The algorithm (tff_lab.algorithms): its client and server steps run inside this engine's graph.
+        self._alg = create(cfg.algorithm)
+        self._alg.setup(self._trainable_specs, data.num_clients)
         self._query = None
         if cfg.privacy.enabled:
             from tff_lab.federated.aggregators import make_aggregator
@@ -178,6 +191,11 @@ class VectorizedEngine:
         if model.non_trainable_weights:
             _refuse("model.name", f"model '{model.name}': it has non-trainable weights that training updates "
                     "(e.g. BatchNormalization)")
+        recurrent = [layer.name for layer in model.submodules
+                     if isinstance(layer, (tf.keras.layers.RNN, tf.keras.layers.Bidirectional))]
+        if recurrent:
+            _refuse("model.name", f"model '{model.name}': recurrent layers {recurrent} (the while loop of their "
+                    "gradient does not vectorise over clients)")
         random_layers = [l.name for l in model.submodules if isinstance(l, tf.keras.layers.Layer) and isinstance(
             l, (tf.keras.layers.Dropout, tf.keras.layers.GaussianNoise, tf.keras.layers.GaussianDropout,
                 tf.keras.layers.AlphaDropout)) and getattr(l, "rate", getattr(l, "stddev", 0)) > 0]
@@ -225,25 +243,14 @@ class VectorizedEngine:
         return tf.math.divide_no_nan(total, tf.reduce_sum(mb))
 
     # -- state -----------------------------------------------------------------------------------
-    def _client_work_state(self):
-        import tensorflow as tf
-
-        if self._algorithm != "fedavg":
-            return ()
-        # TFF's model_delta_client_work keeps the client optimizer's hyperparameters as its state.
-        whimsy = self._client_opt.initialize(tf.TensorSpec(shape=(), dtype=tf.float32))
-        hparams = self._client_opt.get_hparams(whimsy)
-        return tf.nest.map_structure(lambda v: np.asarray(tf.convert_to_tensor(v)), hparams)
-
     def _initial_state(self):
-        import tensorflow as tf
         import tensorflow_federated as tff
 
-        fin = _to_numpy(self._server_opt.initialize(list(self._trainable_specs)))
+        alg = self._alg
         if self._secagg is not None:
             agg = self._secagg.initial_state()
         elif self._query is None:
-            agg = (collections.OrderedDict(value_sum_process=(), weight_sum_process=()) if self._weighted
+            agg = (collections.OrderedDict(value_sum_process=(), weight_sum_process=()) if alg.weighted
                    else ((), ()))
         else:
             from tensorflow_federated.python.aggregators.differential_privacy import DPAggregatorState
@@ -255,10 +262,10 @@ class VectorizedEngine:
             gs = q.initial_global_state()
             _, _, event = q.get_noised_result(q.initial_sample_state(list(self._trainable_specs)), gs)
             event = event.to_named_tuple()
-            agg = DPAggregatorState(_to_numpy(gs), (), _to_numpy(event), np.bool_(True))
+            agg = DPAggregatorState(to_numpy(gs), (), to_numpy(event), np.bool_(True))
         return tff.learning.templates.LearningAlgorithmState(
-            global_model_weights=self._init_weights, distributor=(), client_work=self._client_work_state(),
-            aggregator=agg, finalizer=fin)
+            global_model_weights=self._init_weights, distributor=(), client_work=alg.initial_client_work(),
+            aggregator=agg, finalizer=alg.initial_finalizer())
 
     def initialize(self):
         return self._init_state
@@ -317,7 +324,8 @@ class VectorizedEngine:
         idx, client_mask = self.cohort_indices(round_num, client_indices)
         agg = state.aggregator
         query_state = agg.query_state if self._query is not None else ()
-        inputs = (list(state.global_model_weights.trainable), state.client_work, state.finalizer, query_state)
+        graph_work, client_in = self._alg.split_state(state.client_work, client_indices, idx.shape[0])
+        inputs = (list(state.global_model_weights.trainable), graph_work, client_in, state.finalizer, query_state)
         args = [tf.convert_to_tensor(a) for a in tf.nest.flatten(inputs)]
         try:
             flat = self._round_fn(idx.shape[0])(*args, tf.convert_to_tensor(idx), tf.convert_to_tensor(client_mask))
@@ -331,14 +339,16 @@ class VectorizedEngine:
             self._functions.clear()
             return self.next(state, round_num, client_indices)
         out = tf.nest.pack_sequence_as(self._out_structure, [t.numpy() for t in flat])
-        (trainable, fin, new_query_state, event, train, agg_metrics, non_finite) = out
+        (trainable, graph_work, client_out, fin, new_query_state, event, train, agg_metrics, non_finite) = out
         weights = state.global_model_weights._replace(trainable=list(trainable))
         if self._query is not None:
             new_agg = agg._replace(query_state=new_query_state, dp_event=event, is_init_state=np.bool_(False))
         else:
             new_agg = agg
+        client_work = self._alg.merge_state(state.client_work, graph_work, client_indices,
+                                            client_out)
         new_state = state._replace(global_model_weights=weights, finalizer=_like(state.finalizer, fin),
-                                   aggregator=new_agg)
+                                   client_work=_like(state.client_work, client_work), aggregator=new_agg)
         train = collections.OrderedDict((k, _scalar(v)) for k, v in train.items())
         metrics = {"distributor": (), "client_work": collections.OrderedDict(train=train),
                    "aggregator": _to_python(agg_metrics),
@@ -347,6 +357,17 @@ class VectorizedEngine:
 
     def close(self) -> None:
         self._functions.clear()
+
+    def trace(self) -> None:
+        """Builds the round graph of the run's cohort size now (a graph that cannot be built raises
+        here, not in round 1; ``training.engine: auto`` then falls back to TFF's runtime)."""
+        t = self.cfg.training
+        if t.sampling == "uniform":
+            slots = max(1, t.clients_per_round)
+        else:
+            expected = max(1, int(round(t.sampling_rate * self.data.num_clients)))
+            slots = 1 << max(0, (expected - 1).bit_length())
+        self._round_fn(slots)
 
     # -- the graph -------------------------------------------------------------------------------
     def _spec_of(self, nest):
@@ -363,8 +384,9 @@ class VectorizedEngine:
 
             s = self._init_state
             q_state = s.aggregator.query_state if self._query is not None else ()
-            template = (list(self._trainable_specs), self._spec_of(s.client_work), self._spec_of(s.finalizer),
-                        self._spec_of(q_state))
+            graph_work, client_in = self._alg.split_state(s.client_work, np.zeros([0], np.int64), num_clients)
+            template = (list(self._trainable_specs), self._spec_of(graph_work), self._spec_of(client_in),
+                        self._spec_of(s.finalizer), self._spec_of(q_state))
             flat_specs = tf.nest.flatten(template)
 
             def flat_round(*args):
@@ -379,12 +401,14 @@ class VectorizedEngine:
             self._functions[num_clients] = fn
         return fn
 
-    def _train(self, trainable, client_work, idx):
+    def _train(self, trainable, client_work, client_in, idx):
         """Every client's local training, in lock step over the local steps (the part XLA may
-        compile). Returns (updates, client weights, metrics-reset flags, loss sums, example
-        counts, batch counts, predictions [steps, clients, batch, ...])."""
+        compile): the algorithm's ``client_step`` vectorised over clients, in a ``tf.while_loop``
+        over local steps. Returns (updates, client weights, metrics-reset flags, client outputs,
+        loss sums, example counts, batch counts, predictions [steps, clients, batch, ...])."""
         import tensorflow as tf
 
+        alg = self._alg
         num_clients = tf.shape(idx)[0]
         num_steps = tf.shape(idx)[1]
         example_mask = tf.cast(idx >= 0, tf.float32)
@@ -397,93 +421,52 @@ class VectorizedEngine:
             r = rows[:, step]
             return tf.gather(self._x_all, r), tf.gather(self._y_all, r), example_mask[:, step]
 
-        preds0 = tf.TensorArray(self._output_dtype, size=num_steps)
+        def client_step(args):
+            carry, c_in, x, y, m = args
+            n = tf.reduce_sum(m)
 
-        zeros_c = tf.zeros([num_clients], tf.float32)
-        if self._algorithm == "fedsgd":
-            def sgd_step(args):
-                x, y, m = args
-                with tf.GradientTape() as tape:
-                    tape.watch(trainable)
-                    preds, reg = self._call_model(trainable, x)
-                    loss = self._batch_loss(y, preds, m)
-                    total = loss + tf.add_n(reg) if reg else loss
-                grads = tape.gradient(total, trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                return grads, preds, loss, tf.reduce_sum(m)
-
-            def body(step, acc, loss_sum, n_sum, batches, predictions):
-                x, y, m = batch_at(step)
-                grads, preds, loss, n = tf.vectorized_map(sgd_step, (x, y, m))
-                acc = [a + _expand(n, g) * g for a, g in zip(acc, grads)]
-                return (step + 1, acc, loss_sum + loss * n, n_sum + n, batches + tf.cast(n > 0, tf.float32),
-                        predictions.write(step, preds))
-
-            acc0 = [per_client(tf.zeros_like(w)) for w in trainable]
-            _, acc, loss_sum, n_sum, batches, predictions = tf.while_loop(
-                lambda step, *_: step < num_steps, body, (tf.constant(0), acc0, zeros_c, zeros_c, zeros_c, preds0))
-            updates = [a / _expand(n_sum, a) for a in acc]
-            updates, finite = _zero_non_finite(updates)
-            weights = tf.where(finite, n_sum, 0.0)
-            reset = tf.zeros_like(finite)  # FedSGD keeps the metrics of a non-finite client
-        else:
-            opt, mu = self._client_opt, self._mu
-            specs = tuple(self._trainable_specs)
-
-            def opt_init():
-                st = opt.initialize(specs)
-                if self._algorithm == "fedavg":  # TFF sets the hyperparameters kept in client_work
-                    st = opt.set_hparams(st, client_work)
-                return st
-
-            def train_step(args):
-                w, st, x, y, m = args
+            def grad_fn(w):
+                w = list(w)
                 with tf.GradientTape() as tape:
                     tape.watch(w)
                     preds, reg = self._call_model(w, x)
                     loss = self._batch_loss(y, preds, m)
                     total = loss + tf.add_n(reg) if reg else loss
-                grads = tape.gradient(total, w)
-                if mu > 0.0:  # TFF's proximal_client_work term, as written there: mu * (initial - current)
-                    grads = [g + mu * (w0 - wi) for g, wi, w0 in zip(grads, w, trainable)]
-                new_st, new_w = opt.next(st, tuple(w), tuple(grads))
-                n = tf.reduce_sum(m)
-                active = n > 0
-                new_w = [tf.where(active, a, b) for a, b in zip(new_w, w)]
-                new_st = tf.nest.map_structure(lambda a, b: tf.where(active, a, b), new_st, st)
-                return new_w, new_st, preds, loss, n
+                grads = tape.gradient(total, w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                return grads, preds, loss
 
-            def body(step, w, st, loss_sum, n_sum, batches, predictions):
-                x, y, m = batch_at(step)
-                w, st, preds, loss, n = tf.vectorized_map(train_step, (w, st, x, y, m))
-                return (step + 1, list(w), st, loss_sum + loss * n, n_sum + n, batches + tf.cast(n > 0, tf.float32),
-                        predictions.write(step, preds))
+            new_carry, preds, loss = alg.client_step(carry, c_in, trainable, grad_fn, n)
+            active = n > 0  # a client without a batch at this step keeps its carry
+            new_carry = tf.nest.map_structure(lambda a, b: tf.where(active, a, b), _like(carry, new_carry), carry)
+            return new_carry, preds, loss, n
 
-            st0 = tf.nest.map_structure(per_client, opt_init())
-            w0 = [per_client(w) for w in trainable]
-            _, w_final, _, loss_sum, n_sum, batches, predictions = tf.while_loop(
-                lambda step, *_: step < num_steps, body,
-                (tf.constant(0), w0, st0, zeros_c, zeros_c, zeros_c, preds0))
-            updates = [a - b for a, b in zip(w0, w_final)]
-            updates, finite = _zero_non_finite(updates)
-            if self._weighted:
-                weights = tf.where(finite, n_sum, 0.0)
-            else:
-                weights = tf.ones_like(n_sum)
-            # TFF's FedAvg resets a non-finite client's metrics; FedProx does not.
-            reset = tf.logical_not(finite) if self._algorithm == "fedavg" else tf.zeros_like(finite)
+        def body(step, carry, loss_sum, n_sum, batches, predictions):
+            x, y, m = batch_at(step)
+            carry, preds, loss, n = tf.vectorized_map(client_step, (carry, client_in, x, y, m))
+            return (step + 1, carry, loss_sum + loss * n, n_sum + n, batches + tf.cast(n > 0, tf.float32),
+                    predictions.write(step, preds))
 
-        return updates, weights, reset, loss_sum, n_sum, batches, predictions.stack()
+        zeros_c = tf.zeros([num_clients], tf.float32)
+        preds0 = tf.TensorArray(self._output_dtype, size=num_steps)
+        carry0 = tf.nest.map_structure(per_client, alg.client_init(trainable, client_work))
+        _, carry, loss_sum, n_sum, batches, predictions = tf.while_loop(
+            lambda step, *_: step < num_steps, body, (tf.constant(0), carry0, zeros_c, zeros_c, zeros_c, preds0))
+        updates, client_out = tf.vectorized_map(
+            lambda a: alg.client_end(a[0], a[1], trainable, a[2], a[3]), (carry, client_in, n_sum, batches))
+        updates, finite = _zero_non_finite(list(updates))
+        weights = alg.client_weights(n_sum, finite)
+        reset = tf.logical_not(finite) if alg.resets_metrics_of_non_finite else tf.zeros_like(finite)
+        return updates, weights, reset, client_out, loss_sum, n_sum, batches, predictions.stack()
 
-    def _round(self, trainable, client_work, server_state, query_state, idx, client_mask):
+    def _round(self, trainable, client_work, client_in, server_state, query_state, idx, client_mask):
         import tensorflow as tf
-
-        from tensorflow_federated.python.learning import tensor_utils
 
         for m in self._metrics:
             m.reset_state()
         trainable = [tf.convert_to_tensor(w) for w in trainable]
         train = self._train_compiled if self._compiled else self._train
-        updates, weights, reset, loss_sum, n_sum, batches, preds = train(trainable, client_work, idx)
+        updates, weights, reset, client_out, loss_sum, n_sum, batches, preds = train(trainable, client_work,
+                                                                                      client_in, idx)
         # Keras metrics once per round over every step's predictions (not per step; not compiled).
         rows, example_mask = tf.maximum(idx, 0), tf.cast(idx >= 0, tf.float32)
         flat = lambda t: tf.reshape(t, tf.concat([[-1], tf.shape(t)[3:]], 0))  # noqa: E731
@@ -501,7 +484,7 @@ class VectorizedEngine:
 
         # Aggregation.
         if self._query is None:
-            if self._weighted:
+            if self._alg.weighted:
                 w_c = weights * client_mask
                 mean = [tf.reduce_sum(u * _expand(w_c, u), 0) / tf.reduce_sum(w_c) for u in updates]
                 agg_metrics = collections.OrderedDict(mean_value=(), mean_weight=())
@@ -519,15 +502,11 @@ class VectorizedEngine:
             event = dp_event.to_named_tuple()
             agg_metrics = collections.OrderedDict(dp_query_metrics=q.derive_metrics(new_query_state), dp=())
 
-        # TFF's apply_optimizer_finalizer: the aggregate is the server optimizer's gradient; a
-        # non-finite aggregate is rejected (weights and optimizer state unchanged).
-        new_server_state, new_weights = self._server_opt.next(server_state, list(trainable), list(mean))
-        _, non_finite = tensor_utils.zero_all_if_any_non_finite(mean)
-        reject = tf.equal(non_finite, 1)
-        new_weights = [tf.where(reject, old, new) for old, new in zip(trainable, new_weights)]
-        new_server_state = tf.nest.map_structure(lambda old, new: tf.where(reject, old, new), server_state,
-                                                 _like(server_state, new_server_state))
-        return new_weights, new_server_state, new_query_state, event, train, agg_metrics, non_finite
+        # The algorithm's server step (TFF's apply_optimizer_finalizer: a non-finite aggregate is rejected).
+        new_server_state, client_work, new_weights, non_finite = self._alg.server_step(
+            server_state, client_work, list(trainable), list(mean), client_out, client_mask)
+        return (new_weights, client_work, client_out, new_server_state, new_query_state, event, train, agg_metrics,
+                non_finite)
 
 
 def _expand(v, like):
@@ -554,19 +533,6 @@ def _like(template, value):
     import tensorflow as tf
 
     return tf.nest.pack_sequence_as(template, tf.nest.flatten(value))
-
-
-def _to_numpy(nest):
-    """Leaves as numpy arrays; Python numbers and strings converted as TF converts them (float32,
-    int32, bytes), as TFF's computations return them."""
-    import tensorflow as tf
-
-    def leaf(t):
-        if isinstance(t, (bool, int, float, str)):
-            t = tf.convert_to_tensor(t)
-        return np.asarray(t.numpy() if hasattr(t, "numpy") else t)
-
-    return tf.nest.map_structure(leaf, nest)
 
 
 def _to_python(nest):

@@ -1,9 +1,9 @@
-"""Config -> a TFF ``LearningProcess`` built with TFF 0.87's own builders."""
+"""The TFF engine's learning process: a built-in algorithm's (through :mod:`tff_lab.algorithms`'
+registry, which builds it with TFF 0.87's own builders) or a user's (``algorithm.builder``)."""
 
 from __future__ import annotations
 
 from tff_lab.config.schema import ExperimentConfig
-from tff_lab.federated.optimizers import build_optimizer
 
 
 def loop_implementation(cfg: ExperimentConfig):
@@ -14,27 +14,12 @@ def loop_implementation(cfg: ExperimentConfig):
 
 
 def build_learning_process(cfg: ExperimentConfig, model_fn, aggregator=None):
-    """FedAvg (weighted/unweighted), FedProx (mu) or FedSGD with the configured optimizers."""
-    import tensorflow_federated as tff
+    """The registered algorithm's ``LearningProcess`` (FedAvg, FedProx, FedSGD ...); an algorithm
+    the TFF engine cannot run raises its one-line ConfigError."""
+    from tff_lab.algorithms import create
 
-    alg = cfg.algorithm
-    algos = tff.learning.algorithms
-    loop = loop_implementation(cfg)
-    server_opt = build_optimizer(alg.server_optimizer)
-    client_opt = build_optimizer(alg.client_optimizer)
-    weighted = alg.weighting == "num_examples"
-    common = dict(model_aggregator=aggregator, loop_implementation=loop)
-    if alg.name == "fedsgd":
-        return algos.build_fed_sgd(model_fn, server_optimizer_fn=server_opt, **common)
-    if alg.name == "fedavg":
-        if weighted:
-            return algos.build_weighted_fed_avg(model_fn, client_opt, server_opt, **common)
-        return algos.build_unweighted_fed_avg(model_fn, client_opt, server_opt, **common)
-    if alg.name == "fedprox":
-        if weighted:
-            return algos.build_weighted_fed_prox(model_fn, alg.proximal_strength, client_opt, server_opt, **common)
-        return algos.build_unweighted_fed_prox(model_fn, alg.proximal_strength, client_opt, server_opt, **common)
-    raise ValueError(f"unknown algorithm '{alg.name}'")
+    return create(cfg.algorithm).learning_process(model_fn, aggregator=aggregator,
+                                                  loop_implementation=loop_implementation(cfg))
 
 
 def build_evaluation(cfg: ExperimentConfig, model_fn):

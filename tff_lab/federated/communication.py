@@ -13,6 +13,8 @@ Counted from the model's tensors and the encoding the configured aggregator appl
     ``quantization_threshold`` elements travel as float32;
   - ``ddp_secure``: the model concatenated into one vector, padded for the rotation (``hd``: next
     power of two; ``dft``: even), ``ddp_bits`` bits per element (SecAgg's field elements).
+- an algorithm's own model-sized tensors, each way (SCAFFOLD: the control variate update up, the
+  server's control variate down), counted in the side bytes;
 - uplink side values (4 bytes each): the client weight (weighted mean) or count (unweighted
   non-DP mean), the adaptive clip's unclipped indicator, and the record and count of each
   adaptive clipping/zeroing stage TFF wraps around the aggregator.
@@ -140,6 +142,13 @@ def per_client_bytes(cfg, shapes, dtypes) -> dict:
         if not weighted:
             notes.append("unweighted mean")
     down_model = model_bytes(shapes, dtypes)
+    from tff_lab.algorithms.registry import algorithm_class
+
+    extra = algorithm_class(cfg.algorithm.name).extra_model_copies  # e.g. SCAFFOLD's control variates
+    if extra:
+        up_side += extra * down_model
+        down_side += extra * down_model
+        encoding += f"; {cfg.algorithm.name}: {extra} more model-sized float32 tensor(s) each way"
     return {"uplink": int(update + up_side), "uplink_update": int(update), "uplink_side": int(up_side),
             "downlink": int(down_model + down_side), "downlink_model": int(down_model),
             "downlink_side": int(down_side), "uncompressed_update": model_bytes(shapes, dtypes),

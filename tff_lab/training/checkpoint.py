@@ -226,6 +226,15 @@ def latest(ckpt_dir: Path) -> Optional[int]:
     return None
 
 
+def _fits(array: np.ndarray, template: Any) -> bool:
+    """Same shape; a template leaf whose shape starts with 0 is a table that grows (one row per
+    client with state, e.g. SCAFFOLD's control variates) and takes any number of rows."""
+    want = np.shape(template)
+    if want and want[0] == 0:
+        return bool(np.ndim(array) == len(want) and np.shape(array)[1:] == want[1:])
+    return bool(np.shape(array) == want)
+
+
 def load(ckpt_dir: Path, round_num: int, template_state: Any) -> tuple[Any, dict[str, Any]]:
     """Restores a state with the structure of ``template_state`` (from ``process.initialize()``).
 
@@ -246,7 +255,7 @@ def load(ckpt_dir: Path, round_num: int, template_state: Any) -> tuple[Any, dict
         raise CheckpointError(str(npz), f"checkpoint is unreadable ({str(e).splitlines()[0][:120]})") from e
     if meta.get("num_arrays", len(arrays)) != len(arrays):
         raise CheckpointError(str(npz), f"checkpoint holds {len(arrays)} arrays, its manifest says {meta['num_arrays']}")
-    if len(arrays) != len(template) or any(np.shape(a) != np.shape(t) for a, t in zip(arrays, template)):
+    if len(arrays) != len(template) or not all(_fits(a, t) for a, t in zip(arrays, template)):
         raise ConfigError(str(npz), "checkpoint does not match this experiment's model/aggregator state")
     restored = [a.astype(np.asarray(t).dtype) if hasattr(t, "dtype") or isinstance(t, (int, float)) else a
                 for a, t in zip(arrays, template)]

@@ -68,6 +68,8 @@ def _run(args) -> int:
             lines.append(privacy_line(s["privacy"]))
         if s.get("stopped_reason"):
             lines.append(f"stopped early   {s['stopped_reason']}")
+        if s.get("engine_choice"):
+            lines.append(f"engine          {s['engine']}  ({s['engine_choice']['reason']})")
         lines.append(f"wall time       {_fmt(s.get('wall_seconds'), '.1f')} s  "
                      f"({_fmt(s.get('seconds_per_round_median'), '.3f')} s/round)")
         if s.get("withheld_by_privacy_policy"):

@@ -186,7 +186,7 @@ def _check_user_parts_config(cfg: ExperimentConfig) -> None:
                 raise ConfigError(f"model.{name}", f"has no effect with model.builder ({cfg.model.builder}): only "
                                   "tff_lab's own models read it; remove it (your builder's arguments go in "
                                   "model.kwargs)")
-    from tff_lab.federated.optimizers import check_engine
+    from tff_lab.algorithms.optimizers import check_engine
 
     check_engine(cfg)
 
@@ -288,34 +288,13 @@ def build(config: Union[str, os.PathLike, ExperimentConfig, None] = None, *, ove
 
 
 def _build_engine(cfg, spec, data, noise, record_specs):
-    from tff_lab.federated.aggregators import needs_secure_intrinsics, resolve_aggregator
-    from tff_lab.federated.algorithms import check_checkpointable, resolve_process
-    from tff_lab.models.tff_adapter import data_element_spec, make_model_fn
+    """(engine, TFF aggregator or None); ``engine.choice`` says which engine runs and why
+    (``training.engine: auto`` picks the vectorised one whenever it runs the experiment exactly)."""
+    from tff_lab.engines.factory import build_engine
 
-    population = data.num_clients
-    if cfg.training.engine == "vectorized":
-        from tff_lab.engines.vectorized import VectorizedEngine, check_supported
-
-        check_supported(cfg)
-        engine = VectorizedEngine(cfg, data, model_builder=lambda: spec.build(data.input_shape, data.num_classes),
-                                  loss_builder=spec.make_loss, metrics_builder=spec.make_metrics,
-                                  noise_multiplier=noise)
-        return engine, None
-    from tff_lab.engines import TFFEngine
-
-    _ensure_context(cfg, secure=needs_secure_intrinsics(cfg))
-    agg = resolve_aggregator(cfg, population=population, noise_multiplier=noise, record_specs=record_specs)
-    model_fn = make_model_fn(spec, data.input_shape, data.num_classes, batch_spec=data_element_spec(data))
-    process = resolve_process(cfg, model_fn, agg)
-    engine = TFFEngine(cfg, process, data)
-    check_checkpointable(engine.initialize())
+    engine, agg, choice = build_engine(cfg, spec, data, noise, record_specs)
+    engine.choice = choice
     return engine, agg
-
-
-def _ensure_context(cfg, *, secure: bool) -> None:
-    from tff_lab.federated import runtime
-
-    runtime.ensure_context(cfg.training, secure=secure)
 
 
 def _provenance(cfg, spec, agg, *, model_builds: Optional[dict] = None, data=None, record_specs=None) -> list[dict]:
@@ -530,6 +509,9 @@ def _config_text(exp: Experiment, run_dir: Path) -> str:
         if any(str(p.get("name", "")).startswith("python:") for p in user):
             lines.append("#   python:... parts were Python objects of the process that ran: pass them again from "
                          "Python to rerun")
+    choice = getattr(exp.engine, "choice", None)
+    if choice is not None:
+        lines.append(f"# engine that ran: {choice.name} ({choice.reason})")
     d = to_dict(cfg)
     if cfg.model.builder is not None:
         for k in ("name", "hidden_units", "cnn_filters", "dropout"):
@@ -753,7 +735,8 @@ def run_rounds(exp: Experiment, rs: RunState, *, quiet: bool = True, until: Opti
     preempt = preempt or threading.Event()
     ckpt_dir = rs.run_dir / "checkpoints"
     policy = _policy(exp)
-    bar = tqdm(total=t.rounds, initial=rs.round, disable=quiet, unit="round", dynamic_ncols=True, desc=cfg.name)
+    bar = tqdm(total=t.rounds, initial=rs.round, disable=quiet, unit="round", dynamic_ncols=True,
+               desc=f"{cfg.name} [{exp.engine.name}]")
     client_ids = data.client_ids
     try:
         while rs.round < last and rs.stop_reason is None:
@@ -936,6 +919,7 @@ def finalize(exp: Experiment, rs: RunState) -> dict:
         "config_hash": config_hash(cfg),
         "seed": cfg.seed,
         "engine": exp.engine.name,
+        "engine_choice": exp.engine.choice.to_json() if exp.engine.choice is not None else None,
         "rounds": rs.round,
         "rounds_planned": cfg.training.rounds,
         "stopped_reason": rs.stop_reason,

@@ -32,7 +32,7 @@ class SecAggRounds:
         return self.aggregator.initial_state()
 
     # -- graphs ----------------------------------------------------------------------------------
-    def _clients(self, trainable, client_work, idx, client_mask):
+    def _clients(self, trainable, client_work, client_in, idx, client_mask):
         """The engine's local training and training metrics (as ``VectorizedEngine._round``)."""
         import tensorflow as tf
 
@@ -41,7 +41,7 @@ class SecAggRounds:
             m.reset_state()
         trainable = [tf.convert_to_tensor(w) for w in trainable]
         train = e._train_compiled if e._compiled else e._train
-        updates, weights, reset, loss_sum, n_sum, batches, preds = train(trainable, client_work, idx)
+        updates, weights, reset, _, loss_sum, n_sum, batches, preds = train(trainable, client_work, client_in, idx)
         rows, example_mask = tf.maximum(idx, 0), tf.cast(idx >= 0, tf.float32)
         flat = lambda t: tf.reshape(t, tf.concat([[-1], tf.shape(t)[3:]], 0))  # noqa: E731
         y = tf.gather(e._y_all, tf.transpose(rows, [1, 0, 2]))
@@ -58,19 +58,12 @@ class SecAggRounds:
         return list(updates), weights, out
 
     def _server(self, trainable, server_state, mean):
-        """TFF's apply_optimizer_finalizer (as ``VectorizedEngine._round``)."""
-        import tensorflow as tf
-        from tensorflow_federated.python.learning import tensor_utils
+        """The algorithm's server step (TFF's apply_optimizer_finalizer, as ``VectorizedEngine._round``);
+        secagg runs only algorithms without per-client state (``check_supported``)."""
+        from tff_lab.algorithms.optimizers import server_step
 
-        from tff_lab.engines.vectorized import _like
-
-        e = self.engine
-        new_server_state, new_weights = e._server_opt.next(server_state, list(trainable), list(mean))
-        _, non_finite = tensor_utils.zero_all_if_any_non_finite(mean)
-        reject = tf.equal(non_finite, 1)
-        new_weights = [tf.where(reject, old, new) for old, new in zip(trainable, new_weights)]
-        new_server_state = tf.nest.map_structure(lambda old, new: tf.where(reject, old, new), server_state,
-                                                 _like(server_state, new_server_state))
+        new_server_state, new_weights, non_finite = server_step(self.engine._alg.server_optimizer, server_state,
+                                                                list(trainable), list(mean))
         return new_weights, new_server_state, non_finite
 
     def _client_fn(self, slots: int):
@@ -80,16 +73,19 @@ class SecAggRounds:
 
             e = self.engine
             s = e._init_state
-            cw_spec = e._spec_of(s.client_work)
-            flat_cw = tf.nest.flatten(cw_spec)
+            graph_work, client_in = e._alg.split_state(s.client_work, np.zeros([0], np.int64), slots)
+            cw_spec = e._spec_of(graph_work)
+            ci_spec = e._spec_of(client_in)
+            flat_cw, flat_ci = tf.nest.flatten(cw_spec), tf.nest.flatten(ci_spec)
             n_w = len(e._trainable_specs)
 
             def call(*args):
                 trainable = list(args[:n_w])
                 cw = tf.nest.pack_sequence_as(cw_spec, list(args[n_w:n_w + len(flat_cw)]))
-                return self._clients(trainable, cw, args[-2], args[-1])
+                ci = tf.nest.pack_sequence_as(ci_spec, list(args[n_w + len(flat_cw):n_w + len(flat_cw) + len(flat_ci)]))
+                return self._clients(trainable, cw, ci, args[-2], args[-1])
 
-            sig = [*e._trainable_specs, *flat_cw, tf.TensorSpec([slots, None, e._batch], tf.int32),
+            sig = [*e._trainable_specs, *flat_cw, *flat_ci, tf.TensorSpec([slots, None, e._batch], tf.int32),
                    tf.TensorSpec([slots], tf.float32)]
             fn = tf.function(call, input_signature=sig)
             self._client_fns[slots] = fn
@@ -104,7 +100,8 @@ class SecAggRounds:
         e = self.engine
         idx, client_mask = e.cohort_indices(round_num, client_indices)
         trainable = [tf.convert_to_tensor(w) for w in state.global_model_weights.trainable]
-        cw = [tf.convert_to_tensor(a) for a in tf.nest.flatten(state.client_work)]
+        graph_work, client_in = e._alg.split_state(state.client_work, np.asarray(client_indices), idx.shape[0])
+        cw = [tf.convert_to_tensor(a) for a in tf.nest.flatten((graph_work, client_in))]
         try:
             updates, weights, train = self._client_fn(idx.shape[0])(*trainable, *cw, tf.convert_to_tensor(idx),
                                                                     tf.convert_to_tensor(client_mask))
