@@ -48,10 +48,18 @@ class Task:
 TASKS = {
     "digits": Task("digits", None, (), "digits MLP 64-64, 20 clients, 10/round, 1 epoch, batch 16"),
     "digits_dp": Task("digits_dp", None, DP_OVERRIDES, "digits + DP (gaussian_fixed, noise 0.3, clip 1, uniform)"),
-    "synthetic": Task("synthetic", "experiments/synthetic_fedprox.yaml", (),
-                      "FedProx synthetic(1,1) logreg, 1,000 clients, 50/round, batch 10"),
-    "synthetic_dp": Task("synthetic_dp", "experiments/synthetic_fedprox.yaml", DP_OVERRIDES,
-                         "synthetic + DP (gaussian_fixed, noise 0.3, clip 1, uniform)"),
+    "synthetic": Task(
+        "synthetic",
+        "experiments/synthetic_fedprox.yaml",
+        (),
+        "FedProx synthetic(1,1) logreg, 1,000 clients, 50/round, batch 10",
+    ),
+    "synthetic_dp": Task(
+        "synthetic_dp",
+        "experiments/synthetic_fedprox.yaml",
+        DP_OVERRIDES,
+        "synthetic + DP (gaussian_fixed, noise 0.3, clip 1, uniform)",
+    ),
 }
 
 # Settings that only change what a run writes or evaluates at its end, never a round's work.
@@ -79,6 +87,7 @@ def privacy_available() -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Statistics and fingerprints
+
 
 def steady(seconds: Sequence[float], warmup: int = WARMUP_ROUNDS) -> list[float]:
     secs = list(seconds)
@@ -110,6 +119,7 @@ def slope_per_100(rounds: Sequence[float], values: Sequence[float]) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Memory
+
 
 def tree_rss_mb(pid: int) -> dict:
     """Resident memory (MB) of a process and each of its descendants, by pid."""
@@ -152,8 +162,14 @@ def probe_self(round_num: int) -> dict:
             cpu += t.user + t.system
         except psutil.Error:
             continue
-    return {"round": round_num, "t": time.perf_counter(), "cpu": cpu, "main": main, "worker": worker,
-            "total": main + worker}
+    return {
+        "round": round_num,
+        "t": time.perf_counter(),
+        "cpu": cpu,
+        "main": main,
+        "worker": worker,
+        "total": main + worker,
+    }
 
 
 def cpu_per_round(samples: Sequence[dict], warmup: int = WARMUP_ROUNDS, skip_every: int = 10) -> Optional[float]:
@@ -162,9 +178,16 @@ def cpu_per_round(samples: Sequence[dict], warmup: int = WARMUP_ROUNDS, skip_eve
     checkpoints in those by default; the same rounds are left out for every system). A mean,
     not a median: CPU times tick in 10 ms steps, comparable to a round."""
     last = max((m["round"] for m in samples), default=0)
-    diffs = [b["cpu"] - a["cpu"] for a, b in zip(samples, samples[1:])
-             if "cpu" in a and "cpu" in b and b["round"] == a["round"] + 1 and a["round"] >= warmup
-             and b["round"] % skip_every and b["round"] != last]
+    diffs = [
+        b["cpu"] - a["cpu"]
+        for a, b in zip(samples, samples[1:])
+        if "cpu" in a
+        and "cpu" in b
+        and b["round"] == a["round"] + 1
+        and a["round"] >= warmup
+        and b["round"] % skip_every
+        and b["round"] != last
+    ]
     return float(np.mean(diffs)) if diffs else None
 
 
@@ -182,17 +205,27 @@ def _kill(pids) -> None:
 # ---------------------------------------------------------------------------------------------
 # Isolated runs
 
+
 def worker_env(extra: Optional[dict] = None) -> dict:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(BENCH), str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
     env.update(extra or {})
     return env
 
 
-def run_isolated(script: Path, spec: dict, *, python: str = sys.executable, timeout: float = 1800,
-                 sample_every: float = 0.1, env: Optional[dict] = None) -> dict:
+def run_isolated(
+    script: Path,
+    spec: dict,
+    *,
+    python: str = sys.executable,
+    timeout: float = 1800,
+    sample_every: float = 0.1,
+    env: Optional[dict] = None,
+) -> dict:
     """Runs ``python script --worker SPEC`` in a fresh process and returns its result dict.
 
     Adds ``peak_rss_mb`` (the largest sum of RSS over the child's process tree, sampled every
@@ -208,8 +241,14 @@ def run_isolated(script: Path, spec: dict, *, python: str = sys.executable, time
         peak = 0.0
         t0 = time.perf_counter()
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen([python, str(script), "--worker", json.dumps(spec)], stdout=out, stderr=err,
-                                    cwd=REPO, env=env or worker_env(), start_new_session=True)
+            proc = subprocess.Popen(
+                [python, str(script), "--worker", json.dumps(spec)],
+                stdout=out,
+                stderr=err,
+                cwd=REPO,
+                env=env or worker_env(),
+                start_new_session=True,
+            )
             try:
                 while proc.poll() is None:
                     rss = tree_rss_mb(proc.pid)
@@ -229,9 +268,11 @@ def run_isolated(script: Path, spec: dict, *, python: str = sys.executable, time
         stderr = err_path.read_text(errors="replace")
     lines = [l for l in stdout.splitlines() if l.startswith(RESULT_MARK)]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{script.name} worker failed (exit {proc.returncode}) for {spec.get('kind')}:\n"
-                           f"{stderr[-4000:]}\n{stdout[-2000:]}")
-    result = json.loads(lines[-1][len(RESULT_MARK):])
+        raise RuntimeError(
+            f"{script.name} worker failed (exit {proc.returncode}) for {spec.get('kind')}:\n"
+            f"{stderr[-4000:]}\n{stdout[-2000:]}"
+        )
+    result = json.loads(lines[-1][len(RESULT_MARK) :])
     result["peak_rss_mb"] = round(peak, 1)
     result["process_seconds"] = round(elapsed, 2)
     result["tree_pids"] = sorted(seen)
@@ -261,6 +302,7 @@ def worker_main(workers: dict[str, Callable[[dict], dict]]) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # The tff_lab side: the real runner, with a hook that records memory
+
 
 class MemoryHook(RoundHook):
     """Records this process's and the TFF worker's RSS (MB) and the time before round 1, every
@@ -301,18 +343,28 @@ def measure_tff_lab(spec: dict, extra_hooks: Sequence = ()) -> dict:
         model = tf.keras.models.load_model(Path(tmp) / "run" / "model" / "model.keras", compile=False)
         digest = weights_digest(model.get_weights())
     seconds = [r["round_seconds"] for r in rows]
-    return {"system": "tff_lab", "task": spec["task"], "overrides": list(spec.get("overrides", ())),
-            "round_seconds": seconds, **round_stats(seconds), "cpu_median_s": cpu_per_round(hook.samples),
-            "accuracy": summary["final_test_accuracy"],
-            "weights": digest, "train_seconds": summary["train_seconds"], "run_seconds": round(run_seconds, 2),
-            # Phases: load data + build the process | rounds | final evaluation, model export, plots.
-            "setup_seconds": round(hook.samples[0]["t"] - t0, 2),
-            "finish_seconds": round(t_end - hook.samples[-1]["t"], 2),
-            "memory": hook.samples, "load": os.getloadavg()}
+    return {
+        "system": "tff_lab",
+        "task": spec["task"],
+        "overrides": list(spec.get("overrides", ())),
+        "round_seconds": seconds,
+        **round_stats(seconds),
+        "cpu_median_s": cpu_per_round(hook.samples),
+        "accuracy": summary["final_test_accuracy"],
+        "weights": digest,
+        "train_seconds": summary["train_seconds"],
+        "run_seconds": round(run_seconds, 2),
+        # Phases: load data + build the process | rounds | final evaluation, model export, plots.
+        "setup_seconds": round(hook.samples[0]["t"] - t0, 2),
+        "finish_seconds": round(t_end - hook.samples[-1]["t"], 2),
+        "memory": hook.samples,
+        "load": os.getloadavg(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # Prototypes of the fixes proposed for tff_lab (BENCHMARKS.md); patched in, tff_lab/ untouched
+
 
 def install_proposed_fixes() -> None:
     """Applies the three proposed changes to this process (before ``run_experiment``)."""
@@ -364,17 +416,22 @@ def _fix_metrics_writer() -> None:
         self.rows.append(row)
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
-        values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in row.items()
-                  if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        values = [
+            summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+            for k, v in row.items()
+            if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
         with self._writer().as_default():
-            tf.summary.experimental.write_raw_pb(summary_pb2.Summary(value=values).SerializeToString(),
-                                                 step=int(row["round"]))
+            tf.summary.experimental.write_raw_pb(
+                summary_pb2.Summary(value=values).SerializeToString(), step=int(row["round"])
+            )
 
     metrics.MetricsWriter.append = append
 
 
 # ---------------------------------------------------------------------------------------------
 # Reporting
+
 
 def machine_info() -> dict:
     import psutil
@@ -395,12 +452,19 @@ def machine_info() -> dict:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), **versions, "load": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        **versions,
+        "load": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     """A GitHub-markdown table (prints well in a terminal too)."""
+
     def cell(v):
         if isinstance(v, float):
             return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
@@ -409,8 +473,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     body = [[cell(v) for v in r] for r in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in body)) if body else len(str(h)) for i, h in enumerate(headers)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return "\n".join([line([str(h) for h in headers]), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *(line(r) for r in body)])
+    return "\n".join(
+        [line([str(h) for h in headers]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in body)]
+    )
 
 
 def save_json(path: Path, data) -> Path:

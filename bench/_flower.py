@@ -14,14 +14,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 import _common
+import numpy as np
 
 FLOWER_VENV = _common.REPO / ".venv-flower"
 # flwr 1.23.0 is the newest Flower that resolves with TF 2.14's protobuf < 5 (pip's choice here).
-FLOWER_REQUIREMENTS = ("flwr[simulation]==1.23.0", "ray==2.31.0", "tensorflow-cpu==2.14.1", "numpy==1.26.4",
-                       "protobuf==4.25.9")
+FLOWER_REQUIREMENTS = (
+    "flwr[simulation]==1.23.0",
+    "ray==2.31.0",
+    "tensorflow-cpu==2.14.1",
+    "numpy==1.26.4",
+    "protobuf==4.25.9",
+)
 _MARKER = FLOWER_VENV / ".tff_lab_bench_requirements"
 
 
@@ -49,8 +53,15 @@ def ensure_flower_env(quiet: bool = False) -> Path:
     return flower_python()
 
 
-def measure_flower(task: str, rounds: int, *, cpus_per_client: float = 1.0, model_per_call: bool = False,
-                   overrides=(), timeout: float = 3600) -> dict:
+def measure_flower(
+    task: str,
+    rounds: int,
+    *,
+    cpus_per_client: float = 1.0,
+    model_per_call: bool = False,
+    overrides=(),
+    timeout: float = 3600,
+) -> dict:
     """Runs the task on Flower in a fresh process of Flower's environment; returns its result.
 
     ``model_per_call``: build the Keras model in every client fit (Flower's quickstart style)
@@ -70,13 +81,31 @@ def measure_flower(task: str, rounds: int, *, cpus_per_client: float = 1.0, mode
         for j, w in enumerate(init):
             arrays[f"w{j}"] = w
         np.savez(Path(tmp) / "data.npz", **arrays)
-        spec = {"config": to_dict(cfg), "data": str(Path(tmp) / "data.npz"), "population": data.num_clients,
-                "input_shape": list(data.input_shape), "num_classes": data.num_classes, "num_weights": len(init),
-                "cpus_per_client": cpus_per_client, "model_per_call": model_per_call}
+        spec = {
+            "config": to_dict(cfg),
+            "data": str(Path(tmp) / "data.npz"),
+            "population": data.num_clients,
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+            "num_weights": len(init),
+            "cpus_per_client": cpus_per_client,
+            "model_per_call": model_per_call,
+        }
         spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(json.dumps(spec))
-        env = _common.worker_env({"TFF_LAB_FLOWER_SPEC": str(spec_file), "RAY_DEDUP_LOGS": "0",
-                                  "RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0"})
-        return _common.run_isolated(_common.BENCH / "flower_app.py",
-                                    {"kind": "flower", "task": task, "spec_file": str(spec_file)},
-                                    python=str(python), env=env, timeout=timeout, sample_every=0.25)
+        env = _common.worker_env(
+            {
+                "TFF_LAB_FLOWER_SPEC": str(spec_file),
+                "RAY_DEDUP_LOGS": "0",
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "FLWR_TELEMETRY_ENABLED": "0",
+            }
+        )
+        return _common.run_isolated(
+            _common.BENCH / "flower_app.py",
+            {"kind": "flower", "task": task, "spec_file": str(spec_file)},
+            python=str(python),
+            env=env,
+            timeout=timeout,
+            sample_every=0.25,
+        )

@@ -27,8 +27,9 @@ import _common
 LOOPS = ("tff_default", "dataset_reduce", "dataset_iterator")
 
 
-def run_bare_tff(task: str, rounds: int, *, loop: str = "tff_default", concurrency: Optional[int] = None,
-                 overrides=()) -> dict:
+def run_bare_tff(
+    task: str, rounds: int, *, loop: str = "tff_default", concurrency: Optional[int] = None, overrides=()
+) -> dict:
     """Trains the task with a bare TFF process; returns per-round seconds and the final accuracy.
 
     ``loop``: "tff_default" passes no ``loop_implementation`` (TFF's default, DATASET_REDUCE).
@@ -53,25 +54,32 @@ def run_bare_tff(task: str, rounds: int, *, loop: str = "tff_default", concurren
 
     def model_fn():
         return tff.learning.models.from_keras_model(
-            build_model(cfg.model, data.input_shape, data.num_classes), input_spec=input_spec,
+            build_model(cfg.model, data.input_shape, data.num_classes),
+            input_spec=input_spec,
             loss=tf.keras.losses.SparseCategoricalCrossentropy(),
-            metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+            metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
 
     alg = cfg.algorithm
     client_opt = tff.learning.optimizers.build_sgdm(learning_rate=alg.client_optimizer.learning_rate)
     server_opt = tff.learning.optimizers.build_sgdm(learning_rate=alg.server_optimizer.learning_rate)
     kwargs = {}
     if loop != "tff_default":
-        kwargs["loop_implementation"] = {"dataset_reduce": tff.learning.LoopImplementation.DATASET_REDUCE,
-                                         "dataset_iterator": tff.learning.LoopImplementation.DATASET_ITERATOR}[loop]
+        kwargs["loop_implementation"] = {
+            "dataset_reduce": tff.learning.LoopImplementation.DATASET_REDUCE,
+            "dataset_iterator": tff.learning.LoopImplementation.DATASET_ITERATOR,
+        }[loop]
     builders = tff.learning.algorithms
     if cfg.privacy.mechanism == "gaussian_fixed":
         kwargs["model_aggregator"] = tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
-            noise_multiplier=cfg.privacy.noise_multiplier, clients_per_round=cfg.training.clients_per_round,
-            clip=cfg.privacy.clip)
+            noise_multiplier=cfg.privacy.noise_multiplier,
+            clients_per_round=cfg.training.clients_per_round,
+            clip=cfg.privacy.clip,
+        )
         if alg.name == "fedprox":
-            process = builders.build_unweighted_fed_prox(model_fn, alg.proximal_strength, client_opt, server_opt,
-                                                         **kwargs)
+            process = builders.build_unweighted_fed_prox(
+                model_fn, alg.proximal_strength, client_opt, server_opt, **kwargs
+            )
         else:
             process = builders.build_unweighted_fed_avg(model_fn, client_opt, server_opt, **kwargs)
     elif alg.name == "fedprox":
@@ -93,22 +101,38 @@ def run_bare_tff(task: str, rounds: int, *, loop: str = "tff_default", concurren
         probes.append(_common.probe_self(round_num))  # the sample tff_lab's runs take each round
 
     model = build_model(cfg.model, data.input_shape, data.num_classes)
-    model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    model.compile(
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
     process.get_model_weights(state).assign_weights_to(model)
     _, accuracy = model.evaluate(*data.test, batch_size=1024, verbose=0)
-    return {"system": "bare_tff", "task": task, "loop": loop, "concurrency": concurrency,
-            "round_seconds": seconds, **_common.round_stats(seconds), "cpu_median_s": _common.cpu_per_round(probes),
-            "accuracy": float(accuracy),
-            "weights": _common.weights_digest(model.get_weights()), "memory": probes, "load": os.getloadavg()}
+    return {
+        "system": "bare_tff",
+        "task": task,
+        "loop": loop,
+        "concurrency": concurrency,
+        "round_seconds": seconds,
+        **_common.round_stats(seconds),
+        "cpu_median_s": _common.cpu_per_round(probes),
+        "accuracy": float(accuracy),
+        "weights": _common.weights_digest(model.get_weights()),
+        "memory": probes,
+        "load": os.getloadavg(),
+    }
 
 
 def _worker(spec: dict) -> dict:
     from tff_lab.federated import runtime  # only to stop TFF's C++ worker at the end
 
     try:
-        return run_bare_tff(spec["task"], spec["rounds"], loop=spec.get("loop", "tff_default"),
-                            concurrency=spec.get("concurrency"), overrides=spec.get("overrides", ()))
+        return run_bare_tff(
+            spec["task"],
+            spec["rounds"],
+            loop=spec.get("loop", "tff_default"),
+            concurrency=spec.get("concurrency"),
+            overrides=spec.get("overrides", ()),
+        )
     finally:
         runtime.shutdown()
 

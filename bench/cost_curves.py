@@ -24,17 +24,20 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import _common
+import numpy as np
 
 SCRIPT = _common.BENCH / "cost_curves.py"
 TASK = "synthetic"
 
 
 def point_overrides(population: int, clients: int, rounds: int) -> list[str]:
-    return [f"data.num_clients={population}", f"training.clients_per_round={clients}",
-            "data.client_eval_fraction=0", f"training.eval_every_rounds={rounds}"]
+    return [
+        f"data.num_clients={population}",
+        f"training.clients_per_round={clients}",
+        "data.client_eval_fraction=0",
+        f"training.eval_every_rounds={rounds}",
+    ]
 
 
 def _point_worker(spec: dict) -> dict:
@@ -42,8 +45,11 @@ def _point_worker(spec: dict) -> dict:
 
 
 def measure_point(population: int, clients: int, rounds: int, timeout: float = 1800) -> dict:
-    res = _common.run_isolated(SCRIPT, {"kind": "point", "task": TASK, "rounds": rounds,
-                                        "overrides": point_overrides(population, clients, rounds)}, timeout=timeout)
+    res = _common.run_isolated(
+        SCRIPT,
+        {"kind": "point", "task": TASK, "rounds": rounds, "overrides": point_overrides(population, clients, rounds)},
+        timeout=timeout,
+    )
     return summarize_point(res, population, clients)
 
 
@@ -53,10 +59,15 @@ def summarize_point(res: dict, population: int, clients: int) -> dict:
     mem = res.pop("memory")
     res.pop("round_seconds")
     warm = next((m for m in mem if m["round"] >= _common.WARMUP_ROUNDS), mem[-1])
-    res.update(population=population, clients=clients, rss_before_rounds_mb=round(mem[0]["total"], 1),
-               rss_after_warmup_mb=round(warm["total"], 1),
-               rss_growth_after_warmup_mb=round(max(m["total"] for m in mem if m["round"] >= warm["round"])
-                                                - warm["total"], 1))
+    res.update(
+        population=population,
+        clients=clients,
+        rss_before_rounds_mb=round(mem[0]["total"], 1),
+        rss_after_warmup_mb=round(warm["total"], 1),
+        rss_growth_after_warmup_mb=round(
+            max(m["total"] for m in mem if m["round"] >= warm["round"]) - warm["total"], 1
+        ),
+    )
     return res
 
 
@@ -85,9 +96,15 @@ def per_client_eval_cost(population: int, sample_clients: int = 300) -> dict:
     t0 = time.perf_counter()
     batched_acc = batched_client_accuracy(model, [data.eval[c] for c in ids])
     batched = time.perf_counter() - t0
-    same = bool(np.allclose(batched_acc[:len(sample)], loop_acc, atol=1e-6))
-    return {"population": population, "clients_with_eval": len(ids), "per_client_loop_s": per_client * len(ids),
-            "per_client_loop_timed_on": len(sample), "batched_s": batched, "same_accuracies": same}
+    same = bool(np.allclose(batched_acc[: len(sample)], loop_acc, atol=1e-6))
+    return {
+        "population": population,
+        "clients_with_eval": len(ids),
+        "per_client_loop_s": per_client * len(ids),
+        "per_client_loop_timed_on": len(sample),
+        "batched_s": batched,
+        "same_accuracies": same,
+    }
 
 
 def batched_client_accuracy(model, splits) -> np.ndarray:
@@ -121,8 +138,13 @@ def plot(points: list[dict], path: Path) -> Path:
     for k in sorted({p["clients"] for p in points}):
         ps = sorted((p for p in points if p["clients"] == k), key=lambda p: p["population"])
         a2.plot([p["population"] for p in ps], [p["peak_rss_mb"] for p in ps], "o-", label=f"peak, {k}/round")
-        a2.plot([p["population"] for p in ps], [p["rss_before_rounds_mb"] for p in ps], "x--", alpha=0.6,
-                label=f"before round 1, {k}/round")
+        a2.plot(
+            [p["population"] for p in ps],
+            [p["rss_before_rounds_mb"] for p in ps],
+            "x--",
+            alpha=0.6,
+            label=f"before round 1, {k}/round",
+        )
     a2.set_xscale("log")
     a2.set_xlabel("population (clients)")
     a2.set_ylabel("RSS of process tree (MB)")
@@ -140,12 +162,38 @@ def fit_linear(xs, ys) -> tuple[float, float]:
 
 
 def report(points: list[dict], evals: list[dict]) -> str:
-    rows = [[p["population"], p["clients"], p["median_s"], p["median_s"] / p["clients"] * 1000, p["setup_seconds"],
-             p["rss_before_rounds_mb"], p["rss_after_warmup_mb"], p["rss_growth_after_warmup_mb"], p["peak_rss_mb"],
-             f"{p['load'][0]:.1f}"] for p in points]
-    out = [_common.format_table(["population", "clients/round", "s/round", "ms/client", "setup s",
-                                 "RSS before round 1 MB", f"RSS after round {_common.WARMUP_ROUNDS} MB",
-                                 "growth after MB", "peak RSS MB", "load"], rows)]
+    rows = [
+        [
+            p["population"],
+            p["clients"],
+            p["median_s"],
+            p["median_s"] / p["clients"] * 1000,
+            p["setup_seconds"],
+            p["rss_before_rounds_mb"],
+            p["rss_after_warmup_mb"],
+            p["rss_growth_after_warmup_mb"],
+            p["peak_rss_mb"],
+            f"{p['load'][0]:.1f}",
+        ]
+        for p in points
+    ]
+    out = [
+        _common.format_table(
+            [
+                "population",
+                "clients/round",
+                "s/round",
+                "ms/client",
+                "setup s",
+                "RSS before round 1 MB",
+                f"RSS after round {_common.WARMUP_ROUNDS} MB",
+                "growth after MB",
+                "peak RSS MB",
+                "load",
+            ],
+            rows,
+        )
+    ]
     for pop in sorted({p["population"] for p in points}):
         ps = [p for p in points if p["population"] == pop]
         if len(ps) >= 2:
@@ -155,19 +203,39 @@ def report(points: list[dict], evals: list[dict]) -> str:
         ps = [p for p in points if p["clients"] == k]
         if len(ps) >= 2:
             lo, hi = min(ps, key=lambda p: p["population"]), max(ps, key=lambda p: p["population"])
-            out.append(f"- {k}/round: population x{hi['population'] // lo['population']} changes s/round "
-                       f"x{hi['median_s'] / lo['median_s']:.2f}; RSS before round 1 "
-                       f"+{hi['rss_before_rounds_mb'] - lo['rss_before_rounds_mb']:.0f} MB (the data); growth after "
-                       f"round {_common.WARMUP_ROUNDS} {lo['rss_growth_after_warmup_mb']:.0f} -> "
-                       f"{hi['rss_growth_after_warmup_mb']:.0f} MB; peak of the whole run (data generation and "
-                       f"the run's end included) {lo['peak_rss_mb']:.0f} -> {hi['peak_rss_mb']:.0f} MB")
+            out.append(
+                f"- {k}/round: population x{hi['population'] // lo['population']} changes s/round "
+                f"x{hi['median_s'] / lo['median_s']:.2f}; RSS before round 1 "
+                f"+{hi['rss_before_rounds_mb'] - lo['rss_before_rounds_mb']:.0f} MB (the data); growth after "
+                f"round {_common.WARMUP_ROUNDS} {lo['rss_growth_after_warmup_mb']:.0f} -> "
+                f"{hi['rss_growth_after_warmup_mb']:.0f} MB; peak of the whole run (data generation and "
+                f"the run's end included) {lo['peak_rss_mb']:.0f} -> {hi['peak_rss_mb']:.0f} MB"
+            )
     if evals:
-        out += ["", "End of run: evaluating every client's split, one Keras evaluate per client (timed on "
-                f"{evals[0]['per_client_loop_timed_on']}+ clients, scaled) vs one batched predict",
-                _common.format_table(["population", "clients evaluated", "one evaluate per client s",
-                                      "one batched predict s", "same accuracies"],
-                                     [[e["population"], e["clients_with_eval"], e["per_client_loop_s"],
-                                       e["batched_s"], e["same_accuracies"]] for e in evals])]
+        out += [
+            "",
+            "End of run: evaluating every client's split, one Keras evaluate per client (timed on "
+            f"{evals[0]['per_client_loop_timed_on']}+ clients, scaled) vs one batched predict",
+            _common.format_table(
+                [
+                    "population",
+                    "clients evaluated",
+                    "one evaluate per client s",
+                    "one batched predict s",
+                    "same accuracies",
+                ],
+                [
+                    [
+                        e["population"],
+                        e["clients_with_eval"],
+                        e["per_client_loop_s"],
+                        e["batched_s"],
+                        e["same_accuracies"],
+                    ]
+                    for e in evals
+                ],
+            ),
+        ]
     return "\n".join(out)
 
 
@@ -188,9 +256,12 @@ def main(argv=None) -> int:
     for pop, k in grid:
         res = measure_point(pop, k, args.rounds)
         points.append(res)
-        print(f"  population {pop:>6,} x {k:>3}/round: {res['median_s']:.3f} s/round, peak {res['peak_rss_mb']:.0f} MB "
-              f"(before rounds {res['rss_before_rounds_mb']:.0f} MB), setup {res['setup_seconds']:.1f} s, "
-              f"load {res['load'][0]:.2f}", flush=True)
+        print(
+            f"  population {pop:>6,} x {k:>3}/round: {res['median_s']:.3f} s/round, peak {res['peak_rss_mb']:.0f} MB "
+            f"(before rounds {res['rss_before_rounds_mb']:.0f} MB), setup {res['setup_seconds']:.1f} s, "
+            f"load {res['load'][0]:.2f}",
+            flush=True,
+        )
     evals = []
     if not args.no_eval_check:
         for pop in pops:
@@ -198,8 +269,16 @@ def main(argv=None) -> int:
     print("\n" + report(points, evals))
     if len(points) >= 2:
         print(f"plot: {plot(points, Path(args.plot))}")
-    _common.save_json(Path(args.out), {"machine": _common.machine_info(), "argv": sys.argv[1:], "rounds": args.rounds,
-                                       "points": points, "end_of_run_eval": evals})
+    _common.save_json(
+        Path(args.out),
+        {
+            "machine": _common.machine_info(),
+            "argv": sys.argv[1:],
+            "rounds": args.rounds,
+            "points": points,
+            "end_of_run_eval": evals,
+        },
+    )
     print(f"{_common.load_now()}; results in {args.out}")
     return 0
 

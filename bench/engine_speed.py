@@ -20,7 +20,6 @@ trace (first-round) seconds, and the load average. Then:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -48,8 +47,14 @@ def build_engines(cfg, data, *, tff: bool = True):
     spec = models.resolve_model(cfg.model)
     init = models.initial_weights(spec, data.input_shape, data.num_classes, cfg.seed)
     nm = cfg.privacy.noise_multiplier
-    vec = VectorizedEngine(cfg, data, model_builder=lambda: spec.build(data.input_shape, data.num_classes),
-                           loss_builder=spec.make_loss, metrics_builder=spec.make_metrics, noise_multiplier=nm)
+    vec = VectorizedEngine(
+        cfg,
+        data,
+        model_builder=lambda: spec.build(data.input_shape, data.num_classes),
+        loss_builder=spec.make_loss,
+        metrics_builder=spec.make_metrics,
+        noise_multiplier=nm,
+    )
     tff_engine = None
     if tff:
         runtime.ensure_context(cfg.training)
@@ -74,31 +79,48 @@ def side_by_side(task: str, rounds: int, extra=(), *, tff: bool = True, log=prin
     load_before = os.getloadavg()
     for r in range(1, rounds + 1):
         idx = sample_clients(cfg, data.num_clients, r)
-        for name in (["tff", "vectorized"] if r % 2 else ["vectorized", "tff"]):  # alternate who goes first
+        for name in ["tff", "vectorized"] if r % 2 else ["vectorized", "tff"]:  # alternate who goes first
             if name not in engines:
                 continue
             t0 = time.perf_counter()
             states[name] = engines[name].next(states[name], r, idx).state
             secs[name].append(time.perf_counter() - t0)
-    out = {"task": task, "clients_per_round": cfg.training.clients_per_round, "population": data.num_clients,
-           "rounds": rounds, "load_before": load_before, "load_after": os.getloadavg()}
+    out = {
+        "task": task,
+        "clients_per_round": cfg.training.clients_per_round,
+        "population": data.num_clients,
+        "rounds": rounds,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+    }
     for name, s in secs.items():
         st = _common.round_stats(s)
-        out[name] = {"median_ms": 1000 * st["median_s"], "mean_ms": 1000 * st["mean_s"],
-                     "first_round_s": s[0], "rounds_timed": st["rounds_timed"]}
+        out[name] = {
+            "median_ms": 1000 * st["median_s"],
+            "mean_ms": 1000 * st["mean_s"],
+            "first_round_s": s[0],
+            "rounds_timed": st["rounds_timed"],
+        }
     if "tff" in engines:
         out["tff_over_vectorized"] = out["tff"]["median_ms"] / out["vectorized"]["median_ms"]
         w_t = engines["tff"].get_model_weights(states["tff"]).trainable
         w_v = vec.get_model_weights(states["vectorized"]).trainable
-        out["max_abs_weight_diff"] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                                         for a, b in zip(w_t, w_v))
+        out["max_abs_weight_diff"] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(w_t, w_v))
     per_client = out["vectorized"]["median_ms"] / cfg.training.clients_per_round
     out["vectorized"]["ms_per_client"] = per_client
-    log(f"{task} ({cfg.training.clients_per_round} clients/round): " + ", ".join(
-        f"{k} {out[k]['median_ms']:.1f} ms/round (first round {out[k]['first_round_s']:.1f} s)" for k in secs)
-        + (f"; TFF / vectorized {out['tff_over_vectorized']:.1f}x; max |w_tff - w_vec| "
-           f"{out['max_abs_weight_diff']:.2g}" if "tff" in engines else "")
-        + f"; {_common.load_now()}")
+    log(
+        f"{task} ({cfg.training.clients_per_round} clients/round): "
+        + ", ".join(
+            f"{k} {out[k]['median_ms']:.1f} ms/round (first round {out[k]['first_round_s']:.1f} s)" for k in secs
+        )
+        + (
+            f"; TFF / vectorized {out['tff_over_vectorized']:.1f}x; max |w_tff - w_vec| "
+            f"{out['max_abs_weight_diff']:.2g}"
+            if "tff" in engines
+            else ""
+        )
+        + f"; {_common.load_now()}"
+    )
     return out
 
 
@@ -120,8 +142,11 @@ def memory_slope(rounds: int, log=print) -> dict:
     wall = time.perf_counter() - t0
     fit = [(r, m) for r, m in samples if r > 100]
     slope = _common.slope_per_100([r for r, _ in fit], [m for _, m in fit])
-    log(f"memory, vectorized, digits, {rounds} rounds in {wall:.1f} s: RSS MB "
-        + ", ".join(f"{r}: {m:.0f}" for r, m in samples) + f"; slope {slope:+.3f} MB/100 rounds; {_common.load_now()}")
+    log(
+        f"memory, vectorized, digits, {rounds} rounds in {wall:.1f} s: RSS MB "
+        + ", ".join(f"{r}: {m:.0f}" for r, m in samples)
+        + f"; slope {slope:+.3f} MB/100 rounds; {_common.load_now()}"
+    )
     return {"rounds": rounds, "rss_mb": samples, "slope_mb_per_100_rounds": slope, "wall_s": wall}
 
 
@@ -135,8 +160,12 @@ def flower_figures(vectorized_digits_ms: float, measure: bool, rounds: int, log=
         flower = {"flower (model kept per Ray actor)": _common.round_stats(r["round_seconds"])["median_s"]}
         source = "measured now (bench/_flower.py)"
     ratios = {k: vectorized_digits_ms / 1000.0 / v for k, v in flower.items()}
-    log("vectorized / Flower on digits (" + source + "): "
-        + ", ".join(f"{k} {v * 1000:.0f} ms -> {ratios[k]:.4f}x" for k, v in flower.items()))
+    log(
+        "vectorized / Flower on digits ("
+        + source
+        + "): "
+        + ", ".join(f"{k} {v * 1000:.0f} ms -> {ratios[k]:.4f}x" for k, v in flower.items())
+    )
     return {"source": source, "flower_s_per_round": flower, "vectorized_over_flower": ratios}
 
 

@@ -87,6 +87,7 @@ def _trainer():
             anchor = [tf.constant(w) for w in model.get_weights()]
             for b in ds:
                 step(b["x"], b["y"], anchor)
+
     _STATE["trainer"] = (model, train)
     return _STATE["trainer"]
 
@@ -127,8 +128,10 @@ def _make_strategy(result: dict):
         if server_round != rounds:
             return None
         model = _build_model()
-        model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(),
-                      metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        model.compile(
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(),
+            metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
         model.set_weights(weights)
         loss, acc = model.evaluate(data["test_x"], data["test_y"], batch_size=1024, verbose=0)
         result["accuracy"] = float(acc)
@@ -142,15 +145,24 @@ def _make_strategy(result: dict):
             result["round_starts"].append(time.perf_counter())
             idx = sample_clients(cfg, spec["population"], server_round)
             nodes = client_manager.sample(num_clients=len(idx), min_num_clients=len(idx))
-            return [(node, FitIns(parameters, {"client": int(k), "round": server_round}))
-                    for node, k in zip(nodes, idx)]
+            return [
+                (node, FitIns(parameters, {"client": int(k), "round": server_round})) for node, k in zip(nodes, idx)
+            ]
 
-    strategy = SameClientsFedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_available_clients=2,
-                                 evaluate_fn=evaluate_fn, initial_parameters=ndarrays_to_parameters(init))
+    strategy = SameClientsFedAvg(
+        fraction_fit=1.0,
+        fraction_evaluate=0.0,
+        min_available_clients=2,
+        evaluate_fn=evaluate_fn,
+        initial_parameters=ndarrays_to_parameters(init),
+    )
     if cfg.privacy.mechanism == "gaussian_fixed":
         strategy = DifferentialPrivacyServerSideFixedClipping(
-            strategy, noise_multiplier=cfg.privacy.noise_multiplier, clipping_norm=cfg.privacy.clip,
-            num_sampled_clients=cfg.training.clients_per_round)
+            strategy,
+            noise_multiplier=cfg.privacy.noise_multiplier,
+            clipping_norm=cfg.privacy.clip,
+            num_sampled_clients=cfg.training.clients_per_round,
+        )
     return strategy
 
 
@@ -167,10 +179,15 @@ def run(spec: dict) -> dict:
         return ServerAppComponents(strategy=_make_strategy(result), config=ServerConfig(num_rounds=cfg.training.rounds))
 
     t0 = time.perf_counter()
-    run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=client_fn),
-                   num_supernodes=spec["population"],
-                   backend_config={"client_resources": {"num_cpus": spec["cpus_per_client"], "num_gpus": 0.0},
-                                   "init_args": {"include_dashboard": False, "num_cpus": os.cpu_count()}})
+    run_simulation(
+        server_app=ServerApp(server_fn=server_fn),
+        client_app=ClientApp(client_fn=client_fn),
+        num_supernodes=spec["population"],
+        backend_config={
+            "client_resources": {"num_cpus": spec["cpus_per_client"], "num_gpus": 0.0},
+            "init_args": {"include_dashboard": False, "num_cpus": os.cpu_count()},
+        },
+    )
     end = time.perf_counter()
     if "accuracy" not in result:
         raise RuntimeError("Flower's simulation ended without the final evaluation (see its log above)")
@@ -178,8 +195,12 @@ def run(spec: dict) -> dict:
     # round ends when the final evaluation has been done.
     starts = result["round_starts"] + [end]
     seconds = [b - a for a, b in zip(starts, starts[1:])]
-    return {"seconds": seconds, "accuracy": result["accuracy"], "weights_list": result["weights_list"],
-            "simulation_seconds": end - t0}
+    return {
+        "seconds": seconds,
+        "accuracy": result["accuracy"],
+        "weights_list": result["weights_list"],
+        "simulation_seconds": end - t0,
+    }
 
 
 def main() -> int:
@@ -193,10 +214,17 @@ def main() -> int:
 
     out = run(_spec())
     seconds = out["seconds"]
-    result = {"system": "flower", "flwr": flwr.__version__, "task": spec["task"], "round_seconds": seconds,
-              **_common.round_stats(seconds), "accuracy": out["accuracy"],
-              "weights": _common.weights_digest(out["weights_list"]),
-              "simulation_seconds": round(out["simulation_seconds"], 2), "load": os.getloadavg()}
+    result = {
+        "system": "flower",
+        "flwr": flwr.__version__,
+        "task": spec["task"],
+        "round_seconds": seconds,
+        **_common.round_stats(seconds),
+        "accuracy": out["accuracy"],
+        "weights": _common.weights_digest(out["weights_list"]),
+        "simulation_seconds": round(out["simulation_seconds"], 2),
+        "load": os.getloadavg(),
+    }
     print(_common.RESULT_MARK + json.dumps(result), flush=True)
     return 0
 

@@ -80,21 +80,35 @@ def make_input(run_dir: Path, rows: int, path: Path) -> Path:
 
 
 def choose_batch(model: Path, inp: Path, out: Path, max_latency_ms: float) -> tuple[int, str]:
-    proc = subprocess.run(_cli("predict", model, inp, "--out", out, "--max-latency-ms", max_latency_ms),
-                          capture_output=True, text=True, env=_env(), timeout=1800)
+    proc = subprocess.run(
+        _cli("predict", model, inp, "--out", out, "--max-latency-ms", max_latency_ms),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=1800,
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     m = re.search(r"reproduce with --batch-size (\d+)", proc.stderr)
-    table = [ln for ln in proc.stderr.splitlines() if "batch-size search" in ln or re.match(r"tff-lab predict:\s+\d", ln)]
+    table = [
+        ln for ln in proc.stderr.splitlines() if "batch-size search" in ln or re.match(r"tff-lab predict:\s+\d", ln)
+    ]
     return int(m.group(1)), "\n".join(table)
 
 
 def run_shards(model: Path, inp: Path, parts: Path, shards: int, batch: int) -> dict:
     """N shard processes started together, then the merge; times end to end."""
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(_cli("predict", model, inp, "--out", parts, "--num-shards", shards, "--batch-size", batch,
-                                   "--quiet"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=_env(JOB_COMPLETION_INDEX=str(i))) for i in range(shards)]
+    procs = [
+        subprocess.Popen(
+            _cli("predict", model, inp, "--out", parts, "--num-shards", shards, "--batch-size", batch, "--quiet"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(JOB_COMPLETION_INDEX=str(i)),
+        )
+        for i in range(shards)
+    ]
     lines = []
     for p in procs:
         out, err = p.communicate(timeout=3600)
@@ -103,13 +117,23 @@ def run_shards(model: Path, inp: Path, parts: Path, shards: int, batch: int) -> 
         lines.append(json.loads(out.strip().splitlines()[-1]))
     t_shards = time.perf_counter() - t0
     merged = parts.parent / f"merged-{shards}.npz"
-    proc = subprocess.run(_cli("predict-merge", parts, "--num-shards", shards, "--out", merged, "--quiet"),
-                          capture_output=True, text=True, env=_env(), timeout=1800)
+    proc = subprocess.run(
+        _cli("predict-merge", parts, "--num-shards", shards, "--out", merged, "--quiet"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=1800,
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "shards_s": t_shards, "merge_s": wall - t_shards,
-            "predict_s": max(r["seconds"] for r in lines), "merged": merged}
+    return {
+        "wall_s": wall,
+        "shards_s": t_shards,
+        "merge_s": wall - t_shards,
+        "predict_s": max(r["seconds"] for r in lines),
+        "merged": merged,
+    }
 
 
 def main(argv=None) -> int:
@@ -133,12 +157,17 @@ def main(argv=None) -> int:
     inp = work / "input.npy"
     if not inp.is_file() or len(np.load(inp, mmap_mode="r")) != args.rows:
         make_input(run, args.rows, inp)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), Python {platform.python_version()}; "
-          f"input {args.rows:,} rows x 64 float32 ({inp.stat().st_size / 2**20:.0f} MiB); batch size chosen by "
-          f"--max-latency-ms {args.max_latency_ms:g}", flush=True)
-    table = ["| model | processes | batch | end-to-end wall (s) | end-to-end rows/s | vs 1 | slowest shard's predict (s) "
-             "| predict-phase rows/s | vs 1 | start-up + I/O (s) | merge (s) | merged == 1 process |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), Python {platform.python_version()}; "
+        f"input {args.rows:,} rows x 64 float32 ({inp.stat().st_size / 2**20:.0f} MiB); batch size chosen by "
+        f"--max-latency-ms {args.max_latency_ms:g}",
+        flush=True,
+    )
+    table = [
+        "| model | processes | batch | end-to-end wall (s) | end-to-end rows/s | vs 1 | slowest shard's predict (s) "
+        "| predict-phase rows/s | vs 1 | start-up + I/O (s) | merge (s) | merged == 1 process |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, model in (("keras", run / "model" / "model.keras"), ("tflite float32", tflite)):
         batch, search = choose_batch(model, inp, work / f"search-{name.split()[0]}.npz", args.max_latency_ms)
         print(f"\n{name}: chosen batch size {batch}\n{search}", flush=True)
@@ -151,11 +180,13 @@ def main(argv=None) -> int:
             with np.load(res["merged"]) as f:
                 same = bool(np.array_equal(f["probs"], ref))
             rps = args.rows / res["wall_s"]
-            table.append(f"| {name} | {n} | {batch} | {res['wall_s']:.2f} | {rps:,.0f} | {rps / base:.2f}x | "
-                         f"{res['predict_s']:.2f} | {args.rows / res['predict_s']:,.0f} | "
-                         f"{args.rows / res['predict_s'] / base_predict:.2f}x | {res['shards_s'] - res['predict_s']:.2f} | "
-                         f"{res['merge_s']:.2f} | "
-                         f"{'yes' if same else 'NO'} |")
+            table.append(
+                f"| {name} | {n} | {batch} | {res['wall_s']:.2f} | {rps:,.0f} | {rps / base:.2f}x | "
+                f"{res['predict_s']:.2f} | {args.rows / res['predict_s']:,.0f} | "
+                f"{args.rows / res['predict_s'] / base_predict:.2f}x | {res['shards_s'] - res['predict_s']:.2f} | "
+                f"{res['merge_s']:.2f} | "
+                f"{'yes' if same else 'NO'} |"
+            )
             print(table[-1], flush=True)
     print("\n" + "\n".join(table))
     print(f"\n(work dir: {work})")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -59,8 +58,9 @@ def _bare_worker(spec: dict) -> dict:
 WORKERS = {"tff_lab": _tff_lab_worker, "bare_tff": _bare_worker}
 
 
-def plan(task: str, *, flower: bool, knobs: bool, flower_per_call: bool = False,
-         fixes: bool = False) -> list[tuple[str, dict]]:
+def plan(
+    task: str, *, flower: bool, knobs: bool, flower_per_call: bool = False, fixes: bool = False
+) -> list[tuple[str, dict]]:
     """The (label, how to run it) list for one task."""
     systems = []
     dp = task.endswith("_dp")
@@ -68,8 +68,10 @@ def plan(task: str, *, flower: bool, knobs: bool, flower_per_call: bool = False,
         systems.append(("tff_lab", {"kind": "tff_lab"}))
     if fixes and (not dp or _common.privacy_available()):
         systems.append(("tff_lab+fixes", {"kind": "tff_lab", "fixed": True}))
-    systems += [("bare_tff", {"kind": "bare_tff", "loop": "tff_default"}),
-                ("bare_tff_iter", {"kind": "bare_tff", "loop": "dataset_iterator"})]
+    systems += [
+        ("bare_tff", {"kind": "bare_tff", "loop": "tff_default"}),
+        ("bare_tff_iter", {"kind": "bare_tff", "loop": "dataset_iterator"}),
+    ]
     if flower:
         systems.append(("flower", {"kind": "flower"}))
     if flower and flower_per_call:
@@ -85,18 +87,29 @@ def run_one(label: str, how: dict, task: str, rounds: int, timeout: float) -> di
 
         return _flower.measure_flower(task, rounds, model_per_call=how.get("model_per_call", False), timeout=timeout)
     spec = {k: v for k, v in how.items() if k != "env"}
-    return _common.run_isolated(SCRIPT, {**spec, "task": task, "rounds": rounds}, timeout=timeout,
-                                env=_common.worker_env(how.get("env")))
+    return _common.run_isolated(
+        SCRIPT, {**spec, "task": task, "rounds": rounds}, timeout=timeout, env=_common.worker_env(how.get("env"))
+    )
 
 
-def run_task(task: str, rounds: int, reps: int, *, flower: bool = True, knobs: bool = True,
-             flower_per_call: bool = False, fixes: bool = False, timeout: float = 3600, log=print) -> dict:
+def run_task(
+    task: str,
+    rounds: int,
+    reps: int,
+    *,
+    flower: bool = True,
+    knobs: bool = True,
+    flower_per_call: bool = False,
+    fixes: bool = False,
+    timeout: float = 3600,
+    log=print,
+) -> dict:
     """Runs every system ``reps`` times, interleaved; returns the per-system summary and the runs."""
     systems = plan(task, flower=flower, knobs=knobs, flower_per_call=flower_per_call, fixes=fixes)
     runs: dict[str, list[dict]] = {label: [] for label, _ in systems}
     failures: dict[str, str] = {}
     for rep in range(reps):
-        order = systems[rep % len(systems):] + systems[:rep % len(systems)]
+        order = systems[rep % len(systems) :] + systems[: rep % len(systems)]
         for label, how in order:
             t0 = time.perf_counter()
             try:
@@ -107,21 +120,35 @@ def run_task(task: str, rounds: int, reps: int, *, flower: bool = True, knobs: b
                 continue
             res.pop("memory", None)
             runs[label].append(res)
-            log(f"  [{task} rep {rep + 1}/{reps}] {label:26s} {res['median_s']:.4f} s/round  "
-                f"acc {res['accuracy']:.4f}  ({time.perf_counter() - t0:.0f} s, load {res['load'][0]:.2f})")
+            log(
+                f"  [{task} rep {rep + 1}/{reps}] {label:26s} {res['median_s']:.4f} s/round  "
+                f"acc {res['accuracy']:.4f}  ({time.perf_counter() - t0:.0f} s, load {res['load'][0]:.2f})"
+            )
     summary = {label: summarize(rs) for label, rs in runs.items() if rs}
-    return {"task": task, "rounds": rounds, "reps": reps, "systems": summary, "runs": runs, "failures": failures,
-            "ratios": ratios(summary), "privacy_available": _common.privacy_available()}
+    return {
+        "task": task,
+        "rounds": rounds,
+        "reps": reps,
+        "systems": summary,
+        "runs": runs,
+        "failures": failures,
+        "ratios": ratios(summary),
+        "privacy_available": _common.privacy_available(),
+    }
 
 
 def summarize(rs: list[dict]) -> dict:
     cpu = [r["cpu_median_s"] for r in rs if r.get("cpu_median_s") is not None]
-    return {"median_s": statistics.median(r["median_s"] for r in rs),
-            "mean_s": statistics.median(r["mean_s"] for r in rs),
-            "cpu_median_s": statistics.median(cpu) if cpu else None,
-            "accuracy": rs[-1]["accuracy"], "accuracies": sorted({r["accuracy"] for r in rs}),
-            "weights": sorted({r["weights"] for r in rs}), "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
-            "load_1min": [round(r["load"][0], 2) for r in rs]}
+    return {
+        "median_s": statistics.median(r["median_s"] for r in rs),
+        "mean_s": statistics.median(r["mean_s"] for r in rs),
+        "cpu_median_s": statistics.median(cpu) if cpu else None,
+        "accuracy": rs[-1]["accuracy"],
+        "accuracies": sorted({r["accuracy"] for r in rs}),
+        "weights": sorted({r["weights"] for r in rs}),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+        "load_1min": [round(r["load"][0], 2) for r in rs],
+    }
 
 
 def ratios(summary: dict) -> dict:
@@ -144,7 +171,9 @@ def ratios(summary: dict) -> dict:
         out["bare_tff_iter/bare_tff"] = s["bare_tff_iter"]["median_s"] / s["bare_tff"]["median_s"]
     if "tff_lab" in s:
         knobs = [label for label in s if label.startswith("knob:") or label == "tff_lab+fixes"]
-        out["tff_lab_settings_bit_identical"] = all(same(label, "tff_lab") for label in knobs) and same("tff_lab", "tff_lab")
+        out["tff_lab_settings_bit_identical"] = all(same(label, "tff_lab") for label in knobs) and same(
+            "tff_lab", "tff_lab"
+        )
         out["tff_lab_vs_bare_tff_bit_identical"] = same("tff_lab", "bare_tff")
     out["bare_tff_iter_vs_bare_tff_bit_identical"] = same("bare_tff_iter", "bare_tff")
     return out
@@ -166,12 +195,40 @@ def report(result: dict) -> str:
     for label, s in result["systems"].items():
         settings = SETTINGS.get(label, "tff_lab, " + label.split(":", 1)[-1])
         cpu = s.get("cpu_median_s")
-        rows.append([label, settings, s["median_s"], s["mean_s"], "-" if cpu is None else cpu, s["accuracy"],
-                     ",".join(s["weights"]), s["peak_rss_mb"], "/".join(f"{x:.1f}" for x in s["load_1min"])])
-    table = _common.format_table(["system", "settings", "median s/round", "mean s/round", "CPU s/round",
-                                  "final acc", "weights hash", "peak RSS MB", "load 1m"], rows)
-    lines = [f"### {result['task']}: {_common.TASKS[result['task']].description} "
-             f"({result['rounds']} rounds x {result['reps']} reps)", "", table, ""]
+        rows.append(
+            [
+                label,
+                settings,
+                s["median_s"],
+                s["mean_s"],
+                "-" if cpu is None else cpu,
+                s["accuracy"],
+                ",".join(s["weights"]),
+                s["peak_rss_mb"],
+                "/".join(f"{x:.1f}" for x in s["load_1min"]),
+            ]
+        )
+    table = _common.format_table(
+        [
+            "system",
+            "settings",
+            "median s/round",
+            "mean s/round",
+            "CPU s/round",
+            "final acc",
+            "weights hash",
+            "peak RSS MB",
+            "load 1m",
+        ],
+        rows,
+    )
+    lines = [
+        f"### {result['task']}: {_common.TASKS[result['task']].description} "
+        f"({result['rounds']} rounds x {result['reps']} reps)",
+        "",
+        table,
+        "",
+    ]
     for k, v in result["ratios"].items():
         lines.append(f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}")
     for label, err in result.get("failures", {}).items():
@@ -183,15 +240,24 @@ def report(result: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default="digits,digits_dp,synthetic,synthetic_dp",
-                   help=f"comma-separated, from {', '.join(_common.TASKS)}")
+    p.add_argument(
+        "--tasks",
+        default="digits,digits_dp,synthetic,synthetic_dp",
+        help=f"comma-separated, from {', '.join(_common.TASKS)}",
+    )
     p.add_argument("--rounds", type=int, default=50)
     p.add_argument("--reps", type=int, default=2, help="repetitions of each system (interleaved)")
     p.add_argument("--skip-flower", action="store_true")
-    p.add_argument("--flower-per-call", action="store_true",
-                   help="also run Flower building the Keras model in every client fit (quickstart style)")
-    p.add_argument("--knobs", default="digits", help="tasks on which to also vary tff_lab's performance settings "
-                   "(comma-separated; 'none' for none)")
+    p.add_argument(
+        "--flower-per-call",
+        action="store_true",
+        help="also run Flower building the Keras model in every client fit (quickstart style)",
+    )
+    p.add_argument(
+        "--knobs",
+        default="digits",
+        help="tasks on which to also vary tff_lab's performance settings (comma-separated; 'none' for none)",
+    )
     p.add_argument("--no-knobs", action="store_true")
     p.add_argument("--fixes", action="store_true", help="also run tff_lab with the proposed fixes patched in")
     p.add_argument("--out", default=str(_common.RESULTS / "round_time.json"))
@@ -204,12 +270,20 @@ def main(argv=None) -> int:
     print(f"machine: {json.dumps(_common.machine_info())}", flush=True)
     results = []
     for task in tasks:
-        results.append(run_task(task, args.rounds, args.reps, flower=not args.skip_flower,
-                                flower_per_call=args.flower_per_call, fixes=args.fixes, knobs=task in knob_tasks,
-                                log=lambda m: print(m, flush=True)))
+        results.append(
+            run_task(
+                task,
+                args.rounds,
+                args.reps,
+                flower=not args.skip_flower,
+                flower_per_call=args.flower_per_call,
+                fixes=args.fixes,
+                knobs=task in knob_tasks,
+                log=lambda m: print(m, flush=True),
+            )
+        )
         print("\n" + report(results[-1]) + "\n", flush=True)
-    _common.save_json(Path(args.out),
-                      {"machine": _common.machine_info(), "argv": sys.argv[1:], "results": results})
+    _common.save_json(Path(args.out), {"machine": _common.machine_info(), "argv": sys.argv[1:], "results": results})
     print(f"{_common.load_now()}; results in {args.out}")
     return 0
 

@@ -36,11 +36,22 @@ def _soak_worker(spec: dict) -> dict:
 WORKERS = {"soak": _soak_worker}
 
 
-def run_soak(rounds: int, every: int, task: str = "digits", overrides=(), *, fixed: bool = False,
-             timeout: float = 3600) -> dict:
+def run_soak(
+    rounds: int, every: int, task: str = "digits", overrides=(), *, fixed: bool = False, timeout: float = 3600
+) -> dict:
     """One soak run in a fresh process; ``fixed`` applies the proposed fixes (_common.install_proposed_fixes)."""
-    res = _common.run_isolated(SCRIPT, {"kind": "soak", "task": task, "rounds": rounds, "memory_every": every,
-                                        "overrides": list(overrides), "fixed": fixed}, timeout=timeout)
+    res = _common.run_isolated(
+        SCRIPT,
+        {
+            "kind": "soak",
+            "task": task,
+            "rounds": rounds,
+            "memory_every": every,
+            "overrides": list(overrides),
+            "fixed": fixed,
+        },
+        timeout=timeout,
+    )
     return dict(summarize(res, rounds, every), variant="fixed" if fixed else "as is")
 
 
@@ -48,12 +59,23 @@ def summarize(res: dict, rounds: int, every: int) -> dict:
     """Slopes (MB per 100 rounds) over the second half of a measured run's memory samples."""
     samples = [m for m in res["memory"] if m["round"] > 0]
     second_half = [m for m in samples if m["round"] >= rounds / 2]
-    slopes = {k: _common.slope_per_100([m["round"] for m in second_half], [m[k] for m in second_half])
-              for k in ("total", "main", "worker")}
-    return {"task": res["task"], "rounds": rounds, "every": every, "samples": res["memory"],
-            "slope_mb_per_100_rounds": slopes, "median_s": res["median_s"], "accuracy": res["accuracy"],
-            "peak_rss_mb": res.get("peak_rss_mb"), "load": res["load"], "run_seconds": res["run_seconds"],
-            "passes": bool(slopes["total"] < GOAL_MB_PER_100)}
+    slopes = {
+        k: _common.slope_per_100([m["round"] for m in second_half], [m[k] for m in second_half])
+        for k in ("total", "main", "worker")
+    }
+    return {
+        "task": res["task"],
+        "rounds": rounds,
+        "every": every,
+        "samples": res["memory"],
+        "slope_mb_per_100_rounds": slopes,
+        "median_s": res["median_s"],
+        "accuracy": res["accuracy"],
+        "peak_rss_mb": res.get("peak_rss_mb"),
+        "load": res["load"],
+        "run_seconds": res["run_seconds"],
+        "passes": bool(slopes["total"] < GOAL_MB_PER_100),
+    }
 
 
 def plot(results: list[dict], path: Path) -> Path:
@@ -82,14 +104,19 @@ def plot(results: list[dict], path: Path) -> Path:
 def report(result: dict) -> str:
     rows = [[m["round"], m["main"], m["worker"], m["total"]] for m in result["samples"]]
     sl = result["slope_mb_per_100_rounds"]
-    return "\n".join([
-        f"### {result['variant']}", "",
-        _common.format_table(["round", "Python RSS MB", "TFF worker RSS MB", "total MB"], rows), "",
-        f"- slope over rounds >= {result['rounds'] // 2} (MB per 100 rounds): total {sl['total']:+.3f}, "
-        f"Python {sl['main']:+.3f}, TFF worker {sl['worker']:+.3f}; goal < {GOAL_MB_PER_100}: "
-        f"{'met' if result['passes'] else 'NOT met'}",
-        f"- {result['median_s']:.4f} s/round (median), final accuracy {result['accuracy']:.4f}, "
-        f"run {result['run_seconds']:.0f} s, load {result['load'][0]:.2f}"])
+    return "\n".join(
+        [
+            f"### {result['variant']}",
+            "",
+            _common.format_table(["round", "Python RSS MB", "TFF worker RSS MB", "total MB"], rows),
+            "",
+            f"- slope over rounds >= {result['rounds'] // 2} (MB per 100 rounds): total {sl['total']:+.3f}, "
+            f"Python {sl['main']:+.3f}, TFF worker {sl['worker']:+.3f}; goal < {GOAL_MB_PER_100}: "
+            f"{'met' if result['passes'] else 'NOT met'}",
+            f"- {result['median_s']:.4f} s/round (median), final accuracy {result['accuracy']:.4f}, "
+            f"run {result['run_seconds']:.0f} s, load {result['load'][0]:.2f}",
+        ]
+    )
 
 
 def main(argv=None) -> int:
@@ -97,8 +124,11 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=1000)
     p.add_argument("--every", type=int, default=50, help="sample memory every N rounds")
     p.add_argument("--task", default="digits", choices=sorted(_common.TASKS))
-    p.add_argument("--variants", default="as-is,fixed",
-                   help="as-is: tff_lab unchanged; fixed: with the proposed fixes (bench/_common.py)")
+    p.add_argument(
+        "--variants",
+        default="as-is,fixed",
+        help="as-is: tff_lab unchanged; fixed: with the proposed fixes (bench/_common.py)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="tff_lab config override")
     p.add_argument("--out", default=str(_common.RESULTS / "soak.json"))
     p.add_argument("--plot", default=str(_common.RESULTS / "soak.png"))

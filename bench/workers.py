@@ -26,9 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import _common
+import numpy as np
 
 from tff_lab.training.hooks import RoundHook
 
@@ -81,9 +80,16 @@ def measure(case: str, workers: int, rounds: int) -> dict:
     from tff_lab import run_experiment
 
     task, extra, clients = CASES[case]
-    cfg = _common.task_config(task, rounds, [*extra, f"training.workers={workers}",
-                                             f"training.eval_every_rounds={rounds}",
-                                             f"training.rounds_per_checkpoint={rounds}"])
+    cfg = _common.task_config(
+        task,
+        rounds,
+        [
+            *extra,
+            f"training.workers={workers}",
+            f"training.eval_every_rounds={rounds}",
+            f"training.rounds_per_checkpoint={rounds}",
+        ],
+    )
     timer = RoundTimer()
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         t0 = time.perf_counter()
@@ -94,12 +100,20 @@ def measure(case: str, workers: int, rounds: int) -> dict:
         weights = tf.keras.models.load_model(Path(tmp) / "run/model/model.keras").get_weights()
     steady_wall = timer.wall[WARMUP:]
     steady_cpu = timer.cpu[WARMUP:]
-    return {"case": case, "workers": workers, "clients": clients, "rounds": rounds,
-            "ms_round": 1000 * statistics.median(steady_wall),
-            "ms_round_mean": 1000 * statistics.mean(steady_wall),
-            "cpu_ms_round": 1000 * statistics.mean(steady_cpu), "first_round_ms": 1000 * timer.wall[0],
-            "run_s": total, "worker_processes": timer.worker_processes,
-            "accuracy": summary.get("final_test_accuracy"), "weights": weights}
+    return {
+        "case": case,
+        "workers": workers,
+        "clients": clients,
+        "rounds": rounds,
+        "ms_round": 1000 * statistics.median(steady_wall),
+        "ms_round_mean": 1000 * statistics.mean(steady_wall),
+        "cpu_ms_round": 1000 * statistics.mean(steady_cpu),
+        "first_round_ms": 1000 * timer.wall[0],
+        "run_s": total,
+        "worker_processes": timer.worker_processes,
+        "accuracy": summary.get("final_test_accuracy"),
+        "weights": weights,
+    }
 
 
 def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
@@ -122,21 +136,28 @@ def main(argv=None) -> int:
     results: dict[tuple[str, int], list[dict]] = {}
     for rep in range(args.reps):
         for case in args.cases:
-            order = args.workers[rep % len(args.workers):] + args.workers[:rep % len(args.workers)]
+            order = args.workers[rep % len(args.workers) :] + args.workers[: rep % len(args.workers)]
             for w in order:
                 r = measure(case, w, args.rounds)
                 results.setdefault((case, w), []).append(r)
-                print(f"  {case:13s} W={w}: {r['ms_round']:7.1f} ms/round  cpu {r['cpu_ms_round']:7.1f} ms",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  {case:13s} W={w}: {r['ms_round']:7.1f} ms/round  cpu {r['cpu_ms_round']:7.1f} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def med(case, w, key):
         return statistics.median(r[key] for r in results[(case, w)])
 
     load = os.getloadavg()
-    print(f"\nTFF workers, {args.rounds} rounds (median after {WARMUP} warm-up rounds), {args.reps} rep(s); "
-          f"{os.cpu_count()} CPU cores, load {load[0]:.1f}")
-    print(f"{'case':14s} {'clients':>7s} {'W':>2s} {'ms/round':>9s} {'vs W=0':>7s} {'CPU ms/round':>12s} "
-          f"{'max |w - w(W=0)|':>17s}")
+    print(
+        f"\nTFF workers, {args.rounds} rounds (median after {WARMUP} warm-up rounds), {args.reps} rep(s); "
+        f"{os.cpu_count()} CPU cores, load {load[0]:.1f}"
+    )
+    print(
+        f"{'case':14s} {'clients':>7s} {'W':>2s} {'ms/round':>9s} {'vs W=0':>7s} {'CPU ms/round':>12s} "
+        f"{'max |w - w(W=0)|':>17s}"
+    )
     rows = []
     for case in args.cases:
         base_w = results[(case, args.workers[0])][0]["weights"]
@@ -146,8 +167,16 @@ def main(argv=None) -> int:
             diff = max(float(np.max(np.abs(a - b))) for a, b in zip(results[(case, w)][0]["weights"], base_w))
             clients = results[(case, w)][0]["clients"]
             print(f"{case:14s} {clients:7d} {w:2d} {ms:9.1f} {ms / base:6.2f}x {cpu:12.1f} {diff:17.1e}")
-            rows.append({"case": case, "clients": clients, "workers": w, "ms_round": ms, "cpu_ms_round": cpu,
-                         "max_weight_diff_vs_first": diff})
+            rows.append(
+                {
+                    "case": case,
+                    "clients": clients,
+                    "workers": w,
+                    "ms_round": ms,
+                    "cpu_ms_round": cpu,
+                    "max_weight_diff_vs_first": diff,
+                }
+            )
 
     model = {}
     syn = [c for c in CASES if c.startswith("synthetic-") and c in args.cases]
@@ -164,16 +193,32 @@ def main(argv=None) -> int:
             extra_a = model[2]["a_ms"] - model[0]["a_ms"]
             saved_b = model[0]["b_ms"] - model[2]["b_ms"]
             if saved_b > 0:
-                print(f"\nW=2 pays off (wall) above ~{max(0.0, extra_a) / saved_b:.0f} clients/round on this machine "
-                      f"(extra per-round cost {extra_a:.1f} ms, per-client saving {saved_b:.2f} ms).")
+                print(
+                    f"\nW=2 pays off (wall) above ~{max(0.0, extra_a) / saved_b:.0f} clients/round on this machine "
+                    f"(extra per-round cost {extra_a:.1f} ms, per-client saving {saved_b:.2f} ms)."
+                )
             else:
-                print(f"\nW=2 does not pay off on this machine: per-client cost {model[2]['b_ms']:.2f} ms vs "
-                      f"{model[0]['b_ms']:.2f} ms at W=0 (no idle core to run the second worker on).")
+                print(
+                    f"\nW=2 does not pay off on this machine: per-client cost {model[2]['b_ms']:.2f} ms vs "
+                    f"{model[0]['b_ms']:.2f} ms at W=0 (no idle core to run the second worker on)."
+                )
     if args.json:
         from tff_lab.fileio import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps({"rows": rows, "model": model, "rounds": args.rounds,
-                                                  "reps": args.reps, "cpus": os.cpu_count(), "load": load}, indent=1))
+        atomic_write_text(
+            args.json,
+            json.dumps(
+                {
+                    "rows": rows,
+                    "model": model,
+                    "rounds": args.rounds,
+                    "reps": args.reps,
+                    "cpus": os.cpu_count(),
+                    "load": load,
+                },
+                indent=1,
+            ),
+        )
     return 0
 
 

@@ -23,8 +23,9 @@ def write_table(rows: list[dict], columns: list[str], out_dir: Path, stem: str) 
     return text
 
 
-def plot_lines(series: dict, path: Path, *, xlabel: str, ylabel: str, title: str, logx: bool = False,
-               marker: str = "o") -> Path:
+def plot_lines(
+    series: dict, path: Path, *, xlabel: str, ylabel: str, title: str, logx: bool = False, marker: str = "o"
+) -> Path:
     """One line per series ({label: [(x, y), ...]}) saved as a PNG."""
     import matplotlib
 

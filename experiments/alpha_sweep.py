@@ -36,24 +36,58 @@ def main(argv=None) -> int:
     rows = []
     for alpha in args.alphas:
         for name, algo in ALGORITHMS.items():
-            overrides = [f"partition.alpha={alpha}", "partition.min_examples_per_client=5",
-                         f"training.rounds={args.rounds}", f"training.local_epochs={args.local_epochs}",
-                         f"training.eval_every_rounds={args.rounds}", f"seed={args.seed}",
-                         f"name=alpha{alpha}_{name}", *algo]
+            overrides = [
+                f"partition.alpha={alpha}",
+                "partition.min_examples_per_client=5",
+                f"training.rounds={args.rounds}",
+                f"training.local_epochs={args.local_epochs}",
+                f"training.eval_every_rounds={args.rounds}",
+                f"seed={args.seed}",
+                f"name=alpha{alpha}_{name}",
+                *algo,
+            ]
             s = run_experiment(None, out / "runs" / f"alpha{alpha}_{name}", overrides=overrides, overwrite=True)
-            rows.append({"alpha": alpha, "algorithm": name, "test_accuracy": s["final_test_accuracy"],
-                         "centralized_accuracy": s["centralized_accuracy"], "retention": s["retention"],
-                         "worst_client_accuracy": s["per_client_eval_accuracy"].get("min"),
-                         "mean_tv_distance": s["data"]["mean_tv_distance"]})
-            print(f"alpha={alpha:<6} {name:<8} acc={s['final_test_accuracy']:.4f} "
-                  f"retention={s['retention']:.3f}", flush=True)
-    print(write_table(rows, ["alpha", "algorithm", "test_accuracy", "centralized_accuracy", "retention",
-                             "worst_client_accuracy", "mean_tv_distance"], out, "alpha_sweep"))
+            rows.append(
+                {
+                    "alpha": alpha,
+                    "algorithm": name,
+                    "test_accuracy": s["final_test_accuracy"],
+                    "centralized_accuracy": s["centralized_accuracy"],
+                    "retention": s["retention"],
+                    "worst_client_accuracy": s["per_client_eval_accuracy"].get("min"),
+                    "mean_tv_distance": s["data"]["mean_tv_distance"],
+                }
+            )
+            print(
+                f"alpha={alpha:<6} {name:<8} acc={s['final_test_accuracy']:.4f} retention={s['retention']:.3f}",
+                flush=True,
+            )
+    print(
+        write_table(
+            rows,
+            [
+                "alpha",
+                "algorithm",
+                "test_accuracy",
+                "centralized_accuracy",
+                "retention",
+                "worst_client_accuracy",
+                "mean_tv_distance",
+            ],
+            out,
+            "alpha_sweep",
+        )
+    )
 
-    series = {name: [(r["alpha"], r["test_accuracy"]) for r in rows if r["algorithm"] == name]
-              for name in ALGORITHMS}
-    plot_lines(series, out / "alpha_sweep.png", xlabel="Dirichlet alpha (smaller = more label skew)",
-               ylabel="global test accuracy", title=f"digits, 20 clients, {args.rounds} rounds", logx=True)
+    series = {name: [(r["alpha"], r["test_accuracy"]) for r in rows if r["algorithm"] == name] for name in ALGORITHMS}
+    plot_lines(
+        series,
+        out / "alpha_sweep.png",
+        xlabel="Dirichlet alpha (smaller = more label skew)",
+        ylabel="global test accuracy",
+        title=f"digits, 20 clients, {args.rounds} rounds",
+        logx=True,
+    )
     print(f"wrote {out / 'alpha_sweep.csv'}, {out / 'alpha_sweep.md'}, {out / 'alpha_sweep.png'}")
     return 0
 

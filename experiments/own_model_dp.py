@@ -28,14 +28,25 @@ from tff_lab.training import loop  # noqa: E402
 
 
 def make_config(rounds: int, noise: float):
-    return load_config(None, [
-        "name=own_model_dp", "seed=0",
-        "algorithm.weighting=uniform", "algorithm.client_optimizer.learning_rate=0.1",
-        f"training.rounds={rounds}", "training.sampling=poisson", "training.sampling_rate=0.3",
-        "training.batch_size=16", "training.eval_every_rounds=5", "training.rounds_per_checkpoint=2",
-        "privacy.mechanism=gaussian_fixed", f"privacy.noise_multiplier={noise}", "privacy.clip=1.0",
-        "centralized.enabled=true",
-    ])
+    return load_config(
+        None,
+        [
+            "name=own_model_dp",
+            "seed=0",
+            "algorithm.weighting=uniform",
+            "algorithm.client_optimizer.learning_rate=0.1",
+            f"training.rounds={rounds}",
+            "training.sampling=poisson",
+            "training.sampling_rate=0.3",
+            "training.batch_size=16",
+            "training.eval_every_rounds=5",
+            "training.rounds_per_checkpoint=2",
+            "privacy.mechanism=gaussian_fixed",
+            f"privacy.noise_multiplier={noise}",
+            "privacy.clip=1.0",
+            "centralized.enabled=true",
+        ],
+    )
 
 
 def main(argv=None) -> int:
@@ -50,8 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--int8", action="store_true", help="also export int8")
     args = ap.parse_args(argv)
 
-    model = ModelSpec(builder=own_parts.resnet_gn, outputs="logits", kwargs={"width": 8, "blocks": 1},
-                      name="resnet_gn")
+    model = ModelSpec(builder=own_parts.resnet_gn, outputs="logits", kwargs={"width": 8, "blocks": 1}, name="resnet_gn")
     data = federated_data(own_parts.writer_clients(args.clients, alpha=1.0, seed=0), cfg=make_config(1, 1.0))
     exp = loop.build(make_config(args.rounds, args.noise), model=model, data=data)
     try:
@@ -66,10 +76,14 @@ def main(argv=None) -> int:
         def fmt(v):
             return "withheld (not covered by epsilon)" if v is None else f"{v:.4f}"
 
-        print(f"test accuracy {fmt(summary.get('final_test_accuracy'))} "
-              f"(centralized {fmt(summary.get('centralized_accuracy'))})")
-        print(f"epsilon: RDP {eps['rdp']:.4f}, PLD {eps['pld']:.4f} at delta {summary['privacy']['delta']:g} "
-              "(dp_accounting, the mechanism that ran; see privacy.json)")
+        print(
+            f"test accuracy {fmt(summary.get('final_test_accuracy'))} "
+            f"(centralized {fmt(summary.get('centralized_accuracy'))})"
+        )
+        print(
+            f"epsilon: RDP {eps['rdp']:.4f}, PLD {eps['pld']:.4f} at delta {summary['privacy']['delta']:g} "
+            "(dp_accounting, the mechanism that ran; see privacy.json)"
+        )
         if not args.no_export:
             from tff_lab.export import export_run
 

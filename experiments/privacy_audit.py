@@ -27,12 +27,14 @@ import math
 import sys
 from pathlib import Path
 
+
 def _load_common():
     # By file path: a module named `_common` (bench's) may already be imported in this process.
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("tff_lab_experiments_common",
-                                                  Path(__file__).resolve().parent / "_common.py")
+    spec = importlib.util.spec_from_file_location(
+        "tff_lab_experiments_common", Path(__file__).resolve().parent / "_common.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -40,8 +42,17 @@ def _load_common():
 
 write_table = _load_common().write_table
 
-COLUMNS = ["noise_multiplier", "eps_theory_rdp", "eps_theory_pld", "eps_empirical", "ci_low", "ci_high",
-           "resolution", "mu_over_sigma", "mean_canary_participations"]
+COLUMNS = [
+    "noise_multiplier",
+    "eps_theory_rdp",
+    "eps_theory_pld",
+    "eps_empirical",
+    "ci_low",
+    "ci_high",
+    "resolution",
+    "mu_over_sigma",
+    "mean_canary_participations",
+]
 
 
 def parse(argv=None):
@@ -60,9 +71,18 @@ def simulate(cfg, z: float, args) -> dict:
     from tff_lab.privacy.audit import audit_simulation
 
     a = cfg.privacy.audit
-    return audit_simulation(noise_multiplier=z, clip=cfg.privacy.clip, population=cfg.data.num_clients,
-                            sampling_rate=cfg.training.sampling_rate, rounds=cfg.training.rounds, seen=a.canaries,
-                            unseen=a.unseen, dim=args.dim, seed=cfg.seed, bootstrap=args.bootstrap)
+    return audit_simulation(
+        noise_multiplier=z,
+        clip=cfg.privacy.clip,
+        population=cfg.data.num_clients,
+        sampling_rate=cfg.training.sampling_rate,
+        rounds=cfg.training.rounds,
+        seen=a.canaries,
+        unseen=a.unseen,
+        dim=args.dim,
+        seed=cfg.seed,
+        bootstrap=args.bootstrap,
+    )
 
 
 def real_run(z: float, args, overrides) -> dict:
@@ -73,18 +93,28 @@ def real_run(z: float, args, overrides) -> dict:
     run_experiment(args.config, out, overrides=[*overrides, f"privacy.noise_multiplier={zz}"], overwrite=True)
     report = json.loads((out / "privacy.json").read_text())
     cos = json.loads((out / "privacy_audit.json").read_text())
-    return {"epsilon_theoretical": report["epsilon"] if z > 0 else None,
-            "epsilon_empirical": report["epsilon_empirical"], "seen_cosines": cos["seen_cosines"],
-            "unseen_cosines": cos["unseen_cosines"], "mean_canary_participations": None}
+    return {
+        "epsilon_theoretical": report["epsilon"] if z > 0 else None,
+        "epsilon_empirical": report["epsilon_empirical"],
+        "seen_cosines": cos["seen_cosines"],
+        "unseen_cosines": cos["unseen_cosines"],
+        "mean_canary_participations": None,
+    }
 
 
 def row_of(z: float, res: dict) -> dict:
     emp, th = res["epsilon_empirical"], res["epsilon_theoretical"]
-    return {"noise_multiplier": z,
-            "eps_theory_rdp": th["rdp"] if th else math.inf, "eps_theory_pld": th["pld"] if th else math.inf,
-            "eps_empirical": emp["epsilon"], "ci_low": emp["interval"][0], "ci_high": emp["interval"][1],
-            "resolution": emp["resolution_epsilon"], "mu_over_sigma": emp["mu_over_sigma"],
-            "mean_canary_participations": res.get("mean_canary_participations")}
+    return {
+        "noise_multiplier": z,
+        "eps_theory_rdp": th["rdp"] if th else math.inf,
+        "eps_theory_pld": th["pld"] if th else math.inf,
+        "eps_empirical": emp["epsilon"],
+        "ci_low": emp["interval"][0],
+        "ci_high": emp["interval"][1],
+        "resolution": emp["resolution_epsilon"],
+        "mu_over_sigma": emp["mu_over_sigma"],
+        "mean_canary_participations": res.get("mean_canary_participations"),
+    }
 
 
 def plot(rows: list[dict], path: Path) -> Path:
@@ -101,14 +131,17 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.plot(zs, [r["eps_theory_rdp"] for r in noisy], marker="s", label="theoretical (RDP)")
     ax.plot(zs, [r["eps_theory_pld"] for r in noisy], marker="^", label="theoretical (PLD)")
     emp = [r["eps_empirical"] for r in noisy]
-    err = [[max(0.0, e - r["ci_low"]) for e, r in zip(emp, noisy)],
-           [max(0.0, r["ci_high"] - e) for e, r in zip(emp, noisy)]]
+    err = [
+        [max(0.0, e - r["ci_low"]) for e, r in zip(emp, noisy)],
+        [max(0.0, r["ci_high"] - e) for e, r in zip(emp, noisy)],
+    ]
     ax.errorbar(zs, emp, yerr=err, marker="o", capsize=3, label="empirical (canaries, 95% interval)")
     ax.plot(zs, [r["resolution"] for r in noisy], linestyle=":", color="gray", label="audit resolution")
     for r in rows:
         if r["noise_multiplier"] == 0:
-            ax.axhline(r["eps_empirical"], color="red", linestyle="--",
-                       label=f"no noise: empirical {r['eps_empirical']:.3g}")
+            ax.axhline(
+                r["eps_empirical"], color="red", linestyle="--", label=f"no noise: empirical {r['eps_empirical']:.3g}"
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("noise multiplier")
@@ -136,11 +169,22 @@ def main(argv=None) -> int:
     for z in args.noise:
         res = simulate(cfg, z, args) if args.mode == "simulate" else real_run(z, args, overrides)
         rows.append(row_of(z, res))
-        est = estimate_epsilon(res["seen_cosines"], res["unseen_cosines"], res["epsilon_empirical"]["delta"],
-                               bootstrap=args.bootstrap, seed=cfg.seed)
+        est = estimate_epsilon(
+            res["seen_cosines"],
+            res["unseen_cosines"],
+            res["epsilon_empirical"]["delta"],
+            bootstrap=args.bootstrap,
+            seed=cfg.seed,
+        )
         th = rows[-1]["eps_theory_pld"]
-        plot_cosines(res["seen_cosines"], res["unseen_cosines"], args.out / f"cosines_{z:g}.png", estimate=est,
-                     theoretical=th if math.isfinite(th) else None, title=f"noise multiplier {z:g}")
+        plot_cosines(
+            res["seen_cosines"],
+            res["unseen_cosines"],
+            args.out / f"cosines_{z:g}.png",
+            estimate=est,
+            theoretical=th if math.isfinite(th) else None,
+            title=f"noise multiplier {z:g}",
+        )
         print(json.dumps(rows[-1]), flush=True)
     print(write_table(rows, COLUMNS, args.out, "privacy_audit"))
     plot(rows, args.out / "privacy_audit.png")

@@ -27,11 +27,18 @@ from tff_lab import run_experiment  # noqa: E402
 
 
 def base_overrides(args) -> list[str]:
-    return [f"seed={args.seed}", "data.source=synthetic", f"data.num_clients={args.clients}", "model.name=logreg",
-            "algorithm.weighting=uniform", "algorithm.client_optimizer.learning_rate=0.05",
-            "training.batch_size=10", f"training.rounds={args.rounds}",
-            f"training.eval_every_rounds={max(1, args.rounds // 10)}",
-            f"training.rounds_per_checkpoint={max(1, args.rounds // 4)}"]
+    return [
+        f"seed={args.seed}",
+        "data.source=synthetic",
+        f"data.num_clients={args.clients}",
+        "model.name=logreg",
+        "algorithm.weighting=uniform",
+        "algorithm.client_optimizer.learning_rate=0.05",
+        "training.batch_size=10",
+        f"training.rounds={args.rounds}",
+        f"training.eval_every_rounds={max(1, args.rounds // 10)}",
+        f"training.rounds_per_checkpoint={max(1, args.rounds // 4)}",
+    ]
 
 
 def poisson(args) -> list[str]:
@@ -43,13 +50,19 @@ def methods(args) -> dict:
     per_round = max(1, round(args.rate * args.clients))
     return {
         "fedavg": poisson(args) + ["centralized.enabled=true"],
-        "dp_fedavg_fixed": poisson(args) + ["privacy.mechanism=gaussian_fixed", eps, "privacy.clip=1.0",
-                                            "centralized.enabled=false"],
-        "dp_fedavg_adaptive": poisson(args) + ["privacy.mechanism=gaussian_adaptive", eps, "privacy.clip=0.1",
-                                               "centralized.enabled=false"],
-        "dp_ftrl": [f"training.clients_per_round={per_round}", "privacy.mechanism=tree", eps, "privacy.clip=1.0",
-                    "algorithm.server_optimizer.name=sgdm", "algorithm.server_optimizer.momentum=0.9",
-                    "centralized.enabled=false"],
+        "dp_fedavg_fixed": poisson(args)
+        + ["privacy.mechanism=gaussian_fixed", eps, "privacy.clip=1.0", "centralized.enabled=false"],
+        "dp_fedavg_adaptive": poisson(args)
+        + ["privacy.mechanism=gaussian_adaptive", eps, "privacy.clip=0.1", "centralized.enabled=false"],
+        "dp_ftrl": [
+            f"training.clients_per_round={per_round}",
+            "privacy.mechanism=tree",
+            eps,
+            "privacy.clip=1.0",
+            "algorithm.server_optimizer.name=sgdm",
+            "algorithm.server_optimizer.momentum=0.9",
+            "centralized.enabled=false",
+        ],
     }
 
 
@@ -75,10 +88,17 @@ def main(argv=None) -> int:
         s = run_experiment(None, run_dir, overrides=[*base_overrides(args), f"name={name}", *extra], overwrite=True)
         curves[name] = curve(run_dir)
         p = s.get("privacy") or {}
-        rows.append({"method": name, "dp_unit": "client" if p else "-",
-                     "epsilon_rdp": (p.get("epsilon") or {}).get("rdp"), "epsilon_pld": (p.get("epsilon") or {}).get("pld"),
-                     "delta": f"{p['delta']:.3g}" if p else None, "noise_multiplier": p.get("noise_multiplier"),
-                     "test_accuracy": s["final_test_accuracy"]})
+        rows.append(
+            {
+                "method": name,
+                "dp_unit": "client" if p else "-",
+                "epsilon_rdp": (p.get("epsilon") or {}).get("rdp"),
+                "epsilon_pld": (p.get("epsilon") or {}).get("pld"),
+                "delta": f"{p['delta']:.3g}" if p else None,
+                "noise_multiplier": p.get("noise_multiplier"),
+                "test_accuracy": s["final_test_accuracy"],
+            }
+        )
         if s.get("centralized"):
             rows.append({"method": "centralized", "dp_unit": "-", "test_accuracy": s["centralized"]["accuracy"]})
         print(f"{name:<20} acc={s['final_test_accuracy']:.4f} eps={p.get('epsilon')}", flush=True)
@@ -91,15 +111,29 @@ def main(argv=None) -> int:
     cfg = load_config(None, base_overrides(args) + poisson(args))
     data = load_federated_data(cfg)
     d = train_dp_sgd(cfg, data, args.dpsgd_epochs, target_epsilon=args.epsilon, batch_size=256, learning_rate=0.5)
-    rows.append({"method": "dp_sgd (centralized)", "dp_unit": "example", "epsilon_rdp": d["epsilon_rdp"],
-                 "epsilon_pld": d["epsilon_pld"], "delta": f"{d['delta']:.3g}", "noise_multiplier": d["noise_multiplier"],
-                 "test_accuracy": d["accuracy"]})
+    rows.append(
+        {
+            "method": "dp_sgd (centralized)",
+            "dp_unit": "example",
+            "epsilon_rdp": d["epsilon_rdp"],
+            "epsilon_pld": d["epsilon_pld"],
+            "delta": f"{d['delta']:.3g}",
+            "noise_multiplier": d["noise_multiplier"],
+            "test_accuracy": d["accuracy"],
+        }
+    )
     print(f"{'dp_sgd':<20} acc={d['accuracy']:.4f} eps_rdp={d['epsilon_rdp']:.3f}", flush=True)
 
     cols = ["method", "dp_unit", "epsilon_rdp", "epsilon_pld", "delta", "noise_multiplier", "test_accuracy"]
     print(write_table(rows, cols, out, "privacy_comparison"))
-    plot_lines(curves, out / "privacy_comparison.png", xlabel="round", ylabel="global test accuracy",
-               title=f"synthetic(1,1), {args.clients} clients, private runs at epsilon {args.epsilon}", marker=".")
+    plot_lines(
+        curves,
+        out / "privacy_comparison.png",
+        xlabel="round",
+        ylabel="global test accuracy",
+        title=f"synthetic(1,1), {args.clients} clients, private runs at epsilon {args.epsilon}",
+        marker=".",
+    )
     (out / "privacy_comparison.json").write_text(json.dumps(rows, indent=1))
     return 0
 

@@ -34,11 +34,22 @@ def main(argv=None) -> int:
     if args.clients < 1000:
         ap.error("the sweep is defined on at least 1,000 clients (use --rounds to make it small)")
     out = Path(args.out)
-    common = [f"seed={args.seed}", "data.source=synthetic", f"data.num_clients={args.clients}", "model.name=logreg",
-              "algorithm.name=fedprox", "algorithm.proximal_strength=0.01", "algorithm.weighting=uniform",
-              "algorithm.client_optimizer.learning_rate=0.05", "training.batch_size=10",
-              "training.sampling=poisson", f"training.sampling_rate={args.rate}", f"training.rounds={args.rounds}",
-              f"training.eval_every_rounds={max(1, args.rounds // 5)}", "centralized.enabled=false"]
+    common = [
+        f"seed={args.seed}",
+        "data.source=synthetic",
+        f"data.num_clients={args.clients}",
+        "model.name=logreg",
+        "algorithm.name=fedprox",
+        "algorithm.proximal_strength=0.01",
+        "algorithm.weighting=uniform",
+        "algorithm.client_optimizer.learning_rate=0.05",
+        "training.batch_size=10",
+        "training.sampling=poisson",
+        f"training.sampling_rate={args.rate}",
+        f"training.rounds={args.rounds}",
+        f"training.eval_every_rounds={max(1, args.rounds // 5)}",
+        "centralized.enabled=false",
+    ]
     rows = []
     s = run_experiment(None, out / "runs" / "non_private", overrides=common + ["name=non_private"], overwrite=True)
     reference = s["final_test_accuracy"]
@@ -46,16 +57,40 @@ def main(argv=None) -> int:
     print(f"non-private          acc={reference:.4f}", flush=True)
     for z in args.noise:
         name = f"noise_{z:g}"
-        s = run_experiment(None, out / "runs" / name, overwrite=True,
-                           overrides=common + [f"name={name}", "privacy.mechanism=gaussian_fixed",
-                                               f"privacy.noise_multiplier={z}", f"privacy.clip={args.clip}"])
+        s = run_experiment(
+            None,
+            out / "runs" / name,
+            overwrite=True,
+            overrides=common
+            + [
+                f"name={name}",
+                "privacy.mechanism=gaussian_fixed",
+                f"privacy.noise_multiplier={z}",
+                f"privacy.clip={args.clip}",
+            ],
+        )
         eps = s["privacy"]["epsilon"]
-        rows.append({"noise_multiplier": z, "epsilon_rdp": eps["rdp"], "epsilon_pld": eps["pld"],
-                     "delta": f"{s['privacy']['delta']:.3g}", "test_accuracy": s["final_test_accuracy"]})
-        print(f"noise {z:<6g} eps_rdp={eps['rdp']:.3f} eps_pld={eps['pld']:.3f} acc={s['final_test_accuracy']:.4f}",
-              flush=True)
-    print(write_table(rows, ["noise_multiplier", "epsilon_rdp", "epsilon_pld", "delta", "test_accuracy"], out,
-                      "privacy_utility_sweep"))
+        rows.append(
+            {
+                "noise_multiplier": z,
+                "epsilon_rdp": eps["rdp"],
+                "epsilon_pld": eps["pld"],
+                "delta": f"{s['privacy']['delta']:.3g}",
+                "test_accuracy": s["final_test_accuracy"],
+            }
+        )
+        print(
+            f"noise {z:<6g} eps_rdp={eps['rdp']:.3f} eps_pld={eps['pld']:.3f} acc={s['final_test_accuracy']:.4f}",
+            flush=True,
+        )
+    print(
+        write_table(
+            rows,
+            ["noise_multiplier", "epsilon_rdp", "epsilon_pld", "delta", "test_accuracy"],
+            out,
+            "privacy_utility_sweep",
+        )
+    )
 
     import matplotlib
 
@@ -67,8 +102,13 @@ def main(argv=None) -> int:
     for key, label, marker in (("epsilon_pld", "PLD", "o"), ("epsilon_rdp", "RDP", "s")):
         ax.plot([r[key] for r in private], [r["test_accuracy"] for r in private], marker=marker, label=f"DP ({label})")
     for r in private:
-        ax.annotate(f"z={r['noise_multiplier']:g}", (r["epsilon_pld"], r["test_accuracy"]), fontsize=7,
-                    textcoords="offset points", xytext=(3, 3))
+        ax.annotate(
+            f"z={r['noise_multiplier']:g}",
+            (r["epsilon_pld"], r["test_accuracy"]),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(3, 3),
+        )
     ax.axhline(reference, color="grey", linestyle="--", label="non-private")
     ax.set_xscale("log")
     ax.set_xlabel(f"epsilon (delta {private[0]['delta']}) after {args.rounds} rounds")

@@ -46,39 +46,78 @@ def main(argv=None) -> int:
         for alg in ALGORITHMS:
             run_dir = out / "runs" / f"{alg}_seed{seed}"
             overrides = [
-                f"name={alg}", f"seed={seed}", "data.source=digits", f"data.num_clients={args.clients}",
-                "partition.scheme=dirichlet", f"partition.alpha={args.alpha}", f"algorithm.name={alg}",
-                "algorithm.weighting=uniform", f"algorithm.client_optimizer.learning_rate={args.client_lr}",
-                "algorithm.server_optimizer.learning_rate=1.0", f"training.rounds={args.rounds}",
-                f"training.clients_per_round={args.clients_per_round}", f"training.local_epochs={args.local_epochs}",
-                "training.eval_every_rounds=1", f"training.rounds_per_checkpoint={args.rounds}",
-                "training.engine=vectorized", "centralized.enabled=false"]
+                f"name={alg}",
+                f"seed={seed}",
+                "data.source=digits",
+                f"data.num_clients={args.clients}",
+                "partition.scheme=dirichlet",
+                f"partition.alpha={args.alpha}",
+                f"algorithm.name={alg}",
+                "algorithm.weighting=uniform",
+                f"algorithm.client_optimizer.learning_rate={args.client_lr}",
+                "algorithm.server_optimizer.learning_rate=1.0",
+                f"training.rounds={args.rounds}",
+                f"training.clients_per_round={args.clients_per_round}",
+                f"training.local_epochs={args.local_epochs}",
+                "training.eval_every_rounds=1",
+                f"training.rounds_per_checkpoint={args.rounds}",
+                "training.engine=vectorized",
+                "centralized.enabled=false",
+            ]
             s = run_experiment(None, run_dir, overrides=overrides, overwrite=True)
             metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             acc = [(m["round"], m["eval_accuracy"]) for m in metrics if m.get("eval_accuracy") is not None]
             curves[alg][seed] = acc
-            rows.append({"algorithm": alg, "seed": seed, "final_test_accuracy": s["final_test_accuracy"],
-                         "best_test_accuracy": max(a for _, a in acc), "final_test_loss": s["final_test_loss"],
-                         "seconds_per_round": s["seconds_per_round_median"]})
-            print(f"{alg:<9} seed {seed}: final acc {s['final_test_accuracy']:.4f}  best "
-                  f"{rows[-1]['best_test_accuracy']:.4f}", flush=True)
+            rows.append(
+                {
+                    "algorithm": alg,
+                    "seed": seed,
+                    "final_test_accuracy": s["final_test_accuracy"],
+                    "best_test_accuracy": max(a for _, a in acc),
+                    "final_test_loss": s["final_test_loss"],
+                    "seconds_per_round": s["seconds_per_round_median"],
+                }
+            )
+            print(
+                f"{alg:<9} seed {seed}: final acc {s['final_test_accuracy']:.4f}  best "
+                f"{rows[-1]['best_test_accuracy']:.4f}",
+                flush=True,
+            )
     for alg in ALGORITHMS:
         mine = [r for r in rows if r["algorithm"] == alg]
-        rows.append({"algorithm": alg, "seed": "mean",
-                     **{k: float(np.mean([r[k] for r in mine])) for k in
-                        ("final_test_accuracy", "best_test_accuracy", "final_test_loss", "seconds_per_round")}})
-    print(write_table(rows, ["algorithm", "seed", "final_test_accuracy", "best_test_accuracy", "final_test_loss",
-                             "seconds_per_round"], out, "scaffold_vs_fedavg"))
+        rows.append(
+            {
+                "algorithm": alg,
+                "seed": "mean",
+                **{
+                    k: float(np.mean([r[k] for r in mine]))
+                    for k in ("final_test_accuracy", "best_test_accuracy", "final_test_loss", "seconds_per_round")
+                },
+            }
+        )
+    print(
+        write_table(
+            rows,
+            ["algorithm", "seed", "final_test_accuracy", "best_test_accuracy", "final_test_loss", "seconds_per_round"],
+            out,
+            "scaffold_vs_fedavg",
+        )
+    )
     mean_curves = {}
     for alg in ALGORITHMS:
         per_seed = list(curves[alg].values())
         rounds = [r for r, _ in per_seed[0]]
         mean_curves[alg] = [(r, float(np.mean([c[i][1] for c in per_seed]))) for i, r in enumerate(rounds)]
-    plot_lines(mean_curves, out / "scaffold_vs_fedavg.png", xlabel="round", ylabel="global test accuracy",
-               title=f"digits, Dirichlet alpha={args.alpha}, {args.local_epochs} local epochs "
-                     f"(mean of {len(args.seeds)} seeds)", marker=".")
-    print(f"wrote {out / 'scaffold_vs_fedavg.csv'}, {out / 'scaffold_vs_fedavg.md'}, "
-          f"{out / 'scaffold_vs_fedavg.png'}")
+    plot_lines(
+        mean_curves,
+        out / "scaffold_vs_fedavg.png",
+        xlabel="round",
+        ylabel="global test accuracy",
+        title=f"digits, Dirichlet alpha={args.alpha}, {args.local_epochs} local epochs "
+        f"(mean of {len(args.seeds)} seeds)",
+        marker=".",
+    )
+    print(f"wrote {out / 'scaffold_vs_fedavg.csv'}, {out / 'scaffold_vs_fedavg.md'}, {out / 'scaffold_vs_fedavg.png'}")
     return 0
 
 

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import write_table  # noqa: E402
 
-from tff_lab.aggregation.secagg import field, graph as graph_lib, protocol  # noqa: E402
+from tff_lab.aggregation.secagg import field, protocol  # noqa: E402
+from tff_lab.aggregation.secagg import graph as graph_lib
 
 MODEL_PARAMS = 64 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10  # the default experiment's MLP
 SIDE_VALUES = 10  # weight, quantile records and counts of tff.learning.secure_aggregator
@@ -37,7 +38,7 @@ def point(n: int, neighbors, rate: float, repeats: int, seed: int, fraction: flo
     t = graph_lib.threshold(k + 1, fraction)
     segments = [(MODEL_PARAMS, field.field_bits(32, n)), (SIDE_VALUES, field.field_bits(32, n))]
     rng = np.random.default_rng([seed, n])
-    xs = [rng.integers(0, 2 ** 32, MODEL_PARAMS + SIDE_VALUES, dtype=np.uint64) for _ in range(n)]
+    xs = [rng.integers(0, 2**32, MODEL_PARAMS + SIDE_VALUES, dtype=np.uint64) for _ in range(n)]
     sent, recv, overhead, client_s, server_s, wall, aborted = [], [], [], [], [], [], 0
     for r in range(repeats):
         dropouts = protocol.draw_dropouts(n, rate, np.random.default_rng([seed, n, r]))
@@ -56,19 +57,32 @@ def point(n: int, neighbors, rate: float, repeats: int, seed: int, fraction: flo
         client_s.append(res.client_seconds[took_part].mean())
         server_s.append(res.server_seconds)
     mean = lambda v: float(np.mean(v)) if v else float("nan")  # noqa: E731
-    return {"protocol": "SecAgg" if neighbors == "all" else "SecAgg+", "clients": n, "neighbors": k, "threshold": t,
-            "dropout_rate": rate, "client_sent_kB": mean(sent) / 1e3, "client_received_kB": mean(recv) / 1e3,
-            "client_key_share_kB": mean(overhead) / 1e3,
-            "client_compute_s": mean(client_s), "server_compute_s": mean(server_s), "round_wall_s": mean(wall),
-            "aborted": f"{aborted}/{repeats}"}
+    return {
+        "protocol": "SecAgg" if neighbors == "all" else "SecAgg+",
+        "clients": n,
+        "neighbors": k,
+        "threshold": t,
+        "dropout_rate": rate,
+        "client_sent_kB": mean(sent) / 1e3,
+        "client_received_kB": mean(recv) / 1e3,
+        "client_key_share_kB": mean(overhead) / 1e3,
+        "client_compute_s": mean(client_s),
+        "server_compute_s": mean(server_s),
+        "round_wall_s": mean(wall),
+        "aborted": f"{aborted}/{repeats}",
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/secagg_cost")
     ap.add_argument("--cohorts", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
-    ap.add_argument("--secagg-max", type=int, default=64,
-                    help="largest cohort for SecAgg (complete graph: its server's Shamir work grows as n^2 t)")
+    ap.add_argument(
+        "--secagg-max",
+        type=int,
+        default=64,
+        help="largest cohort for SecAgg (complete graph: its server's Shamir work grows as n^2 t)",
+    )
     ap.add_argument("--dropouts", type=float, nargs="+", default=[0.0, 0.1, 0.2])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threshold-fraction", type=float, default=0.5)
@@ -84,13 +98,27 @@ def main(argv=None) -> int:
                     continue
                 row = point(n, neighbors, rate, args.repeats, args.seed, args.threshold_fraction)
                 rows.append(row)
-                print(f"{row['protocol']:<8} n={n:<4} k={row['neighbors']:<3} drop={rate:<4} "
-                      f"sent={row['client_sent_kB']:8.1f} kB recv={row['client_received_kB']:8.1f} kB keys+shares={row['client_key_share_kB']:6.2f} kB "
-                      f"client={row['client_compute_s']:.4f}s server={row['server_compute_s']:.3f}s "
-                      f"round={row['round_wall_s']:.3f}s aborted={row['aborted']}", flush=True)
-    cols = ["protocol", "clients", "neighbors", "threshold", "dropout_rate", "client_sent_kB", "client_received_kB",
-            "client_key_share_kB",
-            "client_compute_s", "server_compute_s", "round_wall_s", "aborted"]
+                print(
+                    f"{row['protocol']:<8} n={n:<4} k={row['neighbors']:<3} drop={rate:<4} "
+                    f"sent={row['client_sent_kB']:8.1f} kB recv={row['client_received_kB']:8.1f} kB keys+shares={row['client_key_share_kB']:6.2f} kB "
+                    f"client={row['client_compute_s']:.4f}s server={row['server_compute_s']:.3f}s "
+                    f"round={row['round_wall_s']:.3f}s aborted={row['aborted']}",
+                    flush=True,
+                )
+    cols = [
+        "protocol",
+        "clients",
+        "neighbors",
+        "threshold",
+        "dropout_rate",
+        "client_sent_kB",
+        "client_received_kB",
+        "client_key_share_kB",
+        "client_compute_s",
+        "server_compute_s",
+        "round_wall_s",
+        "aborted",
+    ]
     print(write_table(rows, cols, out, "secagg_cost"))
     plot(rows, out / "secagg_cost.png")
     print(f"wrote {out / 'secagg_cost.png'}")
@@ -105,14 +133,19 @@ def plot(rows: list, path: Path) -> None:
 
     rates = sorted({r["dropout_rate"] for r in rows})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = [("client_key_share_kB", "kB per client beyond the masked vector\n(keys, shares, unmasking; sent + received)"),
-              ("client_compute_s", "client compute seconds per round"),
-              ("round_wall_s", "round time, all clients + server, one process (s)")]
+    panels = [
+        ("client_key_share_kB", "kB per client beyond the masked vector\n(keys, shares, unmasking; sent + received)"),
+        ("client_compute_s", "client compute seconds per round"),
+        ("round_wall_s", "round time, all clients + server, one process (s)"),
+    ]
     for ax, (key, label) in zip(axes, panels):
         for proto, style in (("SecAgg", "-"), ("SecAgg+", "--")):
             for rate in rates:
-                pts = [(r["clients"], r[key]) for r in rows if r["protocol"] == proto and r["dropout_rate"] == rate
-                       and not math.isnan(r[key])]
+                pts = [
+                    (r["clients"], r[key])
+                    for r in rows
+                    if r["protocol"] == proto and r["dropout_rate"] == rate and not math.isnan(r[key])
+                ]
                 if pts:
                     ax.plot(*zip(*pts), style, marker="o", label=f"{proto}, dropout {rate:g}")
         ax.set_xscale("log", base=2)

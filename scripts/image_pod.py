@@ -91,12 +91,22 @@ def main() -> int:
     ap.add_argument("--pod-dir", required=True, help="this pod's directory, relative to the results directory")
     ap.add_argument("--network", required=True)
     ap.add_argument("--ip-prefix", required=True, help="e.g. 10.213.77 (a /24 network)")
-    ap.add_argument("--hosts", action="append", default=[],
-                    help="Kind/name whose pods' DNS names this pod resolves (repeatable)")
-    ap.add_argument("--set", action="append", default=[], dest="sets",
-                    help="CONFIGMAP_KEY:dotted.path=YAML_VALUE, applied to that ConfigMap file (repeatable)")
-    ap.add_argument("--volume", action="append", default=[],
-                    help="VOLUME_NAME=HOST_DIR: mount a host directory instead of that pod volume")
+    ap.add_argument(
+        "--hosts", action="append", default=[], help="Kind/name whose pods' DNS names this pod resolves (repeatable)"
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="sets",
+        help="CONFIGMAP_KEY:dotted.path=YAML_VALUE, applied to that ConfigMap file (repeatable)",
+    )
+    ap.add_argument(
+        "--volume",
+        action="append",
+        default=[],
+        help="VOLUME_NAME=HOST_DIR: mount a host directory instead of that pod volume",
+    )
     ap.add_argument("--args", default=None, help="JSON list replacing the container's args")
     ap.add_argument("--podman-name", required=True, help="the podman container name")
     a = ap.parse_args()
@@ -105,8 +115,9 @@ def main() -> int:
     obj = objs[(a.kind, a.name)]
     spec = obj["spec"]
     pod = spec["template"]["spec"]
-    container = next((c for c in [*pod.get("initContainers", []), *pod["containers"]] if c["name"] == a.container),
-                     None)
+    container = next(
+        (c for c in [*pod.get("initContainers", []), *pod["containers"]] if c["name"] == a.container), None
+    )
     if container is None:
         raise SystemExit(f"no container {a.container} in {a.kind}/{a.name}")
     out_host, out_mnt = Path(a.out_host), Path(a.out_mnt)
@@ -220,8 +231,11 @@ def main() -> int:
     command = container.get("command")
     if command:
         opts += ["--entrypoint", json.dumps(command)]
-    args = json.loads(a.args) if a.args is not None else [
-        VAR_REF.sub(lambda mm: env.get(mm.group(1), mm.group(0)), x) for x in container.get("args", [])]
+    args = (
+        json.loads(a.args)
+        if a.args is not None
+        else [VAR_REF.sub(lambda mm: env.get(mm.group(1), mm.group(0)), x) for x in container.get("args", [])]
+    )
     sys.stdout.write("\0".join([*opts, a.image, *args]))
     return 0
 

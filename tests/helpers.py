@@ -19,8 +19,14 @@ def cli_env() -> dict:
 
 def run_cli(*args, cwd=None, timeout=600, check=False) -> subprocess.CompletedProcess:
     """Runs ``tff-lab ARGS`` as a user would (a fresh Python process)."""
-    proc = subprocess.run([sys.executable, "-m", "tff_lab.cli", *map(str, args)], cwd=cwd or REPO,
-                          capture_output=True, text=True, timeout=timeout, env=cli_env())
+    proc = subprocess.run(
+        [sys.executable, "-m", "tff_lab.cli", *map(str, args)],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"tff-lab {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
@@ -29,8 +35,9 @@ def run_cli(*args, cwd=None, timeout=600, check=False) -> subprocess.CompletedPr
 def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     """Exit code 2, a one-line message naming what is wrong, no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-    err_lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("tff-lab: error") or "usage:" in l
-                 or "error:" in l]
+    err_lines = [
+        l for l in proc.stderr.strip().splitlines() if l.startswith("tff-lab: error") or "usage:" in l or "error:" in l
+    ]
     assert "Traceback" not in proc.stderr, proc.stderr
     assert err_lines, proc.stderr
     msg = err_lines[-1]
@@ -40,5 +47,11 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
         assert n in msg, (n, msg)
 
 
-TINY = ["training.rounds=3", "training.clients_per_round=4", "data.num_clients=8", "training.eval_every_rounds=2",
-        "training.rounds_per_checkpoint=2", "centralized.enabled=true"]
+TINY = [
+    "training.rounds=3",
+    "training.clients_per_round=4",
+    "data.num_clients=8",
+    "training.eval_every_rounds=2",
+    "training.rounds_per_checkpoint=2",
+    "centralized.enabled=true",
+]

@@ -17,8 +17,16 @@ def __getattr__(name):
         from tff_lab.models.spec import ModelSpec
 
         return ModelSpec
-    if name in ("build", "initialize", "run_rounds", "finalize", "RoundHook", "federated_data",
-                "register_model", "register_source"):
+    if name in (
+        "build",
+        "initialize",
+        "run_rounds",
+        "finalize",
+        "RoundHook",
+        "federated_data",
+        "register_model",
+        "register_source",
+    ):
         if name == "RoundHook":
             from tff_lab.training.hooks import RoundHook as obj
         elif name == "federated_data":
@@ -42,5 +50,18 @@ def run_experiment(*args, **kwargs):
     return _run(*args, **kwargs)
 
 
-__all__ = ["ExperimentConfig", "ModelSpec", "RoundHook", "build", "federated_data", "finalize", "initialize",
-           "load_config", "register_model", "register_source", "run_experiment", "run_rounds", "__version__"]
+__all__ = [
+    "ExperimentConfig",
+    "ModelSpec",
+    "RoundHook",
+    "build",
+    "federated_data",
+    "finalize",
+    "initialize",
+    "load_config",
+    "register_model",
+    "register_source",
+    "run_experiment",
+    "run_rounds",
+    "__version__",
+]

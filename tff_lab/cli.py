@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tff-lab",
         description="Private federated learning on TensorFlow Federated: run experiments, account privacy, "
-                    "export to TFLite, train on a cluster.",
+        "export to TFLite, train on a cluster.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -129,8 +129,10 @@ def _classify(e: BaseException) -> tuple[int, str]:
         where = e.filename or "disk"
         return 2, f"error: {where}: {os.strerror(e.errno) if e.errno else msg}"
     if isinstance(e, MemoryError) or name == "ResourceExhaustedError":
-        return 2, (f"error: out of memory ({name}): the input or settings ask for more memory than this machine "
-                   "has; use smaller data, model or cohort")
+        return 2, (
+            f"error: out of memory ({name}): the input or settings ask for more memory than this machine "
+            "has; use smaller data, model or cohort"
+        )
     where = ""
     import traceback
 
@@ -138,8 +140,10 @@ def _classify(e: BaseException) -> tuple[int, str]:
     if tb:
         last = tb[-1]
         where = f" at {os.path.basename(last.filename)}:{last.lineno}"
-    return 1, (f"internal error: {name}: {msg}{where}. This is a bug in tff-lab, not in your input: please report "
-               "it with the command you ran (TFF_LAB_DEBUG=1 prints the traceback)")
+    return 1, (
+        f"internal error: {name}: {msg}{where}. This is a bug in tff-lab, not in your input: please report "
+        "it with the command you ran (TFF_LAB_DEBUG=1 prints the traceback)"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,7 +22,7 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Union[str, "os.PathLike[str]"], suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(path: Union[str, os.PathLike[str]], suffix: str = ".tmp") -> Iterator[Path]:
     """Yields a temp path beside ``path``; on success it is fsynced and renamed onto ``path``.
 
     For writers that want a file name (``np.savez``, ``fig.savefig``, Keras' ``save``)."""
@@ -42,7 +42,7 @@ def atomic_path(path: Union[str, "os.PathLike[str]"], suffix: str = ".tmp") -> I
         raise
 
 
-def atomic_write_bytes(path: Union[str, "os.PathLike[str]"], data: bytes) -> None:
+def atomic_write_bytes(path: Union[str, os.PathLike[str]], data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -58,11 +58,11 @@ def atomic_write_bytes(path: Union[str, "os.PathLike[str]"], data: bytes) -> Non
         raise
 
 
-def atomic_write_text(path: Union[str, "os.PathLike[str]"], text: str) -> None:
+def atomic_write_text(path: Union[str, os.PathLike[str]], text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def atomic_write(path: Union[str, "os.PathLike[str]"], data: Union[bytes, str]) -> None:
+def atomic_write(path: Union[str, os.PathLike[str]], data: Union[bytes, str]) -> None:
     atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 

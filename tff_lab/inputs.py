@@ -29,7 +29,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Optional, Type, Union
+from typing import Optional, Union
 
 from tff_lab.errors import ConfigError, DataError, UserError
 
@@ -63,7 +63,7 @@ def _kind(mode: int) -> Optional[str]:
     return "not a regular file"
 
 
-def _error(error: Type[UserError], where: str, path: PathLike, message: str) -> UserError:
+def _error(error: type[UserError], where: str, path: PathLike, message: str) -> UserError:
     """``where: message`` when ``where`` is the path itself, else ``where: PATH message``."""
     p = os.fspath(path)
     if where == p or not where:
@@ -98,8 +98,14 @@ def _size_text(n: int) -> str:
     return f"{n} bytes"
 
 
-def regular_file(path: PathLike, where: Optional[str] = None, max_bytes: int = MAX_DATA_FILE_BYTES, *,
-                 what: str = "file", error: Type[UserError] = DataError) -> Path:
+def regular_file(
+    path: PathLike,
+    where: Optional[str] = None,
+    max_bytes: int = MAX_DATA_FILE_BYTES,
+    *,
+    what: str = "file",
+    error: type[UserError] = DataError,
+) -> Path:
     """``path`` as a :class:`~pathlib.Path` once it is known to be a readable regular file of at most
     ``max_bytes`` bytes; else ``error(where, ...)`` (``where`` defaults to the path).
 
@@ -137,8 +143,14 @@ def regular_file(path: PathLike, where: Optional[str] = None, max_bytes: int = M
     return p
 
 
-def read_text_file(path: PathLike, where: Optional[str] = None, max_bytes: int = MAX_TEXT_FILE_BYTES, *,
-                   what: str = "file", error: Type[UserError] = ConfigError) -> str:
+def read_text_file(
+    path: PathLike,
+    where: Optional[str] = None,
+    max_bytes: int = MAX_TEXT_FILE_BYTES,
+    *,
+    what: str = "file",
+    error: type[UserError] = ConfigError,
+) -> str:
     """The UTF-8 text of a checked :func:`regular_file` (never more than ``max_bytes`` bytes read)."""
     p = regular_file(path, where, max_bytes, what=what, error=error)
     where = where if where is not None else os.fspath(path)
@@ -178,8 +190,9 @@ def _deepest_existing(p: Path, where: str, path: PathLike, error) -> Path:
         except OSError as e:
             raise _error(error, where, path, f"cannot be created: {anc}: {_oserror_text(e)}") from None
         if not stat.S_ISDIR(st.st_mode):
-            raise _error(error, where, path, f"cannot be created: {anc} is {_kind(st.st_mode) or 'a file'}, "
-                                             "not a directory")
+            raise _error(
+                error, where, path, f"cannot be created: {anc} is {_kind(st.st_mode) or 'a file'}, not a directory"
+            )
         return anc
 
 
@@ -190,8 +203,12 @@ def _name_lengths(p: Path, anc: Path, where: str, path: PathLike, error) -> None
         name_max = 255
     for part in p.relative_to(anc).parts:
         if len(os.fsencode(part)) > name_max:
-            raise _error(error, where, path, f"cannot be created: the name {part[:40]!r}... is too long "
-                                             f"(more than {name_max} bytes)")
+            raise _error(
+                error,
+                where,
+                path,
+                f"cannot be created: the name {part[:40]!r}... is too long (more than {name_max} bytes)",
+            )
 
 
 def _probe_dir(d: Path, where: str, path: PathLike, error) -> None:
@@ -207,7 +224,7 @@ def _probe_dir(d: Path, where: str, path: PathLike, error) -> None:
         pass
 
 
-def output_file(path: PathLike, where: Optional[str] = None, *, error: Type[UserError] = ConfigError) -> Path:
+def output_file(path: PathLike, where: Optional[str] = None, *, error: type[UserError] = ConfigError) -> Path:
     """``path`` as a Path once a file can be written there (created, or replaced atomically).
 
     Refuses, naming ``where`` (default: the path): an empty path, an existing directory or other
@@ -246,7 +263,7 @@ def output_file(path: PathLike, where: Optional[str] = None, *, error: Type[User
     return p
 
 
-def check_output_dir(path: PathLike, where: Optional[str] = None, *, error: Type[UserError] = ConfigError) -> Path:
+def check_output_dir(path: PathLike, where: Optional[str] = None, *, error: type[UserError] = ConfigError) -> Path:
     """``path`` as a Path once a directory can be created or written there (not RUN_DIR: that has
     its own owner). Refuses an existing non-directory, a path under a regular file, a virtual file
     system, a folder that cannot be written (probed for real)."""
@@ -331,8 +348,14 @@ def int_in(lo: Optional[int] = 1, hi: Optional[int] = INT32_MAX, *, note: str = 
     return parse
 
 
-def float_in(lo: Optional[float] = None, hi: Optional[float] = None, *, lo_open: bool = False,
-             hi_open: bool = False, note: str = ""):
+def float_in(
+    lo: Optional[float] = None,
+    hi: Optional[float] = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    note: str = "",
+):
     """An argparse ``type=``: a finite number in the interval (open/closed ends as asked)."""
     bounds = _bounds_text(lo, hi, lo_open, hi_open)
     expected = (f"a finite number {bounds}" if bounds else "a finite number") + (f" ({note})" if note else "")
@@ -365,8 +388,9 @@ probability = float_in(0.0, 1.0, lo_open=True)  # (0, 1]
 open_fraction = float_in(0.0, 1.0, lo_open=True, hi_open=True)  # (0, 1)
 
 
-def check_int(value, where: str, lo: Optional[int] = 1, hi: Optional[int] = INT32_MAX, *,
-              error: Type[UserError] = ConfigError) -> int:
+def check_int(
+    value, where: str, lo: Optional[int] = 1, hi: Optional[int] = INT32_MAX, *, error: type[UserError] = ConfigError
+) -> int:
     """``value`` as an int within [lo, hi], else ``error(where, ...)`` (for values from Python)."""
     try:
         return int_in(lo, hi)(value)
@@ -374,8 +398,16 @@ def check_int(value, where: str, lo: Optional[int] = 1, hi: Optional[int] = INT3
         raise error(where, str(e)) from None
 
 
-def check_float(value, where: str, lo: Optional[float] = None, hi: Optional[float] = None, *,
-                lo_open: bool = False, hi_open: bool = False, error: Type[UserError] = ConfigError) -> float:
+def check_float(
+    value,
+    where: str,
+    lo: Optional[float] = None,
+    hi: Optional[float] = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    error: type[UserError] = ConfigError,
+) -> float:
     """``value`` as a finite float within the interval, else ``error(where, ...)``."""
     try:
         return float_in(lo, hi, lo_open=lo_open, hi_open=hi_open)(value)
@@ -393,8 +425,15 @@ MAX_ARRAY_BYTES = 8 * GiB  # one client's features as stored
 MAX_CLASSES = 100_000
 
 
-def check_example_shape(shape, where: str, *, name: str = "x", itemsize: int = 4, allow_empty: bool = False,
-                        error: Type[UserError] = DataError) -> None:
+def check_example_shape(
+    shape,
+    where: str,
+    *,
+    name: str = "x",
+    itemsize: int = 4,
+    allow_empty: bool = False,
+    error: type[UserError] = DataError,
+) -> None:
     """Refuses, from the shape alone (nothing allocated yet): no examples (unless ``allow_empty``),
     zero features, more than MAX_EXAMPLE_DIMS dimensions per example, more than
     MAX_FEATURES_PER_EXAMPLE values per example, more than MAX_ARRAY_BYTES in all."""
@@ -407,20 +446,30 @@ def check_example_shape(shape, where: str, *, name: str = "x", itemsize: int = 4
     if any(d == 0 for d in per):
         raise error(where, f"{name} has zero features (shape {shape}); expected at least one value per example")
     if len(per) > MAX_EXAMPLE_DIMS:
-        raise error(where, f"examples of {len(per)} dimensions ({name} has shape {shape}); at most "
-                           f"{MAX_EXAMPLE_DIMS} are supported (e.g. height, width, channels)")
+        raise error(
+            where,
+            f"examples of {len(per)} dimensions ({name} has shape {shape}); at most "
+            f"{MAX_EXAMPLE_DIMS} are supported (e.g. height, width, channels)",
+        )
     n_feat = math.prod(per)
     if n_feat > MAX_FEATURES_PER_EXAMPLE:
-        raise error(where, f"examples of {n_feat:,} values ({name} has shape {shape}); at most "
-                           f"{MAX_FEATURES_PER_EXAMPLE:,} per example")
+        raise error(
+            where,
+            f"examples of {n_feat:,} values ({name} has shape {shape}); at most "
+            f"{MAX_FEATURES_PER_EXAMPLE:,} per example",
+        )
     total = shape[0] * n_feat * max(1, int(itemsize))
     if total > MAX_ARRAY_BYTES:
-        raise error(where, f"{name} of shape {shape} would take {_size_text(total)}; at most "
-                           f"{_size_text(MAX_ARRAY_BYTES)} per file or client")
+        raise error(
+            where,
+            f"{name} of shape {shape} would take {_size_text(total)}; at most "
+            f"{_size_text(MAX_ARRAY_BYTES)} per file or client",
+        )
 
 
-def check_labels(y, where: str, num_classes: Optional[int] = None, *, name: str = "labels y",
-                 error: Type[UserError] = DataError) -> int:
+def check_labels(
+    y, where: str, num_classes: Optional[int] = None, *, name: str = "labels y", error: type[UserError] = DataError
+) -> int:
     """Refuses labels that are not finite integer class ids in [0, num_classes) (and below
     MAX_CLASSES): checked on the array as given, before anything is sized by a label. Names the
     first bad example. Returns the largest label (-1 for no labels)."""
@@ -449,8 +498,11 @@ def check_labels(y, where: str, num_classes: Optional[int] = None, *, name: str 
     limit = MAX_CLASSES if num_classes is None else min(int(num_classes), MAX_CLASSES)
     if hi >= limit:
         i = int(np.argmax(flat))
-        what = (f"below num_classes={num_classes}" if num_classes is not None and num_classes <= MAX_CLASSES
-                else f"below {MAX_CLASSES:,} (at most {MAX_CLASSES:,} classes)")
+        what = (
+            f"below num_classes={num_classes}"
+            if num_classes is not None and num_classes <= MAX_CLASSES
+            else f"below {MAX_CLASSES:,} (at most {MAX_CLASSES:,} classes)"
+        )
         raise error(where, f"{name} must be class ids {what}, got {hi:.0f} at example {i}")
     return int(hi)
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-import io
 import inspect
+import io
 import math
 import sys
 from pathlib import Path
@@ -75,10 +75,13 @@ def resolve(path: str, field: str) -> Any:
     if path in _OBJECTS:
         return _OBJECTS[path]
     if is_python_name(path):
-        raise ConfigError(field, f"{path!r} names a Python object passed to the process that wrote this config "
-                          "(a lambda, closure, instance or other object no import path reaches); it cannot be "
-                          "imported here: pass it again from Python (tff_lab.run_experiment(..., "
-                          f"{path.split(':')[1]}=...)) or give an import path 'module:attribute'")
+        raise ConfigError(
+            field,
+            f"{path!r} names a Python object passed to the process that wrote this config "
+            "(a lambda, closure, instance or other object no import path reaches); it cannot be "
+            "imported here: pass it again from Python (tff_lab.run_experiment(..., "
+            f"{path.split(':')[1]}=...)) or give an import path 'module:attribute'",
+        )
     add_search_path(Path.cwd())
     mod_name, sep, attr = path.partition(":")
     if not sep or not mod_name or not attr:
@@ -92,21 +95,31 @@ def resolve(path: str, field: str) -> Any:
             module = importlib.import_module(mod_name)
     except ImportError as e:
         if getattr(e, "name", None) and e.name != mod_name and not mod_name.startswith(f"{e.name}."):
-            raise ConfigError(field, f"importing '{mod_name}' of {path!r} failed: it imports "
-                              f"'{e.name}', which is not installed ({_first_line(e)})") from None
-        raise ConfigError(field, f"cannot import module '{mod_name}' of {path!r} ({type(e).__name__}: "
-                          f"{_first_line(e)}); is it on PYTHONPATH (the current directory is searched)?") from None
+            raise ConfigError(
+                field,
+                f"importing '{mod_name}' of {path!r} failed: it imports "
+                f"'{e.name}', which is not installed ({_first_line(e)})",
+            ) from None
+        raise ConfigError(
+            field,
+            f"cannot import module '{mod_name}' of {path!r} ({type(e).__name__}: "
+            f"{_first_line(e)}); is it on PYTHONPATH (the current directory is searched)?",
+        ) from None
     except SystemExit as e:  # a script's sys.exit() / argparse error at import
         lines = [ln.strip() for ln in said.getvalue().splitlines() if ln.strip()]
         printed = f" after printing {lines[-1][:200]!r}" if lines else ""
-        raise ConfigError(field, f"importing '{mod_name}' of {path!r} called sys.exit({e.code!r}){printed}; a "
-                          "module used as a part must not exit or parse the command line when imported (guard "
-                          "it with if __name__ == '__main__')") from None
+        raise ConfigError(
+            field,
+            f"importing '{mod_name}' of {path!r} called sys.exit({e.code!r}){printed}; a "
+            "module used as a part must not exit or parse the command line when imported (guard "
+            "it with if __name__ == '__main__')",
+        ) from None
     except KeyboardInterrupt:
         raise ConfigError(field, f"importing '{mod_name}' of {path!r} was interrupted (KeyboardInterrupt)") from None
     except Exception as e:  # the user's module raised while importing
-        raise ConfigError(field, f"importing '{mod_name}' of {path!r} failed: {type(e).__name__}: "
-                          f"{_first_line(e)}") from None
+        raise ConfigError(
+            field, f"importing '{mod_name}' of {path!r} failed: {type(e).__name__}: {_first_line(e)}"
+        ) from None
     finally:
         sys.argv = argv
     obj: Any = module
@@ -156,8 +169,12 @@ def is_importable_elsewhere(name: str) -> bool:
 # Parts as objects: names, descriptions and digests of what they build
 # ----------------------------------------------------------------------------------------------
 PYTHON_PREFIX = "python:"
-KIND_FIELDS = {"model": "model.builder", "data": "data.source", "algorithm": "algorithm.builder",
-               "aggregator": "aggregation.builder"}
+KIND_FIELDS = {
+    "model": "model.builder",
+    "data": "data.source",
+    "algorithm": "algorithm.builder",
+    "aggregator": "aggregation.builder",
+}
 
 
 def _callable_target(obj: Any) -> Any:
@@ -260,12 +277,21 @@ def _stable(value: Any, depth: int = 0) -> Any:
     if isinstance(value, np.ndarray) or type(value).__module__.startswith(("numpy", "tensorflow.python.framework")):
         try:
             arr = np.asarray(value)
-            return ["array", str(arr.dtype), list(arr.shape), hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()]
+            return [
+                "array",
+                str(arr.dtype),
+                list(arr.shape),
+                hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest(),
+            ]
         except Exception:  # noqa: BLE001 - a symbolic tensor: its type is what is stable
             return f"<{type(value).__qualname__}>"
     if isinstance(value, functools.partial):
-        return ["partial", _stable(value.func, depth + 1), _stable(value.args, depth + 1),
-                _stable(value.keywords, depth + 1)]
+        return [
+            "partial",
+            _stable(value.func, depth + 1),
+            _stable(value.args, depth + 1),
+            _stable(value.keywords, depth + 1),
+        ]
     if inspect.ismethod(value):
         return ["method", _stable(value.__func__, depth + 1), _stable(value.__self__, depth + 1)]
     if inspect.isfunction(value):
@@ -279,8 +305,14 @@ def _stable(value: Any, depth: int = 0) -> Any:
                 cells.append(_stable(cell.cell_contents, depth + 1))
             except ValueError:  # an empty cell
                 cells.append(None)
-        return ["function", f"{value.__module__}:{value.__qualname__}", src, _stable(value.__defaults__, depth + 1),
-                _stable(value.__kwdefaults__, depth + 1), cells]
+        return [
+            "function",
+            f"{value.__module__}:{value.__qualname__}",
+            src,
+            _stable(value.__defaults__, depth + 1),
+            _stable(value.__kwdefaults__, depth + 1),
+            cells,
+        ]
     if inspect.isclass(value) or inspect.ismodule(value) or inspect.isbuiltin(value):
         return f"<{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', getattr(value, '__name__', ''))}>"
     attrs = getattr(value, "__dict__", None)
@@ -289,8 +321,7 @@ def _stable(value: Any, depth: int = 0) -> Any:
     if isinstance(attrs, dict):
         out.append(_stable({k: v for k, v in attrs.items() if not k.startswith("__")}, depth + 1))
     if "<locals>" in cls.__qualname__:  # a class made by a factory function keeps its settings in closures
-        out.append(_stable({k: v for k, v in vars(cls).items() if inspect.isfunction(v) and v.__closure__},
-                           depth + 1))
+        out.append(_stable({k: v for k, v in vars(cls).items() if inspect.isfunction(v) and v.__closure__}, depth + 1))
     return out
 
 
@@ -305,8 +336,11 @@ def code_digest(obj: Any) -> str:
 def describe(obj: Any) -> dict:
     """Type, qualified name, module, source file and its sha256 of a Python part."""
     target = _callable_target(obj)
-    out = {"type": part_type(obj), "qualname": getattr(target, "__qualname__", type(obj).__qualname__),
-           "module": getattr(target, "__module__", None)}
+    out = {
+        "type": part_type(obj),
+        "qualname": getattr(target, "__qualname__", type(obj).__qualname__),
+        "module": getattr(target, "__module__", None),
+    }
     try:
         src = inspect.getsourcefile(target)
     except TypeError:
@@ -342,15 +376,23 @@ def model_builds(model) -> dict:
         arch = canon(json.loads(model.to_json()))
         arch_kind = "keras config"
     except Exception:  # noqa: BLE001 - a subclassed model has no config: its class and layers
-        arch = {"class": f"{type(model).__module__}.{type(model).__qualname__}",
-                "layers": [type(l).__qualname__ for l in getattr(model, "submodules", ())]}
+        arch = {
+            "class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "layers": [type(l).__qualname__ for l in getattr(model, "submodules", ())],
+        }
         arch_kind = "class and layer types (subclassed model)"
-    shapes = [[list(map(int, w.shape)), str(w.dtype.name if hasattr(w.dtype, "name") else w.dtype)]
-              for w in model.weights]
+    shapes = [
+        [list(map(int, w.shape)), str(w.dtype.name if hasattr(w.dtype, "name") else w.dtype)] for w in model.weights
+    ]
     blob = json.dumps({"architecture": arch, "weights": shapes}, sort_keys=True, default=str).encode()
-    return {"builds_sha256": hashlib.sha256(blob).hexdigest(), "builds": {
-        "what": f"model architecture ({arch_kind}) and weight shapes", "weight_shapes": [s[0] for s in shapes],
-        "parameters": int(sum(int(math.prod(s[0])) for s in shapes))}}
+    return {
+        "builds_sha256": hashlib.sha256(blob).hexdigest(),
+        "builds": {
+            "what": f"model architecture ({arch_kind}) and weight shapes",
+            "weight_shapes": [s[0] for s in shapes],
+            "parameters": int(sum(int(math.prod(s[0])) for s in shapes)),
+        },
+    }
 
 
 def aggregator_builds(factory, record_specs) -> dict:
@@ -368,9 +410,14 @@ def aggregator_builds(factory, record_specs) -> dict:
         proc = factory.create(vt)
     sig = f"initialize: {proc.initialize.type_signature}\nnext: {proc.next.type_signature}"
     blob = json.dumps({"type_signature": sig, "settings": _stable(factory)}, sort_keys=True, default=str).encode()
-    return {"builds_sha256": hashlib.sha256(blob).hexdigest(),
-            "builds": {"what": "aggregation process type signature and factory settings",
-                       "type_signature": sig, "factory": f"{type(factory).__module__}.{type(factory).__qualname__}"}}
+    return {
+        "builds_sha256": hashlib.sha256(blob).hexdigest(),
+        "builds": {
+            "what": "aggregation process type signature and factory settings",
+            "type_signature": sig,
+            "factory": f"{type(factory).__module__}.{type(factory).__qualname__}",
+        },
+    }
 
 
 def data_builds(data) -> dict:
@@ -386,9 +433,15 @@ def data_builds(data) -> dict:
     for arr in data.test:
         h.update(str(arr.shape).encode() + str(arr.dtype).encode())
         h.update(np.ascontiguousarray(arr).tobytes())
-    return {"builds_sha256": h.hexdigest(), "builds": {
-        "what": "the clients' arrays and the test set", "clients": len(data.client_ids),
-        "input_shape": list(data.input_shape), "num_classes": int(data.num_classes)}}
+    return {
+        "builds_sha256": h.hexdigest(),
+        "builds": {
+            "what": "the clients' arrays and the test set",
+            "clients": len(data.client_ids),
+            "input_shape": list(data.input_shape),
+            "num_classes": int(data.num_classes),
+        },
+    }
 
 
 def identity(prov: dict) -> Optional[str]:
@@ -400,5 +453,9 @@ def identity(prov: dict) -> Optional[str]:
     return None
 
 
-IDENTITY_WHAT = {"builds": "what it builds", "code": "its code and bound arguments", "source": "its source file",
-                 "content": "its content"}
+IDENTITY_WHAT = {
+    "builds": "what it builds",
+    "code": "its code and bound arguments",
+    "source": "its source file",
+    "content": "its content",
+}

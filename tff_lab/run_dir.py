@@ -49,7 +49,7 @@ FORMAT = 1
 KINDS = ("run", "export", "k8s", "predict")
 
 PathLike = Union[str, "os.PathLike[str]"]
-_HELD: dict[str, "Owner"] = {}  # absolute path -> the Owner this process holds it with
+_HELD: dict[str, Owner] = {}  # absolute path -> the Owner this process holds it with
 
 
 class RunDirError(ConfigError):
@@ -111,18 +111,25 @@ def precheck(path: PathLike, where: str) -> Path:
     p = check_creatable(path, where)
     if p.is_dir():
         if _visible_entries(p) and not is_tff_lab_dir(p):
-            raise RunDirError(where, f"{p} is not empty and holds no tff_lab output (no {MARKER}); it is never "
-                                     "overwritten: choose a new directory")
+            raise RunDirError(
+                where,
+                f"{p} is not empty and holds no tff_lab output (no {MARKER}); it is never "
+                "overwritten: choose a new directory",
+            )
         if str(p) not in _HELD:
             fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 holder = _read_owner(p)
-                who = (f"process {holder.get('pid')} ('{holder.get('command')}', since {holder.get('since')})"
-                       if holder else "another process")
-                raise RunDirError(where, f"{p} is in use by {who}; wait for it to finish or choose another "
-                                         "directory") from None
+                who = (
+                    f"process {holder.get('pid')} ('{holder.get('command')}', since {holder.get('since')})"
+                    if holder
+                    else "another process"
+                )
+                raise RunDirError(
+                    where, f"{p} is in use by {who}; wait for it to finish or choose another directory"
+                ) from None
             finally:
                 os.close(fd)  # closing drops a lock taken here
     return p
@@ -161,14 +168,24 @@ def _read_marker(path: Path, where: str) -> dict[str, Any]:
             raise ValueError("larger than 1 MiB")
         m = json.loads(raw)
     except (OSError, ValueError) as e:
-        raise RunDirError(where, f"{f} is unreadable ({str(e).splitlines()[0][:100]}); it is tff_lab's marker "
-                                 "of this directory: restore it or choose a new directory") from None
-    ok = (isinstance(m, dict) and m.get("format") == FORMAT and (m.get("kind") is None or m.get("kind") in KINDS)
-          and isinstance(m.get("files", {}), dict)
-          and all(isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in m.get("files", {}).items()))
+        raise RunDirError(
+            where,
+            f"{f} is unreadable ({str(e).splitlines()[0][:100]}); it is tff_lab's marker "
+            "of this directory: restore it or choose a new directory",
+        ) from None
+    ok = (
+        isinstance(m, dict)
+        and m.get("format") == FORMAT
+        and (m.get("kind") is None or m.get("kind") in KINDS)
+        and isinstance(m.get("files", {}), dict)
+        and all(isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in m.get("files", {}).items())
+    )
     if not ok:
-        raise RunDirError(where, f"{f} does not have the layout tff_lab writes (format {FORMAT}, kind one of "
-                                 f"{', '.join(KINDS)}, files name -> sha256); restore it or choose a new directory")
+        raise RunDirError(
+            where,
+            f"{f} does not have the layout tff_lab writes (format {FORMAT}, kind one of "
+            f"{', '.join(KINDS)}, files name -> sha256); restore it or choose a new directory",
+        )
     m.setdefault("files", {})
     return dict(m)
 
@@ -200,8 +217,11 @@ class Owner:
         if self.is_empty():
             return None
         if not self.is_ours():
-            raise RunDirError(self.where, f"{self.path} is not empty and holds no tff_lab output (no {MARKER}); "
-                                          "it is never overwritten: choose a new directory")
+            raise RunDirError(
+                self.where,
+                f"{self.path} is not empty and holds no tff_lab output (no {MARKER}); "
+                "it is never overwritten: choose a new directory",
+            )
         wanted = list(names or _visible_entries(self.path))
         if MARKER not in wanted:
             wanted.append(MARKER)  # the marker (and its digests) belongs to the transaction
@@ -238,7 +258,7 @@ class Owner:
         self._marker.update({k: v for k, v in info.items() if k not in ("files", "format")})
         self._marker["format"] = FORMAT
         self._marker["kind"] = self.kind
-        self._marker.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        self._marker.setdefault("created", datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
         atomic_write_bytes(self.path / MARKER, json.dumps(self._marker, indent=1, sort_keys=True).encode())
 
     def write_text(self, name: str, text: str) -> Path:
@@ -285,8 +305,11 @@ def read_verified(path: PathLike, name: str, *, where: Optional[str] = None, max
         raise RunDirError(where, f"{f} is unreadable: {os.strerror(e.errno) if e.errno else e}") from None
     recorded = _read_marker(path, where).get("files", {}).get(name)
     if recorded is not None and _sha256(data) != recorded:
-        raise RunDirError(where, f"{f} was changed after tff_lab wrote it (sha256 differs from the one recorded "
-                                 f"in {MARKER}); restore it, or start a new run")
+        raise RunDirError(
+            where,
+            f"{f} was changed after tff_lab wrote it (sha256 differs from the one recorded "
+            f"in {MARKER}); restore it, or start a new run",
+        )
     try:
         return data.decode()
     except UnicodeDecodeError:
@@ -319,7 +342,7 @@ def _recover_interrupted(path: Path) -> Optional[str]:
         if not aside.is_dir():
             continue
         try:
-            pid = int(aside.name[len(_ASIDE_PREFIX):])
+            pid = int(aside.name[len(_ASIDE_PREFIX) :])
         except ValueError:
             continue
         if pid != os.getpid() and _pid_alive(pid) and pid != 1:
@@ -330,9 +353,12 @@ def _recover_interrupted(path: Path) -> Optional[str]:
 
 
 def _owner_record() -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": os.uname().nodename,
-            "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300],
-            "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "pid": os.getpid(),
+        "host": os.uname().nodename,
+        "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300],
+        "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def acquire(path: PathLike, *, kind: str, where: Optional[str] = None, create: bool = True) -> Owner:
@@ -365,17 +391,26 @@ def acquire(path: PathLike, *, kind: str, where: Optional[str] = None, create: b
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise RunDirError(where, f"cannot lock {path}: {os.strerror(e.errno)}") from None
         holder = _read_owner(path)
-        who = (f"process {holder.get('pid')} on {holder.get('host')} ('{holder.get('command')}', since "
-               f"{holder.get('since')})") if holder else "another process"
-        raise RunDirError(where, f"{path} is in use by {who}; wait for it to finish or choose another "
-                                 "directory") from None
+        who = (
+            (
+                f"process {holder.get('pid')} on {holder.get('host')} ('{holder.get('command')}', since "
+                f"{holder.get('since')})"
+            )
+            if holder
+            else "another process"
+        )
+        raise RunDirError(
+            where, f"{path} is in use by {who}; wait for it to finish or choose another directory"
+        ) from None
     stale = _read_owner(path)
     took_over = None
     if stale and not (stale.get("pid") == os.getpid()):
         took_over = stale
-        print(f"tff-lab: warning: {path}: the previous owner (process {stale.get('pid')}, "
-              f"'{stale.get('command')}', since {stale.get('since')}) ended without releasing it; taking over",
-              file=sys.stderr)
+        print(
+            f"tff-lab: warning: {path}: the previous owner (process {stale.get('pid')}, "
+            f"'{stale.get('command')}', since {stale.get('since')}) ended without releasing it; taking over",
+            file=sys.stderr,
+        )
     try:
         atomic_write_bytes(path / OWNER, json.dumps(_owner_record()).encode())
         note = _recover_interrupted(path)

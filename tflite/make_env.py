@@ -55,8 +55,13 @@ def build(root: Path = DEFAULT_ROOT, requirements: Path = REQUIREMENTS, quiet: b
     try:
         subprocess.run([base, "-m", "venv", str(tmp)], check=True, stdout=out, env=clean_env(), timeout=300)
         pip = [str(tmp / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
-        proc = subprocess.run(pip + ["install", "--no-deps", "-q", "-r", str(requirements)], capture_output=True,
-                              text=True, env=clean_env(), timeout=900)
+        proc = subprocess.run(
+            pip + ["install", "--no-deps", "-q", "-r", str(requirements)],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=900,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"pip install -r {requirements} failed:\n{proc.stderr[-3000:]}")
         proc = subprocess.run(pip + ["check"], capture_output=True, text=True, env=clean_env(), timeout=120)

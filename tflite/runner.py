@@ -38,8 +38,15 @@ import numpy as np
 SIDECAR_FORMAT = "tff_lab.tflite-sidecar/1"
 INPUT_SUFFIXES = (".npy", ".npz", ".csv")
 OUTPUT_SUFFIXES = (".npz", ".csv")
-ONNX_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-              "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
+ONNX_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+}
 
 
 class RunnerError(Exception):
@@ -54,8 +61,10 @@ def load_interpreter_class():
     """(Interpreter class, "name version"): LiteRT first, then the older tflite-runtime wheel."""
     from importlib.metadata import PackageNotFoundError, version
 
-    for module, dist in (("ai_edge_litert.interpreter", "ai-edge-litert"),
-                         ("tflite_runtime.interpreter", "tflite-runtime")):
+    for module, dist in (
+        ("ai_edge_litert.interpreter", "ai-edge-litert"),
+        ("tflite_runtime.interpreter", "tflite-runtime"),
+    ):
         try:
             mod = __import__(module, fromlist=["Interpreter"])
         except ImportError:
@@ -65,8 +74,9 @@ def load_interpreter_class():
         except PackageNotFoundError:  # pragma: no cover
             ver = "?"
         return mod.Interpreter, f"{module.split('.')[0]} {ver}"
-    raise NoInterpreterError("no TFLite interpreter: install ai-edge-litert (pip install -r tflite/requirements.txt)"
-                             " or tflite-runtime")
+    raise NoInterpreterError(
+        "no TFLite interpreter: install ai-edge-litert (pip install -r tflite/requirements.txt) or tflite-runtime"
+    )
 
 
 def load_onnxruntime():
@@ -74,12 +84,14 @@ def load_onnxruntime():
     try:
         ort = __import__("onnxruntime")
     except ImportError:
-        raise NoInterpreterError("no ONNX runtime: install onnxruntime (pip install -r tflite/requirements.txt)") \
-            from None
+        raise NoInterpreterError(
+            "no ONNX runtime: install onnxruntime (pip install -r tflite/requirements.txt)"
+        ) from None
     return ort, f"onnxruntime {ort.__version__}"
 
 
 # --- input -------------------------------------------------------------------------------------
+
 
 def load_input(path: str, key: Optional[str] = None) -> np.ndarray:
     """``.npy`` (memory-mapped), ``.npz`` (array ``x``, its only array, or ``key``) or ``.csv``; never unpickles."""
@@ -99,8 +111,9 @@ def load_input(path: str, key: Optional[str] = None) -> np.ndarray:
                     raise RunnerError(f"{p}: no array {key!r}; the file holds: {', '.join(names) or 'nothing'}")
                 name = key or ("x" if "x" in names else (names[0] if len(names) == 1 else None))
                 if name is None:
-                    raise RunnerError(f"{p}: expected an array 'x' (or pass --key), the file holds: "
-                                      f"{', '.join(names) or 'nothing'}")
+                    raise RunnerError(
+                        f"{p}: expected an array 'x' (or pass --key), the file holds: {', '.join(names) or 'nothing'}"
+                    )
                 return f[name]
         with open(p, newline="") as f:
             first = f.readline()
@@ -114,8 +127,9 @@ def load_input(path: str, key: Optional[str] = None) -> np.ndarray:
         raise
     except ValueError as e:
         if any(s in str(e) for s in ("allow_pickle", "Object arrays", "Python objects")):
-            raise RunnerError(f"{p}: holds Python objects (pickled data), which are never loaded; expected a "
-                              "numeric array") from None
+            raise RunnerError(
+                f"{p}: holds Python objects (pickled data), which are never loaded; expected a numeric array"
+            ) from None
         raise RunnerError(f"{p}: not a readable {suffix} file ({str(e)[:160]})") from None
     except Exception as e:  # BadZipFile, EOFError, OSError of a corrupt file
         raise RunnerError(f"{p}: not a readable {suffix} file ({type(e).__name__}: {str(e)[:160]})") from None
@@ -165,8 +179,9 @@ def check_tokens(xb: np.ndarray, start: int, vocab_size: int, where: str) -> np.
     bad = (xb < 0) | (xb >= vocab_size)
     if bad.any():
         row = start + int(np.flatnonzero(bad.reshape(len(xb), -1).any(axis=1))[0])
-        raise RunnerError(f"{where}: example {row} holds a token id outside 0..{vocab_size - 1} (the model's "
-                          "vocabulary)")
+        raise RunnerError(
+            f"{where}: example {row} holds a token id outside 0..{vocab_size - 1} (the model's vocabulary)"
+        )
     return xb
 
 
@@ -187,13 +202,14 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 
 # --- model -------------------------------------------------------------------------------------
 
+
 def read_sidecar(path: Path) -> dict:
     try:
         side = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise RunnerError(f"{path}: unreadable sidecar JSON ({type(e).__name__}: {e})") from None
     if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
-        raise RunnerError(f"{path}: not a tff_lab sidecar (expected \"format\": \"{SIDECAR_FORMAT}\")")
+        raise RunnerError(f'{path}: not a tff_lab sidecar (expected "format": "{SIDECAR_FORMAT}")')
     return side
 
 
@@ -254,11 +270,11 @@ class _Model:
     def predict(self, x: np.ndarray, batch: int = 256, preprocess: bool = True, where: str = "input") -> np.ndarray:
         probs = np.empty((len(x), *self.output_shape), np.float32)
         for start in range(0, len(x), batch):
-            xb = np.asarray(x[start:start + batch])
+            xb = np.asarray(x[start : start + batch])
             check_finite(xb, start, where)
             if self.tokens:
                 check_tokens(xb, start, self.num_classes, where)
-            probs[start:start + len(xb)] = self.from_model_output(self.invoke(self.to_model_input(xb, preprocess)))
+            probs[start : start + len(xb)] = self.from_model_output(self.invoke(self.to_model_input(xb, preprocess)))
         return probs
 
     def latency(self, x: np.ndarray, batch: int, runs: int, preprocess: bool = True, warmup: int = 5) -> dict:
@@ -272,9 +288,14 @@ class _Model:
             self.invoke(xb)
             times[i] = time.perf_counter() - t0
         p50 = float(np.percentile(times, 50))
-        return {"batch_size": batch, "runs": runs, "p50_ms": 1e3 * p50,
-                "p95_ms": 1e3 * float(np.percentile(times, 95)), "mean_ms": 1e3 * float(times.mean()),
-                "throughput_per_s": batch / p50}
+        return {
+            "batch_size": batch,
+            "runs": runs,
+            "p50_ms": 1e3 * p50,
+            "p95_ms": 1e3 * float(np.percentile(times, 95)),
+            "mean_ms": 1e3 * float(times.mean()),
+            "throughput_per_s": batch / p50,
+        }
 
 
 class EdgeModel(_Model):
@@ -283,15 +304,19 @@ class EdgeModel(_Model):
     def __init__(self, path: str, *, sidecar: Optional[str] = None, num_threads: Optional[int] = None):
         data = self._read(path, sidecar)
         if len(data) < 8 or data[4:8] != b"TFL3":
-            raise RunnerError(f"{self.path}: not a TFLite model: expected a FlatBuffer with file identifier 'TFL3' "
-                              f"({len(data)} bytes)")
+            raise RunnerError(
+                f"{self.path}: not a TFLite model: expected a FlatBuffer with file identifier 'TFL3' "
+                f"({len(data)} bytes)"
+            )
         cls, self.backend = load_interpreter_class()
         try:
             self.interpreter = cls(model_content=data, num_threads=num_threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
-            raise RunnerError(f"{self.path}: corrupt or truncated TFLite model; the interpreter says: "
-                              f"{' '.join(str(e).split())[:160]}") from None
+            raise RunnerError(
+                f"{self.path}: corrupt or truncated TFLite model; the interpreter says: "
+                f"{' '.join(str(e).split())[:160]}"
+            ) from None
         ins, outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         if len(ins) != 1 or len(outs) != 1:
             raise RunnerError(f"{self.path}: expected one input and one output, got {len(ins)} and {len(outs)}")
@@ -312,7 +337,7 @@ class EdgeModel(_Model):
     def invoke(self, xin: np.ndarray) -> np.ndarray:
         if self.fixed_batch is not None and xin.shape[0] != self.fixed_batch:
             fb = self.fixed_batch
-            return np.concatenate([self.invoke(xin[i:i + fb]) for i in range(0, len(xin), fb)])
+            return np.concatenate([self.invoke(xin[i : i + fb]) for i in range(0, len(xin), fb)])
         if self.fixed_batch is not None:
             # The fused LSTM writes its final state into variable tensors: start every call from zeros.
             self.interpreter.reset_all_variables()
@@ -332,8 +357,10 @@ class OnnxEdgeModel(_Model):
         data = self._read(path, sidecar)
         # A serialized ModelProto starts with field 1, ir_version (a varint): tag byte 0x08.
         if len(data) < 2 or data[:1] != b"\x08":
-            raise RunnerError(f"{self.path}: not an ONNX model: expected a protobuf ModelProto starting with its "
-                              f"ir_version ({len(data)} bytes)")
+            raise RunnerError(
+                f"{self.path}: not an ONNX model: expected a protobuf ModelProto starting with its "
+                f"ir_version ({len(data)} bytes)"
+            )
         ort, self.backend = load_onnxruntime()
         so = ort.SessionOptions()
         so.log_severity_level = 3  # errors only: nothing on stderr but this runner's own lines
@@ -343,8 +370,9 @@ class OnnxEdgeModel(_Model):
         try:
             self.session = ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime's InvalidProtobuf, InvalidGraph, Fail, ...
-            raise RunnerError(f"{self.path}: corrupt or truncated ONNX model; ONNX Runtime says: "
-                              f"{' '.join(str(e).split())[:160]}") from None
+            raise RunnerError(
+                f"{self.path}: corrupt or truncated ONNX model; ONNX Runtime says: {' '.join(str(e).split())[:160]}"
+            ) from None
         ins, outs = self.session.get_inputs(), self.session.get_outputs()
         if len(ins) != 1 or len(outs) != 1:
             raise RunnerError(f"{self.path}: expected one input and one output, got {len(ins)} and {len(outs)}")
@@ -370,14 +398,16 @@ class OnnxEdgeModel(_Model):
             if dims[i] is None and i < len(side) and isinstance(side[i], int):
                 dims[i] = side[i]
         if not dims or any(d is None for d in dims[1:]):
-            raise RunnerError(f"{self.path}: the model's {which} shape {list(shape)} has unknown dimensions besides "
-                              "the batch; expected its sidecar .json next to it")
+            raise RunnerError(
+                f"{self.path}: the model's {which} shape {list(shape)} has unknown dimensions besides "
+                "the batch; expected its sidecar .json next to it"
+            )
         return tuple(dims)
 
     def invoke(self, xin: np.ndarray) -> np.ndarray:
         if self.fixed_batch is not None and xin.shape[0] != self.fixed_batch:
             fb = self.fixed_batch
-            return np.concatenate([self.invoke(xin[i:i + fb]) for i in range(0, len(xin), fb)])
+            return np.concatenate([self.invoke(xin[i : i + fb]) for i in range(0, len(xin), fb)])
         return self.session.run([self._out], {self._in: xin})[0]
 
 
@@ -388,6 +418,7 @@ def open_model(path: str, *, sidecar: Optional[str] = None, num_threads: Optiona
 
 
 # --- output ------------------------------------------------------------------------------------
+
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -415,8 +446,14 @@ def write_predictions(path: str, probs: np.ndarray, labels: list) -> None:
         w.writerow(["index", "pred", "label", "prob"])
         top = probs.max(axis=-1)
         for i in range(len(pred)):
-            w.writerow([i, " ".join(str(int(t)) for t in pred[i]), "".join(names[pred[i]]),
-                        " ".join(f"{v:.5g}" for v in top[i])])
+            w.writerow(
+                [
+                    i,
+                    " ".join(str(int(t)) for t in pred[i]),
+                    "".join(names[pred[i]]),
+                    " ".join(f"{v:.5g}" for v in top[i]),
+                ]
+            )
         _atomic_write(p, buf.getvalue().encode())
         return
     if suffix == ".npz":
@@ -431,8 +468,9 @@ def write_predictions(path: str, probs: np.ndarray, labels: list) -> None:
             w.writerow([i, int(pred[i]), names[pred[i]], *[f"{v:.7g}" for v in probs[i]]])
         _atomic_write(p, buf.getvalue().encode())
     else:
-        raise RunnerError(f"--out {p}: unsupported output type '{p.suffix}'; expected one of: "
-                          f"{', '.join(OUTPUT_SUFFIXES)}")
+        raise RunnerError(
+            f"--out {p}: unsupported output type '{p.suffix}'; expected one of: {', '.join(OUTPUT_SUFFIXES)}"
+        )
 
 
 def print_predictions(probs: np.ndarray, labels: list, stream) -> None:
@@ -450,18 +488,26 @@ def print_predictions(probs: np.ndarray, labels: list, stream) -> None:
 
 # --- command line ------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="runner.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", metavar="MODEL",
-                   help=".tflite (run by LiteRT) or .onnx (run by ONNX Runtime), its sidecar .json beside it")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help=".tflite (run by LiteRT) or .onnx (run by ONNX Runtime), its sidecar .json beside it",
+    )
     p.add_argument("input", metavar="INPUT", help=".npy, .npz (array 'x') or .csv of raw examples")
     p.add_argument("--out", default=None, help="write predictions to .npz or .csv (default: print to stdout)")
     p.add_argument("--batch", type=int, default=256, help="examples per runtime call (default: %(default)s)")
     p.add_argument("--key", default=None, help="array name in an .npz input (default: 'x' or its only array)")
     p.add_argument("--sidecar", default=None, help="sidecar JSON (default: MODEL with .json)")
     p.add_argument("--no-preprocess", action="store_true", help="INPUT already holds model inputs")
-    p.add_argument("--threads", type=int, default=None,
-                   help="interpreter (ONNX Runtime: intra-op) threads (default: the runtime's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="interpreter (ONNX Runtime: intra-op) threads (default: the runtime's)",
+    )
     p.add_argument("--bench", action="store_true", help="report latency (p50/p95) at batch 1 and --bench-batch")
     p.add_argument("--bench-batch", type=int, default=64, help="the larger batch of --bench (default: %(default)s)")
     p.add_argument("--runs", type=int, default=200, help="timed calls at batch 1 for --bench (default: %(default)s)")
@@ -478,13 +524,20 @@ def run(args) -> int:
     model = open_model(args.model, sidecar=args.sidecar, num_threads=args.threads)
     x = check_input(load_input(args.input, args.key), model.input_shape, args.input)
     for start in range(0, len(x), 65536):
-        check_finite(np.asarray(x[start:start + 65536]), start, args.input)
+        check_finite(np.asarray(x[start : start + 65536]), start, args.input)
     preprocess = not args.no_preprocess
     if model.sidecar is None and preprocess:
-        print(f"runner: note: no sidecar next to {model.path.name}: inputs are fed as they are, labels are class ids",
-              file=sys.stderr)
-    summary = {"model": str(model.path), "backend": model.backend, "threads": args.threads,
-               "input_dtype": model.input_dtype.name, "output_dtype": model.output_dtype.name}
+        print(
+            f"runner: note: no sidecar next to {model.path.name}: inputs are fed as they are, labels are class ids",
+            file=sys.stderr,
+        )
+    summary = {
+        "model": str(model.path),
+        "backend": model.backend,
+        "threads": args.threads,
+        "input_dtype": model.input_dtype.name,
+        "output_dtype": model.output_dtype.name,
+    }
     if args.out or not args.bench:
         t0 = time.perf_counter()
         probs = model.predict(x, batch=args.batch, preprocess=preprocess, where=args.input)
@@ -492,17 +545,24 @@ def run(args) -> int:
         summary.update(examples=int(len(probs)), seconds=seconds, examples_per_s=len(probs) / max(seconds, 1e-9))
         if args.out:
             write_predictions(args.out, probs, model.labels)
-            print(f"runner: {len(probs)} predictions in {seconds:.3f} s ({len(probs) / max(seconds, 1e-9):,.0f} "
-                  f"examples/s, batch {args.batch}, {model.backend}) -> {args.out}", file=sys.stderr)
+            print(
+                f"runner: {len(probs)} predictions in {seconds:.3f} s ({len(probs) / max(seconds, 1e-9):,.0f} "
+                f"examples/s, batch {args.batch}, {model.backend}) -> {args.out}",
+                file=sys.stderr,
+            )
         elif not args.json:
             print_predictions(probs, model.labels, sys.stdout)
     if args.bench:
         runs_big = max(20, args.runs // 4)
-        summary["bench"] = [model.latency(x, 1, args.runs, preprocess),
-                            model.latency(x, args.bench_batch, runs_big, preprocess)]
+        summary["bench"] = [
+            model.latency(x, 1, args.runs, preprocess),
+            model.latency(x, args.bench_batch, runs_big, preprocess),
+        ]
         if not args.json:
-            print(f"{model.path.name}: {model.path.stat().st_size / 1024:.1f} KiB, {model.input_dtype.name} in / "
-                  f"{model.output_dtype.name} out, {model.backend}, threads {args.threads or 'default'}")
+            print(
+                f"{model.path.name}: {model.path.stat().st_size / 1024:.1f} KiB, {model.input_dtype.name} in / "
+                f"{model.output_dtype.name} out, {model.backend}, threads {args.threads or 'default'}"
+            )
             print(f"{'batch':>6} {'p50 ms/call':>12} {'p95 ms/call':>12} {'throughput ex/s':>16}")
             for b in summary["bench"]:
                 print(f"{b['batch_size']:>6} {b['p50_ms']:>12.4f} {b['p95_ms']:>12.4f} {b['throughput_per_s']:>16,.0f}")

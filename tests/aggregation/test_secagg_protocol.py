@@ -15,7 +15,7 @@ from tff_lab.aggregation.secagg.protocol import SecAggAborted
 
 def _inputs(n, d, bits, seed):
     rng = np.random.default_rng(seed)
-    return [rng.integers(0, 2 ** bits, d, dtype=np.uint64) for _ in range(n)]
+    return [rng.integers(0, 2**bits, d, dtype=np.uint64) for _ in range(n)]
 
 
 def _exact_sum(inputs, included, m):
@@ -39,8 +39,10 @@ def _survivors_ok(graph, t, dropouts, n):
     return True
 
 
-@pytest.mark.parametrize("n,neighbors,fraction,seed", [(5, "all", 0.5, 0), (8, "all", 0.6, 1), (9, None, 0.5, 2),
-                                                       (12, 4, 0.5, 3), (16, None, 0.5, 4)])
+@pytest.mark.parametrize(
+    "n,neighbors,fraction,seed",
+    [(5, "all", 0.5, 0), (8, "all", 0.6, 1), (9, None, 0.5, 2), (12, 4, 0.5, 3), (16, None, 0.5, 4)],
+)
 def test_dropouts_up_to_n_minus_t_are_recovered(n, neighbors, fraction, seed):
     k = graph_lib.resolve_degree(n, neighbors)
     t = graph_lib.threshold(k + 1, fraction)
@@ -96,9 +98,12 @@ def test_server_never_holds_an_unmasked_update():
     statistically independent of the client's input (correlation ~ 0, uniform field elements)."""
     n, d, bits, m = 6, 4096, 32, 35
     rng = np.random.default_rng(11)
-    xs = [np.zeros(d, np.uint64), np.full(d, 2 ** 32 - 1, np.uint64),
-          *[(np.arange(d, dtype=np.uint64) * (2 ** 20)) % (2 ** 32)] * 2,
-          *[rng.integers(0, 2 ** bits, d, dtype=np.uint64) for _ in range(2)]]
+    xs = [
+        np.zeros(d, np.uint64),
+        np.full(d, 2**32 - 1, np.uint64),
+        *[(np.arange(d, dtype=np.uint64) * (2**20)) % (2**32)] * 2,
+        *[rng.integers(0, 2**bits, d, dtype=np.uint64) for _ in range(2)],
+    ]
     res, server = protocol.run(xs, m, degree=n - 1, t=4, dropouts={5: "after_share_keys"})
     masked = {}
     for step, sender, data in server.received:
@@ -123,7 +128,7 @@ def test_server_never_holds_an_unmasked_update():
     assert np.mean(masked[2] == masked[3]) < 0.01
     # Nothing the server object keeps equals an input.
     for value in vars(server).values():
-        for v in (value.values() if isinstance(value, dict) else [value]):
+        for v in value.values() if isinstance(value, dict) else [value]:
             if isinstance(v, np.ndarray) and v.shape == (d,):
                 assert not any(np.array_equal(v, x) for x in xs)
     assert np.array_equal(res.sum, _exact_sum(xs, [0, 1, 2, 3, 4], m))
@@ -137,8 +142,10 @@ def test_byte_accounting():
     t = graph_lib.threshold(k + 1, 0.5)
     dropouts = {2: "after_share_keys", 7: "after_masked_input"}
     rng = np.random.default_rng(3)
-    xs = [np.concatenate([rng.integers(0, 2 ** 20, d_upd), rng.integers(0, 2 ** 32, d_side)]).astype(np.uint64)
-          for _ in range(n)]
+    xs = [
+        np.concatenate([rng.integers(0, 2**20, d_upd), rng.integers(0, 2**32, d_side)]).astype(np.uint64)
+        for _ in range(n)
+    ]
     res, server = protocol.run(xs, [(d_upd, m_upd), (d_side, m_side)], degree=k, t=t, dropouts=dropouts, seed=9)
     graph = server.graph
     assert all(len(g) == k for g in graph)

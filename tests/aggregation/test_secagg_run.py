@@ -15,15 +15,28 @@ from tff_lab.errors import ConfigError
 VEC = {"training": {"engine": "vectorized"}}
 
 
-@pytest.mark.parametrize("data,field,needle", [
-    ({"aggregation": {"kind": "secagg"}}, "aggregation.kind", "secagg runs on the vectorised engine"),
-    ({**VEC, "aggregation": {"kind": "mean", "secagg": {"dropout_rate": 0.1}}}, "aggregation.secagg",
-     "has no effect unless"),
-    ({**VEC, "aggregation": {"kind": "secagg", "secagg": {"threshold_fraction": 1.0}}},
-     "aggregation.secagg.threshold_fraction", "(0, 1)"),
-    ({**VEC, "aggregation": {"kind": "secagg", "secagg": {"neighbors": "some"}}}, "aggregation.secagg.neighbors", ""),
-    ({**VEC, "aggregation": {"kind": "secagg", "secagg": {"bits": 40}}}, "aggregation.secagg.bits", "<= 32"),
-])
+@pytest.mark.parametrize(
+    "data,field,needle",
+    [
+        ({"aggregation": {"kind": "secagg"}}, "aggregation.kind", "secagg runs on the vectorised engine"),
+        (
+            {**VEC, "aggregation": {"kind": "mean", "secagg": {"dropout_rate": 0.1}}},
+            "aggregation.secagg",
+            "has no effect unless",
+        ),
+        (
+            {**VEC, "aggregation": {"kind": "secagg", "secagg": {"threshold_fraction": 1.0}}},
+            "aggregation.secagg.threshold_fraction",
+            "(0, 1)",
+        ),
+        (
+            {**VEC, "aggregation": {"kind": "secagg", "secagg": {"neighbors": "some"}}},
+            "aggregation.secagg.neighbors",
+            "",
+        ),
+        ({**VEC, "aggregation": {"kind": "secagg", "secagg": {"bits": 40}}}, "aggregation.secagg.bits", "<= 32"),
+    ],
+)
 def test_config_rules(data, field, needle):
     with pytest.raises(ConfigError) as err:
         from_dict(data)
@@ -47,9 +60,21 @@ def test_run_with_dropouts_aborted_rounds_are_not_applied(tmp_path):
     lose too many share holders and abort; round 2 is summed. An aborted round leaves the state as
     it was (checkpoints 2 and 3 are identical), the loop carries on, and the columns say what ran."""
     out = tmp_path / "run"
-    run_cli("run", "experiments/secagg.yaml", "--out", out, "--set", "training.rounds=3", "--set",
-            "training.rounds_per_checkpoint=1", "--set", "aggregation.secagg.dropout_rate=0.3", "--set",
-            "centralized.enabled=false", check=True)
+    run_cli(
+        "run",
+        "experiments/secagg.yaml",
+        "--out",
+        out,
+        "--set",
+        "training.rounds=3",
+        "--set",
+        "training.rounds_per_checkpoint=1",
+        "--set",
+        "aggregation.secagg.dropout_rate=0.3",
+        "--set",
+        "centralized.enabled=false",
+        check=True,
+    )
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [r["secagg_aborted"] for r in rows] == ["1", "0", "1"]
     ok = rows[1]
@@ -77,7 +102,7 @@ def test_run_with_dropouts_aborted_rounds_are_not_applied(tmp_path):
     init = initial_weights(resolve_model(cfg.model), (64,), 10, cfg.seed)  # digits: 64 features, 10 classes
     a2, a3 = arrays(2), arrays(3)
     assert all(np.array_equal(x, y) for x, y in zip(a2, a3))  # round 3 aborted: nothing applied
-    assert [x.shape for x in a2[:len(init)]] == [w.shape for w in init]
+    assert [x.shape for x in a2[: len(init)]] == [w.shape for w in init]
     assert not all(np.array_equal(x, w) for x, w in zip(a2, init))  # round 2 was applied
 
 
@@ -87,9 +112,27 @@ def test_cost_script_runs_and_secagg_plus_receives_less(tmp_path):
 
     from helpers import cli_env
 
-    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "secagg_cost.py"), "--out", str(tmp_path),
-                           "--cohorts", "4", "12", "--dropouts", "0", "0.2", "--repeats", "1"], cwd=REPO,
-                          env=cli_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "experiments" / "secagg_cost.py"),
+            "--out",
+            str(tmp_path),
+            "--cohorts",
+            "4",
+            "12",
+            "--dropouts",
+            "0",
+            "0.2",
+            "--repeats",
+            "1",
+        ],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "secagg_cost.csv")))
     assert len(rows) == 8 and (tmp_path / "secagg_cost.png").stat().st_size > 0

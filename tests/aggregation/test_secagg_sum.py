@@ -17,15 +17,16 @@ def test_quantisation_is_tffs_bit_for_bit():
     from tensorflow_federated.python.aggregators import primitives
 
     rng = np.random.default_rng(0)
-    for lo, up in [(-100.0, 100.0), (-1.0, 1.0), (0.0, float(2 ** 20 - 1)), (-3.5, 7.25), (2.0, 2.0)]:
+    for lo, up in [(-100.0, 100.0), (-1.0, 1.0), (0.0, float(2**20 - 1)), (-3.5, 7.25), (2.0, 2.0)]:
         lo_t, up_t = tf.constant(lo, tf.float32), tf.constant(up, tf.float32)
         for scale in (0.01, 1.0, 300.0):
             v = (rng.normal(size=200) * scale).astype(np.float32)
             want = primitives._client_tensor_shift_for_secure_sum(tf.constant(v), lo_t, up_t).numpy()
             assert np.array_equal(field.quantize_float(v, lo_t, up_t), want)
-            s = rng.integers(0, 7 * (2 ** 32 - 1), size=50)
-            want = primitives._server_tensor_shift_for_secure_sum(tf.constant(7), tf.constant(s), lo_t, up_t,
-                                                                  tf.float32).numpy()
+            s = rng.integers(0, 7 * (2**32 - 1), size=50)
+            want = primitives._server_tensor_shift_for_secure_sum(
+                tf.constant(7), tf.constant(s), lo_t, up_t, tf.float32
+            ).numpy()
             assert np.array_equal(field.dequantize_float(s, lo_t, up_t, 7, tf.float32), want)
     # n summands of b bits fit the ring without wrapping
     assert field.field_bits(32, 10) == 36 and field.field_bits(32, 1) == 32 and field.field_bits(16, 1024) == 26
@@ -38,8 +39,12 @@ def _secure_process(weighted: bool, zeroing: bool, clipping: bool):
     from tff_lab.federated import runtime
     from tff_lab.federated.aggregators import make_aggregator
 
-    cfg = from_dict({"aggregation": {"kind": "secure", "zeroing": zeroing, "clipping": clipping},
-                     "algorithm": {"weighting": "num_examples" if weighted else "uniform"}})
+    cfg = from_dict(
+        {
+            "aggregation": {"kind": "secure", "zeroing": zeroing, "clipping": clipping},
+            "algorithm": {"weighting": "num_examples" if weighted else "uniform"},
+        }
+    )
     runtime.ensure_context(cfg.training, secure=True)
     factory = make_aggregator(cfg, population=20)
     value_type = tff.StructWithPythonType([tff.TensorType(np.float32, s) for s in SHAPES], list)
@@ -48,8 +53,10 @@ def _secure_process(weighted: bool, zeroing: bool, clipping: bool):
 
 def _updates(rng, n):
     # norms spread over 3 orders of magnitude: zeroing, clipping and bound-clipping all happen
-    return [(rng.normal(size=(n,) + s) * rng.choice([0.05, 1.0, 40.0], size=(n,) + (1,) * len(s)))
-            .astype(np.float32) for s in SHAPES]
+    return [
+        (rng.normal(size=(n,) + s) * rng.choice([0.05, 1.0, 40.0], size=(n,) + (1,) * len(s))).astype(np.float32)
+        for s in SHAPES
+    ]
 
 
 @pytest.mark.parametrize("weighted,zeroing,clipping", [(True, True, True), (False, False, False)])
@@ -102,10 +109,10 @@ def test_fewer_bits_quantise_coarser_and_send_less():
         outs[bits] = agg.aggregate(agg.initial_state(), ups, ones, 1, dropouts={})
     bound = outs[32].measurements["secure_upper_threshold"]  # 100: the initial bound, nothing clipped
     assert outs[32].measurements["secure_upper_clipped_count"] == 0
-    step = 2 * bound / (2 ** 16 - 1)
+    step = 2 * bound / (2**16 - 1)
     exact = [u.astype(np.float64).mean(0) for u in ups]
     for e, m32, m16 in zip(exact, outs[32].mean, outs[16].mean):
-        assert np.max(np.abs(m32 - e)) < 2 * bound / (2 ** 32 - 1) + 1e-6
+        assert np.max(np.abs(m32 - e)) < 2 * bound / (2**32 - 1) + 1e-6
         assert np.max(np.abs(m16 - e)) <= step / 2 + 1e-6  # half a quantisation step per client, averaged
         assert np.max(np.abs(m16 - e)) > np.max(np.abs(m32 - e))
     d = sum(int(np.prod(s)) for s in SHAPES)

@@ -37,11 +37,14 @@ def test_algorithm_owned_rules():
         from_dict({"algorithm": {"name": "fedsgd", "weighting": "uniform"}})
     assert e.value.where == "algorithm.weighting"
     with pytest.raises(ConfigError) as e:  # FedSGD's DP refusal
-        from_dict({"algorithm": {"name": "fedsgd"}, "privacy": {"mechanism": "gaussian_fixed",
-                                                               "noise_multiplier": 1.0}})
+        from_dict(
+            {"algorithm": {"name": "fedsgd"}, "privacy": {"mechanism": "gaussian_fixed", "noise_multiplier": 1.0}}
+        )
     assert e.value.where == "algorithm.name" and "fedsgd" in str(e.value)
-    assert create(from_dict({"algorithm": {"name": "fedprox", "proximal_strength": 0.5}}).algorithm).cfg \
-        .proximal_strength == 0.5
+    assert (
+        create(from_dict({"algorithm": {"name": "fedprox", "proximal_strength": 0.5}}).algorithm).cfg.proximal_strength
+        == 0.5
+    )
 
 
 def test_registry_imports_no_tensorflow():

@@ -21,16 +21,32 @@ LR, SERVER_LR, K = 0.5, 0.8, 2  # K local steps: local_epochs 2 with one batch p
 def _hand_case():
     rng = np.random.default_rng(7)
     sizes = (5, 3, 6)
-    train = {f"c{i}": (rng.normal(size=(n, 4)).astype(np.float32), rng.integers(0, 3, size=n).astype(np.int32))
-             for i, n in enumerate(sizes)}
-    data = FederatedData(client_ids=list(train), train=train, eval={c: (v[0][:0], v[1][:0]) for c, v in train.items()},
-                         test=(train["c0"][0], train["c0"][1]), num_classes=3, labels=["0", "1", "2"],
-                         preprocessing={})
-    cfg = from_dict({
-        "data": {"source": "digits", "num_clients": 3}, "centralized": {"enabled": False},
-        "algorithm": {"name": "scaffold", "weighting": "uniform", "client_optimizer": {"learning_rate": LR},
-                      "server_optimizer": {"name": "sgd", "learning_rate": SERVER_LR}},
-        "training": {"engine": "vectorized", "clients_per_round": 2, "local_epochs": K, "batch_size": 8}})
+    train = {
+        f"c{i}": (rng.normal(size=(n, 4)).astype(np.float32), rng.integers(0, 3, size=n).astype(np.int32))
+        for i, n in enumerate(sizes)
+    }
+    data = FederatedData(
+        client_ids=list(train),
+        train=train,
+        eval={c: (v[0][:0], v[1][:0]) for c, v in train.items()},
+        test=(train["c0"][0], train["c0"][1]),
+        num_classes=3,
+        labels=["0", "1", "2"],
+        preprocessing={},
+    )
+    cfg = from_dict(
+        {
+            "data": {"source": "digits", "num_clients": 3},
+            "centralized": {"enabled": False},
+            "algorithm": {
+                "name": "scaffold",
+                "weighting": "uniform",
+                "client_optimizer": {"learning_rate": LR},
+                "server_optimizer": {"name": "sgd", "learning_rate": SERVER_LR},
+            },
+            "training": {"engine": "vectorized", "clients_per_round": 2, "local_epochs": K, "batch_size": 8},
+        }
+    )
     w0 = [rng.normal(scale=0.3, size=(4, 3)).astype(np.float32), rng.normal(scale=0.1, size=3).astype(np.float32)]
     return cfg, data, w0
 
@@ -98,18 +114,30 @@ def test_one_round_matches_the_hand_computation():
 
 
 def _digits_cfg(**training):
-    return from_dict({"data": {"source": "digits", "num_clients": 8}, "model": {"name": "logreg"},
-                      "partition": {"scheme": "dirichlet", "alpha": 0.3}, "centralized": {"enabled": False},
-                      "algorithm": {"name": "scaffold", "weighting": "uniform"},
-                      "training": {"engine": "vectorized", "clients_per_round": 3, "batch_size": 16, **training}})
+    return from_dict(
+        {
+            "data": {"source": "digits", "num_clients": 8},
+            "model": {"name": "logreg"},
+            "partition": {"scheme": "dirichlet", "alpha": 0.3},
+            "centralized": {"enabled": False},
+            "algorithm": {"name": "scaffold", "weighting": "uniform"},
+            "training": {"engine": "vectorized", "clients_per_round": 3, "batch_size": 16, **training},
+        }
+    )
 
 
 def _engine(cfg, data):
     from tff_lab import models
 
     spec = models.resolve_model(cfg.model)
-    return VectorizedEngine(cfg, data, model_builder=lambda: spec.build(data.input_shape, data.num_classes),
-                            loss_builder=spec.make_loss, metrics_builder=spec.make_metrics, jit_compile=False)
+    return VectorizedEngine(
+        cfg,
+        data,
+        model_builder=lambda: spec.build(data.input_shape, data.num_classes),
+        loss_builder=spec.make_loss,
+        metrics_builder=spec.make_metrics,
+        jit_compile=False,
+    )
 
 
 def _run(engine, cfg, data, state, rounds):
@@ -151,10 +179,16 @@ def test_tff_engine_and_dp_refuse_in_one_line():
     with pytest.raises(ConfigError) as e:
         build(_digits_cfg(engine="tff"))
     assert (e.value.where, str(e.value).split(": ", 1)[-1]) == (
-        "algorithm.name", "scaffold runs on the vectorised engine (TFF has no stateful-client process)")
+        "algorithm.name",
+        "scaffold runs on the vectorised engine (TFF has no stateful-client process)",
+    )
     with pytest.raises(ConfigError) as e:
-        from_dict({"algorithm": {"name": "scaffold", "weighting": "uniform"},
-                   "privacy": {"mechanism": "gaussian_fixed", "noise_multiplier": 1.0}})
+        from_dict(
+            {
+                "algorithm": {"name": "scaffold", "weighting": "uniform"},
+                "privacy": {"mechanism": "gaussian_fixed", "noise_multiplier": 1.0},
+            }
+        )
     assert e.value.where == "algorithm.name" and "\n" not in str(e.value)
 
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-import textwrap
 
 import pytest
-
 from helpers import assert_user_error, run_cli
 
 RAISES = [
@@ -103,8 +101,9 @@ def test_the_real_cli_for_a_few_generated_cases(tmp_path):
         proc = run_cli("run", exp, "--out", tmp_path / f"run{i}", "--quiet", *_sets(), cwd=tmp_path, timeout=300)
         assert_user_error(proc)
     exp = _experiment(tmp_path, "cliargv", module_top=AT_IMPORT[4])
-    assert_user_error(run_cli("run", exp, "--out", tmp_path / "runa", "--quiet", *_sets(), cwd=tmp_path,
-                              timeout=300), "sys.exit")
+    assert_user_error(
+        run_cli("run", exp, "--out", tmp_path / "runa", "--quiet", *_sets(), cwd=tmp_path, timeout=300), "sys.exit"
+    )
 
 
 def _c_level_failures():

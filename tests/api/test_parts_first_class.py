@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli
 
 import tff_lab
 from tff_lab import parts as parts_lib
@@ -18,11 +19,15 @@ from tff_lab.config import config_hash, load_config
 from tff_lab.errors import ConfigError, UserError
 from tff_lab.training import loop
 
-from helpers import run_cli
-
 HERE = Path(__file__).resolve().parent
-BASE = ["training.rounds=2", "training.clients_per_round=3", "training.eval_every_rounds=2",
-        "training.rounds_per_checkpoint=1", "centralized.enabled=false", "training.batch_size=8"]
+BASE = [
+    "training.rounds=2",
+    "training.clients_per_round=3",
+    "training.eval_every_rounds=2",
+    "training.rounds_per_checkpoint=1",
+    "centralized.enabled=false",
+    "training.batch_size=8",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -67,8 +72,10 @@ def test_every_kind_of_builder_is_named_described_and_digested():
         assert _is_import_path(name), name  # the schema takes the name a config records
         desc = parts_lib.describe(fn)
         assert desc["type"] == kind, (label, desc)
-        assert desc["source_file"].endswith(("user_parts.py", "test_parts_first_class.py")) and \
-            len(desc["source_sha256"]) == 64
+        assert (
+            desc["source_file"].endswith(("user_parts.py", "test_parts_first_class.py"))
+            and len(desc["source_sha256"]) == 64
+        )
         a = parts_lib.model_builds(fn((5,), 3))
         b = parts_lib.model_builds(fn((5,), 3))  # other layer names (dense_7...), same architecture
         assert a["builds_sha256"] == b["builds_sha256"], label
@@ -79,12 +86,15 @@ def test_every_kind_of_builder_is_named_described_and_digested():
     # what it builds changes with what the code binds
     import user_parts
 
-    assert parts_lib.model_builds(user_parts.make_net(5)((5,), 3))["builds_sha256"] != \
-        parts_lib.model_builds(user_parts.make_net(6)((5,), 3))["builds_sha256"]
+    assert (
+        parts_lib.model_builds(user_parts.make_net(5)((5,), 3))["builds_sha256"]
+        != parts_lib.model_builds(user_parts.make_net(6)((5,), 3))["builds_sha256"]
+    )
     assert parts_lib.code_digest(user_parts.make_net(5)) == parts_lib.code_digest(user_parts.make_net(5))
     assert parts_lib.code_digest(user_parts.make_net(5)) != parts_lib.code_digest(user_parts.make_net(6))
-    assert parts_lib.code_digest(functools.partial(user_parts.tiny_net, width=4)) != \
-        parts_lib.code_digest(functools.partial(user_parts.tiny_net, width=5))
+    assert parts_lib.code_digest(functools.partial(user_parts.tiny_net, width=4)) != parts_lib.code_digest(
+        functools.partial(user_parts.tiny_net, width=5)
+    )
 
 
 def test_tff_aggregator_factories_are_digested_by_what_they_build():
@@ -140,13 +150,17 @@ def test_outputs_kind_on_generated_outputs():
         assert outputs_kind(np.full((3, k), np.nan)) == "logits"
 
 
-@pytest.mark.parametrize("builder, declared, needle", [
-    ("tiny_net", "probabilities", "its outputs on a probe batch are logits"),
-    ("softmax_net", "logits", "its outputs on a probe batch are probabilities"),
-    ("sigmoid_net", "probabilities", "are logits"),
-])
-def test_contradicted_outputs_are_refused_from_python_and_the_cli(builder, declared, needle, tmp_path, capsys,
-                                                                  monkeypatch):
+@pytest.mark.parametrize(
+    "builder, declared, needle",
+    [
+        ("tiny_net", "probabilities", "its outputs on a probe batch are logits"),
+        ("softmax_net", "logits", "its outputs on a probe batch are probabilities"),
+        ("sigmoid_net", "probabilities", "are logits"),
+    ],
+)
+def test_contradicted_outputs_are_refused_from_python_and_the_cli(
+    builder, declared, needle, tmp_path, capsys, monkeypatch
+):
     import user_parts
 
     spec = tff_lab.ModelSpec(builder=getattr(user_parts, builder), outputs=declared)
@@ -155,9 +169,21 @@ def test_contradicted_outputs_are_refused_from_python_and_the_cli(builder, decla
     from tff_lab.cli import main
 
     monkeypatch.chdir(HERE)
-    code = main(["run", "--out", str(tmp_path / "r"), "--quiet", "--set", f"model.builder=user_parts:{builder}",
-                 "--set", f"model.outputs={declared}", "--set", "data.source=user_parts:load_blobs",
-                 *sum((["--set", o] for o in BASE), [])])
+    code = main(
+        [
+            "run",
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+            "--set",
+            f"model.builder=user_parts:{builder}",
+            "--set",
+            f"model.outputs={declared}",
+            "--set",
+            "data.source=user_parts:load_blobs",
+            *sum((["--set", o] for o in BASE), []),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("tff-lab: error: model.outputs: "), err
     assert not (tmp_path / "r").exists()
@@ -166,8 +192,16 @@ def test_contradicted_outputs_are_refused_from_python_and_the_cli(builder, decla
 def test_a_plain_logits_builder_gets_the_logits_loss_and_learns(tmp_path):
     import user_parts
 
-    cfg = load_config(None, BASE + ["training.rounds=6", "training.clients_per_round=6",
-                                    "algorithm.client_optimizer.learning_rate=0.3", "training.eval_every_rounds=6"])
+    cfg = load_config(
+        None,
+        BASE
+        + [
+            "training.rounds=6",
+            "training.clients_per_round=6",
+            "algorithm.client_optimizer.learning_rate=0.3",
+            "training.eval_every_rounds=6",
+        ],
+    )
     s = tff_lab.run_experiment(cfg, tmp_path / "r", model=user_parts.tiny_net, data=user_parts.blobs(per_client=80))
     assert {p["kind"]: p for p in s["parts"]}["model"]["outputs"] == "logits"
     assert "outputs: logits" in (tmp_path / "r" / "config.yaml").read_text()
@@ -184,8 +218,15 @@ def _pipelines():
     return {
         "batch(10, drop_remainder)": (lambda d: d.batch(10, drop_remainder=True), "unbatched"),
         "batch(7)": (lambda d: d.batch(7), "unbatched"),
-        "tutorial dict, y (1,)": (lambda d: d.map(lambda x, y: collections.OrderedDict(x=x, y=tf.reshape(y, [1])))
-                                  .shuffle(8, seed=1).batch(5).prefetch(2), "unbatched"),
+        "tutorial dict, y (1,)": (
+            lambda d: (
+                d.map(lambda x, y: collections.OrderedDict(x=x, y=tf.reshape(y, [1])))
+                .shuffle(8, seed=1)
+                .batch(5)
+                .prefetch(2)
+            ),
+            "unbatched",
+        ),
         "batch then unbatch": (lambda d: d.batch(4).unbatch(), "as is"),
         "map": (lambda d: d.map(lambda x, y: (x * 2.0, y)), "as is"),
         "repeat(3)": (lambda d: d.repeat(3), "repeated"),
@@ -238,14 +279,23 @@ def test_preprocess_applies_to_datasets_not_to_test_arrays():
 
 
 # -- client optimizers -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, extra", [("sgd", []), ("sgdm", ["momentum=0.5"]), ("adam", ["beta_1=0.8"]),
-                                         ("yogi", ["epsilon=0.01"]), ("adagrad", ["epsilon=0.01"]),
-                                         ("adamw", ["weight_decay=0.01"])])
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("sgd", []),
+        ("sgdm", ["momentum=0.5"]),
+        ("adam", ["beta_1=0.8"]),
+        ("yogi", ["epsilon=0.01"]),
+        ("adagrad", ["epsilon=0.01"]),
+        ("adamw", ["weight_decay=0.01"]),
+    ],
+)
 def test_every_tff_optimizer_is_a_client_optimizer(name, extra):
     from tff_lab.algorithms.optimizers import build_optimizer
 
     sets = [f"algorithm.client_optimizer.name={name}", "algorithm.client_optimizer.learning_rate=0.05"] + [
-        f"algorithm.client_optimizer.{e}" for e in extra]
+        f"algorithm.client_optimizer.{e}" for e in extra
+    ]
     cfg = load_config(None, sets)
     opt = build_optimizer(cfg.algorithm.client_optimizer)
     import tensorflow as tf
@@ -259,8 +309,14 @@ def test_every_tff_optimizer_is_a_client_optimizer(name, extra):
         with pytest.raises(ConfigError, match=r"^algorithm.client_optimizer.name: .*vectorized"):
             loop._check_user_parts_config(load_config(None, sets + ["training.engine=vectorized"]))
     # a field the optimizer does not read is refused, naming it
-    other = {"sgd": "momentum=0.5", "sgdm": "weight_decay=0.1", "adam": "weight_decay=0.1", "yogi": "momentum=0.5",
-             "adagrad": "beta_1=0.5", "adamw": "momentum=0.5"}[name]
+    other = {
+        "sgd": "momentum=0.5",
+        "sgdm": "weight_decay=0.1",
+        "adam": "weight_decay=0.1",
+        "yogi": "momentum=0.5",
+        "adagrad": "beta_1=0.5",
+        "adamw": "momentum=0.5",
+    }[name]
     with pytest.raises(ConfigError, match=f"^algorithm.client_optimizer.{other.split('=')[0]}: has no effect"):
         load_config(None, sets + [f"algorithm.client_optimizer.{other}"])
 
@@ -270,10 +326,12 @@ def test_adam_clients_train_on_the_tff_engine(tmp_path):
     import user_parts
 
     sets = BASE + ["algorithm.client_optimizer.name=adam", "algorithm.client_optimizer.learning_rate=0.01"]
-    s = tff_lab.run_experiment(load_config(None, sets), tmp_path / "adam", model=user_parts.tiny_net,
-                               data=user_parts.blobs())
-    ref = tff_lab.run_experiment(load_config(None, BASE), tmp_path / "sgd", model=user_parts.tiny_net,
-                                 data=user_parts.blobs())
+    s = tff_lab.run_experiment(
+        load_config(None, sets), tmp_path / "adam", model=user_parts.tiny_net, data=user_parts.blobs()
+    )
+    ref = tff_lab.run_experiment(
+        load_config(None, BASE), tmp_path / "sgd", model=user_parts.tiny_net, data=user_parts.blobs()
+    )
     assert s["rounds"] == 2 and np.isfinite(s["final_test_loss"])
     diff = max(float(np.abs(a - b).max()) for a, b in zip(_weights(tmp_path / "adam"), _weights(tmp_path / "sgd")))
     assert diff > 1e-4
@@ -287,8 +345,13 @@ def test_lambdas_closures_and_tff_factories_run_and_are_recorded(tmp_path):
 
     agg = tff.aggregators.clipping_factory(5.0, tff.aggregators.MeanFactory())
     fac = user_parts.NetFactory(6)
-    s = tff_lab.run_experiment(load_config(None, BASE + ["data.num_clients=20", "model.name=cnn"]), tmp_path / "r",
-                               model=fac, data=user_parts.blobs(num_clients=5), aggregator=agg)
+    s = tff_lab.run_experiment(
+        load_config(None, BASE + ["data.num_clients=20", "model.name=cnn"]),
+        tmp_path / "r",
+        model=fac,
+        data=user_parts.blobs(num_clients=5),
+        aggregator=agg,
+    )
     parts = {p["kind"]: p for p in s["parts"]}
     assert parts["model"]["name"] == "python:model:NetFactory" and parts["model"]["type"] == "callable instance"
     assert parts["model"]["builds"]["weight_shapes"][0] == [5, 6]
@@ -310,8 +373,10 @@ def test_lambdas_closures_and_tff_factories_run_and_are_recorded(tmp_path):
 
 def test_cli_run_with_an_aggregator_without_dp_event_prints_why_no_epsilon(tmp_path):
     exp = tmp_path / "exp.yaml"
-    exp.write_text("data: {source: 'user_parts:load_blobs'}\nmodel: {builder: 'user_parts:tiny_net'}\n"
-                   "aggregation: {builder: 'user_parts:mean_factory'}\n")
+    exp.write_text(
+        "data: {source: 'user_parts:load_blobs'}\nmodel: {builder: 'user_parts:tiny_net'}\n"
+        "aggregation: {builder: 'user_parts:mean_factory'}\n"
+    )
     (tmp_path / "user_parts.py").write_text((HERE / "user_parts.py").read_text())
     proc = run_cli("run", exp, "--out", tmp_path / "r", *sum((["--set", o] for o in BASE), []))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -331,8 +396,9 @@ def test_modelspec_kwargs_are_kept_and_reproduced_by_the_cli(tmp_path):
     written = load_config(tmp_path / "py" / "config.yaml")
     assert written.model.kwargs == {"width": 6} and written.model.builder == "user_parts:tiny_net"
     assert config_hash(written) == s["config_hash"]
-    other, _ = loop._with_python_parts(cfg, tff_lab.ModelSpec(builder=user_parts.tiny_net, kwargs={"width": 7}),
-                                       None, None, None)
+    other, _ = loop._with_python_parts(
+        cfg, tff_lab.ModelSpec(builder=user_parts.tiny_net, kwargs={"width": 7}), None, None, None
+    )
     assert config_hash(other) != config_hash(written)  # kwargs are part of the hash (and the resume check)
     # the written config reproduces the same model and run from the CLI
     proc = run_cli("run", tmp_path / "py" / "config.yaml", "--out", tmp_path / "cli", "--quiet", cwd=HERE)
@@ -345,6 +411,7 @@ def test_modelspec_kwargs_are_kept_and_reproduced_by_the_cli(tmp_path):
 # -- export needs nothing but RUN_DIR ----------------------------------------------------------------------
 def test_export_of_a_python_data_run_from_another_directory(tmp_path, monkeypatch):
     import user_parts
+
     from tff_lab.export import export_run
 
     run = tmp_path / "r"
@@ -366,11 +433,13 @@ def test_export_of_a_python_data_run_from_another_directory(tmp_path, monkeypatc
 
 def test_export_of_a_dp_run_saves_no_client_data(tmp_path):
     import user_parts
+
     from tff_lab.export import export_run
 
     run = tmp_path / "r"
-    cfg = load_config(None, BASE + ["privacy.mechanism=gaussian_fixed", "privacy.noise_multiplier=1.0",
-                                    "algorithm.weighting=uniform"])
+    cfg = load_config(
+        None, BASE + ["privacy.mechanism=gaussian_fixed", "privacy.noise_multiplier=1.0", "algorithm.weighting=uniform"]
+    )
     tff_lab.run_experiment(cfg, run, model=user_parts.tiny_net, data=user_parts.blobs())
     info = json.loads((run / "model" / "export_inputs.json").read_text())
     assert info["saved"] == [] and set(info["withheld"]) == {"test", "evaluation_splits", "calibration"}
@@ -384,7 +453,8 @@ def test_export_of_a_dp_run_saves_no_client_data(tmp_path):
     assert rep["variants"]["float32"]["parity"]["top1_agreement"] > 0.95 and "not exported: int8" in proc.stdout
     bad = run_cli("export", run, "--quantize", "int8", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        l for l in bad.stderr.strip().splitlines() if l.startswith("tff-lab: error: --quantize: int8 needs calibration")]
+        l for l in bad.stderr.strip().splitlines() if l.startswith("tff-lab: error: --quantize: int8 needs calibration")
+    ]
     # In the process that holds the data, export rebuilds it (and checks it is the run's data).
     res = export_run(run, "float32", latency_runs=2)
     assert "rebuilt" in res["report"]["evaluation_inputs"]
@@ -397,20 +467,46 @@ def test_resume_config_check_names_the_changed_field():
     assert loop.check_resume_config(base, load_config(None, BASE + ["training.rounds=5"]), done_round=3) == "extend"
     with pytest.raises(ConfigError, match=r"^training.rounds: the run in RUN_DIR already ran 3 rounds"):
         loop.check_resume_config(base, load_config(None, BASE + ["training.rounds=2"]), done_round=3)
-    changes = ["seed=4", "training.batch_size=4", "algorithm.client_optimizer.learning_rate=0.3",
-               "model.kwargs.width=3", "data.num_clients=12", "partition.alpha=0.9", "name=other"]
+    changes = [
+        "seed=4",
+        "training.batch_size=4",
+        "algorithm.client_optimizer.learning_rate=0.3",
+        "model.kwargs.width=3",
+        "data.num_clients=12",
+        "partition.alpha=0.9",
+        "name=other",
+    ]
     for change in changes:
         for rounds in ("training.rounds=3", "training.rounds=6"):
             new = load_config(None, BASE + [rounds, change])
             with pytest.raises(ConfigError, match=f"^{change.split('=')[0]}: differs from the run in RUN_DIR"):
                 loop.check_resume_config(base, new, done_round=3)
     assert loop.extension_hash(base) == loop.extension_hash(load_config(None, BASE + ["training.rounds=9"]))
-    eps = load_config(None, BASE + ["training.rounds=3", "privacy.mechanism=gaussian_fixed",
-                                    "privacy.target_epsilon=5", "algorithm.weighting=uniform"])
+    eps = load_config(
+        None,
+        BASE
+        + [
+            "training.rounds=3",
+            "privacy.mechanism=gaussian_fixed",
+            "privacy.target_epsilon=5",
+            "algorithm.weighting=uniform",
+        ],
+    )
     with pytest.raises(ConfigError, match=r"^training.rounds: .*target_epsilon"):
-        loop.check_resume_config(eps, load_config(None, BASE + ["training.rounds=5", "privacy.mechanism=gaussian_fixed",
-                                                                "privacy.target_epsilon=5",
-                                                                "algorithm.weighting=uniform"]), done_round=3)
+        loop.check_resume_config(
+            eps,
+            load_config(
+                None,
+                BASE
+                + [
+                    "training.rounds=5",
+                    "privacy.mechanism=gaussian_fixed",
+                    "privacy.target_epsilon=5",
+                    "algorithm.weighting=uniform",
+                ],
+            ),
+            done_round=3,
+        )
 
 
 def _wired() -> bool:
@@ -423,8 +519,13 @@ def _wired() -> bool:
 def test_extend_a_finished_dp_run_from_the_cli(tmp_path):
     import dp_accounting
 
-    sets = BASE + ["privacy.mechanism=gaussian_fixed", "privacy.noise_multiplier=1.0", "algorithm.weighting=uniform",
-                   "training.sampling=poisson", "training.sampling_rate=0.5"]
+    sets = BASE + [
+        "privacy.mechanism=gaussian_fixed",
+        "privacy.noise_multiplier=1.0",
+        "algorithm.weighting=uniform",
+        "training.sampling=poisson",
+        "training.sampling_rate=0.5",
+    ]
     args = sum((["--set", o] for o in sets), [])
     assert run_cli("run", "--out", tmp_path / "r", "--quiet", *args).returncode == 0
     proc = run_cli("run", "--out", tmp_path / "r", "--quiet", "--resume", *args, "--set", "training.rounds=4")
@@ -435,9 +536,21 @@ def test_extend_a_finished_dp_run_from_the_cli(tmp_path):
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
     full = run_cli("run", "--out", tmp_path / "full", "--quiet", *args, "--set", "training.rounds=4")
     assert full.returncode == 0
-    assert json.loads((tmp_path / "full" / "privacy.json").read_text())["epsilon"] == \
-        json.loads((tmp_path / "r" / "privacy.json").read_text())["epsilon"]
-    bad = run_cli("run", "--out", tmp_path / "r", "--quiet", "--resume", *args, "--set", "training.rounds=6",
-                  "--set", "training.batch_size=4")
+    assert (
+        json.loads((tmp_path / "full" / "privacy.json").read_text())["epsilon"]
+        == json.loads((tmp_path / "r" / "privacy.json").read_text())["epsilon"]
+    )
+    bad = run_cli(
+        "run",
+        "--out",
+        tmp_path / "r",
+        "--quiet",
+        "--resume",
+        *args,
+        "--set",
+        "training.rounds=6",
+        "--set",
+        "training.batch_size=4",
+    )
     assert bad.returncode == 2 and "training.batch_size" in bad.stderr
     assert dp_accounting  # the ledger's epsilon is dp_accounting's (compared with the uninterrupted run above)

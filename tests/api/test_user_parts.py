@@ -8,16 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_user_error, run_cli
 
 import tff_lab
 from tff_lab.config import load_config
-from tff_lab.training import loop
-
-from helpers import REPO, assert_user_error, run_cli
 
 HERE = Path(__file__).resolve().parent
-BASE = ["training.rounds=3", "training.clients_per_round=3", "training.eval_every_rounds=3",
-        "training.rounds_per_checkpoint=1", "centralized.enabled=false", "training.batch_size=8"]
+BASE = [
+    "training.rounds=3",
+    "training.clients_per_round=3",
+    "training.eval_every_rounds=3",
+    "training.rounds_per_checkpoint=1",
+    "centralized.enabled=false",
+    "training.batch_size=8",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -55,8 +59,10 @@ def test_python_model_and_data_run_and_record_provenance(tmp_path):
 
 def test_yaml_import_paths_through_the_cli(tmp_path):
     exp = tmp_path / "exp.yaml"
-    exp.write_text("data: {source: 'user_parts:load_blobs', kwargs: {num_clients: 5}}\n"
-                   "model: {builder: 'user_parts:tiny_net', kwargs: {width: 4}, outputs: logits}\n")
+    exp.write_text(
+        "data: {source: 'user_parts:load_blobs', kwargs: {num_clients: 5}}\n"
+        "model: {builder: 'user_parts:tiny_net', kwargs: {width: 4}, outputs: logits}\n"
+    )
     (tmp_path / "user_parts.py").write_text((HERE / "user_parts.py").read_text())  # beside the YAML
     proc = run_cli("run", exp, "--out", tmp_path / "r", "--quiet", *sum((["--set", o] for o in BASE), []))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -89,29 +95,40 @@ def test_preprocess_and_separate_test_set(tmp_path):
 
     arrays = user_parts.blobs()
     test = user_parts.blobs(num_clients=1, per_client=50, seed=1)["c0"]
-    fd = tff_lab.federated_data({c: tf.data.Dataset.from_tensor_slices((x, y)) for c, (x, y) in arrays.items()},
-                                test=test, preprocess=lambda ds: ds.map(lambda x, y: (x * 2.0, y)))
+    fd = tff_lab.federated_data(
+        {c: tf.data.Dataset.from_tensor_slices((x, y)) for c, (x, y) in arrays.items()},
+        test=test,
+        preprocess=lambda ds: ds.map(lambda x, y: (x * 2.0, y)),
+    )
     assert fd.test_source == "separate" and len(fd.test[1]) == 50
-    np.testing.assert_allclose(fd.train["c0"][0].sum() + fd.eval["c0"][0].sum(), 2 * arrays["c0"][0].sum(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(fd.train["c0"][0].sum() + fd.eval["c0"][0].sum(), 2 * arrays["c0"][0].sum(), rtol=1e-5)
 
 
 def test_user_algorithm_equals_the_builtin_one(tmp_path):
     import user_parts
 
     # The built-in process on TFF's runtime, bit for bit the user's aggregator's run (also TFF's runtime).
-    cfg = load_config(None, BASE + ["algorithm.server_optimizer.name=sgdm", "algorithm.server_optimizer.momentum=0.9",
-                                    "algorithm.client_optimizer.learning_rate=0.1", "training.engine=tff"])
+    cfg = load_config(
+        None,
+        BASE
+        + [
+            "algorithm.server_optimizer.name=sgdm",
+            "algorithm.server_optimizer.momentum=0.9",
+            "algorithm.client_optimizer.learning_rate=0.1",
+            "training.engine=tff",
+        ],
+    )
     ref = tff_lab.run_experiment(cfg, tmp_path / "ref", data=user_parts.blobs())
     # sgdm(0.1) with momentum 0.9 on the clients differs from the built-in plain SGD clients:
     mine = tff_lab.run_experiment(cfg, tmp_path / "mine", data=user_parts.blobs(), algorithm=user_parts.my_fedavg)
     assert {p["kind"]: p["name"] for p in mine["parts"]}["algorithm"] == "user_parts:my_fedavg"
-    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(_weights(tmp_path / "ref"), _weights(tmp_path / "mine"),
-                                                          strict=True))
+    diff = max(
+        float(np.max(np.abs(a - b)))
+        for a, b in zip(_weights(tmp_path / "ref"), _weights(tmp_path / "mine"), strict=True)
+    )
     assert diff > 1e-4  # the user's process really ran (client momentum)
     # ...and a user aggregator equal to TFF's default for weighted FedAvg reproduces the built-in run.
-    same = tff_lab.run_experiment(cfg, tmp_path / "agg", data=user_parts.blobs(),
-                                  aggregator=user_parts.mean_factory())
+    same = tff_lab.run_experiment(cfg, tmp_path / "agg", data=user_parts.blobs(), aggregator=user_parts.mean_factory())
     for a, b in zip(_weights(tmp_path / "ref"), _weights(tmp_path / "agg"), strict=True):
         np.testing.assert_array_equal(a, b)
     priv = json.loads((tmp_path / "agg" / "privacy.json").read_text())
@@ -123,19 +140,23 @@ def test_declared_dp_aggregator_gets_exact_epsilon(tmp_path):
     import tensorflow_federated as tff
     import user_parts
 
-    agg = tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(noise_multiplier=1.0, clients_per_round=3,
-                                                                      clip=1.0)
+    agg = tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+        noise_multiplier=1.0, clients_per_round=3, clip=1.0
+    )
     # Under replace-one (fixed-size sampling) a clip-C sum moves by 2C: the Gaussian multiplier of the
     # event is half the aggregator's (declaring 1.0 would overstate the noise, and is refused).
     event = dp_accounting.SampledWithoutReplacementDpEvent(6, 3, dp_accounting.GaussianDpEvent(0.5))
     agg.dp_event = lambda cfg, population: event
     # z = 1 on 3 clients is loud noise: this test is about epsilon, not accuracy, so no divergence stop.
-    s = tff_lab.run_experiment(load_config(None, BASE + ["algorithm.weighting=uniform", "training.divergence_factor=1000"]),
-                               tmp_path / "r",
-                               data=user_parts.blobs(), aggregator=agg)
+    s = tff_lab.run_experiment(
+        load_config(None, BASE + ["algorithm.weighting=uniform", "training.divergence_factor=1000"]),
+        tmp_path / "r",
+        data=user_parts.blobs(),
+        aggregator=agg,
+    )
     from tff_lab.privacy.accounting import epsilon_of
 
-    delta = min(1e-5, 6 ** -1.1)
+    delta = min(1e-5, 6**-1.1)
     expected = epsilon_of(event, 3, delta, dp_accounting.NeighboringRelation.REPLACE_ONE)
     assert s["privacy"]["epsilon"]["rdp"] == pytest.approx(expected.rdp, rel=1e-9)
     acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
@@ -150,9 +171,18 @@ def test_stages_resume_bit_identical_with_user_parts(tmp_path):
     import user_parts
 
     model = tff_lab.ModelSpec(builder=user_parts.tiny_net, outputs="logits")
-    cfg = load_config(None, BASE + ["training.rounds=4", "privacy.mechanism=gaussian_fixed",
-                                    "privacy.noise_multiplier=0.5", "algorithm.weighting=uniform",
-                                    "training.sampling=poisson", "training.sampling_rate=0.5"])
+    cfg = load_config(
+        None,
+        BASE
+        + [
+            "training.rounds=4",
+            "privacy.mechanism=gaussian_fixed",
+            "privacy.noise_multiplier=0.5",
+            "algorithm.weighting=uniform",
+            "training.sampling=poisson",
+            "training.sampling_rate=0.5",
+        ],
+    )
     full = tff_lab.run_experiment(cfg, tmp_path / "full", model=model, data=user_parts.blobs())
     exp = tff_lab.build(cfg, model=model, data=user_parts.blobs())
     rs = tff_lab.initialize(exp, tmp_path / "split")
@@ -176,6 +206,7 @@ def test_resume_refuses_a_part_that_builds_something_else(tmp_path):
     def make(width):
         def net(input_shape, num_classes):
             return user_parts.tiny_net(input_shape, num_classes, width=width)
+
         return net
 
     cfg = load_config(None, BASE)
@@ -191,14 +222,17 @@ def test_resume_refuses_a_part_that_builds_something_else(tmp_path):
 
 
 # -- bad parts: TypeError/ValueError in Python, one line and exit 2 from the CLI, RUN_DIR untouched ----------
-@pytest.mark.parametrize("kwargs, exc, needle", [
-    ({"model": "user_parts:returns_not_a_model"}, TypeError, "expected a fresh tf.keras.Model"),
-    ({"model": "user_parts:wrong_classes"}, ValueError, "outputs shape"),
-    ({"data": {}}, ValueError, "holds no clients"),
-    ({"data": 42}, TypeError, "ClientData"),
-    ({"aggregator": object()}, TypeError, "tff.aggregators factory"),
-    ({"algorithm": "user_parts:not_a_learning_process"}, TypeError, "LearningProcess"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, needle",
+    [
+        ({"model": "user_parts:returns_not_a_model"}, TypeError, "expected a fresh tf.keras.Model"),
+        ({"model": "user_parts:wrong_classes"}, ValueError, "outputs shape"),
+        ({"data": {}}, ValueError, "holds no clients"),
+        ({"data": 42}, TypeError, "ClientData"),
+        ({"aggregator": object()}, TypeError, "tff.aggregators factory"),
+        ({"algorithm": "user_parts:not_a_learning_process"}, TypeError, "LearningProcess"),
+    ],
+)
 def test_bad_python_parts(kwargs, exc, needle, tmp_path):
     import user_parts
 
@@ -224,16 +258,19 @@ def good_run(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("sets, needles", [
-    (["model.builder=user_parts:returns_not_a_model"], ["model", "tf.keras.Model"]),
-    (["model.builder=user_parts:wrong_classes"], ["model", "outputs shape"]),
-    (["model.builder=no_such_module_xyz:net"], ["model.builder", "no_such_module_xyz"]),
-    (["model.builder=user_parts:nothing_here"], ["model.builder", "nothing_here"]),
-    (["model.builder=not an import path"], ["model.builder", "module:attribute"]),
-    (["model.name=my_resnet"], ["model.name", "my_resnet", "mlp"]),
-    (["aggregation.builder=user_parts:blobs"], ["aggregator", "factory"]),
-    (["algorithm.builder=user_parts:not_a_learning_process"], ["algorithm", "LearningProcess"]),
-])
+@pytest.mark.parametrize(
+    "sets, needles",
+    [
+        (["model.builder=user_parts:returns_not_a_model"], ["model", "tf.keras.Model"]),
+        (["model.builder=user_parts:wrong_classes"], ["model", "outputs shape"]),
+        (["model.builder=no_such_module_xyz:net"], ["model.builder", "no_such_module_xyz"]),
+        (["model.builder=user_parts:nothing_here"], ["model.builder", "nothing_here"]),
+        (["model.builder=not an import path"], ["model.builder", "module:attribute"]),
+        (["model.name=my_resnet"], ["model.name", "my_resnet", "mlp"]),
+        (["aggregation.builder=user_parts:blobs"], ["aggregator", "factory"]),
+        (["algorithm.builder=user_parts:not_a_learning_process"], ["algorithm", "LearningProcess"]),
+    ],
+)
 def test_bad_parts_from_the_cli_leave_run_dir_untouched(sets, needles, good_run, tmp_path, monkeypatch, capsys):
     """In-process CLI (tff_lab.cli.main) for speed; the subprocess test below covers a fresh process."""
     import shutil
@@ -258,7 +295,15 @@ def test_bad_part_in_a_fresh_process(good_run, tmp_path):
     run = tmp_path / "r"
     shutil.copytree(good_run, run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    proc = run_cli("run", "--out", run, "--overwrite", "--set", "model.builder=user_parts:returns_not_a_model",
-                   *sum((["--set", o] for o in BASE), []), cwd=HERE)
+    proc = run_cli(
+        "run",
+        "--out",
+        run,
+        "--overwrite",
+        "--set",
+        "model.builder=user_parts:returns_not_a_model",
+        *sum((["--set", o] for o in BASE), []),
+        cwd=HERE,
+    )
     assert_user_error(proc, "model", "tf.keras.Model")
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

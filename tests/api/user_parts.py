@@ -41,10 +41,12 @@ def my_fedavg(model_fn, model_aggregator=None, *, lr=0.1):
     import tensorflow_federated as tff
 
     return tff.learning.algorithms.build_weighted_fed_avg(
-        model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(lr),
+        model_fn,
+        client_optimizer_fn=tff.learning.optimizers.build_sgdm(lr),
         server_optimizer_fn=tff.learning.optimizers.build_sgdm(1.0),
         model_aggregator=model_aggregator,
-        loop_implementation=tff.learning.LoopImplementation.DATASET_ITERATOR)
+        loop_implementation=tff.learning.LoopImplementation.DATASET_ITERATOR,
+    )
 
 
 def not_a_learning_process(model_fn, model_aggregator=None):
@@ -94,4 +96,5 @@ class NetFactory:
 def make_net(width):
     def net(input_shape, num_classes):
         return tiny_net(input_shape, num_classes, width=width)
+
     return net

@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -39,11 +38,16 @@ def test_round_time_core_compares_identical_work(digits_pair):
     lab, bare_iter = digits_pair
     # Every system of the comparison measured for real (none stands in for another): TFF's default
     # loop, and tff_lab with a performance knob that must not change the result.
-    knob = _common.measure_tff_lab({"task": "digits", "rounds": 4, "overrides": TINY + ["training.client_concurrency=1"]})
+    knob = _common.measure_tff_lab(
+        {"task": "digits", "rounds": 4, "overrides": TINY + ["training.client_concurrency=1"]}
+    )
     # In its own process, as round_time.py runs it (a bare run stops TFF's import-time worker at its end,
     # so a second one in this process would find it gone).
-    bare = _common.run_isolated(REPO / "bench" / "bare_tff.py", {"kind": "bare_tff", "task": "digits", "rounds": 4,
-                                                                "loop": "tff_default", "overrides": TINY}, timeout=300)
+    bare = _common.run_isolated(
+        REPO / "bench" / "bare_tff.py",
+        {"kind": "bare_tff", "task": "digits", "rounds": 4, "loop": "tff_default", "overrides": TINY},
+        timeout=300,
+    )
     for r in (lab, bare_iter, bare, knob):
         assert len(r["round_seconds"]) == 4 and all(s > 0 for s in r["round_seconds"])
         assert 0.0 <= r["accuracy"] <= 1.0
@@ -53,8 +57,15 @@ def test_round_time_core_compares_identical_work(digits_pair):
     assert lab["weights"] == bare_iter["weights"] == bare["weights"] == knob["weights"]
     assert lab["accuracy"] == bare["accuracy"] == knob["accuracy"]
 
-    runs = {name: [dict(r, load=[1.0, 1.0, 1.0], peak_rss_mb=100.0)] for name, r in
-            (("tff_lab", lab), ("bare_tff", bare), ("bare_tff_iter", bare_iter), ("knob:concurrency=1", knob))}
+    runs = {
+        name: [dict(r, load=[1.0, 1.0, 1.0], peak_rss_mb=100.0)]
+        for name, r in (
+            ("tff_lab", lab),
+            ("bare_tff", bare),
+            ("bare_tff_iter", bare_iter),
+            ("knob:concurrency=1", knob),
+        )
+    }
     summary = {k: round_time.summarize(v) for k, v in runs.items()}
     ratios = round_time.ratios(summary)
     assert ratios["tff_lab/bare_tff"] == pytest.approx(lab["median_s"] / bare["median_s"])
@@ -62,30 +73,35 @@ def test_round_time_core_compares_identical_work(digits_pair):
     assert ratios["tff_lab_settings_bit_identical"] and ratios["tff_lab_vs_bare_tff_bit_identical"]
     assert ratios["bare_tff_iter_vs_bare_tff_bit_identical"]
     # The comparison can say "different": a knob or a reference that ended elsewhere is reported.
-    for name, flag in (("knob:concurrency=1", "tff_lab_settings_bit_identical"),
-                       ("bare_tff", "tff_lab_vs_bare_tff_bit_identical")):
+    for name, flag in (
+        ("knob:concurrency=1", "tff_lab_settings_bit_identical"),
+        ("bare_tff", "tff_lab_vs_bare_tff_bit_identical"),
+    ):
         other = dict(summary, **{name: dict(summary[name], weights=["0" * 16])})
         assert round_time.ratios(other)[flag] is False, flag
     two_results = dict(summary, **{"tff_lab": dict(summary["tff_lab"], weights=[lab["weights"], "0" * 16])})
     assert round_time.ratios(two_results)["tff_lab_settings_bit_identical"] is False  # reps that disagree
-    text = round_time.report({"task": "digits", "rounds": 4, "reps": 1, "systems": summary, "ratios": ratios,
-                              "privacy_available": True})
+    text = round_time.report(
+        {"task": "digits", "rounds": 4, "reps": 1, "systems": summary, "ratios": ratios, "privacy_available": True}
+    )
     assert "tff_lab/bare_tff" in text and lab["weights"] in text
 
 
 def test_round_time_plan_covers_the_systems():
     labels = [label for label, _ in round_time.plan("digits", flower=True, knobs=True)]
     assert labels[:4] == ["tff_lab", "bare_tff", "bare_tff_iter", "flower"] and "flower_per_call" not in labels
-    assert "flower_per_call" in [label for label, _ in round_time.plan("digits", flower=True, knobs=False,
-                                                                       flower_per_call=True)]
+    assert "flower_per_call" in [
+        label for label, _ in round_time.plan("digits", flower=True, knobs=False, flower_per_call=True)
+    ]
     assert {"knob:loop=dataset_reduce", "knob:concurrency=1"} <= set(labels)
     dp = [label for label, _ in round_time.plan("digits_dp", flower=False, knobs=False)]
     assert ("tff_lab" in dp) == _common.privacy_available() and "bare_tff" in dp
 
 
 def test_cost_curves_core_point_table_plot_and_eval_check(tmp_path):
-    res = _common.measure_tff_lab({"task": "synthetic", "rounds": 3,
-                                   "overrides": cost_curves.point_overrides(20, 4, 3)})
+    res = _common.measure_tff_lab(
+        {"task": "synthetic", "rounds": 3, "overrides": cost_curves.point_overrides(20, 4, 3)}
+    )
     mem = [dict(m) for m in res["memory"]]
     assert [m["round"] for m in mem] == [0, 1, 2, 3]
     totals = [m["total"] for m in mem]
@@ -94,7 +110,9 @@ def test_cost_curves_core_point_table_plot_and_eval_check(tmp_path):
     # The phases are the samples at round 0 and at the end of the warm-up, and the growth after it.
     assert p["rss_before_rounds_mb"] == round(totals[0], 1)
     assert p["rss_after_warmup_mb"] == round(totals[_common.WARMUP_ROUNDS], 1)
-    assert p["rss_growth_after_warmup_mb"] == round(max(totals[_common.WARMUP_ROUNDS:]) - totals[_common.WARMUP_ROUNDS], 1)
+    assert p["rss_growth_after_warmup_mb"] == round(
+        max(totals[_common.WARMUP_ROUNDS :]) - totals[_common.WARMUP_ROUNDS], 1
+    )
     assert p["rss_before_rounds_mb"] < p["rss_after_warmup_mb"] <= p["peak_rss_mb"]  # + TFF's C++ worker
     assert mem[_common.WARMUP_ROUNDS]["worker"] > 0  # TFF's C++ worker is counted
     q = dict(p, clients=8, median_s=2 * p["median_s"])
@@ -138,15 +156,23 @@ def test_soak_core_summarizes_a_run(digits_pair, tmp_path):
 def _assert_nothing_outlives(res):
     import psutil
 
-    alive = [pid for pid in res["tree_pids"] if psutil.pid_exists(pid)
-             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    alive = [
+        pid
+        for pid in res["tree_pids"]
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
     assert len(res["tree_pids"]) >= 2 and not alive  # it saw the child's helpers; none outlives the run
 
 
-@pytest.mark.skipif(_flower.flower_env_ready(), reason="the Flower smoke test covers run_isolated (keeps this file < 60 s)")
+@pytest.mark.skipif(
+    _flower.flower_env_ready(), reason="the Flower smoke test covers run_isolated (keeps this file < 60 s)"
+)
 def test_run_isolated_reports_a_fresh_process_and_leaves_no_worker():
-    res = _common.run_isolated(REPO / "bench" / "soak.py", {"kind": "soak", "task": "digits", "rounds": 2, "fixed": True,
-                                                           "memory_every": 1, "overrides": TINY}, timeout=300)
+    res = _common.run_isolated(
+        REPO / "bench" / "soak.py",
+        {"kind": "soak", "task": "digits", "rounds": 2, "fixed": True, "memory_every": 1, "overrides": TINY},
+        timeout=300,
+    )
     assert res["peak_rss_mb"] > max(m["total"] for m in res["memory"]) * 0.8  # the whole tree was sampled
     _assert_nothing_outlives(res)  # TFF's worker_binary included
 
@@ -157,8 +183,10 @@ def test_slope_and_steady_statistics():
     assert _common.weights_digest([np.ones(3)]) != _common.weights_digest([np.ones(3) + 1e-7])
 
 
-@pytest.mark.skipif(not _flower.flower_env_ready(),
-                    reason="Flower's environment (.venv-flower) is not built; bench/round_time.py builds it")
+@pytest.mark.skipif(
+    not _flower.flower_env_ready(),
+    reason="Flower's environment (.venv-flower) is not built; bench/round_time.py builds it",
+)
 def test_flower_app_trains_the_same_task():
     res = _flower.measure_flower("digits", 2, overrides=TINY, timeout=300)  # through run_isolated
     assert res["system"] == "flower" and len(res["round_seconds"]) == 2

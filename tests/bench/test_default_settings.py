@@ -13,14 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import REPO
 
 from tff_lab.config import TrainingConfig, from_dict, load_config, read_yaml
 
 FAST = {"loop_implementation": "dataset_iterator", "client_concurrency": 0}
-TINY = ["data.num_clients=8", "training.clients_per_round=4", "training.rounds=3", "training.eval_every_rounds=3",
-        "training.rounds_per_checkpoint=3", "centralized.enabled=false"]
+TINY = [
+    "data.num_clients=8",
+    "training.clients_per_round=4",
+    "training.rounds=3",
+    "training.eval_every_rounds=3",
+    "training.rounds_per_checkpoint=3",
+    "centralized.enabled=false",
+]
 
 
 def test_schema_defaults_are_the_fast_settings():
@@ -28,8 +33,11 @@ def test_schema_defaults_are_the_fast_settings():
     assert {k: getattr(t, k) for k in FAST} == FAST
 
 
-@pytest.mark.parametrize("path", [None, *sorted((REPO / "experiments").glob("*.yaml"))],
-                         ids=lambda p: "builtin-default" if p is None else Path(p).name)
+@pytest.mark.parametrize(
+    "path",
+    [None, *sorted((REPO / "experiments").glob("*.yaml"))],
+    ids=lambda p: "builtin-default" if p is None else Path(p).name,
+)
 def test_shipped_experiments_keep_the_fast_settings(path):
     data = read_yaml(path) if path is not None else {}
     if "base" in data and "grid" in data:  # a sweep: its base holds the shared settings

@@ -2,11 +2,10 @@ import dataclasses
 
 import pytest
 import yaml
+from helpers import REPO
 
 from tff_lab.config import ExperimentConfig, apply_overrides, config_hash, dump_yaml, from_dict, load_config
 from tff_lab.errors import ConfigError
-
-from helpers import REPO
 
 
 def test_defaults_are_the_default_experiment():
@@ -16,7 +15,8 @@ def test_defaults_are_the_default_experiment():
     assert cfg.algorithm.name == "fedavg"
     # experiments/default.yaml spells out the same experiment.
     assert config_hash(load_config(REPO / "experiments/default.yaml")) == config_hash(
-        dataclasses.replace(cfg, partition=dataclasses.replace(cfg.partition, scheme="dirichlet")))
+        dataclasses.replace(cfg, partition=dataclasses.replace(cfg.partition, scheme="dirichlet"))
+    )
 
 
 def _is_sweep_grid(path):
@@ -40,8 +40,15 @@ def test_every_shipped_experiment_loads(path):
 
 
 def test_overrides_parse_yaml_scalars_and_nested_keys():
-    cfg = load_config(None, ["training.rounds=7", "algorithm.server_optimizer.name=adam",
-                             "model.hidden_units=[8, 4]", "data.test_fraction=0.25"])
+    cfg = load_config(
+        None,
+        [
+            "training.rounds=7",
+            "algorithm.server_optimizer.name=adam",
+            "model.hidden_units=[8, 4]",
+            "data.test_fraction=0.25",
+        ],
+    )
     assert cfg.training.rounds == 7
     assert cfg.algorithm.server_optimizer.name == "adam"
     assert cfg.model.hidden_units == (8, 4)
@@ -55,25 +62,36 @@ def test_round_trip_through_yaml():
     assert config_hash(load_config(None, ["seed=4"])) != config_hash(cfg)
 
 
-@pytest.mark.parametrize("overrides, where, what", [
-    (["bogus=1"], "bogus", "valid keys here"),
-    (["training.bogus=1"], "training.bogus", "rounds"),
-    (["algorithm.name=fedfoo"], "algorithm.name", "fedavg, fedprox, fedsgd"),
-    pytest.param(["model.name=resnet"], "model.name", "logreg, mlp, cnn", marks=pytest.mark.xfail(
-        reason="model names are resolved at build time (integrator)", strict=True)),
-    pytest.param(["data.source=imagenet"], "data.source", "digits", marks=pytest.mark.xfail(
-        reason="data sources are resolved at build time (integrator)", strict=True)),
-    (["training.rounds=0"], "training.rounds", ">= 1"),
-    (["training.rounds=-3"], "training.rounds", ">= 1"),
-    (["training.rounds=ten"], "training.rounds", "integer"),
-    (["training.clients_per_round=21"], "training.clients_per_round", "at most"),
-    (["partition.alpha=0"], "partition.alpha", "> 0"),
-    (["algorithm.server_optimizer.learning_rate=-1"], "algorithm.server_optimizer.learning_rate", "> 0"),
-    (["algorithm.proximal_strength=0.1"], "algorithm.proximal_strength", "fedprox"),
-    (["training.sampling=poisson"], "training.sampling_rate", "poisson"),
-    (["data.source=npz_dir"], "data.path", "directory"),
-    (["partition.scheme=natural"], "partition.scheme", "natural split"),
-])
+@pytest.mark.parametrize(
+    "overrides, where, what",
+    [
+        (["bogus=1"], "bogus", "valid keys here"),
+        (["training.bogus=1"], "training.bogus", "rounds"),
+        (["algorithm.name=fedfoo"], "algorithm.name", "fedavg, fedprox, fedsgd"),
+        pytest.param(
+            ["model.name=resnet"],
+            "model.name",
+            "logreg, mlp, cnn",
+            marks=pytest.mark.xfail(reason="model names are resolved at build time (integrator)", strict=True),
+        ),
+        pytest.param(
+            ["data.source=imagenet"],
+            "data.source",
+            "digits",
+            marks=pytest.mark.xfail(reason="data sources are resolved at build time (integrator)", strict=True),
+        ),
+        (["training.rounds=0"], "training.rounds", ">= 1"),
+        (["training.rounds=-3"], "training.rounds", ">= 1"),
+        (["training.rounds=ten"], "training.rounds", "integer"),
+        (["training.clients_per_round=21"], "training.clients_per_round", "at most"),
+        (["partition.alpha=0"], "partition.alpha", "> 0"),
+        (["algorithm.server_optimizer.learning_rate=-1"], "algorithm.server_optimizer.learning_rate", "> 0"),
+        (["algorithm.proximal_strength=0.1"], "algorithm.proximal_strength", "fedprox"),
+        (["training.sampling=poisson"], "training.sampling_rate", "poisson"),
+        (["data.source=npz_dir"], "data.path", "directory"),
+        (["partition.scheme=natural"], "partition.scheme", "natural split"),
+    ],
+)
 def test_bad_values_name_the_field_and_the_choices(overrides, where, what):
     with pytest.raises(ConfigError) as e:
         load_config(None, overrides)
@@ -105,8 +123,9 @@ def test_override_into_a_value_is_refused():
 
 def test_yaml_exponent_without_dot_is_a_number(tmp_path):
     f = tmp_path / "dp.yaml"
-    f.write_text("algorithm: {weighting: uniform}\n"
-                 "privacy: {mechanism: gaussian_fixed, noise_multiplier: 1, delta: 1e-5}\n")
+    f.write_text(
+        "algorithm: {weighting: uniform}\nprivacy: {mechanism: gaussian_fixed, noise_multiplier: 1, delta: 1e-5}\n"
+    )
     cfg = load_config(f)
     assert cfg.privacy.delta == 1e-5
     with pytest.raises(ConfigError) as e:

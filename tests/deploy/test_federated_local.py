@@ -28,8 +28,14 @@ ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def _params(workers: int) -> render.RenderParams:
-    return render.RenderParams(experiment_name="fed_tiny", experiment_yaml=TINY, workers=1, gpus_per_worker=0,
-                               image="r.example/tff-lab:1", tff_workers=workers)
+    return render.RenderParams(
+        experiment_name="fed_tiny",
+        experiment_yaml=TINY,
+        workers=1,
+        gpus_per_worker=0,
+        image="r.example/tff-lab:1",
+        tff_workers=workers,
+    )
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -38,8 +44,13 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _cli(*args, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tff_lab.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**__import__("os").environ, **ENV})
+    return subprocess.run(
+        [sys.executable, "-m", "tff_lab.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**__import__("os").environ, **ENV},
+    )
 
 
 def test_worker_pods_serve_and_the_init_container_waits_for_them(tmp_path):
@@ -68,9 +79,11 @@ def test_worker_pods_serve_and_the_init_container_waits_for_them(tmp_path):
 
 
 def test_tff_worker_and_wait_bad_input_is_one_line_exit_2():
-    for args, words in ((["tff-worker", "--port", "0"], "argument --port: expected an integer >= 1 and <= 65535"),
-                        (["tff-worker", "--port", "70000"], "argument --port: expected an integer >= 1"),
-                        (["k8s", "wait", "nohostport"], "expected host:port")):
+    for args, words in (
+        (["tff-worker", "--port", "0"], "argument --port: expected an integer >= 1 and <= 65535"),
+        (["tff-worker", "--port", "70000"], "argument --port: expected an integer >= 1"),
+        (["k8s", "wait", "nohostport"], "expected host:port"),
+    ):
         out = _cli(*args)
         lines = out.stderr.strip().splitlines()
         # one line, or argparse's usage then one error line for a flag refused by its type
@@ -84,8 +97,7 @@ def test_driver_pod_trains_on_the_worker_pods(tmp_path):
     `tff-lab run ... --set training.worker_addresses=[...]`), which ends with a complete run."""
     objs = render.render_overlay(_params(2), "federated")
     workers = LocalStatefulSet(objs, "tff-lab-worker", tmp_path / "workers", extra_env=ENV)
-    job = LocalIndexedJob(objs, "tff-lab-driver", tmp_path / "cluster", extra_env=ENV,
-                          address_map=workers.address_map)
+    job = LocalIndexedJob(objs, "tff-lab-driver", tmp_path / "cluster", extra_env=ENV, address_map=workers.address_map)
     workers.start_all()
     try:
         job.start_all()  # the init container returns once both workers listen

@@ -72,8 +72,22 @@ def test_the_locks_split_runtime_from_development():
     runtime, dev = _lock(RUNTIME_LOCK), _lock(DEV_LOCK)
     assert not set(runtime) & set(dev), f"in both locks: {set(runtime) & set(dev)}"
     assert DEV_ONLY <= set(dev), DEV_ONLY - set(dev)
-    for core in ("tensorflow", "tensorflow-federated", "tensorflow-privacy", "dp-accounting", "numpy", "jax",
-                 "jaxlib", "kubernetes", "pyyaml", "tqdm", "matplotlib", "scikit-learn", "portpicker", "psutil"):
+    for core in (
+        "tensorflow",
+        "tensorflow-federated",
+        "tensorflow-privacy",
+        "dp-accounting",
+        "numpy",
+        "jax",
+        "jaxlib",
+        "kubernetes",
+        "pyyaml",
+        "tqdm",
+        "matplotlib",
+        "scikit-learn",
+        "portpicker",
+        "psutil",
+    ):
         assert core in runtime, core
     assert runtime["jax"] == runtime["jaxlib"] == "0.4.13"  # TFF's stale 0.4.14 pin, overridden
 
@@ -109,9 +123,26 @@ def test_the_image_installs_only_the_runtime_lock():
 
 
 def _pod_args(tmp_path: Path, *args: str) -> list[str]:
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "image_pod.py"), "--image", "img:1",
-                          "--out-host", "/host/out", "--out-mnt", str(tmp_path), "--network", "net",
-                          "--ip-prefix", "10.9.8", *args], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "image_pod.py"),
+            "--image",
+            "img:1",
+            "--out-host",
+            "/host/out",
+            "--out-mnt",
+            str(tmp_path),
+            "--network",
+            "net",
+            "--ip-prefix",
+            "10.9.8",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.split("\0")
 
 
@@ -122,11 +153,26 @@ def _opt(argv: list[str], flag: str) -> list[str]:
 def test_pod_args_follow_the_indexed_job_manifest(tmp_path, monkeypatch):
     if os.getuid() != 0:  # the PVC directory gets the fsGroup as its group, as the kubelet does it
         pytest.skip("chown of the PVC directory needs root")
-    argv = _pod_args(tmp_path, "--objects", f"{REPO}/k8s/base", "Job", "tff-lab-train", "trainer", "--index", "1",
-                     "--pod-dir", "dist/pod-1", "--podman-name", "w1", "--hosts", "Job/tff-lab-train",
-                     "--set", "experiment.yaml:dist.epochs=2")
+    argv = _pod_args(
+        tmp_path,
+        "--objects",
+        f"{REPO}/k8s/base",
+        "Job",
+        "tff-lab-train",
+        "trainer",
+        "--index",
+        "1",
+        "--pod-dir",
+        "dist/pod-1",
+        "--podman-name",
+        "w1",
+        "--hosts",
+        "Job/tff-lab-train",
+        "--set",
+        "experiment.yaml:dist.epochs=2",
+    )
     image_at = argv.index("img:1")
-    opts, args = argv[:image_at], argv[image_at + 1:]
+    opts, args = argv[:image_at], argv[image_at + 1 :]
     job = yaml.safe_load((REPO / "k8s" / "base" / "job.yaml").read_text())
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert args == container["args"]
@@ -139,8 +185,10 @@ def test_pod_args_follow_the_indexed_job_manifest(tmp_path, monkeypatch):
     assert env["TFF_LAB_NUM_WORKERS"] == "2" and env["TFF_LAB_SERVICE"] == "tff-lab-workers"
     assert env["TFF_LAB_WORKER_PORT"] == "2222" and env["HOME"] == "/tmp"
     assert _opt(opts, "--hostname") == ["tff-lab-train-1"] and _opt(opts, "--ip") == ["10.9.8.11"]
-    assert _opt(opts, "--add-host") == ["tff-lab-train-0.tff-lab-workers:10.9.8.10",
-                                        "tff-lab-train-1.tff-lab-workers:10.9.8.11"]
+    assert _opt(opts, "--add-host") == [
+        "tff-lab-train-0.tff-lab-workers:10.9.8.10",
+        "tff-lab-train-1.tff-lab-workers:10.9.8.11",
+    ]
     assert _opt(opts, "--memory") == [str(16 * 2**30)] and _opt(opts, "--shm-size") == [str(2 * 2**30)]
     vols = _opt(opts, "-v")
     assert "/host/out/dist/pod-1/configmap-experiment:/etc/tff-lab:ro" in vols
@@ -156,21 +204,46 @@ def test_pod_args_of_the_federated_driver_resolve_the_worker_pods(tmp_path):
     if os.getuid() != 0:
         pytest.skip("chown of the PVC directory needs root")
     objects = f"{REPO}/k8s/base,{REPO}/k8s/overlays/federated"
-    argv = _pod_args(tmp_path, "--objects", objects, "Job", "tff-lab-driver", "wait-for-workers",
-                     "--pod-dir", "fed/driver", "--podman-name", "init", "--hosts", "StatefulSet/tff-lab-worker")
+    argv = _pod_args(
+        tmp_path,
+        "--objects",
+        objects,
+        "Job",
+        "tff-lab-driver",
+        "wait-for-workers",
+        "--pod-dir",
+        "fed/driver",
+        "--podman-name",
+        "init",
+        "--hosts",
+        "StatefulSet/tff-lab-worker",
+    )
     image_at = argv.index("img:1")
-    assert argv[image_at + 1:image_at + 3] == ["k8s", "wait"]
+    assert argv[image_at + 1 : image_at + 3] == ["k8s", "wait"]
     hosts = [h.split(":")[0] for h in _opt(argv, "--add-host")]
-    waited = [a.split(":")[0] for a in argv[image_at + 3:] if a.endswith(":8000")]
+    waited = [a.split(":")[0] for a in argv[image_at + 3 :] if a.endswith(":8000")]
     assert hosts == waited == ["tff-lab-worker-0.tff-lab-workers", "tff-lab-worker-1.tff-lab-workers"]
     assert _opt(argv, "--memory") == [str(256 * 2**20)] and _opt(argv, "--ip") == []  # the driver needs no fixed IP
-    worker = _pod_args(tmp_path, "--objects", objects, "StatefulSet", "tff-lab-worker", "tff-worker", "--index", "1",
-                       "--pod-dir", "fed/worker-1", "--podman-name", "w")
+    worker = _pod_args(
+        tmp_path,
+        "--objects",
+        objects,
+        "StatefulSet",
+        "tff-lab-worker",
+        "tff-worker",
+        "--index",
+        "1",
+        "--pod-dir",
+        "fed/worker-1",
+        "--podman-name",
+        "w",
+    )
     assert _opt(worker, "--hostname") == ["tff-lab-worker-1"] and _opt(worker, "--ip") == ["10.9.8.21"]
-    assert worker[worker.index("img:1") + 1:] == ["tff-worker", "--port", str(render.TFF_WORKER_PORT)]
+    assert worker[worker.index("img:1") + 1 :] == ["tff-worker", "--port", str(render.TFF_WORKER_PORT)]
 
 
 # --- the image itself ----------------------------------------------------------------------------
+
 
 def _worker_summary(log: str) -> dict:
     for line in reversed(log.splitlines()):
@@ -180,19 +253,28 @@ def _worker_summary(log: str) -> dict:
 
 
 @pytest.mark.container
-@pytest.mark.skipif(os.environ.get("TFF_LAB_IMAGE_TEST") != "1",
-                    reason="builds and runs the image with podman (~6 min the first time, root): "
-                           "TFF_LAB_IMAGE_TEST=1 or `make image-test`")
+@pytest.mark.skipif(
+    os.environ.get("TFF_LAB_IMAGE_TEST") != "1",
+    reason="builds and runs the image with podman (~6 min the first time, root): "
+    "TFF_LAB_IMAGE_TEST=1 or `make image-test`",
+)
 def test_the_image_builds_and_runs_as_the_manifests_run_it(tmp_path):
     if os.getuid() != 0:
         pytest.skip("rootful podman: run as root")
     if shutil.which("apt-get") is None and shutil.which("podman") is None:
         pytest.skip("needs podman, runc and mmdebstrap (or apt-get to install them)")
     out = tmp_path / "image-test"
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "image_test.sh")], capture_output=True, text=True,
-                          timeout=3600, env={**os.environ, "TFF_LAB_IMAGE_OUT": str(out)})
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "image_test.sh")],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        env={**os.environ, "TFF_LAB_IMAGE_OUT": str(out)},
+    )
     summary = dict(line.split() for line in (out / "summary.txt").read_text().splitlines())
-    assert summary == {"fresh": "0", "help": "0", "run": "0", "dist": "0", "fed": "0", "fed-sigterm": "0"}, proc.stderr[-4000:]
+    assert summary == {"fresh": "0", "help": "0", "run": "0", "dist": "0", "fed": "0", "fed-sigterm": "0"}, proc.stderr[
+        -4000:
+    ]
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     # The image holds the runtime lock and tff_lab, nothing from the dev lock.
@@ -252,9 +334,23 @@ def test_tff_worker_as_pid_1_stops_on_sigterm(tmp_path):
         pytest.skip("needs unshare(1) and root for a PID namespace")
     port = portpicker.pick_unused_port()
     log = open(tmp_path / "worker.log", "w")
-    proc = subprocess.Popen([unshare, "--pid", "--fork", "--kill-child", sys.executable, "-m", "tff_lab.cli",
-                             "tff-worker", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [
+            unshare,
+            "--pid",
+            "--fork",
+            "--kill-child",
+            sys.executable,
+            "-m",
+            "tff_lab.cli",
+            "tff-worker",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         t_end = time.monotonic() + 60
         while True:  # serving: accepts connections

@@ -15,8 +15,7 @@ import yaml
 from tff_lab.cli import main
 from tff_lab.deploy import render
 from tff_lab.deploy.local import find
-from tff_lab.distributed import EXIT_RETRIABLE
-from tff_lab.distributed import trainer
+from tff_lab.distributed import EXIT_RETRIABLE, trainer
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -36,7 +35,7 @@ def committed_render_argv() -> list[str]:
     """The render command recorded in the committed tree's header."""
     for line in (K8S / "base" / "kustomization.yaml").read_text().splitlines():
         if line.startswith("#   tff-lab k8s render "):
-            argv = shlex.split(line[len("#   tff-lab "):])
+            argv = shlex.split(line[len("#   tff-lab ") :])
             assert argv[-2:] == ["--out", "DIR"]
             return argv[:-2]
     raise AssertionError("k8s/base/kustomization.yaml has no render command header")
@@ -46,8 +45,11 @@ def _strict(schema):
     """The API server's strict field validation: unknown fields are errors."""
     if isinstance(schema, dict):
         schema = {k: _strict(v) for k, v in schema.items()}
-        if "properties" in schema and "additionalProperties" not in schema \
-                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
         return schema
     if isinstance(schema, list):
@@ -92,8 +94,9 @@ def built():
 @pytest.fixture(scope="module")
 def params():
     """RenderParams of the committed tree (from its header command)."""
-    from tff_lab.deploy.command import _params, register
     import argparse
+
+    from tff_lab.deploy.command import _params, register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -116,14 +119,30 @@ def test_overlay_builds_and_every_object_validates(built, overlay, tfjob_validat
     for obj in objs:
         validate_any(obj, tfjob_validator)
     kinds = sorted(o["kind"] for o in objs)
-    expected = {"gpu": ["ConfigMap", "Job", "NetworkPolicy", "PersistentVolumeClaim", "Service"],
-                "cpu": ["ConfigMap", "Job", "NetworkPolicy", "PersistentVolumeClaim", "Service"],
-                "tfjob": ["ConfigMap", "NetworkPolicy", "PersistentVolumeClaim", "TFJob"],
-                "sweep": ["ConfigMap", "ConfigMap", "Job", "NetworkPolicy", "PersistentVolumeClaim"],
-                "federated": ["ConfigMap", "Job", "NetworkPolicy", "NetworkPolicy", "PersistentVolumeClaim",
-                              "Service", "StatefulSet"],
-                "predict": ["ConfigMap", "Job", "Job", "NetworkPolicy", "NetworkPolicy", "PersistentVolumeClaim",
-                            "PersistentVolumeClaim"]}[overlay]
+    expected = {
+        "gpu": ["ConfigMap", "Job", "NetworkPolicy", "PersistentVolumeClaim", "Service"],
+        "cpu": ["ConfigMap", "Job", "NetworkPolicy", "PersistentVolumeClaim", "Service"],
+        "tfjob": ["ConfigMap", "NetworkPolicy", "PersistentVolumeClaim", "TFJob"],
+        "sweep": ["ConfigMap", "ConfigMap", "Job", "NetworkPolicy", "PersistentVolumeClaim"],
+        "federated": [
+            "ConfigMap",
+            "Job",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "PersistentVolumeClaim",
+            "Service",
+            "StatefulSet",
+        ],
+        "predict": [
+            "ConfigMap",
+            "Job",
+            "Job",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "PersistentVolumeClaim",
+            "PersistentVolumeClaim",
+        ],
+    }[overlay]
     assert kinds == expected
     assert {o["metadata"].get("namespace") for o in objs} == {"tff-lab"}
 
@@ -132,6 +151,7 @@ def test_overlay_builds_and_every_object_validates(built, overlay, tfjob_validat
 @pytest.mark.parametrize("overlay", render.OVERLAYS)
 def test_kustomize_output_equals_the_renderers_objects(built, params, overlay):
     """The overlays' patches do exactly what render_overlay computes."""
+
     def key(o):
         return (o["kind"], o["metadata"]["name"])
 
@@ -145,8 +165,9 @@ def test_validators_reject_unknown_fields_and_bad_values(tfjob_validator):
     import jsonschema
     import kubernetes_validate
 
-    p = render.RenderParams(experiment_name="x", experiment_yaml="name: x\n", workers=2, gpus_per_worker=1,
-                            image="r.example/tff:1")
+    p = render.RenderParams(
+        experiment_name="x", experiment_yaml="name: x\n", workers=2, gpus_per_worker=1, image="r.example/tff:1"
+    )
     job = find(render.render_overlay(p, "gpu"), "Job")
     validate_k8s(job)
     bad = copy.deepcopy(job)
@@ -210,19 +231,22 @@ def test_job_shape(params):
 BASE = ["k8s", "render", "experiments/dist_digits.yaml"]
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--workers", "0", "--image", "r.example/t:1"], "--workers: expected an integer >= 1"),
-    (["--gpus-per-worker", "-1", "--image", "r.example/t:1"], "--gpus-per-worker: expected an integer >= 0"),
-    ([], "--image: missing"),
-    (["--image", "r.example/t:latest"], "pin a version tag"),
-    (["--image", "r.example/t"], "has no tag"),
-    (["--image", "r.example/t:1", "--overlay", "gpux"], "--overlay: unknown overlay 'gpux'"),
-    (["--image", "r.example/t:1", "--overlay", "sweep"], "--sweep: the sweep overlay needs a sweep grid"),
-    (["--image", "r.example/t:1", "--tff-workers", "0"], "--tff-workers: expected an integer >= 1"),
-    (["--image", "r.example/t:1", "--tff-worker-gpus", "-1"], "--tff-worker-gpus: expected an integer >= 0"),
-    (["--image", "r.example/t:1", "--namespace", "Tff_Lab"], "--namespace: expected a DNS label"),
-    (["--image", "r.example/t@sha256:abc"], "--image: not a valid image reference"),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--workers", "0", "--image", "r.example/t:1"], "--workers: expected an integer >= 1"),
+        (["--gpus-per-worker", "-1", "--image", "r.example/t:1"], "--gpus-per-worker: expected an integer >= 0"),
+        ([], "--image: missing"),
+        (["--image", "r.example/t:latest"], "pin a version tag"),
+        (["--image", "r.example/t"], "has no tag"),
+        (["--image", "r.example/t:1", "--overlay", "gpux"], "--overlay: unknown overlay 'gpux'"),
+        (["--image", "r.example/t:1", "--overlay", "sweep"], "--sweep: the sweep overlay needs a sweep grid"),
+        (["--image", "r.example/t:1", "--tff-workers", "0"], "--tff-workers: expected an integer >= 1"),
+        (["--image", "r.example/t:1", "--tff-worker-gpus", "-1"], "--tff-worker-gpus: expected an integer >= 0"),
+        (["--image", "r.example/t:1", "--namespace", "Tff_Lab"], "--namespace: expected a DNS label"),
+        (["--image", "r.example/t@sha256:abc"], "--image: not a valid image reference"),
+    ],
+)
 def test_render_bad_input_is_one_line_exit_2(extra, words, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
     try:
@@ -249,17 +273,25 @@ def test_render_prints_one_overlay_without_out(capsys, monkeypatch):
 DIGEST = "sha256:" + "ab" * 32
 
 
-@pytest.mark.parametrize("image, policy", [(f"r.example/t:1@{DIGEST}", "IfNotPresent"),
-                                           (f"r.example/t@{DIGEST}", "IfNotPresent"),
-                                           ("r.example/t:1", "Always")])
+@pytest.mark.parametrize(
+    "image, policy",
+    [
+        (f"r.example/t:1@{DIGEST}", "IfNotPresent"),
+        (f"r.example/t@{DIGEST}", "IfNotPresent"),
+        ("r.example/t:1", "Always"),
+    ],
+)
 def test_digest_pinned_images_are_accepted_and_pulled_if_not_present(image, policy, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     assert main(BASE + ["--image", image, "--overlay", "federated"]) == 0
     out = capsys.readouterr()
     objs = [d for d in yaml.safe_load_all(out.out) if d]
-    containers = [c for o in objs if o["kind"] in ("Job", "StatefulSet")
-                  for c in o["spec"]["template"]["spec"]["containers"] + o["spec"]["template"]["spec"].get(
-                      "initContainers", [])]
+    containers = [
+        c
+        for o in objs
+        if o["kind"] in ("Job", "StatefulSet")
+        for c in o["spec"]["template"]["spec"]["containers"] + o["spec"]["template"]["spec"].get("initContainers", [])
+    ]
     assert len(containers) == 3 and {(c["image"], c["imagePullPolicy"]) for c in containers} == {(image, policy)}
     assert ("has no digest" in out.err) == (policy == "Always")
 
@@ -292,9 +324,14 @@ def test_every_pod_is_isolated_by_a_network_policy_of_its_own_overlay(params, ov
 
 
 def _rules(policy, direction):
-    return [({k: v for k, v in peer["podSelector"]["matchLabels"].items()} if "to" in r or "from" in r else None,
-             sorted((p["protocol"], p["port"]) for p in r.get("ports", [])))
-            for r in policy["spec"].get(direction, []) for peer in (r.get("to") or r.get("from") or [{}])]
+    return [
+        (
+            {k: v for k, v in peer["podSelector"]["matchLabels"].items()} if "to" in r or "from" in r else None,
+            sorted((p["protocol"], p["port"]) for p in r.get("ports", [])),
+        )
+        for r in policy["spec"].get(direction, [])
+        for peer in (r.get("to") or r.get("from") or [{}])
+    ]
 
 
 def test_network_policies_admit_only_the_intended_peers(params):
@@ -317,8 +354,10 @@ def test_network_policies_admit_only_the_intended_peers(params):
     assert render._selector(params, "driver").items() <= driver_labels.items()
     assert not _selects(workers, driver_labels) and _selects(workers, worker_labels)
     assert driver["spec"]["ingress"] == []
-    assert _rules(driver, "egress") == [(render._selector(params, "tff-worker"), [("TCP", 8000)]),
-                                        (None, [("TCP", 53), ("UDP", 53)])]
+    assert _rules(driver, "egress") == [
+        (render._selector(params, "tff-worker"), [("TCP", 8000)]),
+        (None, [("TCP", 53), ("UDP", 53)]),
+    ]
 
 
 def test_federated_overlay_shape(params):
@@ -332,7 +371,9 @@ def test_federated_overlay_shape(params):
     worker = sts["spec"]["template"]["spec"]["containers"][0]
     assert [worker["command"][0], *worker["args"]] == ["tff-lab", "tff-worker", "--port", "8000"]
     assert worker["ports"][0]["containerPort"] == 8000
-    assert worker["readinessProbe"]["tcpSocket"]["port"] == 8000 and worker["livenessProbe"]["tcpSocket"]["port"] == 8000
+    assert (
+        worker["readinessProbe"]["tcpSocket"]["port"] == 8000 and worker["livenessProbe"]["tcpSocket"]["port"] == 8000
+    )
     assert worker["resources"]["requests"] == {"cpu": params.cpu, "memory": params.memory}
     assert "nvidia.com/gpu" not in worker["resources"]["limits"]
     # The driver: the workers' stable DNS names, in order, in its init container and in tff-lab run.
@@ -345,8 +386,10 @@ def test_federated_overlay_shape(params):
     assert driver["args"][driver["args"].index("--out") + 1] == "/artifacts/runs/dist_digits-federated"
     assert job["spec"]["completions"] == 1 and job["spec"]["backoffLimit"] >= 1
     rules = job["spec"]["podFailurePolicy"]["rules"]
-    assert any(r["action"] == "FailJob" and r["onExitCodes"] == {"containerName": "driver", "operator": "In",
-                                                                 "values": [2]} for r in rules)
+    assert any(
+        r["action"] == "FailJob" and r["onExitCodes"] == {"containerName": "driver", "operator": "In", "values": [2]}
+        for r in rules
+    )
     # The committed experiment with the driver's override is a valid config.
     from tff_lab.config import load_config
 
@@ -369,5 +412,21 @@ def test_render_checks_the_experiment_with_the_drivers_override(tmp_path, capsys
     assert "\n" not in err and "training.worker_addresses" in err, err
     assert not (tmp_path / "k8s").exists()
     # Without the federated overlay the same experiment renders (MWMS ignores training.workers).
-    assert main(["k8s", "render", str(exp), "--image", "r.example/t:1", "--overlay", "gpu",
-                 "--overlay", "cpu", "--out", str(tmp_path / "k8s")]) == 0
+    assert (
+        main(
+            [
+                "k8s",
+                "render",
+                str(exp),
+                "--image",
+                "r.example/t:1",
+                "--overlay",
+                "gpu",
+                "--overlay",
+                "cpu",
+                "--out",
+                str(tmp_path / "k8s"),
+            ]
+        )
+        == 0
+    )

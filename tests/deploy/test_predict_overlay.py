@@ -23,8 +23,19 @@ def _render(argv, capsys) -> list[dict]:
 
 def test_predict_overlay_shape(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    objs = _render(["--predict-shards", "8", "--predict-parallelism", "3", "--predict-batch-size", "512",
-                    "--predict-model", "/artifacts/runs/dist_digits/export/model_int8.tflite"], capsys)
+    objs = _render(
+        [
+            "--predict-shards",
+            "8",
+            "--predict-parallelism",
+            "3",
+            "--predict-batch-size",
+            "512",
+            "--predict-model",
+            "/artifacts/runs/dist_digits/export/model_int8.tflite",
+        ],
+        capsys,
+    )
     job, merge = find(objs, "Job", "tff-lab-predict"), find(objs, "Job", "tff-lab-predict-merge")
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed" and spec["completions"] == 8 and spec["parallelism"] == 3
@@ -33,8 +44,17 @@ def test_predict_overlay_shape(capsys, monkeypatch):
     assert {"action": "FailJob", "onExitCodes": {"containerName": "predict", "operator": "In", "values": [2]}} in rules
     c = spec["template"]["spec"]["containers"][0]
     assert c["command"] == ["tff-lab"] and c["args"] == [
-        "predict", "/artifacts/runs/dist_digits/export/model_int8.tflite", "/artifacts/predict/input.npy", "--out",
-        "/predictions/dist_digits/parts", "--num-shards", "8", "--batch-size", "512", "--quiet"]
+        "predict",
+        "/artifacts/runs/dist_digits/export/model_int8.tflite",
+        "/artifacts/predict/input.npy",
+        "--out",
+        "/predictions/dist_digits/parts",
+        "--num-shards",
+        "8",
+        "--batch-size",
+        "512",
+        "--quiet",
+    ]
     assert not any(e["name"] == "JOB_COMPLETION_INDEX" for e in c["env"])  # the Job controller sets it
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert mounts["/artifacts"].get("readOnly") is True and not mounts["/predictions"].get("readOnly")
@@ -51,8 +71,9 @@ def test_predict_overlay_shape(capsys, monkeypatch):
     assert mc["args"][mc["args"].index("--out") + 1] == "/predictions/dist_digits/predictions.npz"
     assert int(mc["args"][mc["args"].index("--wait") + 1]) > 0
     assert {v["name"] for v in m["template"]["spec"]["volumes"]} == {"predictions", "tmp"}
-    assert {"action": "FailJob", "onExitCodes": {"containerName": "merge", "operator": "In", "values": [2]}} in \
-        m["podFailurePolicy"]["rules"]
+    assert {"action": "FailJob", "onExitCodes": {"containerName": "merge", "operator": "In", "values": [2]}} in m[
+        "podFailurePolicy"
+    ]["rules"]
     # Deny-all policies, one per pod kind; nothing of the MWMS trainer is left.
     pols = [o for o in objs if o["kind"] == "NetworkPolicy"]
     assert sorted(p["metadata"]["name"] for p in pols) == ["tff-lab-predict", "tff-lab-predict-merge"]
@@ -67,14 +88,17 @@ def test_predict_overlay_defaults_to_the_mwms_runs_model(capsys, monkeypatch):
     assert args[1] == "/artifacts/runs/dist_digits/model/model.keras" and args[args.index("--num-shards") + 1] == "4"
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--predict-shards", "0"], "--predict-shards: expected an integer >= 1"),
-    (["--predict-parallelism", "0"], "--predict-parallelism: expected an integer >= 1"),
-    (["--predict-batch-size", "-3"], "--predict-batch-size: expected an integer >= 1"),
-    (["--predict-model", "/etc/passwd"], "--predict-model: expected a path under /artifacts/"),
-    (["--predict-input", "/artifacts/../etc/x.npy"], "--predict-input: expected a path under /artifacts/"),
-    (["--predict-input", "relative.npy"], "--predict-input: expected a path under /artifacts/"),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--predict-shards", "0"], "--predict-shards: expected an integer >= 1"),
+        (["--predict-parallelism", "0"], "--predict-parallelism: expected an integer >= 1"),
+        (["--predict-batch-size", "-3"], "--predict-batch-size: expected an integer >= 1"),
+        (["--predict-model", "/etc/passwd"], "--predict-model: expected a path under /artifacts/"),
+        (["--predict-input", "/artifacts/../etc/x.npy"], "--predict-input: expected a path under /artifacts/"),
+        (["--predict-input", "relative.npy"], "--predict-input: expected a path under /artifacts/"),
+    ],
+)
 def test_render_predict_bad_input_is_one_line_exit_2(extra, words, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
     assert main(BASE + extra + ["--out", str(tmp_path / "k8s")]) == 2
@@ -88,4 +112,6 @@ def test_the_committed_overlay_is_the_default_render():
     objs = [d for d in yaml.safe_load_all(text) if d]
     assert render.OVERLAYS[-1] == "predict"
     job = find(objs, "Job", "tff-lab-predict")
-    assert job["spec"]["completions"] == 4 and "--batch-size" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert (
+        job["spec"]["completions"] == 4 and "--batch-size" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+    )

@@ -27,12 +27,14 @@ kubectl = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(kubectl is None, reason="kubectl (with kustomize) is not installed")
 
 # What issue 12 found failing, now fixed: each must be evaluated and pass on every overlay with pods.
-FIXED_K8S = {"CKV_K8S_21",  # default namespace
-             "CKV_K8S_38",  # service-account token mounted
-             "CKV_K8S_40",  # UID below 10000
-             "CKV_K8S_43",  # image without digest
-             "CKV_K8S_15",  # image pull policy
-             "CKV2_K8S_6"}  # pod without a NetworkPolicy
+FIXED_K8S = {
+    "CKV_K8S_21",  # default namespace
+    "CKV_K8S_38",  # service-account token mounted
+    "CKV_K8S_40",  # UID below 10000
+    "CKV_K8S_43",  # image without digest
+    "CKV_K8S_15",  # image pull policy
+    "CKV2_K8S_6",
+}  # pod without a NetworkPolicy
 FIXED_DOCKER = {"CKV_DOCKER_7"}  # base image tag through an ARG
 
 
@@ -50,8 +52,12 @@ def checkov_python() -> Path:
     if not stamp.exists():
         subprocess.run(["bash", str(REPO / "scripts" / "bootstrap.sh"), "scanners"], check=True, timeout=900)
     py = VENV / "bin" / "python"
-    version = subprocess.run([str(py), "-c", "from checkov.version import version; print(version)"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    version = subprocess.run(
+        [str(py), "-c", "from checkov.version import version; print(version)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert version == _lock_version("checkov")
     return py
 
@@ -76,8 +82,12 @@ def skipped_checks() -> dict[str, str]:
 def scan(checkov_python: Path, files: dict[str, Path], tmp_path: Path) -> dict[str, dict]:
     """name -> {"failed": [ids], "passed": {ids}, "summary": {...}}, each file scanned alone."""
     names = list(files)
-    out = subprocess.run([str(checkov_python), str(DRIVER), str(CONFIG), str(tmp_path / "reports"),
-                          *[str(files[n]) for n in names]], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [str(checkov_python), str(DRIVER), str(CONFIG), str(tmp_path / "reports"), *[str(files[n]) for n in names]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     results = {}
     for i, name in enumerate(names):
@@ -86,15 +96,18 @@ def scan(checkov_python: Path, files: dict[str, Path], tmp_path: Path) -> dict[s
         assert len(reports) == 1, name
         r = reports[0]
         assert r["summary"]["parsing_errors"] == 0, name
-        results[name] = {"failed": sorted(c["check_id"] for c in r["results"]["failed_checks"]),
-                         "passed": {c["check_id"] for c in r["results"]["passed_checks"]},
-                         "summary": r["summary"]}
+        results[name] = {
+            "failed": sorted(c["check_id"] for c in r["results"]["failed_checks"]),
+            "passed": {c["check_id"] for c in r["results"]["passed_checks"]},
+            "summary": r["summary"],
+        }
     return results
 
 
 def _kustomize(overlay: str) -> list[dict]:
-    out = subprocess.run([kubectl, "kustomize", str(REPO / "k8s" / "overlays" / overlay)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [kubectl, "kustomize", str(REPO / "k8s" / "overlays" / overlay)], check=True, capture_output=True, text=True
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -150,8 +163,10 @@ def test_checkov_is_clean_and_catches_each_fix_undone(checkov_python, tmp_path):
         files[name] = _write(tmp_path / f"{name}.yaml", objs)
     docker = (REPO / "Dockerfile.gpu").read_text()
     files["dockerfile-arg-base"] = tmp_path / "Dockerfile.arg"
-    files["dockerfile-arg-base"].write_text("ARG BASE=tensorflow/tensorflow:2.14.0-gpu\n" + re.sub(
-        r"^FROM tensorflow/tensorflow:2\.14\.0-gpu", "FROM ${BASE}", docker, flags=re.M))
+    files["dockerfile-arg-base"].write_text(
+        "ARG BASE=tensorflow/tensorflow:2.14.0-gpu\n"
+        + re.sub(r"^FROM tensorflow/tensorflow:2\.14\.0-gpu", "FROM ${BASE}", docker, flags=re.M)
+    )
 
     results = scan(checkov_python, files, tmp_path)
 

@@ -33,9 +33,11 @@ grid:
 def test_grid_is_the_cartesian_product_in_file_order():
     s = parse_sweep({"name": "g", "base": {}, "grid": {"seed": [0, 1, 2], "partition.alpha": [0.1, 1.0]}})
     assert len(s) == 6
-    assert [s.point(i) for i in (0, 1, 5)] == [{"seed": 0, "partition.alpha": 0.1},
-                                               {"seed": 0, "partition.alpha": 1.0},
-                                               {"seed": 2, "partition.alpha": 1.0}]
+    assert [s.point(i) for i in (0, 1, 5)] == [
+        {"seed": 0, "partition.alpha": 0.1},
+        {"seed": 0, "partition.alpha": 1.0},
+        {"seed": 2, "partition.alpha": 1.0},
+    ]
     assert s.overrides(1) == ["seed=0", "partition.alpha=1.0"]
     assert s.config(5).seed == 2 and s.config(5).partition.alpha == 1.0 and s.config(5).name == "g-005"
     assert len({s.run_name(i) for i in range(6)}) == 6
@@ -51,14 +53,17 @@ def test_committed_grid_is_valid_and_matches_the_sweep_overlay():
     assert job["spec"]["completions"] == len(s)
 
 
-@pytest.mark.parametrize("data, where, words", [
-    ({"name": "g", "base": {}, "grid": {"training.roundz": [1]}}, "training.roundz", "unknown key"),
-    ({"name": "g", "base": {}, "grid": {"training.rounds": [0]}}, "training.rounds", ">= 1"),
-    ({"name": "g", "base": {}, "grid": {"seed": []}}, "grid.seed", "non-empty list"),
-    ({"name": "g", "grid": {"seed": [1]}}, "sweep", "base experiment"),
-    ({"name": "g g", "base": {}, "grid": {"seed": [1]}}, "name", "expected a name"),
-    ({"name": "g", "base": {}, "grid": {"seed": [1]}, "extra": 1}, "extra", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "data, where, words",
+    [
+        ({"name": "g", "base": {}, "grid": {"training.roundz": [1]}}, "training.roundz", "unknown key"),
+        ({"name": "g", "base": {}, "grid": {"training.rounds": [0]}}, "training.rounds", ">= 1"),
+        ({"name": "g", "base": {}, "grid": {"seed": []}}, "grid.seed", "non-empty list"),
+        ({"name": "g", "grid": {"seed": [1]}}, "sweep", "base experiment"),
+        ({"name": "g g", "base": {}, "grid": {"seed": [1]}}, "name", "expected a name"),
+        ({"name": "g", "base": {}, "grid": {"seed": [1]}, "extra": 1}, "extra", "unknown key"),
+    ],
+)
 def test_bad_grids(data, where, words):
     with pytest.raises(ConfigError) as e:
         parse_sweep(data)
@@ -76,8 +81,10 @@ def test_sweep_cli_lists_points(tmp_path, capsys):
     grid.write_text(TINY_GRID)
     assert main(["sweep", str(grid), "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines == ["0\t000-learning_rate=0.02\talgorithm.client_optimizer.learning_rate=0.02",
-                     "1\t001-learning_rate=0.3\talgorithm.client_optimizer.learning_rate=0.3"]
+    assert lines == [
+        "0\t000-learning_rate=0.02\talgorithm.client_optimizer.learning_rate=0.02",
+        "1\t001-learning_rate=0.3\talgorithm.client_optimizer.learning_rate=0.3",
+    ]
 
 
 def test_sweep_cli_bad_index(tmp_path, capsys, monkeypatch):
@@ -99,14 +106,21 @@ def test_sweep_overlay_runs_two_different_complete_experiments(tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text(TINY_GRID)
     sweep = load_sweep(grid)
-    p = render.RenderParams(experiment_name="tiny", experiment_yaml="name: tiny\n", workers=1, gpus_per_worker=0,
-                            image="registry.example.com/tff-lab/tff-lab-gpu:0.1.0", sweep_yaml=sweep.dump(),
-                            sweep_points=len(sweep))
+    p = render.RenderParams(
+        experiment_name="tiny",
+        experiment_yaml="name: tiny\n",
+        workers=1,
+        gpus_per_worker=0,
+        image="registry.example.com/tff-lab/tff-lab-gpu:0.1.0",
+        sweep_yaml=sweep.dump(),
+        sweep_points=len(sweep),
+    )
     kubectl = shutil.which("kubectl")
     if kubectl:
         render.write_tree(p, tmp_path / "k8s", overlays=("sweep",))
-        out = subprocess.run([kubectl, "kustomize", str(tmp_path / "k8s/overlays/sweep")], check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [kubectl, "kustomize", str(tmp_path / "k8s/overlays/sweep")], check=True, capture_output=True, text=True
+        ).stdout
         objs = [d for d in yaml.safe_load_all(out) if d]
     else:
         objs = render.render_overlay(p, "sweep")

@@ -42,21 +42,28 @@ def tiny(epochs: int, sharding: str = "data") -> str:
 
 def rendered_objects(tmp_path: Path, epochs: int, sharding: str) -> list[dict]:
     """The gpu overlay (the default) rendered for a tiny experiment, built with kustomize."""
-    p = render.RenderParams(experiment_name="tiny_dist", experiment_yaml=tiny(epochs, sharding),
-                            workers=2, gpus_per_worker=1, image="registry.example.com/tff-lab/tff-lab-gpu:0.1.0")
+    p = render.RenderParams(
+        experiment_name="tiny_dist",
+        experiment_yaml=tiny(epochs, sharding),
+        workers=2,
+        gpus_per_worker=1,
+        image="registry.example.com/tff-lab/tff-lab-gpu:0.1.0",
+    )
     kubectl = shutil.which("kubectl")
     if kubectl is None:  # equal by test_manifests.test_kustomize_output_equals_the_renderers_objects
         return render.render_overlay(p, "gpu")
     render.write_tree(p, tmp_path / "k8s", overlays=("gpu",))
-    out = subprocess.run([kubectl, "kustomize", str(tmp_path / "k8s/overlays/gpu")], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [kubectl, "kustomize", str(tmp_path / "k8s/overlays/gpu")], check=True, capture_output=True, text=True
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
 def make_job(tmp_path: Path, epochs: int, sharding: str = "data") -> LocalIndexedJob:
     objs = rendered_objects(tmp_path, epochs, sharding)
-    return LocalIndexedJob(objs, "tff-lab-train", tmp_path / "cluster",
-                           extra_env={"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+    return LocalIndexedJob(
+        objs, "tff-lab-train", tmp_path / "cluster", extra_env={"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    )
 
 
 def run_dir(job: LocalIndexedJob) -> Path:
@@ -98,8 +105,13 @@ def assert_finished_in_sync(job: LocalIndexedJob, epochs: int) -> dict:
     assert (out / "model" / "model.keras").is_file() and (out / "model" / "saved_model" / "saved_model.pb").is_file()
     assert not (out / "backup").exists()  # BackupAndRestore's checkpoint is gone after success
     # Only the chief wrote: nothing else in the run dir, the other worker's temp dirs are gone.
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.csv", "metrics.jsonl", "model",
-                                                      "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.yaml",
+        "metrics.csv",
+        "metrics.jsonl",
+        "model",
+        "summary.json",
+    ]
     # (A SIGKILLed attempt cannot clean up; its /tmp is an emptyDir that goes with the pod.)
     tmp = job.tmp_dir(1)
     assert tmp.is_dir() and not list(tmp.glob("tff-lab-worker*")), list(tmp.iterdir())
@@ -131,9 +143,22 @@ def test_two_workers_from_the_manifest_train_in_sync(tmp_path):
     exp = tmp_path / "tiny.yaml"
     exp.write_text(tiny(3))
     single = tmp_path / "single"
-    subprocess.run([sys.executable, "-m", "tff_lab.cli", "train-dist", str(exp), "--out", str(single),
-                    "--set", "dist.per_replica_batch_size=128"], check=True, capture_output=True,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tff_lab.cli",
+            "train-dist",
+            str(exp),
+            "--out",
+            str(single),
+            "--set",
+            "dist.per_replica_batch_size=128",
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
+    )
     one = [json.loads(r) for r in (single / "metrics.jsonl").read_text().splitlines()]
     two = [json.loads(r) for r in (run_dir(job) / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(one, two, strict=True):

@@ -18,19 +18,33 @@ EXP = str(REPO / "experiments" / "dist_digits.yaml")
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for k in ("TF_CONFIG", "JOB_COMPLETION_INDEX", "TFF_LAB_NUM_WORKERS", "TFF_LAB_JOB_NAME", "TFF_LAB_SERVICE",
-              "TFF_LAB_HOST_MAP", "TFF_LAB_WORKER_PORT"):
+    for k in (
+        "TF_CONFIG",
+        "JOB_COMPLETION_INDEX",
+        "TFF_LAB_NUM_WORKERS",
+        "TFF_LAB_JOB_NAME",
+        "TFF_LAB_SERVICE",
+        "TFF_LAB_HOST_MAP",
+        "TFF_LAB_WORKER_PORT",
+    ):
         monkeypatch.delenv(k, raising=False)
 
 
-@pytest.mark.parametrize("env, words", [
-    ({"JOB_COMPLETION_INDEX": "2", "TFF_LAB_NUM_WORKERS": "2", "TFF_LAB_JOB_NAME": "j", "TFF_LAB_SERVICE": "s"},
-     "JOB_COMPLETION_INDEX: 2 is not below the worker count TFF_LAB_NUM_WORKERS=2"),
-    ({"JOB_COMPLETION_INDEX": "0", "TFF_LAB_NUM_WORKERS": "0"}, "TFF_LAB_NUM_WORKERS: expected an integer >= 1"),
-    ({"TF_CONFIG": '{"cluster": {"worker": ["a:1"]'}, "TF_CONFIG: malformed JSON"),
-    ({"TF_CONFIG": '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}'},
-     "TF_CONFIG.task.index: 3 is out of range"),
-])
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        (
+            {"JOB_COMPLETION_INDEX": "2", "TFF_LAB_NUM_WORKERS": "2", "TFF_LAB_JOB_NAME": "j", "TFF_LAB_SERVICE": "s"},
+            "JOB_COMPLETION_INDEX: 2 is not below the worker count TFF_LAB_NUM_WORKERS=2",
+        ),
+        ({"JOB_COMPLETION_INDEX": "0", "TFF_LAB_NUM_WORKERS": "0"}, "TFF_LAB_NUM_WORKERS: expected an integer >= 1"),
+        ({"TF_CONFIG": '{"cluster": {"worker": ["a:1"]'}, "TF_CONFIG: malformed JSON"),
+        (
+            {"TF_CONFIG": '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}'},
+            "TF_CONFIG.task.index: 3 is out of range",
+        ),
+    ],
+)
 def test_bad_cluster_env(env, words, monkeypatch, tmp_path, capsys):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -51,9 +65,11 @@ def test_single_worker_mixed_precision_and_a_batch_too_large(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "JOB_COMPLETION_INDEX")}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     exp = tmp_path / "e.yaml"
-    exp.write_text("name: mp\ndata: {source: digits, num_clients: 4}\nmodel: {name: mlp, hidden_units: [8]}\n"
-                   "training: {clients_per_round: 2}\n"
-                   "dist: {epochs: 1, per_replica_batch_size: 128, mixed_precision: true}\n")
+    exp.write_text(
+        "name: mp\ndata: {source: digits, num_clients: 4}\nmodel: {name: mlp, hidden_units: [8]}\n"
+        "training: {clients_per_round: 2}\n"
+        "dist: {epochs: 1, per_replica_batch_size: 128, mixed_precision: true}\n"
+    )
     cmd = [sys.executable, "-m", "tff_lab.cli", "train-dist", str(exp), "--out", str(tmp_path / "run")]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-2000:]

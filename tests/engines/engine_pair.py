@@ -16,8 +16,12 @@ from tff_lab.sampling import sample_clients
 
 
 def config(overrides: dict):
-    base = {"data": {"source": "digits", "num_clients": 20}, "partition": {"scheme": "dirichlet", "alpha": 0.5},
-            "training": {"clients_per_round": 10, "rounds": 20, "batch_size": 16}, "centralized": {"enabled": False}}
+    base = {
+        "data": {"source": "digits", "num_clients": 20},
+        "partition": {"scheme": "dirichlet", "alpha": 0.5},
+        "training": {"clients_per_round": 10, "rounds": 20, "batch_size": 16},
+        "centralized": {"enabled": False},
+    }
     for k, v in overrides.items():
         if isinstance(v, dict):
             base.setdefault(k, {}).update(v)
@@ -28,19 +32,27 @@ def config(overrides: dict):
 
 def build_vectorized(cfg, data, **kwargs):
     spec = models.resolve_model(cfg.model)
-    return VectorizedEngine(cfg, data, model_builder=lambda: spec.build(data.input_shape, data.num_classes),
-                            loss_builder=spec.make_loss, metrics_builder=spec.make_metrics,
-                            noise_multiplier=cfg.privacy.noise_multiplier, **kwargs)
+    return VectorizedEngine(
+        cfg,
+        data,
+        model_builder=lambda: spec.build(data.input_shape, data.num_classes),
+        loss_builder=spec.make_loss,
+        metrics_builder=spec.make_metrics,
+        noise_multiplier=cfg.privacy.noise_multiplier,
+        **kwargs,
+    )
 
 
 def build_tff(cfg, data):
     runtime.ensure_context(cfg.training)
     init = models.initial_weights(cfg.model, data.input_shape, data.num_classes, cfg.seed)
     specs = [tf.TensorSpec(w.shape, tf.as_dtype(w.dtype)) for w in init]
-    agg = aggregators.make_aggregator(cfg, population=data.num_clients, noise_multiplier=cfg.privacy.noise_multiplier,
-                                      record_specs=specs)
-    model_fn = make_model_fn(models.resolve_model(cfg.model), data.input_shape, data.num_classes,
-                             batch_spec=data_element_spec(data))
+    agg = aggregators.make_aggregator(
+        cfg, population=data.num_clients, noise_multiplier=cfg.privacy.noise_multiplier, record_specs=specs
+    )
+    model_fn = make_model_fn(
+        models.resolve_model(cfg.model), data.input_shape, data.num_classes, batch_spec=data_element_spec(data)
+    )
     return TFFEngine(cfg, algorithms.build_learning_process(cfg, model_fn, agg), data)
 
 

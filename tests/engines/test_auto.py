@@ -10,8 +10,15 @@ from tff_lab.config import load_config
 from tff_lab.errors import ConfigError
 from tff_lab.training.loop import build, run_experiment
 
-TINY = ["data.num_clients=6", "training.clients_per_round=3", "training.rounds=2", "training.eval_every_rounds=2",
-        "training.rounds_per_checkpoint=2", "centralized.enabled=false", "model.name=logreg"]
+TINY = [
+    "data.num_clients=6",
+    "training.clients_per_round=3",
+    "training.rounds=2",
+    "training.eval_every_rounds=2",
+    "training.rounds_per_checkpoint=2",
+    "centralized.enabled=false",
+    "model.name=logreg",
+]
 
 
 def test_auto_is_the_default():
@@ -27,8 +34,9 @@ def test_auto_picks_the_vectorised_engine_when_it_is_exact(tmp_path):
     assert "# engine that ran: vectorized (auto: " in text and "engine: auto" in text
 
 
-@pytest.mark.parametrize("overrides,where", [(["aggregation.kind=secure"], "aggregation.kind"),
-                                             (["training.engine=tff"], None)])
+@pytest.mark.parametrize(
+    "overrides,where", [(["aggregation.kind=secure"], "aggregation.kind"), (["training.engine=tff"], None)]
+)
 def test_auto_falls_back_to_tff_and_says_why(overrides, where):
     exp = build(None, overrides=TINY + overrides)
     try:

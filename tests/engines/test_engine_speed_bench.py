@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import pytest
-
 from helpers import REPO
 
 sys.path.insert(0, str(REPO / "bench"))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from engines.engine_pair import build_vectorized, config, load, run, trainable
 from helpers import assert_user_error, run_cli
+
 from tff_lab.engines.vectorized import VectorizedEngine, check_supported
 from tff_lab.errors import ConfigError, PrivacyAccountingError
 from tff_lab.privacy.accounting import MechanismSpec
@@ -36,8 +36,12 @@ def test_refuses_what_it_cannot_run(field, overrides):
 
 
 def test_supported_configs_pass():
-    for o in ({}, {"algorithm": {"name": "fedprox", "proximal_strength": 0.1}}, {"algorithm": {"name": "fedsgd"}},
-              {**DP, "privacy": {"mechanism": "gaussian_adaptive", "noise_multiplier": 1.0}}):
+    for o in (
+        {},
+        {"algorithm": {"name": "fedprox", "proximal_strength": 0.1}},
+        {"algorithm": {"name": "fedsgd"}},
+        {**DP, "privacy": {"mechanism": "gaussian_adaptive", "noise_multiplier": 1.0}},
+    ):
         check_supported(config(o))
 
 
@@ -65,14 +69,27 @@ def test_refuses_models_it_cannot_vectorise():
 
 
 def test_cli_refusal_is_one_line():
-    proc = run_cli("run", "experiments/default.yaml", "--out", "/tmp/tff_lab_vec_refused", "--overwrite",
-                   "--set", "training.engine=vectorized", "--set", "aggregation.kind=secure")
+    proc = run_cli(
+        "run",
+        "experiments/default.yaml",
+        "--out",
+        "/tmp/tff_lab_vec_refused",
+        "--overwrite",
+        "--set",
+        "training.engine=vectorized",
+        "--set",
+        "aggregation.kind=secure",
+    )
     assert_user_error(proc, "aggregation.kind", "vectorized engine")
 
 
-DP_POISSON = {"data": {"num_clients": 12}, "model": {"name": "logreg"}, "algorithm": {"weighting": "uniform"},
-              "training": {"sampling": "poisson", "sampling_rate": 0.3, "batch_size": 10, "local_epochs": 2},
-              "privacy": {"mechanism": "gaussian_adaptive", "noise_multiplier": 0.7, "clip": 0.2}}
+DP_POISSON = {
+    "data": {"num_clients": 12},
+    "model": {"name": "logreg"},
+    "algorithm": {"weighting": "uniform"},
+    "training": {"sampling": "poisson", "sampling_rate": 0.3, "batch_size": 10, "local_epochs": 2},
+    "privacy": {"mechanism": "gaussian_adaptive", "noise_multiplier": 0.7, "clip": 0.2},
+}
 
 
 @pytest.mark.slow
@@ -120,8 +137,13 @@ def test_empty_poisson_round_releases_noise_only():
 
 def test_traces_once_per_cohort_bucket():
     """Poisson cohorts are padded to powers of two; step counts never retrace."""
-    cfg = config({"data": {"num_clients": 20}, "model": {"name": "logreg"},
-                  "training": {"sampling": "poisson", "sampling_rate": 0.3}})
+    cfg = config(
+        {
+            "data": {"num_clients": 20},
+            "model": {"name": "logreg"},
+            "training": {"sampling": "poisson", "sampling_rate": 0.3},
+        }
+    )
     data = load(cfg)
     engine = build_vectorized(cfg, data)
     sizes = set()
@@ -144,19 +166,37 @@ def test_loop_end_to_end_dp_same_epsilon_and_model_as_tff(tmp_path):
     import json
 
     rounds = 6
-    common = ["--set", f"training.rounds={rounds}", "--set", "centralized.enabled=false", "--set",
-              "data.num_clients=200", "--set", "training.sampling_rate=0.1"]
+    common = [
+        "--set",
+        f"training.rounds={rounds}",
+        "--set",
+        "centralized.enabled=false",
+        "--set",
+        "data.num_clients=200",
+        "--set",
+        "training.sampling_rate=0.1",
+    ]
     for engine in ("tff", "vectorized"):
-        run_cli("run", "experiments/privacy_dp_fedavg.yaml", "--out", tmp_path / engine, "--set",
-                f"training.engine={engine}", *common, check=True)
+        run_cli(
+            "run",
+            "experiments/privacy_dp_fedavg.yaml",
+            "--out",
+            tmp_path / engine,
+            "--set",
+            f"training.engine={engine}",
+            *common,
+            check=True,
+        )
     rows = {e: list(csv.DictReader(open(tmp_path / e / "metrics.csv"))) for e in ("tff", "vectorized")}
     assert len(rows["tff"]) == len(rows["vectorized"]) == rounds
     for a, b in zip(rows["tff"], rows["vectorized"]):
         assert (a["eps_rdp"], a["eps_pld"], a["clients"]) == (b["eps_rdp"], b["eps_pld"], b["clients"])
     check = json.loads((tmp_path / "vectorized" / "privacy.json").read_text())["aggregator_state_check"]
     assert check["checked_rounds"] == rounds and check["unchecked_rounds"] == 0
-    models = [tf.keras.models.load_model(tmp_path / e / "model" / "model.keras", compile=False).get_weights()
-              for e in ("tff", "vectorized")]
+    models = [
+        tf.keras.models.load_model(tmp_path / e / "model" / "model.keras", compile=False).get_weights()
+        for e in ("tff", "vectorized")
+    ]
     assert max(float(np.max(np.abs(x - y))) for x, y in zip(*models)) <= 1e-5
 
 

@@ -10,28 +10,38 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from engines.engine_pair import build_tff, build_vectorized, config, eval_accuracy, load, run, trainable
 
 ROUNDS = 20
 CASES = {
     "fedavg_weighted": {},
-    "fedavg_uniform_local_epochs_2": {"algorithm": {"weighting": "uniform"},
-                                      "training": {"local_epochs": 2, "batch_size": 12}},
+    "fedavg_uniform_local_epochs_2": {
+        "algorithm": {"weighting": "uniform"},
+        "training": {"local_epochs": 2, "batch_size": 12},
+    },
     "fedprox": {"algorithm": {"name": "fedprox", "proximal_strength": 0.1}},
     "fedadam": {"algorithm": {"server_optimizer": {"name": "adam", "learning_rate": 0.01}}},
     "fedsgd_yogi": {"algorithm": {"name": "fedsgd", "server_optimizer": {"name": "yogi", "learning_rate": 0.05}}},
-    "dp_fixed_poisson": {"algorithm": {"weighting": "uniform"},
-                         "training": {"sampling": "poisson", "sampling_rate": 0.4},
-                         "privacy": {"mechanism": "gaussian_fixed", "noise_multiplier": 0.5, "clip": 0.5}},
-    "dp_adaptive": {"algorithm": {"weighting": "uniform"},
-                    "privacy": {"mechanism": "gaussian_adaptive", "noise_multiplier": 0.5, "clip": 0.1}},
+    "dp_fixed_poisson": {
+        "algorithm": {"weighting": "uniform"},
+        "training": {"sampling": "poisson", "sampling_rate": 0.4},
+        "privacy": {"mechanism": "gaussian_fixed", "noise_multiplier": 0.5, "clip": 0.5},
+    },
+    "dp_adaptive": {
+        "algorithm": {"weighting": "uniform"},
+        "privacy": {"mechanism": "gaussian_adaptive", "noise_multiplier": 0.5, "clip": 0.1},
+    },
     # A loss on logits (SparseCategoricalCrossentropy(from_logits=True)); the zoo's softmax output
     # is taken as logits by both engines alike.
-    "logits_loss_sgdm": {"model": {"outputs": "logits"},
-                         "algorithm": {"server_optimizer": {"name": "sgdm", "learning_rate": 0.5}}},
-    "cnn_adagrad": {"model": {"name": "cnn", "cnn_filters": [4, 8]}, "training": {"clients_per_round": 4},
-                    "algorithm": {"server_optimizer": {"name": "adagrad", "learning_rate": 0.05}}},
+    "logits_loss_sgdm": {
+        "model": {"outputs": "logits"},
+        "algorithm": {"server_optimizer": {"name": "sgdm", "learning_rate": 0.5}},
+    },
+    "cnn_adagrad": {
+        "model": {"name": "cnn", "cnn_filters": [4, 8]},
+        "training": {"clients_per_round": 4},
+        "algorithm": {"server_optimizer": {"name": "adagrad", "learning_rate": 0.05}},
+    },
 }
 ROUNDS_OF = {"cnn_adagrad": 8}  # the CNN is the slow one on 2 CPU cores
 
@@ -94,8 +104,13 @@ def _flat(nest):
 def test_non_finite_client_updates_as_tff():
     """A client learning rate that overflows: TFF zeroes each non-finite client update with weight 0,
     drops its metrics (FedAvg), and its finalizer rejects the NaN mean; the engines agree on all of it."""
-    cfg = config({"data": {"num_clients": 6}, "training": {"clients_per_round": 3},
-                  "algorithm": {"client_optimizer": {"name": "sgd", "learning_rate": 1e30}}})
+    cfg = config(
+        {
+            "data": {"num_clients": 6},
+            "training": {"clients_per_round": 3},
+            "algorithm": {"client_optimizer": {"name": "sgd", "learning_rate": 1e30}},
+        }
+    )
     data = load(cfg)
     tff_engine, vec_engine = build_tff(cfg, data), build_vectorized(cfg, data)
     s_tff, h_tff = run(tff_engine, cfg, data, 2)

@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import REPO, cli_env
 
 SCRIPT = str(REPO / "experiments" / "own_model_dp.py")
@@ -17,8 +16,14 @@ ARGS = ["--rounds", "6", "--clients", "12"]
 
 
 def _run(*args, timeout=600):
-    proc = subprocess.run([sys.executable, SCRIPT, *map(str, args)], cwd=REPO, env=cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, *map(str, args)],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -51,8 +56,13 @@ def test_sigkill_and_resume_is_bit_identical_with_exact_epsilon_and_export(tmp_p
 
     # Kill -9 once a checkpoint exists, resume, compare with the uninterrupted run.
     split = tmp_path / "split"
-    proc = subprocess.Popen([sys.executable, SCRIPT, "--out", str(split), *ARGS, "--no-export"], cwd=REPO,
-                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, SCRIPT, "--out", str(split), *ARGS, "--no-export"],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600
     while time.time() < deadline and not list((split / "checkpoints").glob("ckpt_000004.json")):
         if proc.poll() is not None:

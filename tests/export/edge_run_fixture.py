@@ -13,8 +13,12 @@ from pathlib import Path
 
 TRAIN_EPOCHS = 25
 # Breast cancer: standardized features, so the sidecar's offset and scale hold one value per feature.
-BREAST_CANCER = ["data.source=breast_cancer", "data.num_clients=5", "training.clients_per_round=5",
-                 "model.hidden_units=[16]"]
+BREAST_CANCER = [
+    "data.source=breast_cancer",
+    "data.num_clients=5",
+    "training.clients_per_round=5",
+    "model.hidden_units=[16]",
+]
 
 
 def make_trained_run(run_dir: Path, overrides=()) -> Path:
@@ -33,8 +37,9 @@ def make_trained_run(run_dir: Path, overrides=()) -> Path:
     data = load_federated_data(cfg)
     tf.keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
-    model.compile(optimizer=tf.keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     x, y = data.union_train()
     model.fit(x, y, epochs=TRAIN_EPOCHS, batch_size=32, verbose=0, shuffle=True)
     (run_dir / "model").mkdir(parents=True, exist_ok=True)
@@ -86,9 +91,12 @@ def export_all(run_dir: Path, quantize: str = "all") -> dict:
         from tff_lab.export import export_run
 
         res = export_run(run_dir, quantize, latency_runs=50)
-        _EXPORTS[key] = {"run_dir": Path(run_dir), "report": res["report"],
-                         "paths": {r.variant: r.path for r in res["exports"]},
-                         "sidecars": {r.variant: r.sidecar for r in res["exports"]}}
+        _EXPORTS[key] = {
+            "run_dir": Path(run_dir),
+            "report": res["report"],
+            "paths": {r.variant: r.path for r in res["exports"]},
+            "sidecars": {r.variant: r.sidecar for r in res["exports"]},
+        }
     return _EXPORTS[key]
 
 
@@ -104,6 +112,11 @@ def reference(run_dir: Path) -> dict:
         tx, ty = art.data.test
         pre = art.data.preprocessing
         raw = (tx / np.asarray(pre["scale"], np.float32) + np.asarray(pre["offset"], np.float32)).astype(np.float32)
-        _REFERENCES[key] = {"art": art, "x_test": tx, "y_test": ty, "raw_test": raw,
-                            "keras_test": art.model.predict(tx, batch_size=1024, verbose=0)}
+        _REFERENCES[key] = {
+            "art": art,
+            "x_test": tx,
+            "y_test": ty,
+            "raw_test": raw,
+            "keras_test": art.model.predict(tx, batch_size=1024, verbose=0),
+        }
     return _REFERENCES[key]

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import assert_user_error, run_cli
+
 from tff_lab import cli
 
 
@@ -38,8 +38,7 @@ def run_copy(trained_run, tmp_path_factory):
 
 def test_export_one_quantization_to_a_file(run_copy, tmp_path, capsys):
     out = tmp_path / "edge" / "digits.tflite"
-    assert cli.main(["export", str(run_copy), "--quantize", "float16", "--out", str(out),
-                     "--latency-runs", "5"]) == 0
+    assert cli.main(["export", str(run_copy), "--quantize", "float16", "--out", str(out), "--latency-runs", "5"]) == 0
     printed = capsys.readouterr().out
     assert "float16" in printed and str(out) in printed and "report.md" in printed
     side = json.loads((tmp_path / "edge" / "digits.json").read_text())
@@ -50,8 +49,26 @@ def test_export_one_quantization_to_a_file(run_copy, tmp_path, capsys):
 
 
 def test_export_int8_float_io_to_a_directory(run_copy, tmp_path, capsys):
-    assert cli.main(["export", str(run_copy), "--quantize", "int8", "--int8-io", "float", "--out", str(tmp_path),
-                     "--quiet", "--latency-runs", "5", "--representative-examples", "40"]) == 0
+    assert (
+        cli.main(
+            [
+                "export",
+                str(run_copy),
+                "--quantize",
+                "int8",
+                "--int8-io",
+                "float",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+                "--latency-runs",
+                "5",
+                "--representative-examples",
+                "40",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == ""
     side = json.loads((tmp_path / "model_int8_float_io.json").read_text())
     assert side["input"]["dtype"] == "float32" and side["representative_data"]["examples"] == 40
@@ -59,17 +76,26 @@ def test_export_int8_float_io_to_a_directory(run_copy, tmp_path, capsys):
 
 
 def test_unknown_quantization(run_copy, capsys):
-    _user_error(capsys, ["export", run_copy, "--quantize", "int4"], "--quantize", "unknown quantization 'int4'",
-                "float32, dynamic, float16, int8, all")
+    _user_error(
+        capsys,
+        ["export", run_copy, "--quantize", "int4"],
+        "--quantize",
+        "unknown quantization 'int4'",
+        "float32, dynamic, float16, int8, all",
+    )
 
 
 def test_bad_int8_io_and_out(run_copy, tmp_path, capsys):
-    _user_error(capsys, ["export", run_copy, "--quantize", "int8", "--int8-io", "uint8"], "--int8-io",
-                "int8, float")
-    _user_error(capsys, ["export", run_copy, "--quantize", "all", "--out", tmp_path / "m.tflite"], "--out",
-                "4 quantizations")
-    _user_error(capsys, ["export", run_copy, "--representative-examples", "0", "--quantize", "int8"],
-                "--representative-examples", ">= 1")
+    _user_error(capsys, ["export", run_copy, "--quantize", "int8", "--int8-io", "uint8"], "--int8-io", "int8, float")
+    _user_error(
+        capsys, ["export", run_copy, "--quantize", "all", "--out", tmp_path / "m.tflite"], "--out", "4 quantizations"
+    )
+    _user_error(
+        capsys,
+        ["export", run_copy, "--representative-examples", "0", "--quantize", "int8"],
+        "--representative-examples",
+        ">= 1",
+    )
 
 
 def test_run_dir_without_a_finished_model(trained_run, tmp_path, capsys):
@@ -111,16 +137,23 @@ def bad_models(exported_run, tmp_path):
     return d
 
 
-@pytest.mark.parametrize("name, needle", [
-    ("truncated", "corrupt or truncated TFLite model"),
-    ("random", "not a TFLite model"),
-    ("empty", "not a TFLite model"),
-    ("sided", "does not match its sidecar"),
-])
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        ("truncated", "corrupt or truncated TFLite model"),
+        ("random", "not a TFLite model"),
+        ("empty", "not a TFLite model"),
+        ("sided", "does not match its sidecar"),
+    ],
+)
 def test_corrupt_or_truncated_tflite(bad_models, reference, tmp_path, capsys, name, needle):
     np.save(tmp_path / "x.npy", reference["raw_test"][:4])
-    _user_error(capsys, ["predict", bad_models / f"{name}.tflite", tmp_path / "x.npy", "--out", tmp_path / "p.npz"],
-                f"{name}.tflite", needle)
+    _user_error(
+        capsys,
+        ["predict", bad_models / f"{name}.tflite", tmp_path / "x.npy", "--out", tmp_path / "p.npz"],
+        f"{name}.tflite",
+        needle,
+    )
     assert not (tmp_path / "p.npz").exists()
 
 
@@ -135,13 +168,19 @@ def test_truncated_tflite_in_a_fresh_process(bad_models, reference, tmp_path):
 def test_wrong_input_shape_and_dtype(exported_run, trained_run, reference, tmp_path, capsys, model):
     path = exported_run["paths"]["int8"] if model == "int8" else trained_run / "model" / "model.keras"
     np.save(tmp_path / "short.npy", reference["raw_test"][:, :63])
-    _user_error(capsys, ["predict", path, tmp_path / "short.npy", "--out", tmp_path / "p.npz"], "short.npy",
-                "wrong input shape: expected (n, 64)", "(359, 63)")
+    _user_error(
+        capsys,
+        ["predict", path, tmp_path / "short.npy", "--out", tmp_path / "p.npz"],
+        "short.npy",
+        "wrong input shape: expected (n, 64)",
+        "(359, 63)",
+    )
     np.save(tmp_path / "img.npy", reference["raw_test"].reshape(-1, 8, 8, 1))
     _user_error(capsys, ["predict", path, tmp_path / "img.npy", "--out", tmp_path / "p.npz"], "(359, 8, 8, 1)")
     np.save(tmp_path / "str.npy", np.array([["a"] * 64] * 3))
-    _user_error(capsys, ["predict", path, tmp_path / "str.npy", "--out", tmp_path / "p.npz"],
-                "expected a numeric array", "<U1")
+    _user_error(
+        capsys, ["predict", path, tmp_path / "str.npy", "--out", tmp_path / "p.npz"], "expected a numeric array", "<U1"
+    )
     np.save(tmp_path / "cplx.npy", np.zeros((3, 64), np.complex64))
     _user_error(capsys, ["predict", path, tmp_path / "cplx.npy", "--out", tmp_path / "p.npz"], "complex64")
     np.save(tmp_path / "obj.npy", np.array([None, 1], dtype=object), allow_pickle=True)
@@ -149,11 +188,19 @@ def test_wrong_input_shape_and_dtype(exported_run, trained_run, reference, tmp_p
     nan = reference["raw_test"].copy()
     nan[300, 5] = np.nan
     np.save(tmp_path / "nan.npy", nan)
-    _user_error(capsys, ["predict", path, tmp_path / "nan.npy", "--out", tmp_path / "p.npz", "--batch-size", "128"],
-                "nan.npy", "example 300 holds NaN or inf")
+    _user_error(
+        capsys,
+        ["predict", path, tmp_path / "nan.npy", "--out", tmp_path / "p.npz", "--batch-size", "128"],
+        "nan.npy",
+        "example 300 holds NaN or inf",
+    )
     (tmp_path / "ragged.csv").write_text("1,2,3\n4,5\n")
-    _user_error(capsys, ["predict", path, tmp_path / "ragged.csv", "--out", tmp_path / "p.npz"], "ragged.csv",
-                "numeric CSV rows")
+    _user_error(
+        capsys,
+        ["predict", path, tmp_path / "ragged.csv", "--out", tmp_path / "p.npz"],
+        "ragged.csv",
+        "numeric CSV rows",
+    )
     assert not (tmp_path / "p.npz").exists()
 
 
@@ -161,12 +208,24 @@ def test_predict_bad_arguments(exported_run, reference, tmp_path, capsys):
     np.save(tmp_path / "x.npy", reference["raw_test"][:4])
     m = exported_run["paths"]["float32"]
     _user_error(capsys, ["predict", m, tmp_path / "x.npy", "--out", tmp_path / "p.json"], "--out", ".npz, .csv")
-    _user_error(capsys, ["predict", m, tmp_path / "x.npy", "--out", tmp_path / "p.npz", "--batch-size", "0"],
-                "--batch-size")
-    _user_error(capsys, ["predict", tmp_path / "none.tflite", tmp_path / "x.npy", "--out", tmp_path / "p.npz"],
-                "model not found")
+    _user_error(
+        capsys, ["predict", m, tmp_path / "x.npy", "--out", tmp_path / "p.npz", "--batch-size", "0"], "--batch-size"
+    )
+    _user_error(
+        capsys,
+        ["predict", tmp_path / "none.tflite", tmp_path / "x.npy", "--out", tmp_path / "p.npz"],
+        "model not found",
+    )
     (tmp_path / "m.h5").write_bytes(b"\x89HDF")
-    _user_error(capsys, ["predict", tmp_path / "m.h5", tmp_path / "x.npy", "--out", tmp_path / "p.npz"],
-                "unsupported model type '.h5'")
-    _user_error(capsys, ["predict", m, tmp_path / "x.npy", "--out", tmp_path / "p.npz", "--sidecar",
-                         tmp_path / "none.json"], "--sidecar", "none.json", "not found")
+    _user_error(
+        capsys,
+        ["predict", tmp_path / "m.h5", tmp_path / "x.npy", "--out", tmp_path / "p.npz"],
+        "unsupported model type '.h5'",
+    )
+    _user_error(
+        capsys,
+        ["predict", m, tmp_path / "x.npy", "--out", tmp_path / "p.npz", "--sidecar", tmp_path / "none.json"],
+        "--sidecar",
+        "none.json",
+        "not found",
+    )

@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from tff_lab.errors import ConfigError, DataError
-from tff_lab.export.convert import (QUANTIZATIONS, convert_keras_model, export_artifacts, parse_quantize,
-                                    representative_examples)
+from tff_lab.export.convert import (
+    QUANTIZATIONS,
+    convert_keras_model,
+    export_artifacts,
+    parse_quantize,
+    representative_examples,
+)
 from tff_lab.export.tflite_model import TFLiteModel
 
 
@@ -98,10 +103,14 @@ def test_sidecar_contents(exported_run, trained_run):
         m = TFLiteModel(path)
         if variant == "int8":
             assert side["input"]["dtype"] == "int8" and side["output"]["dtype"] == "int8"
-            assert (side["input"]["quantization"]["scale"], side["input"]["quantization"]["zero_point"]) == \
-                pytest.approx(m.input_quant)
-            assert (side["output"]["quantization"]["scale"], side["output"]["quantization"]["zero_point"]) == \
-                pytest.approx(m.output_quant)
+            assert (
+                side["input"]["quantization"]["scale"],
+                side["input"]["quantization"]["zero_point"],
+            ) == pytest.approx(m.input_quant)
+            assert (
+                side["output"]["quantization"]["scale"],
+                side["output"]["quantization"]["zero_point"],
+            ) == pytest.approx(m.output_quant)
             rep = side["representative_data"]
             assert rep["examples"] == 500 and rep["clients"] == 20 and rep["seed"] == 0
             assert sum(rep["per_client"].values()) == 500
@@ -123,7 +132,7 @@ def test_representative_examples_round_robin_and_seeded(reference):
     assert all(r.tobytes() in pool for r in x)
     # more than there is: every training example once; small clients are exhausted first
     total = sum(len(data.train[c][1]) for c in data.client_ids)
-    xa, ca = representative_examples(data, 10 ** 6, seed=0)
+    xa, ca = representative_examples(data, 10**6, seed=0)
     assert len(xa) == total and ca == {c: len(data.train[c][1]) for c in data.client_ids}
 
 
@@ -145,7 +154,7 @@ def test_int8_without_representative_data(reference):
 def test_int8_float_io(reference, tmp_path):
     """--int8-io float: int8 weights and kernels, float32 input/output (quantize/dequantize inside)."""
     art = reference["art"]
-    res, = export_artifacts(art, ["int8"], out=tmp_path, int8_io="float")
+    (res,) = export_artifacts(art, ["int8"], out=tmp_path, int8_io="float")
     assert res.path == tmp_path / "model_int8_float_io.tflite" and res.variant == "int8_float_io"
     m = TFLiteModel(res.path)
     assert m.input_dtype == np.float32 and m.output_dtype == np.float32

@@ -9,8 +9,12 @@ import pytest
 
 from tff_lab import cli
 
-TINY_DEFAULT = ["training.rounds=12", "training.eval_every_rounds=6", "training.rounds_per_checkpoint=6",
-                "centralized.enabled=false"]
+TINY_DEFAULT = [
+    "training.rounds=12",
+    "training.eval_every_rounds=6",
+    "training.rounds_per_checkpoint=6",
+    "centralized.enabled=false",
+]
 
 
 @pytest.mark.slow
@@ -44,10 +48,32 @@ def test_export_a_real_federated_run(tmp_path, capfd):
     # batch prediction with the run's Keras model and its int8 export on raw pixels agree
     data = load_federated_data(cfg)
     np.save(tmp_path / "raw.npy", data.test[0] * 16)
-    assert cli.main(["predict", str(run / "model" / "model.keras"), str(tmp_path / "raw.npy"), "--out",
-                     str(tmp_path / "k.npz"), "--quiet"]) == 0
-    assert cli.main(["predict", str(run / "export" / "model_int8.tflite"), str(tmp_path / "raw.npy"), "--out",
-                     str(tmp_path / "q.npz"), "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                str(run / "model" / "model.keras"),
+                str(tmp_path / "raw.npy"),
+                "--out",
+                str(tmp_path / "k.npz"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "predict",
+                str(run / "export" / "model_int8.tflite"),
+                str(tmp_path / "raw.npy"),
+                "--out",
+                str(tmp_path / "q.npz"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     with np.load(tmp_path / "k.npz") as k, np.load(tmp_path / "q.npz") as q:
         assert np.mean(k["pred"] == data.test[1]) == pytest.approx(summary["final_test_accuracy"], abs=1e-6)
         assert np.mean(k["pred"] == q["pred"]) == pytest.approx(v["int8"]["parity"]["top1_agreement"])

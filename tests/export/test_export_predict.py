@@ -33,8 +33,10 @@ def _read_csv(path):
 
 def test_predict_tflite_matches_keras(exported_run, reference, raw_inputs, tmp_path, capsys):
     out = tmp_path / "pred.npz"
-    assert cli.main(["predict", str(exported_run["paths"]["float32"]), str(raw_inputs / "raw.npy"),
-                     "--out", str(out)]) == 0
+    assert (
+        cli.main(["predict", str(exported_run["paths"]["float32"]), str(raw_inputs / "raw.npy"), "--out", str(out)])
+        == 0
+    )
     err = capsys.readouterr().err
     assert "predict" in err and "examples/s" in err and "359/359" in err  # progress bar and throughput
     with np.load(out, allow_pickle=False) as f:
@@ -47,8 +49,7 @@ def test_predict_tflite_matches_keras(exported_run, reference, raw_inputs, tmp_p
 
 def test_predict_keras_model_uses_the_runs_preprocessing(trained_run, reference, raw_inputs, tmp_path, capsys):
     out = tmp_path / "pred.npz"
-    res = predict_file(trained_run / "model" / "model.keras", raw_inputs / "raw.npz", out, batch_size=100,
-                       quiet=True)
+    res = predict_file(trained_run / "model" / "model.keras", raw_inputs / "raw.npz", out, batch_size=100, quiet=True)
     assert res["examples"] == 359 and res["backend"] == "keras" and res["notes"] == []
     assert capsys.readouterr().err == ""  # --quiet: no bar
     with np.load(out, allow_pickle=False) as f:
@@ -60,7 +61,6 @@ def test_predict_savedmodel_directory(trained_run, reference, raw_inputs, tmp_pa
     import shutil
 
     import tensorflow as tf
-
     from tff_lab_tests_edge_run_fixture import copy_run
 
     run = copy_run(trained_run, tmp_path / "run")
@@ -94,11 +94,27 @@ def test_predict_int8_batches_and_csv(exported_run, reference, raw_inputs, tmp_p
 def test_no_preprocess_takes_model_inputs(exported_run, reference, tmp_path):
     np.save(tmp_path / "pre.npy", reference["x_test"])
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
-    assert cli.main(["predict", str(exported_run["paths"]["float16"]), str(tmp_path / "pre.npy"), "--out", str(a),
-                     "--no-preprocess", "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                str(exported_run["paths"]["float16"]),
+                str(tmp_path / "pre.npy"),
+                "--out",
+                str(a),
+                "--no-preprocess",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     np.save(tmp_path / "raw.npy", reference["raw_test"])
-    assert cli.main(["predict", str(exported_run["paths"]["float16"]), str(tmp_path / "raw.npy"), "--out", str(b),
-                     "--quiet"]) == 0
+    assert (
+        cli.main(
+            ["predict", str(exported_run["paths"]["float16"]), str(tmp_path / "raw.npy"), "--out", str(b), "--quiet"]
+        )
+        == 0
+    )
     with np.load(a) as fa, np.load(b) as fb:
         assert np.allclose(fa["probs"], fb["probs"], atol=1e-6)
 
@@ -134,8 +150,9 @@ def test_large_input_streams_through_a_memmap(exported_run, reference, tmp_path)
     """A 20k-example .npy is read memory-mapped and predicted batch by batch."""
     big = np.tile(reference["raw_test"], (56, 1))
     np.save(tmp_path / "big.npy", big)
-    res = predict_file(exported_run["paths"]["int8"], tmp_path / "big.npy", tmp_path / "big.npz", batch_size=512,
-                       quiet=True)
+    res = predict_file(
+        exported_run["paths"]["int8"], tmp_path / "big.npy", tmp_path / "big.npz", batch_size=512, quiet=True
+    )
     assert res["examples"] == len(big) == 20104 and res["examples_per_s"] > 0
     with np.load(tmp_path / "big.npz") as f:
         assert np.array_equal(f["pred"][:359], f["pred"][359:718])
@@ -151,8 +168,7 @@ def test_per_feature_preprocessing(bc_exported, tmp_path):
     np.save(tmp_path / "raw.npy", raw)
     keras = bc_exported["keras_test"]
     predict_file(bc_exported["paths"]["float32"], tmp_path / "raw.npy", tmp_path / "f.npz", quiet=True)
-    predict_file(bc_exported["run_dir"] / "model" / "model.keras", tmp_path / "raw.npy", tmp_path / "k.npz",
-                 quiet=True)
+    predict_file(bc_exported["run_dir"] / "model" / "model.keras", tmp_path / "raw.npy", tmp_path / "k.npz", quiet=True)
     predict_file(bc_exported["paths"]["int8"], tmp_path / "raw.npy", tmp_path / "q.npz", quiet=True)
     with np.load(tmp_path / "f.npz") as f, np.load(tmp_path / "k.npz") as k, np.load(tmp_path / "q.npz") as q:
         assert np.abs(f["probs"] - keras).max() <= 1e-4
@@ -169,8 +185,10 @@ def test_models_without_sidecar_or_run_say_so(exported_run, trained_run, referen
     shutil.copy(trained_run / "model" / "model.keras", tmp_path / "bare.keras")
     np.save(tmp_path / "pre.npy", reference["x_test"])
     for name in ("bare.tflite", "bare.keras"):
-        assert cli.main(["predict", str(tmp_path / name), str(tmp_path / "pre.npy"), "--out",
-                         str(tmp_path / "p.npz")]) == 0
+        assert (
+            cli.main(["predict", str(tmp_path / name), str(tmp_path / "pre.npy"), "--out", str(tmp_path / "p.npz")])
+            == 0
+        )
         err = capsys.readouterr().err
         assert "tff-lab predict: note: no " in err and ("sidecar" in err)
         with np.load(tmp_path / "p.npz") as f:
@@ -178,8 +196,20 @@ def test_models_without_sidecar_or_run_say_so(exported_run, trained_run, referen
             assert list(f["labels"]) == [str(i) for i in range(10)]
     # the sidecar can be given explicitly: raw pixels then work for the bare Keras model too
     np.save(tmp_path / "raw.npy", reference["raw_test"])
-    assert cli.main(["predict", str(tmp_path / "bare.keras"), str(tmp_path / "raw.npy"), "--out",
-                     str(tmp_path / "q.npz"), "--quiet", "--sidecar",
-                     str(exported_run["paths"]["float32"].with_suffix(".json"))]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                str(tmp_path / "bare.keras"),
+                str(tmp_path / "raw.npy"),
+                "--out",
+                str(tmp_path / "q.npz"),
+                "--quiet",
+                "--sidecar",
+                str(exported_run["paths"]["float32"].with_suffix(".json")),
+            ]
+        )
+        == 0
+    )
     with np.load(tmp_path / "q.npz") as f:
         assert np.abs(f["probs"] - reference["keras_test"]).max() <= 1e-5

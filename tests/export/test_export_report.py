@@ -57,16 +57,21 @@ def test_report_numbers_match_an_independent_evaluation(exported_run, reference)
     data = art.data
     k_acc = np.mean(reference["keras_test"].argmax(1) == reference["y_test"])
     assert rep["keras"]["test_accuracy"] == pytest.approx(k_acc)
-    assert rep["data"] == {"test_examples": 359, "clients": 20, "clients_evaluated": 20,
-                           "client_eval_examples": sum(len(data.eval[c][1]) for c in data.client_ids),
-                           "num_classes": 10}
+    assert rep["data"] == {
+        "test_examples": 359,
+        "clients": 20,
+        "clients_evaluated": 20,
+        "client_eval_examples": sum(len(data.eval[c][1]) for c in data.client_ids),
+        "num_classes": 10,
+    }
     for variant, v in rep["variants"].items():
         m = TFLiteModel(exported_run["paths"][variant])
         probs = m.predict(reference["x_test"], preprocess=False)
         diff = np.abs(probs - reference["keras_test"])
         assert v["parity"]["max_abs_diff"] == pytest.approx(diff.max(), rel=1e-5, abs=1e-9)
         assert v["parity"]["top1_agreement"] == pytest.approx(
-            np.mean(probs.argmax(1) == reference["keras_test"].argmax(1)))
+            np.mean(probs.argmax(1) == reference["keras_test"].argmax(1))
+        )
         acc = np.mean(probs.argmax(1) == reference["y_test"])
         assert v["accuracy"]["test"] == pytest.approx(acc)
         assert v["accuracy"]["test_drop"] == pytest.approx(k_acc - acc)
@@ -96,19 +101,37 @@ def test_report_numbers_match_an_independent_evaluation(exported_run, reference)
 
 
 def test_markdown_formats_drops_and_worst_client():
-    v = {"size_bytes": 2048, "size_vs_float32": 0.5,
-         "parity": {"max_abs_diff": 0.01, "max_rel_diff": 0.02, "top1_agreement": 0.99},
-         "accuracy": {"test": 0.95, "test_drop": 0.01,
-                      "clients": {"mean_drop": 0.004, "worst_drop": {"client": "client_07", "drop": 0.0667},
-                                  "lowest_accuracy": {"client": "client_03", "accuracy": 0.8}}},
-         "latency": {"batch_1": {"p50_ms": 0.002, "p95_ms": 0.003},
-                     "batch_64": {"p50_ms": 0.015, "throughput_per_s": 4.2e6}}}
-    rep = {"source": {"experiment": "e", "run_dir": "/r", "config_hash": "h", "model": "model/model.keras",
-                      "model_sha256": "0" * 64},
-           "data": {"test_examples": 10, "clients_evaluated": 2, "client_eval_examples": 8},
-           "keras": {"test_accuracy": 0.96},
-           "interpreter": {"backend": "x", "num_threads": 1, "latency_batch": 64, "machine": "m"},
-           "variants": {"int8": v}}
+    v = {
+        "size_bytes": 2048,
+        "size_vs_float32": 0.5,
+        "parity": {"max_abs_diff": 0.01, "max_rel_diff": 0.02, "top1_agreement": 0.99},
+        "accuracy": {
+            "test": 0.95,
+            "test_drop": 0.01,
+            "clients": {
+                "mean_drop": 0.004,
+                "worst_drop": {"client": "client_07", "drop": 0.0667},
+                "lowest_accuracy": {"client": "client_03", "accuracy": 0.8},
+            },
+        },
+        "latency": {
+            "batch_1": {"p50_ms": 0.002, "p95_ms": 0.003},
+            "batch_64": {"p50_ms": 0.015, "throughput_per_s": 4.2e6},
+        },
+    }
+    rep = {
+        "source": {
+            "experiment": "e",
+            "run_dir": "/r",
+            "config_hash": "h",
+            "model": "model/model.keras",
+            "model_sha256": "0" * 64,
+        },
+        "data": {"test_examples": 10, "clients_evaluated": 2, "client_eval_examples": 8},
+        "keras": {"test_accuracy": 0.96},
+        "interpreter": {"backend": "x", "num_threads": 1, "latency_batch": 64, "machine": "m"},
+        "variants": {"int8": v},
+    }
     row = [l for l in to_markdown(rep).splitlines() if l.startswith("| int8")][0]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:5] == ["int8", "2.0 KiB", "0.500", "1.00e-02", "2.00e-02"]
@@ -122,16 +145,17 @@ def test_report_merges_separate_exports(trained_run, tmp_path):
     """`--quantize float32` then `--quantize int8`: one report with both; a changed model resets it."""
     import shutil
 
-    from tff_lab.export import export_run
-
     from tff_lab_tests_edge_run_fixture import copy_run
+
+    from tff_lab.export import export_run
 
     run = copy_run(trained_run, tmp_path / "run")
     export_run(run, "float32", latency_runs=5)
     rep = export_run(run, "int8", latency_runs=5)["report"]
     assert list(rep["variants"]) == ["float32", "int8"]
     assert rep["variants"]["int8"]["size_vs_float32"] == pytest.approx(
-        (run / "export/model_int8.tflite").stat().st_size / (run / "export/model_float32.tflite").stat().st_size)
+        (run / "export/model_int8.tflite").stat().st_size / (run / "export/model_float32.tflite").stat().st_size
+    )
     on_disk = json.loads((run / "export/report.json").read_text())
     assert list(on_disk["variants"]) == ["float32", "int8"]
     # a file changed after export is not carried over

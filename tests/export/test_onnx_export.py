@@ -15,8 +15,9 @@ from tff_lab.export.onnx_model import ONNXModel, convert_keras_to_onnx
 @pytest.fixture(scope="module")
 def onnx_run(trained_run, tmp_path_factory):
     """A copy of the digits MLP run, exported to TFLite float32 and then to ONNX: one report with both."""
-    from tff_lab.export import export_run
     from tff_lab_tests_edge_run_fixture import copy_run
+
+    from tff_lab.export import export_run
 
     run = copy_run(trained_run, tmp_path_factory.mktemp("onnx") / "run")
     export_run(run, "float32", latency_runs=5)
@@ -70,8 +71,17 @@ def test_sidecar_is_the_tflite_sidecar(onnx_run):
     side = json.loads((export / "model.json").read_text())
     tfl = json.loads((export / "model_float32.json").read_text())
     assert set(tfl) - set(side) == set()  # every field a .tflite's sidecar has
-    for key in ("format", "labels", "num_classes", "preprocessing", "source", "signature", "model_kind",
-                "keras_outputs", "quantization"):
+    for key in (
+        "format",
+        "labels",
+        "num_classes",
+        "preprocessing",
+        "source",
+        "signature",
+        "model_kind",
+        "keras_outputs",
+        "quantization",
+    ):
         assert side[key] == tfl[key], key
     assert side["model_file"] == "model.onnx" and side["variant"] == "onnx" and side["model_format"] == "onnx"
     assert side["input"] == {"name": "x", "shape": [None, 64], "dtype": "float32", "quantization": None}
@@ -121,10 +131,19 @@ def test_cli_export_onnx_to_a_file(onnx_run, tmp_path, capsys):
 def test_cli_bad_format_flags(onnx_run, capsys):
     run = onnx_run["run"]
     _user_error(capsys, ["export", run, "--format", "coreml"], "--format", "unknown format 'coreml'", "tflite, onnx")
-    _user_error(capsys, ["export", run, "--format", "onnx", "--quantize", "int8"], "--quantize",
-                "'int8' is not available with --format onnx", "float32 only")
-    _user_error(capsys, ["export", run, "--format", "onnx", "--out", run / "m.tflite"], "--out",
-                "--format onnx writes an .onnx file")
+    _user_error(
+        capsys,
+        ["export", run, "--format", "onnx", "--quantize", "int8"],
+        "--quantize",
+        "'int8' is not available with --format onnx",
+        "float32 only",
+    )
+    _user_error(
+        capsys,
+        ["export", run, "--format", "onnx", "--out", run / "m.tflite"],
+        "--out",
+        "--format onnx writes an .onnx file",
+    )
 
 
 def _fit(model, epochs=3):
@@ -205,7 +224,7 @@ def test_a_graph_frozen_to_one_batch_is_exported_with_batch_1(tmp_path):
     m = ONNXModel(tmp_path / "m.onnx")
     assert m.fixed_batch == 1
     x = np.random.default_rng(0).random((5, 16)).astype(np.float32)
-    ref = np.concatenate([model.predict(x[i:i + 1], verbose=0) for i in range(5)])
+    ref = np.concatenate([model.predict(x[i : i + 1], verbose=0) for i in range(5)])
     assert np.abs(m.predict(x, batch_size=4, preprocess=False) - ref).max() <= 1e-6
 
 

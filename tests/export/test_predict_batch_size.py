@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 
 from tff_lab import cli
-from tff_lab.export.predict import (MAX_SEARCH_BATCH, batch_candidates, choose_batch_size, load_predictor,
-                                    predict_file, search_batch_size)
+from tff_lab.export.predict import (
+    MAX_SEARCH_BATCH,
+    batch_candidates,
+    choose_batch_size,
+    load_predictor,
+    predict_file,
+    search_batch_size,
+)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -21,7 +27,7 @@ def test_candidates_double_up_to_the_rows(seed):
         c = batch_candidates(n)
         top = min(n, MAX_SEARCH_BATCH)
         assert c[0] == 1 and c[-1] == top and c == sorted(set(c))
-        assert all(b == 2 ** i for i, b in enumerate(c[:-1])) and top <= 2 * c[-2] if len(c) > 1 else top == 1
+        assert all(b == 2**i for i, b in enumerate(c[:-1])) and top <= 2 * c[-2] if len(c) > 1 else top == 1
     assert batch_candidates(0) == []
 
 
@@ -37,17 +43,19 @@ def _check_rule(res: dict, *, max_latency_ms=None, max_memory_mb=None) -> None:
     """The choice follows from the printed figures: the last candidate before the first one over a bound."""
     rows = res["candidates"]
     for r in rows:
-        over = (max_latency_ms is not None and r["median_ms"] > max_latency_ms) or \
-               (max_memory_mb is not None and r["projected_mib"] > max_memory_mb)
+        over = (max_latency_ms is not None and r["median_ms"] > max_latency_ms) or (
+            max_memory_mb is not None and r["projected_mib"] > max_memory_mb
+        )
         assert r["within"] == (not over)
     assert all(r["within"] for r in rows[:-1])
     within = [r["batch_size"] for r in rows if r["within"]]
     assert res["batch_size"] == within[-1]
-    assert [r["batch_size"] for r in rows] == batch_candidates(res["rows_available"])[:len(rows)]
+    assert [r["batch_size"] for r in rows] == batch_candidates(res["rows_available"])[: len(rows)]
 
 
-def test_latency_bound_picks_the_largest_batch_within_it_and_batch_size_reproduces_it(trained_run, big_input,
-                                                                                   tmp_path, capsys):
+def test_latency_bound_picks_the_largest_batch_within_it_and_batch_size_reproduces_it(
+    trained_run, big_input, tmp_path, capsys
+):
     model = trained_run / "model" / "model.keras"
     predictor = load_predictor(model)
     x = np.load(big_input, mmap_mode="r")
@@ -67,7 +75,7 @@ def test_latency_bound_picks_the_largest_batch_within_it_and_batch_size_reproduc
     assert f"batch {chosen}, keras" in err
     table = [ln.split() for ln in err.splitlines() if re.match(r"tff-lab predict:\s+\d+\s+[\d.]+\s", ln)]
     figures = [(int(t[2]), float(t[3]), t[-1] == "over") for t in table]
-    assert [b for b, _, _ in figures] == batch_candidates(8192)[:len(figures)]
+    assert [b for b, _, _ in figures] == batch_candidates(8192)[: len(figures)]
     assert all(not over and ms <= bound for _, ms, over in figures[:-1])
     if figures[-1][2]:  # measuring stopped at the first batch over the bound; the one before it is chosen
         assert figures[-1][1] > bound and figures[-2][0] == chosen
@@ -90,7 +98,7 @@ def test_memory_bound_measures_the_batchs_memory(trained_run, big_input):
     _check_rule(res, max_memory_mb=1e6)
     rows = res["candidates"]
     assert res["peak_is_per_candidate"]  # Linux resets the peak mark for each candidate
-    assert all(abs(r["projected_mib"] - r["peak_mib"] - reserve / 2 ** 20) < 1e-9 for r in rows)
+    assert all(abs(r["projected_mib"] - r["peak_mib"] - reserve / 2**20) < 1e-9 for r in rows)
     # A batch of 8,192 rows holds its 2 MiB of input, the float32 copy and activations (64 units x 2 layers):
     # its peak is well above a batch of 1's.
     assert rows[-1]["peak_mib"] - rows[0]["peak_mib"] > 2.0, [(r["batch_size"], r["peak_mib"]) for r in rows]
@@ -102,22 +110,27 @@ def test_memory_bound_measures_the_batchs_memory(trained_run, big_input):
     assert choose_batch_size(rows, max_memory_mb=bound) == rows[first_over - 1]["batch_size"] < 8192
     assert choose_batch_size(rows, max_memory_mb=rows[0]["projected_mib"] - 1e-6) is None
     assert choose_batch_size(rows, max_memory_mb=bound, max_latency_ms=1e9) == choose_batch_size(
-        rows, max_memory_mb=bound)
+        rows, max_memory_mb=bound
+    )
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--max-latency-ms", "0.000001"], "--max-latency-ms: even a batch of 1 takes"),
-    (["--max-memory-mb", "1"], "--max-memory-mb: even a batch of 1 needs"),
-    (["--max-latency-ms", "0"], "--max-latency-ms: expected a number > 0"),
-    (["--max-memory-mb", "-5"], "--max-memory-mb: expected a number > 0"),
-    (["--max-latency-ms", "nan"], "--max-latency-ms: expected a number > 0"),
-    (["--batch-size", "8", "--max-latency-ms", "5"], "--batch-size: give either --batch-size"),
-    (["--batch-size", "0"], "--batch-size: expected an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--max-latency-ms", "0.000001"], "--max-latency-ms: even a batch of 1 takes"),
+        (["--max-memory-mb", "1"], "--max-memory-mb: even a batch of 1 needs"),
+        (["--max-latency-ms", "0"], "--max-latency-ms: expected a number > 0"),
+        (["--max-memory-mb", "-5"], "--max-memory-mb: expected a number > 0"),
+        (["--max-latency-ms", "nan"], "--max-latency-ms: expected a number > 0"),
+        (["--batch-size", "8", "--max-latency-ms", "5"], "--batch-size: give either --batch-size"),
+        (["--batch-size", "0"], "--batch-size: expected an integer >= 1"),
+    ],
+)
 def test_bad_bounds_are_one_line_exit_2(trained_run, big_input, argv, words, tmp_path, capsys):
     out = tmp_path / "p.npz"
-    assert cli.main(["predict", str(trained_run / "model" / "model.keras"), str(big_input), "--out", str(out),
-                     *argv]) == 2
+    assert (
+        cli.main(["predict", str(trained_run / "model" / "model.keras"), str(big_input), "--out", str(out), *argv]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("tff-lab: error: ") and words in err, err
     assert not out.exists()

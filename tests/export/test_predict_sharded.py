@@ -57,19 +57,28 @@ def _kustomized(p: render.RenderParams, tmp: Path) -> list[dict]:
     if not kubectl:
         return render.render_overlay(p, "predict")
     render.write_tree(p, tmp / "k8s", overlays=("predict",))
-    out = subprocess.run([kubectl, "kustomize", str(tmp / "k8s/overlays/predict")], check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        [kubectl, "kustomize", str(tmp / "k8s/overlays/predict")], check=True, capture_output=True, text=True
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
 def test_overlay_pods_run_locally_and_the_merge_equals_one_process(trained_run, inputs, tmp_path):
-    from tff_lab.deploy.local import LocalIndexedJob, find
     from tff_lab_tests_edge_run_fixture import copy_run
 
+    from tff_lab.deploy.local import LocalIndexedJob, find
+
     shards = 3
-    p = render.RenderParams(experiment_name="digits_run", experiment_yaml="name: digits_run\n", workers=1,
-                            gpus_per_worker=0, image="registry.example.com/tff-lab/tff-lab-gpu:0.1.0",
-                            predict_shards=shards, predict_batch_size=BATCH, predict_wait_seconds=30)
+    p = render.RenderParams(
+        experiment_name="digits_run",
+        experiment_yaml="name: digits_run\n",
+        workers=1,
+        gpus_per_worker=0,
+        image="registry.example.com/tff-lab/tff-lab-gpu:0.1.0",
+        predict_shards=shards,
+        predict_batch_size=BATCH,
+        predict_wait_seconds=30,
+    )
     objs = _kustomized(p, tmp_path)
     job = find(objs, "Job", p.predict_job_name)
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == shards
@@ -92,11 +101,13 @@ def test_overlay_pods_run_locally_and_the_merge_equals_one_process(trained_run, 
     assert local.run(timeout_s=240) == {i: "Succeeded" for i in range(shards)}, local.log_text(0)[-2000:]
     lines = [json.loads(local.log_text(i).strip().splitlines()[-1]) for i in range(shards)]
     assert [(r["shard_index"], r["start"], r["stop"]) for r in lines] == [
-        (i, *shard_range(inputs["rows"], i, shards)) for i in range(shards)]
+        (i, *shard_range(inputs["rows"], i, shards)) for i in range(shards)
+    ]
     assert all(r["batch_size"] == BATCH and r["num_shards"] == shards for r in lines)
     parts = root / "volumes" / "predictions" / "digits_run" / "parts"
     assert sorted(f.name for f in parts.iterdir()) == sorted(
-        f"{part_name(i, shards)}{s}" for i in range(shards) for s in (".json", ".npz"))
+        f"{part_name(i, shards)}{s}" for i in range(shards) for s in (".json", ".npz")
+    )
 
     merge = LocalIndexedJob(objs, p.predict_merge_job_name, root)
     assert merge.completions == 1 and merge.container["args"][0] == "predict-merge"
@@ -106,8 +117,9 @@ def test_overlay_pods_run_locally_and_the_merge_equals_one_process(trained_run, 
 
     # One process, same model, input and batch size.
     one = tmp_path / "one.npz"
-    predict_file(artifacts / "runs" / "digits_run" / "model" / "model.keras", inputs["input"], one,
-                 batch_size=BATCH, quiet=True)
+    predict_file(
+        artifacts / "runs" / "digits_run" / "model" / "model.keras", inputs["input"], one, batch_size=BATCH, quiet=True
+    )
     with np.load(merged_path, allow_pickle=False) as m, np.load(one, allow_pickle=False) as o:
         assert m["probs"].shape == (inputs["rows"], 10)
         for k in ("probs", "pred", "label", "labels"):
@@ -126,8 +138,7 @@ def parts(trained_run, inputs, tmp_path_factory) -> dict:
     model = trained_run / "model" / "model.keras"
     for i in range(4):
         predict_file(model, inputs["input"], d / "good", batch_size=BATCH, quiet=True, shard_index=i, num_shards=4)
-    predict_file(model, inputs["other"], d / "other_input", batch_size=BATCH, quiet=True, shard_index=2,
-                 num_shards=4)
+    predict_file(model, inputs["other"], d / "other_input", batch_size=BATCH, quiet=True, shard_index=2, num_shards=4)
     from tff_lab_tests_edge_run_fixture import copy_run
 
     run2 = copy_run(trained_run, d / "run2")
@@ -136,8 +147,15 @@ def parts(trained_run, inputs, tmp_path_factory) -> dict:
     w[0][3, 5] += 0.25
     m.set_weights(w)
     m.save(run2 / "model" / "model.keras")
-    predict_file(run2 / "model" / "model.keras", inputs["input"], d / "other_model", batch_size=BATCH, quiet=True,
-                 shard_index=1, num_shards=4)
+    predict_file(
+        run2 / "model" / "model.keras",
+        inputs["input"],
+        d / "other_model",
+        batch_size=BATCH,
+        quiet=True,
+        shard_index=1,
+        num_shards=4,
+    )
     predict_file(model, inputs["input"], d / "one.npz", batch_size=BATCH, quiet=True)
     return {"dir": d, "good": d / "good", "one": d / "one.npz"}
 
@@ -168,7 +186,7 @@ def _break(kind: str, d: Path, rng: random.Random, parts_root: Path) -> tuple[st
         return str(d / f"{name}.npz"), "missing (its manifest is there)"
     if kind == "truncated_predictions":
         data = (d / f"{name}.npz").read_bytes()
-        (d / f"{name}.npz").write_bytes(data[:rng.randrange(1, len(data) - 1)])
+        (d / f"{name}.npz").write_bytes(data[: rng.randrange(1, len(data) - 1)])
         return str(d / f"{name}.npz"), "does not match its manifest's sha256"
     if kind == "other_model":
         for s in (".json", ".npz"):
@@ -188,7 +206,9 @@ def _break(kind: str, d: Path, rng: random.Random, parts_root: Path) -> tuple[st
         m["rows"] += shift
         (d / f"{name}.json").write_text(json.dumps(m))
         a, b = shard_range(359, k - 1, 4)
-        return str(d / f"{name}.json"), f"rows [{m['start']}, {m['stop']}) overlap rows [{a}, {b}) of {part_name(k - 1, 4)}"
+        return str(
+            d / f"{name}.json"
+        ), f"rows [{m['start']}, {m['stop']}) overlap rows [{a}, {b}) of {part_name(k - 1, 4)}"
     if kind == "gap":
         k = rng.randrange(1, 4)
         name = part_name(k, 4)
@@ -212,8 +232,18 @@ def _break(kind: str, d: Path, rng: random.Random, parts_root: Path) -> tuple[st
     raise AssertionError(kind)
 
 
-KINDS = ["missing_manifest", "missing_predictions", "truncated_predictions", "other_model", "other_input", "overlap",
-         "gap", "rows_disagree", "wrong_index", "not_a_manifest"]
+KINDS = [
+    "missing_manifest",
+    "missing_predictions",
+    "truncated_predictions",
+    "other_model",
+    "other_input",
+    "overlap",
+    "gap",
+    "rows_disagree",
+    "wrong_index",
+    "not_a_manifest",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -234,35 +264,47 @@ def test_merge_with_the_wrong_shard_count_names_the_right_one(parts, tmp_path, c
     assert cli.main(["predict-merge", str(parts["good"]), "--num-shards", "3", "--out", str(out)]) == 2
     err = _one_line_error(capsys)
     assert "missing 3 of 3 parts: part-00000-of-00003" in err and "it holds parts of 4 shards" in err
-    assert cli.main(["predict-merge", str(tmp_path / "nowhere"), "--num-shards", "2", "--out", str(out),
-                     "--wait", "0.3"]) == 2
+    assert (
+        cli.main(["predict-merge", str(tmp_path / "nowhere"), "--num-shards", "2", "--out", str(out), "--wait", "0.3"])
+        == 2
+    )
     assert "missing 2 of 2 parts after waiting 0.3 s" in _one_line_error(capsys)
     assert cli.main(["predict-merge", str(parts["good"]), "--num-shards", "0", "--out", str(out)]) == 2
     assert "--num-shards: expected an integer >= 1" in _one_line_error(capsys)
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv, env, words", [
-    (["--num-shards", "4", "--shard-index", "4"], {}, "--shard-index: 4 is out of range for 4 shards"),
-    (["--num-shards", "4", "--shard-index", "-1"], {}, "--shard-index: -1 is out of range"),
-    (["--num-shards", "4"], {"JOB_COMPLETION_INDEX": "7"}, "JOB_COMPLETION_INDEX: 7 is out of range for 4 shards"),
-    (["--num-shards", "4"], {"JOB_COMPLETION_INDEX": "x1"}, "JOB_COMPLETION_INDEX: expected an integer >= 0"),
-    (["--num-shards", "4"], {}, "--shard-index: not given and JOB_COMPLETION_INDEX is not set"),
-    ([], {"TFF_LAB_NUM_SHARDS": "0", "JOB_COMPLETION_INDEX": "0"}, "TFF_LAB_NUM_SHARDS: expected an integer >= 1"),
-    (["--num-shards", "0"], {}, "--num-shards: expected an integer >= 1"),
-    (["--shard-index", "1"], {}, "--shard-index: needs --num-shards"),
-    (["--num-shards", "2", "--shard-index", "0", "--out-file"], {}, "--out: with --num-shards, --out is the directory"),
-])
-def test_bad_shard_arguments_are_one_line_exit_2(trained_run, inputs, argv, env, words, tmp_path, capsys,
-                                                  monkeypatch):
+@pytest.mark.parametrize(
+    "argv, env, words",
+    [
+        (["--num-shards", "4", "--shard-index", "4"], {}, "--shard-index: 4 is out of range for 4 shards"),
+        (["--num-shards", "4", "--shard-index", "-1"], {}, "--shard-index: -1 is out of range"),
+        (["--num-shards", "4"], {"JOB_COMPLETION_INDEX": "7"}, "JOB_COMPLETION_INDEX: 7 is out of range for 4 shards"),
+        (["--num-shards", "4"], {"JOB_COMPLETION_INDEX": "x1"}, "JOB_COMPLETION_INDEX: expected an integer >= 0"),
+        (["--num-shards", "4"], {}, "--shard-index: not given and JOB_COMPLETION_INDEX is not set"),
+        ([], {"TFF_LAB_NUM_SHARDS": "0", "JOB_COMPLETION_INDEX": "0"}, "TFF_LAB_NUM_SHARDS: expected an integer >= 1"),
+        (["--num-shards", "0"], {}, "--num-shards: expected an integer >= 1"),
+        (["--shard-index", "1"], {}, "--shard-index: needs --num-shards"),
+        (
+            ["--num-shards", "2", "--shard-index", "0", "--out-file"],
+            {},
+            "--out: with --num-shards, --out is the directory",
+        ),
+    ],
+)
+def test_bad_shard_arguments_are_one_line_exit_2(trained_run, inputs, argv, env, words, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
     monkeypatch.delenv("TFF_LAB_NUM_SHARDS", raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     out = tmp_path / ("pred.npz" if "--out-file" in argv else "parts")
     argv = [a for a in argv if a != "--out-file"]
-    assert cli.main(["predict", str(trained_run / "model" / "model.keras"), str(inputs["input"]), "--out", str(out),
-                     *argv]) == 2
+    assert (
+        cli.main(
+            ["predict", str(trained_run / "model" / "model.keras"), str(inputs["input"]), "--out", str(out), *argv]
+        )
+        == 2
+    )
     assert words in _one_line_error(capsys)
     assert not out.exists()
 
@@ -274,8 +316,19 @@ def test_env_gives_the_shard_and_more_shards_than_rows_is_fine(trained_run, inpu
     monkeypatch.setenv("TFF_LAB_NUM_SHARDS", "5")
     for i in range(5):
         monkeypatch.setenv("JOB_COMPLETION_INDEX", str(i))
-        assert cli.main(["predict", str(trained_run / "model" / "model.keras"), str(tiny), "--out",
-                         str(tmp_path / "p"), "--quiet"]) == 0
+        assert (
+            cli.main(
+                [
+                    "predict",
+                    str(trained_run / "model" / "model.keras"),
+                    str(tiny),
+                    "--out",
+                    str(tmp_path / "p"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     rows = [json.loads((tmp_path / "p" / f"{part_name(i, 5)}.json").read_text())["rows"] for i in range(5)]
     assert rows == [0, 1, 0, 1, 1]
     res = merge_parts(tmp_path / "p", 5, tmp_path / "m.npz")

@@ -67,11 +67,18 @@ def test_dp_noise_is_reproducible_per_round_and_resumable(mechanism):
 def test_dp_event_that_ran_is_the_event_accounted(mechanism, clients):
     """TFF records in the aggregator state the DpEvent tensorflow_privacy's query emitted; it must
     be the query event the ledger composes (adaptive: value noise and clipped-count noise)."""
-    over = ["algorithm.weighting=uniform", "privacy.noise_multiplier=1.0", f"training.clients_per_round={clients}",
-            f"privacy.mechanism={mechanism}"]
+    over = [
+        "algorithm.weighting=uniform",
+        "privacy.noise_multiplier=1.0",
+        f"training.clients_per_round={clients}",
+        f"privacy.mechanism={mechanism}",
+    ]
     for reproducible in ("true", "false"):  # the seeded queries and TFF's stock factories emit the same
-        cfg, _, states = run_process(over + [f"privacy.reproducible_noise={reproducible}"], rounds=1,
-                                     clients=[np.zeros(DIM, np.float32)] * clients)
+        cfg, _, states = run_process(
+            over + [f"privacy.reproducible_noise={reproducible}"],
+            rounds=1,
+            clients=[np.zeros(DIM, np.float32)] * clients,
+        )
         ran = extract_dp_event_from_state(states[-1])
         accounted = spec_for(cfg, 20, 1.0).query_event()
         assert type(ran) is type(accounted)
@@ -116,8 +123,7 @@ def test_tree_aggregation_is_seeded_by_tff():
     cfg = load_config(None, DP + ["privacy.mechanism=tree"])
     outs = []
     for _ in range(2):
-        p = make_aggregator(cfg, population=20, record_specs=specs).create(tff.types.StructWithPythonType(
-            [VT], list))
+        p = make_aggregator(cfg, population=20, record_specs=specs).create(tff.types.StructWithPythonType([VT], list))
         s = p.initialize()
         o = p.next(s, [[np.zeros(DIM, np.float32)]] * 4)
         outs.append(np.asarray(o.result[0]))
@@ -139,6 +145,7 @@ def test_empty_round_still_releases_noise():
 
 # -- non-DP families ---------------------------------------------------------------------------
 
+
 def weighted_mean(overrides, values, weights):
     cfg = load_config(None, overrides)
     factory = make_aggregator(cfg, population=20)
@@ -159,8 +166,13 @@ def client_values():
 @pytest.mark.parametrize("bits,rotation,tol", [(8, "none", 1e-3), (8, "hadamard", 1e-3), (2, "none", 0.02)])
 def test_compression_is_close_to_the_mean(client_values, bits, rotation, tol):
     values, weights, truth = client_values
-    over = ["aggregation.kind=compression", f"aggregation.quantization_bits={bits}",
-            f"aggregation.rotation={rotation}", "aggregation.zeroing=false", "aggregation.clipping=false"]
+    over = [
+        "aggregation.kind=compression",
+        f"aggregation.quantization_bits={bits}",
+        f"aggregation.rotation={rotation}",
+        "aggregation.zeroing=false",
+        "aggregation.clipping=false",
+    ]
     got = weighted_mean(over, values, weights)
     err = np.abs(got - truth).max()
     assert err < tol
@@ -171,8 +183,13 @@ def test_quantization_error_shrinks_with_bits(client_values):
     values, weights, truth = client_values
     errs = []
     for bits in (2, 4, 8):
-        over = ["aggregation.kind=compression", f"aggregation.quantization_bits={bits}", "aggregation.zeroing=false",
-                "aggregation.clipping=false", "aggregation.stochastic_rounding=false"]
+        over = [
+            "aggregation.kind=compression",
+            f"aggregation.quantization_bits={bits}",
+            "aggregation.zeroing=false",
+            "aggregation.clipping=false",
+            "aggregation.stochastic_rounding=false",
+        ]
         errs.append(float(np.sqrt(np.mean((weighted_mean(over, values, weights) - truth) ** 2))))
     assert errs[0] > errs[1] > errs[2]
 

@@ -46,16 +46,29 @@ def test_compression_threshold_rotation_and_ratio():
 
 
 def test_ddp_secure_sends_bits_per_rotated_element():
-    cfg = load_config(None, ["algorithm.weighting=uniform", "privacy.mechanism=ddp_secure",
-                             "privacy.noise_multiplier=1.0", "aggregation.ddp_bits=16"])
+    cfg = load_config(
+        None,
+        [
+            "algorithm.weighting=uniform",
+            "privacy.mechanism=ddp_secure",
+            "privacy.noise_multiplier=1.0",
+            "aggregation.ddp_bits=16",
+        ],
+    )
     pc = per_client_bytes(cfg, SHAPES, DTYPES)
     assert pc["uplink_update"] == 8192 * 16 // 8  # 4810 elements padded to 8192
 
 
 def test_hook_columns_totals_and_resume():
     cfg = load_config(None, ["training.sampling=poisson", "training.sampling_rate=0.2"])
-    ctx = RunContext(cfg=cfg, run_dir=None, population=20, noise_multiplier=None, model_weight_shapes=SHAPES,
-                     model_weight_dtypes=DTYPES)
+    ctx = RunContext(
+        cfg=cfg,
+        run_dir=None,
+        population=20,
+        noise_multiplier=None,
+        model_weight_shapes=SHAPES,
+        model_weight_dtypes=DTYPES,
+    )
     hook = CommunicationHook()
     hook.on_start(ctx)
     per = hook.per_client

@@ -10,10 +10,10 @@ import time
 import numpy as np
 import psutil
 import pytest
+from helpers import REPO
 
 from tff_lab.errors import WorkerLost
 from tff_lab.federated import runtime
-from helpers import REPO
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +25,21 @@ def fedavg():
         model = tf.keras.Sequential([tf.keras.layers.Input((4,)), tf.keras.layers.Dense(3)])
         model.set_weights([np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3), np.zeros(3, np.float32)])
         return tff.learning.models.from_keras_model(
-            model, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            input_spec=(tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int32)))
+            model,
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            input_spec=(tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int32)),
+        )
 
     rng = np.random.default_rng(0)
-    data = [tf.data.Dataset.from_tensor_slices((rng.normal(size=(12 + 4 * i, 4)).astype("float32"),
-                                                rng.integers(0, 3, 12 + 4 * i).astype("int32"))).batch(4)
-            for i in range(5)]
+    data = [
+        tf.data.Dataset.from_tensor_slices(
+            (rng.normal(size=(12 + 4 * i, 4)).astype("float32"), rng.integers(0, 3, 12 + 4 * i).astype("int32"))
+        ).batch(4)
+        for i in range(5)
+    ]
     process = tff.learning.algorithms.build_weighted_fed_avg(
-        model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1))
+        model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1)
+    )
     return process, data
 
 
@@ -144,10 +150,19 @@ class _RemoteWorker:
     """A worker_binary that is not our child (started through a shell that exits), as a pod's would be."""
 
     def __init__(self, port, via_cli=False):
-        cmd = f"'{sys.executable}' -m tff_lab.cli tff-worker --port {port}" if via_cli \
+        cmd = (
+            f"'{sys.executable}' -m tff_lab.cli tff-worker --port {port}"
+            if via_cli
             else f"'{runtime.worker_binary_path()}' --port={port}"
-        out = subprocess.run(["sh", "-c", f"{cmd} >/dev/null 2>&1 & echo $!"], cwd=REPO,
-                             capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL)
+        )
+        out = subprocess.run(
+            ["sh", "-c", f"{cmd} >/dev/null 2>&1 & echo $!"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+            stdin=subprocess.DEVNULL,
+        )
         self.proc = psutil.Process(int(out.stdout.strip()))
         deadline = time.monotonic() + 60
         while via_cli and self.proc.name() != "worker_binary":  # the CLI execs the binary once parsed
@@ -228,13 +243,11 @@ def test_workers_die_with_a_thread_that_started_them_never(fedavg):
     _rounds(process, data, n=1)
 
 
-
 def test_secure_sums_run_on_two_workers_as_on_tffs_test_context(fedavg):
     """Secure-sum intrinsics are compiled to plain sums (TFF's test runtime) on the mergeable path too,
     and the result keeps its Python containers (LearningProcessOutput)."""
-    import tensorflow_federated as tff
-
     import tensorflow as tf
+    import tensorflow_federated as tff
 
     _, data = fedavg
 
@@ -242,12 +255,16 @@ def test_secure_sums_run_on_two_workers_as_on_tffs_test_context(fedavg):
         model = tf.keras.Sequential([tf.keras.layers.Input((4,)), tf.keras.layers.Dense(3)])
         model.set_weights([np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3), np.zeros(3, np.float32)])
         return tff.learning.models.from_keras_model(
-            model, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            input_spec=(tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int32)))
+            model,
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            input_spec=(tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int32)),
+        )
 
     process = tff.learning.algorithms.build_weighted_fed_avg(
-        model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1),
-        model_aggregator=tff.learning.secure_aggregator(zeroing=False, clipping=False))
+        model_fn,
+        client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1),
+        model_aggregator=tff.learning.secure_aggregator(zeroing=False, clipping=False),
+    )
     tff.backends.test.set_sync_test_cpp_execution_context()
     try:
         reference = _weights(process, _rounds(process, data))

@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import REPO
 
 sys.path.insert(0, str(REPO / "bench"))

@@ -16,7 +16,6 @@ import uuid
 
 import psutil
 import pytest
-
 from helpers import REPO, cli_env
 
 pytestmark = pytest.mark.slow
@@ -28,8 +27,7 @@ def _tagged_workers(tag):
     found = []
     for p in psutil.process_iter(["name"]):
         try:
-            if p.info["name"] == "worker_binary" and p.environ().get(TAG) == tag \
-                    and p.status() != psutil.STATUS_ZOMBIE:
+            if p.info["name"] == "worker_binary" and p.environ().get(TAG) == tag and p.status() != psutil.STATUS_ZOMBIE:
                 found.append(p.pid)
         except psutil.Error:
             continue
@@ -43,8 +41,9 @@ class _Run:
         args = [sys.executable, "-m", "tff_lab.cli", "run", "--out", str(out), "--quiet"]
         for s in ("centralized.enabled=false", *sets):
             args += ["--set", s]
-        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         self.seen: set[int] = set()
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True)
@@ -94,11 +93,16 @@ def _rows(out):
 LONG = ["training.rounds=400", "training.eval_every_rounds=400", "training.rounds_per_checkpoint=400"]
 
 
-@pytest.mark.parametrize("path,workers", [
-    ("success", 2), ("exit2", 2), ("sigterm", 2),
-    ("sigkill", 0),  # TFF's own local context leaked its worker here before tff_lab started it itself
-    ("sigkill", 2),
-])
+@pytest.mark.parametrize(
+    "path,workers",
+    [
+        ("success", 2),
+        ("exit2", 2),
+        ("sigterm", 2),
+        ("sigkill", 0),  # TFF's own local context leaked its worker here before tff_lab started it itself
+        ("sigkill", 2),
+    ],
+)
 def test_no_worker_outlives_the_run(tmp_path, path, workers):
     out = tmp_path / "run"
     sets = ["training.engine=tff", f"training.workers={workers}"]  # TFF's runtime and its workers

@@ -20,11 +20,20 @@ from tff_lab.training.hooks import RoundHook
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = ["data.num_clients=8", "training.clients_per_round=4", "training.rounds=6",
-            "training.rounds_per_checkpoint=2", "training.eval_every_rounds=6", "centralized.enabled=false",
-            "training.workers=2", "training.worker_retries=1",
-            "algorithm.weighting=uniform", "privacy.mechanism=gaussian_fixed", "privacy.noise_multiplier=0.5",
-            "privacy.clip=1.0"]
+SETTINGS = [
+    "data.num_clients=8",
+    "training.clients_per_round=4",
+    "training.rounds=6",
+    "training.rounds_per_checkpoint=2",
+    "training.eval_every_rounds=6",
+    "centralized.enabled=false",
+    "training.workers=2",
+    "training.worker_retries=1",
+    "algorithm.weighting=uniform",
+    "privacy.mechanism=gaussian_fixed",
+    "privacy.noise_multiplier=0.5",
+    "privacy.clip=1.0",
+]
 
 
 class KillAWorker(RoundHook):

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import assert_user_error, run_cli
 from input_checks import one_line, small_peak, within
+
 from tff_lab import inputs
 from tff_lab.data.adapters import federated_data
 from tff_lab.data.sources import _read_client_file
@@ -109,9 +109,15 @@ def _bad_outputs(tmp: Path) -> list[tuple[Path, str]]:
     d.mkdir()
     fifo = tmp / "pipe"
     os.mkfifo(fifo)
-    out = [(f / "x.npz", "not a directory"), (f / "a" / "b" / "c.csv", "not a directory"),
-           (d, "directory"), (fifo, "FIFO"), (Path("/dev/null"), "device"), (tmp / ("n" * 300), "too long"),
-           (tmp / "ok" / ("n" * 300) / "x.npz", "too long")]
+    out = [
+        (f / "x.npz", "not a directory"),
+        (f / "a" / "b" / "c.csv", "not a directory"),
+        (d, "directory"),
+        (fifo, "FIFO"),
+        (Path("/dev/null"), "device"),
+        (tmp / ("n" * 300), "too long"),
+        (tmp / "ok" / ("n" * 300) / "x.npz", "too long"),
+    ]
     for root in ("/proc", "/sys"):
         for rel in ("x.npz", "self/x", "a/b/c/d.csv", ""):
             out.append((Path(root) / rel if rel else Path(root), "virtual"))
@@ -159,8 +165,13 @@ def test_output_file_refuses_a_read_only_folder(tmp_path):
 def test_check_output_dir(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
-    for path, word in [(f, "expected a folder"), (f / "sub", "not a directory"), (Path("/proc/x"), "virtual"),
-                       (Path("/sys"), "virtual"), (Path("/dev/null"), "expected a folder")]:
+    for path, word in [
+        (f, "expected a folder"),
+        (f / "sub", "not a directory"),
+        (Path("/proc/x"), "virtual"),
+        (Path("/sys"), "virtual"),
+        (Path("/dev/null"), "expected a folder"),
+    ]:
         with pytest.raises(ConfigError, match=word) as e:
             inputs.check_output_dir(path, "--out")
         assert one_line(e.value).startswith("--out: ")
@@ -198,12 +209,16 @@ def _bad_npz_cases(tmp: Path):
     for lab in (2**31 - 2, 2**31 - 1, 100_000, 10**12, 2**62):  # labels beyond MAX_CLASSES
         y = np.array([0, 1, lab], dtype=np.int64)
         cases.append((_npz(nxt(), x=np.ones((3, 2)), y=y), ["labels", "100,000", str(lab)]))
-    for lab in (-1, -2**31, -7):
+    for lab in (-1, -(2**31), -7):
         cases.append((_npz(nxt(), x=np.ones((3, 2)), y=np.array([0, lab, 1])), ["labels", ">= 0"]))
     for lab in (np.nan, np.inf, -np.inf, 0.5, 2.25):
         cases.append((_npz(nxt(), x=np.ones((3, 2)), y=np.array([0.0, 1.0, lab])), ["labels", "integer"]))
-    for shapes in [{"x": (10**9, 1000), "y": (10**9,)}, {"x": (10**6, 10**6), "y": (10**6,)},
-                   {"x": (4, 2**25), "y": (4,)}, {"x": (2**40, 4), "y": (2**40,)}]:
+    for shapes in [
+        {"x": (10**9, 1000), "y": (10**9,)},
+        {"x": (10**6, 10**6), "y": (10**6,)},
+        {"x": (4, 2**25), "y": (4,)},
+        {"x": (2**40, 4), "y": (2**40,)},
+    ]:
         cases.append((_npz_with_header(nxt(), shapes), ["x"]))  # absurd sizes, from the header alone
     cases.append((_npz_with_header(nxt(), {"x": (5, 3), "y": (4,)}), ["shape"]))
     cases.append((_npz_with_header(nxt(), {"x": (5,), "y": (5,)}), ["shape"]))
@@ -237,10 +252,20 @@ def test_bad_client_npz_files(tmp_path):
 
 
 def test_bad_client_csv_files(tmp_path):
-    bodies = {"": "no examples", "# only a comment\n": "no examples", "1\n2\n3\n": "feature column",
-              "1,2,3\n1,2\n": "numeric CSV", "a,b,c\n": "numeric CSV", "1,2,0.5\n": "integer",
-              "1,2,nan\n": "integer", "1,2,-1\n": "labels", "1,2,2147483646\n": "100,000",
-              "1,nan,0\n": "finite", "1,1e39,0\n": "finite", "1,2,1e300\n": "100,000"}
+    bodies = {
+        "": "no examples",
+        "# only a comment\n": "no examples",
+        "1\n2\n3\n": "feature column",
+        "1,2,3\n1,2\n": "numeric CSV",
+        "a,b,c\n": "numeric CSV",
+        "1,2,0.5\n": "integer",
+        "1,2,nan\n": "integer",
+        "1,2,-1\n": "labels",
+        "1,2,2147483646\n": "100,000",
+        "1,nan,0\n": "finite",
+        "1,1e39,0\n": "finite",
+        "1,2,1e300\n": "100,000",
+    }
     for i in range(6):  # generated ragged rows
         rows = [",".join(["1"] * int(RNG.integers(2, 6))) for _ in range(5)]
         if len({r.count(",") for r in rows}) > 1:
@@ -266,10 +291,16 @@ def test_good_files_still_read(tmp_path):
 
 
 # -- arrays from Python ----------------------------------------------------------------------------
-@pytest.mark.parametrize("y_bad,word", [
-    ([0, 1, 2**31 - 2], "100,000"), ([0, -1], ">= 0"), ([0.0, np.nan], "integer"), ([0.0, 1.5], "integer"),
-    ([0, 10**15], "100,000"),
-])
+@pytest.mark.parametrize(
+    "y_bad,word",
+    [
+        ([0, 1, 2**31 - 2], "100,000"),
+        ([0, -1], ">= 0"),
+        ([0.0, np.nan], "integer"),
+        ([0.0, 1.5], "integer"),
+        ([0, 10**15], "100,000"),
+    ],
+)
 def test_python_arrays_labels_checked_before_any_allocation(y_bad, word):
     import tensorflow  # noqa: F401  (imported by federated_data; not under tracemalloc, which slows imports)
 
@@ -282,8 +313,9 @@ def test_python_arrays_labels_checked_before_any_allocation(y_bad, word):
     assert "client 'a'" in text and word in text, text
 
 
-@pytest.mark.parametrize("shape,word", [((4, 0), "zero features"), ((4, 3, 0), "zero features"),
-                                        ((2, 1, 1, 1, 1, 1), "dimensions")])
+@pytest.mark.parametrize(
+    "shape,word", [((4, 0), "zero features"), ((4, 3, 0), "zero features"), ((2, 1, 1, 1, 1, 1), "dimensions")]
+)
 def test_python_arrays_shapes_checked(shape, word):
     x = np.ones(shape, np.float32)
     with pytest.raises(UserError, match=word):
@@ -307,14 +339,33 @@ def _client_dir(tmp: Path, bad_name: str, make_bad) -> Path:
     return d
 
 
-@pytest.mark.parametrize("bad_name,make_bad,words", [
-    ("fifo.npz", os.mkfifo, ["fifo.npz", "FIFO"]),
-    ("label.npz", lambda p: np.savez(p, x=np.ones((3, 4)), y=np.array([0, 1, 2**31 - 2])), ["label.npz", "100,000"]),
-])  # the other classes are covered in-process above (each CLI run starts TensorFlow)
+@pytest.mark.parametrize(
+    "bad_name,make_bad,words",
+    [
+        ("fifo.npz", os.mkfifo, ["fifo.npz", "FIFO"]),
+        (
+            "label.npz",
+            lambda p: np.savez(p, x=np.ones((3, 4)), y=np.array([0, 1, 2**31 - 2])),
+            ["label.npz", "100,000"],
+        ),
+    ],
+)  # the other classes are covered in-process above (each CLI run starts TensorFlow)
 def test_cli_refuses_bad_client_files(tmp_path, bad_name, make_bad, words):
     d = _client_dir(tmp_path, bad_name, make_bad)
-    proc = run_cli("run", "--out", tmp_path / "r", "--set", "data.source=npz_dir", "--set", f"data.path={d}",
-                   "--set", "training.clients_per_round=2", "--set", "training.rounds=1", timeout=120)
+    proc = run_cli(
+        "run",
+        "--out",
+        tmp_path / "r",
+        "--set",
+        "data.source=npz_dir",
+        "--set",
+        f"data.path={d}",
+        "--set",
+        "training.clients_per_round=2",
+        "--set",
+        "training.rounds=1",
+        timeout=120,
+    )
     assert_user_error(proc, *words)
     assert not (tmp_path / "r").exists()
 
@@ -339,8 +390,9 @@ def test_predict_paths_checked_at_parse_time(tmp_path, capsys):
     for path, _ in _non_regular(tmp_path / "in"):
         code, line = within(5, parse, ["predict", "m.keras", str(path), "--out", str(tmp_path / "o.npz")])[1]
         assert code == 2 and "argument INPUT: " in line, (path, line)
-        code, line = within(5, parse, ["predict", "m.keras", str(good), "--out", str(tmp_path / "o.npz"),
-                                       "--sidecar", str(path)])[1]
+        code, line = within(
+            5, parse, ["predict", "m.keras", str(good), "--out", str(tmp_path / "o.npz"), "--sidecar", str(path)]
+        )[1]
         assert code == 2 and "argument --sidecar: " in line, (path, line)
     from tff_lab.cli import main
 

@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import REPO, assert_user_error, run_cli
+
 from tff_lab.cli import build_parser, main
 
 RNG = np.random.default_rng(2026)
@@ -41,12 +41,22 @@ FLAGS = list(_numeric_flags())
 
 
 def test_every_numeric_flag_is_bounded():
-    raw = [(path, a.option_strings) for path, p in PARSERS.items() for a in p._actions
-           if a.type in (int, float)]
+    raw = [(path, a.option_strings) for path, p in PARSERS.items() for a in p._actions if a.type in (int, float)]
     assert not raw, f"numeric flags without a bounded type: {raw}"
     names = {a.option_strings[-1] for _, _, a in FLAGS}
-    for expected in ("--dim", "--rounds", "--population", "--noise-multiplier", "--timeout", "--workers",
-                     "--port", "--batch-size", "--target-epsilon", "--delta", "--sampling-rate"):
+    for expected in (
+        "--dim",
+        "--rounds",
+        "--population",
+        "--noise-multiplier",
+        "--timeout",
+        "--workers",
+        "--port",
+        "--batch-size",
+        "--target-epsilon",
+        "--delta",
+        "--sampling-rate",
+    ):
         assert expected in names, expected
 
 
@@ -91,7 +101,7 @@ def _bad_values(t) -> list[str]:
         bad += ["9" * 45, "-" + "9" * 45]
     if t.lo is not None:
         if t.kind == "int":
-            bad += [str(t.lo - 1), str(t.lo - int(RNG.integers(2, 10**6))), str(-2**63)]
+            bad += [str(t.lo - 1), str(t.lo - int(RNG.integers(2, 10**6))), str(-(2**63))]
         else:
             bad += [repr(t.lo - 1e-9 * max(1, abs(t.lo))), repr(t.lo - float(RNG.uniform(1, 1e6)))]
             if t.lo_open:
@@ -124,8 +134,9 @@ def _parse(argv, capsys):
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("path,parser,action", FLAGS, ids=[f"{' '.join(p)} {a.option_strings[-1]}"
-                                                           for p, _, a in FLAGS])
+@pytest.mark.parametrize(
+    "path,parser,action", FLAGS, ids=[f"{' '.join(p)} {a.option_strings[-1]}" for p, _, a in FLAGS]
+)
 def test_bad_flag_values_name_the_flag(path, parser, action, capsys):
     flag = action.option_strings[-1]
     base = _base_argv(path, parser, action)
@@ -137,7 +148,10 @@ def test_bad_flag_values_name_the_flag(path, parser, action, capsys):
         assert code == 2, (flag, value, err)
         assert "Traceback" not in err and lines[0].startswith("usage:"), err
         assert sum("error:" in line for line in lines) == 1 and f"argument {flag}: expected" in lines[-1], (
-            flag, value, lines[-1])
+            flag,
+            value,
+            lines[-1],
+        )
     for value in _good_values(action.type):
         code, err = _parse([*base, f"{flag}={value}"], capsys)
         assert code == 0, (flag, value, err)
@@ -153,36 +167,47 @@ def _main(argv, capsys):
     return code, captured.err.strip().splitlines()
 
 
-@pytest.mark.parametrize("argv,flag", [
-    (["--population", "3"], "--population"),
-    (["--population", "5", "--clients-per-round", "6"], "--clients-per-round"),
-    (["--population", "20", "--delta", "0.06"], "--delta"),
-    (["--population", "30", "--delta", "0.2"], "--delta"),
-    (["--clients-per-round", "21"], "--clients-per-round"),
-])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["--population", "3"], "--population"),
+        (["--population", "5", "--clients-per-round", "6"], "--clients-per-round"),
+        (["--population", "20", "--delta", "0.06"], "--delta"),
+        (["--population", "30", "--delta", "0.2"], "--delta"),
+        (["--clients-per-round", "21"], "--clients-per-round"),
+    ],
+)
 def test_config_errors_about_a_flag_name_the_flag(argv, flag, capsys):
-    code, err = _main(["privacy", "epsilon", "--mechanism", "gaussian_fixed", "--noise-multiplier", "1", *argv],
-                      capsys)
+    code, err = _main(["privacy", "epsilon", "--mechanism", "gaussian_fixed", "--noise-multiplier", "1", *argv], capsys)
     assert code == 2 and len(err) == 1 and err[0].startswith(f"tff-lab: error: {flag}: "), err
 
 
 def test_rounds_from_yaml_bounded_too(tmp_path, capsys):
     exp = tmp_path / "e.yaml"
-    exp.write_text("algorithm: {weighting: uniform}\ntraining: {rounds: 2000000000, clients_per_round: 5}\n"
-                   "privacy: {mechanism: tree, noise_multiplier: 1.0}\n")
+    exp.write_text(
+        "algorithm: {weighting: uniform}\ntraining: {rounds: 2000000000, clients_per_round: 5}\n"
+        "privacy: {mechanism: tree, noise_multiplier: 1.0}\n"
+    )
     t0 = time.monotonic()
     code, err = _main(["privacy", "epsilon", str(exp)], capsys)
     assert code == 2 and len(err) == 1 and "training.rounds" in err[0] and "1,000,000" in err[0], err
     assert time.monotonic() - t0 < 10
 
 
-@pytest.mark.parametrize("rounds,extra", [
-    (300_000, []), (1_000_000, []), (50_000, ["--sampling-rate", "0.5", "--population", "5000"]),
-])
+@pytest.mark.parametrize(
+    "rounds,extra",
+    [
+        (300_000, []),
+        (1_000_000, []),
+        (50_000, ["--sampling-rate", "0.5", "--population", "5000"]),
+    ],
+)
 def test_tree_schedule_refused_up_front(rounds, extra, capsys):
     t0 = time.monotonic()
-    code, err = _main(["privacy", "epsilon", "--mechanism", "tree", "--noise-multiplier", "1", "--rounds",
-                       str(rounds), *extra], capsys)
+    code, err = _main(
+        ["privacy", "epsilon", "--mechanism", "tree", "--noise-multiplier", "1", "--rounds", str(rounds), *extra],
+        capsys,
+    )
     assert code == 2 and len(err) == 1 and err[0].startswith("tff-lab: error: --rounds: tree aggregation"), err
     assert time.monotonic() - t0 < 10
 
@@ -190,8 +215,23 @@ def test_tree_schedule_refused_up_front(rounds, extra, capsys):
 @pytest.mark.parametrize("rounds", [100_001, 500_000, 1_000_000])
 def test_pld_noise_search_bounded(rounds, capsys):
     t0 = time.monotonic()
-    code, err = _main(["privacy", "noise", "--mechanism", "gaussian_fixed", "--target-epsilon", "1", "--accountant",
-                       "pld", "--sampling-rate", "0.1", "--rounds", str(rounds)], capsys)
+    code, err = _main(
+        [
+            "privacy",
+            "noise",
+            "--mechanism",
+            "gaussian_fixed",
+            "--target-epsilon",
+            "1",
+            "--accountant",
+            "pld",
+            "--sampling-rate",
+            "0.1",
+            "--rounds",
+            str(rounds),
+        ],
+        capsys,
+    )
     assert code == 2 and len(err) == 1 and err[0].startswith("tff-lab: error: --rounds: searching the PLD"), err
     assert time.monotonic() - t0 < 10
 
@@ -200,8 +240,22 @@ def test_tree_at_tiny_effective_noise_reports_rdp_not_a_hang(capsys):
     import json
 
     t0 = time.monotonic()
-    code, _ = _main(["privacy", "epsilon", "--mechanism", "tree", "--noise-multiplier", "1", "--rounds", "20000",
-                     "--clients-per-round", "5", "--json"], capsys)
+    code, _ = _main(
+        [
+            "privacy",
+            "epsilon",
+            "--mechanism",
+            "tree",
+            "--noise-multiplier",
+            "1",
+            "--rounds",
+            "20000",
+            "--clients-per-round",
+            "5",
+            "--json",
+        ],
+        capsys,
+    )
     out = _main.out
     assert code == 0
     eps = json.loads(out)["epsilon"]
@@ -209,14 +263,19 @@ def test_tree_at_tiny_effective_noise_reports_rdp_not_a_hang(capsys):
     assert time.monotonic() - t0 < 60
 
 
-@pytest.mark.parametrize("dim,overrides,word", [
-    (1_000_000, ["privacy.audit.canaries=600", "privacy.audit.unseen=600"], "GiB"),
-    (1_000_000, ["training.rounds=100000"], "update coordinates"),
-])
+@pytest.mark.parametrize(
+    "dim,overrides,word",
+    [
+        (1_000_000, ["privacy.audit.canaries=600", "privacy.audit.unseen=600"], "GiB"),
+        (1_000_000, ["training.rounds=100000"], "update coordinates"),
+    ],
+)
 def test_audit_simulation_cost_refused_up_front(tmp_path, dim, overrides, word, capsys):
     exp = tmp_path / "a.yaml"
-    exp.write_text("algorithm: {weighting: uniform}\ntraining: {rounds: 10, sampling: poisson, sampling_rate: 0.5}\n"
-                   "data: {num_clients: 100}\nprivacy: {mechanism: gaussian_fixed, noise_multiplier: 1.0}\n")
+    exp.write_text(
+        "algorithm: {weighting: uniform}\ntraining: {rounds: 10, sampling: poisson, sampling_rate: 0.5}\n"
+        "data: {num_clients: 100}\nprivacy: {mechanism: gaussian_fixed, noise_multiplier: 1.0}\n"
+    )
     sets = [x for o in overrides for x in ("--set", o)]
     t0 = time.monotonic()
     code, err = _main(["privacy", "audit", str(exp), "--simulate", "--dim", str(dim), *sets], capsys)
@@ -224,13 +283,18 @@ def test_audit_simulation_cost_refused_up_front(tmp_path, dim, overrides, word, 
     assert time.monotonic() - t0 < 20
 
 
-@pytest.mark.parametrize("argv,needles", [
-    (["privacy", "audit", "experiments/privacy_audit.yaml", "--simulate", "--dim", "-1"], ["--dim", ">= 1"]),
-    (["k8s", "wait", "localhost:1", "--timeout", "-1"], ["--timeout", "> 0"]),
-    (["privacy", "epsilon", "--mechanism", "tree", "--noise-multiplier", "nan"], ["--noise-multiplier", "finite"]),
-    (["privacy", "epsilon", "--mechanism", "tree", "--rounds", "2000000000", "--noise-multiplier", "1"],
-     ["--rounds", "1000000"]),
-])
+@pytest.mark.parametrize(
+    "argv,needles",
+    [
+        (["privacy", "audit", "experiments/privacy_audit.yaml", "--simulate", "--dim", "-1"], ["--dim", ">= 1"]),
+        (["k8s", "wait", "localhost:1", "--timeout", "-1"], ["--timeout", "> 0"]),
+        (["privacy", "epsilon", "--mechanism", "tree", "--noise-multiplier", "nan"], ["--noise-multiplier", "finite"]),
+        (
+            ["privacy", "epsilon", "--mechanism", "tree", "--rounds", "2000000000", "--noise-multiplier", "1"],
+            ["--rounds", "1000000"],
+        ),
+    ],
+)
 def test_real_cli(argv, needles):
     t0 = time.monotonic()
     assert_user_error(run_cli(*argv, timeout=60), *needles)

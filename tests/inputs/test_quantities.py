@@ -11,9 +11,9 @@ from decimal import Decimal
 
 import numpy as np
 import pytest
+from helpers import REPO, assert_user_error, run_cli
 from kubernetes.utils import parse_quantity
 
-from helpers import REPO, assert_user_error, run_cli
 from tff_lab.cli import main
 from tff_lab.deploy import render
 from tff_lab.errors import ConfigError
@@ -35,8 +35,33 @@ def _valid(kind: str, n: int = 40) -> list[str]:
 
 
 def _invalid() -> list[str]:
-    bad = ["16XB", "4 Gi", " 4", "4 ", "1_000", "NaN", "nan", "inf", "Infinity", "-inf", "", "Gi", "1.5.5",
-           "0x10", "1e", "1e999999", "--1", "+-1", "4GB", "4gb", "4gi", "1Ki2", "one", "4\n", "½"]
+    bad = [
+        "16XB",
+        "4 Gi",
+        " 4",
+        "4 ",
+        "1_000",
+        "NaN",
+        "nan",
+        "inf",
+        "Infinity",
+        "-inf",
+        "",
+        "Gi",
+        "1.5.5",
+        "0x10",
+        "1e",
+        "1e999999",
+        "--1",
+        "+-1",
+        "4GB",
+        "4gb",
+        "4gi",
+        "1Ki2",
+        "one",
+        "4\n",
+        "½",
+    ]
     bad += ["0", "-0", "0.0", "0Gi", "0m", "-1", "-3", "-16Gi", "-0.5", "-500m"]
     for _ in range(30):  # random junk suffixes
         suffix = "".join(RNG.choice(list("abcdefghjlnopqrsuvwxyzABCDFHIJLNOQRSUVWXYZ"), int(RNG.integers(1, 4))))
@@ -61,8 +86,14 @@ def test_invalid_quantities_refused(kind):
 
 
 def test_beyond_any_node_refused():
-    for q, kind in [("1e20", "cpu"), ("200000", "cpu"), ("8Ei", "memory"), ("1e30", "storage"), ("0.1m", "cpu"),
-                    ("0.5", "memory")]:
+    for q, kind in [
+        ("1e20", "cpu"),
+        ("200000", "cpu"),
+        ("8Ei", "memory"),
+        ("1e30", "storage"),
+        ("0.1m", "cpu"),
+        ("0.5", "memory"),
+    ]:
         with pytest.raises(ConfigError):
             render.check_quantity(q, "--x", kind)
 
@@ -75,8 +106,9 @@ def test_syntax_agrees_with_parse_quantity():
 
 
 def test_render_params_validate_quantities():
-    p = render.RenderParams(experiment_name="e", experiment_yaml="name: e\n", workers=1, gpus_per_worker=0,
-                            image="r.example/t:1")
+    p = render.RenderParams(
+        experiment_name="e", experiment_yaml="name: e\n", workers=1, gpus_per_worker=0, image="r.example/t:1"
+    )
     p.validate()
     for field in ("cpu", "memory", "storage"):
         for q in ("16XB", "-3", "0", "NaN"):
@@ -85,8 +117,9 @@ def test_render_params_validate_quantities():
             assert e.value.where == f"--{field}"
 
 
-@pytest.mark.parametrize("flag,value", [("--memory", "16XB"), ("--cpu", "-3"), ("--storage", "0Gi"),
-                                        ("--memory", "NaN")])
+@pytest.mark.parametrize(
+    "flag,value", [("--memory", "16XB"), ("--cpu", "-3"), ("--storage", "0Gi"), ("--memory", "NaN")]
+)
 def test_flags_in_process(flag, value, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit) as e:
@@ -96,7 +129,19 @@ def test_flags_in_process(flag, value, capsys, monkeypatch):
 
 
 def test_real_cli(tmp_path):
-    proc = run_cli("k8s", "render", "experiments/dist_digits.yaml", "--image", "r.example/t:1", "--memory", "16XB",
-                   "--cpu", "-3", "--out", tmp_path / "k8s", timeout=60)
+    proc = run_cli(
+        "k8s",
+        "render",
+        "experiments/dist_digits.yaml",
+        "--image",
+        "r.example/t:1",
+        "--memory",
+        "16XB",
+        "--cpu",
+        "-3",
+        "--out",
+        tmp_path / "k8s",
+        timeout=60,
+    )
     assert_user_error(proc, "--")
     assert not (tmp_path / "k8s").exists()

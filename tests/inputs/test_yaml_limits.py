@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import assert_user_error, run_cli
 from input_checks import one_line, small_peak, within
+
 from tff_lab.config.io import MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, parse_yaml, read_yaml
 from tff_lab.errors import ConfigError
 
@@ -38,9 +38,18 @@ def _map_bomb(fanout: int, levels: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-BOMBS = [(_bomb(f, lv, flow), f"bomb fanout {f} levels {lv} {'flow' if flow else 'block'}")
-         for f, lv, flow in [(2, 20, True), (3, 12, True), (9, 9, True), (10, 6, False), (50, 4, True),
-                             (1000, 2, True), (2, 40, False)]]
+BOMBS = [
+    (_bomb(f, lv, flow), f"bomb fanout {f} levels {lv} {'flow' if flow else 'block'}")
+    for f, lv, flow in [
+        (2, 20, True),
+        (3, 12, True),
+        (9, 9, True),
+        (10, 6, False),
+        (50, 4, True),
+        (1000, 2, True),
+        (2, 40, False),
+    ]
+]
 BOMBS += [(_map_bomb(f, lv), f"map bomb {f}^{lv}") for f, lv in [(4, 10), (10, 6), (30, 4)]]
 
 
@@ -60,13 +69,20 @@ def _deep(depth: int, kind: str) -> str:
     raise ValueError(kind)
 
 
-DEEP = [(_deep(d, k), f"{k} depth {d}") for k in ("flow_seq", "flow_map", "block_map", "block_seq", "mixed",
-                                                    "alias_chain")
-        for d in (MAX_YAML_DEPTH + 2, 3 * MAX_YAML_DEPTH, 1000)]
+DEEP = [
+    (_deep(d, k), f"{k} depth {d}")
+    for k in ("flow_seq", "flow_map", "block_map", "block_seq", "mixed", "alias_chain")
+    for d in (MAX_YAML_DEPTH + 2, 3 * MAX_YAML_DEPTH, 1000)
+]
 DEEP += [(_deep(100_000, "flow_seq"), "flow_seq depth 100000"), (_deep(100_000, "flow_map"), "flow_map 100000")]
 
-RECURSIVE = [("a: &a [*a]", "self list"), ("a: &a {b: *a}", "self map"), ("a: &a [1, [2, [*a]]]", "nested self"),
-             ("a: &a {b: [{c: *a}]}", "nested map self"), ("- &x [*x, *x]", "top-level")]
+RECURSIVE = [
+    ("a: &a [*a]", "self list"),
+    ("a: &a {b: *a}", "self map"),
+    ("a: &a [1, [2, [*a]]]", "nested self"),
+    ("a: &a {b: [{c: *a}]}", "nested map self"),
+    ("- &x [*x, *x]", "top-level"),
+]
 
 
 def _check_refused(text: str, words=()):
@@ -117,8 +133,9 @@ def test_oversized_documents_refused(size, tmp_path):
 
 def _random_mapping(depth: int) -> dict:
     keys = [f"k{i}" for i in range(int(RNG.integers(1, 5)))]
-    return {k: (_random_mapping(depth - 1) if depth > 1 and RNG.random() < 0.5 else int(RNG.integers(100)))
-            for k in keys}
+    return {
+        k: (_random_mapping(depth - 1) if depth > 1 and RNG.random() < 0.5 else int(RNG.integers(100))) for k in keys
+    }
 
 
 def _dump_with_duplicate(d: dict, indent: int = 0) -> tuple[str, bool]:
@@ -146,8 +163,17 @@ def test_duplicate_keys_refused_at_any_depth():
         _check_refused(text, ["duplicate key"])
 
 
-@pytest.mark.parametrize("text", ["a: " + "9" * 5000, "a: [" + "1" * 4400 + "]", "a: 0x" + "f" * 5000,
-                                  "a: 0b" + "1" * 2000, "a: -" + "7" * 400, "a: {b: [0" + "7" * 400 + "]}"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: " + "9" * 5000,
+        "a: [" + "1" * 4400 + "]",
+        "a: 0x" + "f" * 5000,
+        "a: 0b" + "1" * 2000,
+        "a: -" + "7" * 400,
+        "a: {b: [0" + "7" * 400 + "]}",
+    ],
+)
 def test_huge_integers_refused(text):
     _check_refused(text, ["integer"])
 
@@ -160,8 +186,14 @@ def test_huge_integer_in_set_is_one_line(tmp_path):
     assert one_line(e.value).startswith("--set seed")
 
 
-@pytest.mark.parametrize("text", ["a: !!python/object/apply:os.system ['true']", "a: !!python/name:os.system",
-                                  "a: !!binary AAAA\nb: !!set {x}\n!!python/tuple [1]"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: !!python/object/apply:os.system ['true']",
+        "a: !!python/name:os.system",
+        "a: !!binary AAAA\nb: !!set {x}\n!!python/tuple [1]",
+    ],
+)
 def test_python_tags_never_constructed(text):
     _check_refused(text)
 
@@ -190,8 +222,9 @@ def test_cli_refuses_bombs_and_deep_yaml(tmp_path):
 
 def test_cli_set_values_have_the_same_limits(tmp_path):
     value = "[" * 1000 + "]" * 1000
-    assert_user_error(run_cli("privacy", "epsilon", "--set", f"model.kwargs.x={value}", timeout=60),
-                      "--set model.kwargs.x", "deeper")
+    assert_user_error(
+        run_cli("privacy", "epsilon", "--set", f"model.kwargs.x={value}", timeout=60), "--set model.kwargs.x", "deeper"
+    )
 
 
 @pytest.mark.parametrize("kind", ["dir", "fifo", "device"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import assert_user_error, run_cli
 from input_checks import one_line, small_peak
 
@@ -67,9 +66,14 @@ def test_cnn_needs_image_shaped_inputs():
 
 
 def test_models_over_the_parameter_bound_refused_before_keras():
-    cases = [(zoo.build_mlp, (784,), {"hidden_units": [65536, 65536]}), (zoo.build_mlp, (30,), {"hidden_units": [65536] * 20}),
-             (zoo.build_mlp, (10**6,), {"hidden_units": [64]}), (zoo.build_cnn, (28, 28), {"cnn_filters": [4096, 4096]}),
-             (zoo.build_cnn, (512, 512, 3), {"cnn_filters": [16]}), (zoo.build_logreg, (10**7,), {})]
+    cases = [
+        (zoo.build_mlp, (784,), {"hidden_units": [65536, 65536]}),
+        (zoo.build_mlp, (30,), {"hidden_units": [65536] * 20}),
+        (zoo.build_mlp, (10**6,), {"hidden_units": [64]}),
+        (zoo.build_cnn, (28, 28), {"cnn_filters": [4096, 4096]}),
+        (zoo.build_cnn, (512, 512, 3), {"cnn_filters": [16]}),
+        (zoo.build_logreg, (10**7,), {}),
+    ]
     for _ in range(10):
         w = int(RNG.integers(8000, 65536))
         cases.append((zoo.build_mlp, (int(RNG.integers(1000, 5000)),), {"hidden_units": [w, w]}))
@@ -100,14 +104,17 @@ def test_keras_value_errors_become_one_line():
     assert e.value.where == "model.kwargs" and "mlp" in one_line(e.value)
 
 
-@pytest.mark.parametrize("overrides,where", [
-    (["model.kwargs.hidden_units=[-5]"], "model.kwargs.hidden_units[0]"),
-    (["model.kwargs.hidden_units=[2147483647]"], "model.kwargs.hidden_units[0]"),
-    (["model.kwargs.hidden_units=64"], "model.kwargs.hidden_units"),
-    (["model.kwargs.dropout=2"], "model.kwargs.dropout"),
-    (["model.hidden_units=[2147483647]"], "model.hidden_units[0]"),
-    (["model.name=cnn"], "model.name"),
-])
+@pytest.mark.parametrize(
+    "overrides,where",
+    [
+        (["model.kwargs.hidden_units=[-5]"], "model.kwargs.hidden_units[0]"),
+        (["model.kwargs.hidden_units=[2147483647]"], "model.kwargs.hidden_units[0]"),
+        (["model.kwargs.hidden_units=64"], "model.kwargs.hidden_units"),
+        (["model.kwargs.dropout=2"], "model.kwargs.dropout"),
+        (["model.hidden_units=[2147483647]"], "model.hidden_units[0]"),
+        (["model.name=cnn"], "model.name"),
+    ],
+)
 def test_through_the_config(overrides, where):
     with pytest.raises(ConfigError) as e:
         cfg = load_config(None, overrides)
@@ -116,7 +123,21 @@ def test_through_the_config(overrides, where):
 
 
 def test_real_cli_cnn_on_flat_features(tmp_path):
-    proc = run_cli("run", "--out", tmp_path / "r", "--set", "data.source=breast_cancer", "--set", "data.num_clients=4", "--set", "model.name=cnn",
-                   "--set", "training.rounds=1", "--set", "training.clients_per_round=2", timeout=120)
+    proc = run_cli(
+        "run",
+        "--out",
+        tmp_path / "r",
+        "--set",
+        "data.source=breast_cancer",
+        "--set",
+        "data.num_clients=4",
+        "--set",
+        "model.name=cnn",
+        "--set",
+        "training.rounds=1",
+        "--set",
+        "training.clients_per_round=2",
+        timeout=120,
+    )
     assert_user_error(proc, "model.name", "cnn needs image-shaped inputs", "(30,)")
     assert not (tmp_path / "r").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 
@@ -11,9 +10,19 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from tff_lab.privacy.accounting import (DDP_UNSUPPORTED, PLD_WOR_UNSUPPORTED, MechanismSpec, PrivacyLedger,
-                                        default_delta, epsilon_for_rounds, epsilon_of, event_from_json,
-                                        event_to_json, rdp_epsilon, tree_sensitivity_squared)
+from tff_lab.privacy.accounting import (
+    DDP_UNSUPPORTED,
+    PLD_WOR_UNSUPPORTED,
+    MechanismSpec,
+    PrivacyLedger,
+    default_delta,
+    epsilon_for_rounds,
+    epsilon_of,
+    event_from_json,
+    event_to_json,
+    rdp_epsilon,
+    tree_sensitivity_squared,
+)
 
 NR = dpa.NeighboringRelation
 
@@ -33,6 +42,7 @@ def poisson_spec(z, population, rate, mechanism="gaussian_fixed", **kw):
 
 
 # -- published settings --------------------------------------------------------------------
+
 
 def test_tff_dp_tutorial_setting():
     """TFF's DP tutorial: 3,383 clients, 120 expected per round, noise 1.2, 100 rounds, delta 1e-5."""
@@ -74,13 +84,15 @@ def test_tensorflow_privacy_documented_mnist_settings(noise, epochs, documented)
 def test_tensorflow_privacy_compute_dp_sgd_privacy_value():
     """tensorflow_privacy's own test value: N=60,000, batch 150, noise 1.3, 15 epochs, delta 1e-5."""
     steps = int(math.ceil(15 * 60000 / 150))
-    eps, order = rdp_epsilon(dpa.PoissonSampledDpEvent(150 / 60000, dpa.GaussianDpEvent(1.3)), steps, 1e-5,
-                             NR.ADD_OR_REMOVE_ONE)
+    eps, order = rdp_epsilon(
+        dpa.PoissonSampledDpEvent(150 / 60000, dpa.GaussianDpEvent(1.3)), steps, 1e-5, NR.ADD_OR_REMOVE_ONE
+    )
     assert eps == pytest.approx(0.7242234026109595, abs=1e-9)
     assert order == 19.0
 
 
 # -- closed forms -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("z,rounds", [(0.8, 1), (2.0, 10), (5.0, 100)])
 def test_gaussian_without_sampling_closed_form(z, rounds):
@@ -118,8 +130,7 @@ def test_sampling_amplifies_and_relations_are_right():
     assert poisson.rdp < full.rdp / 5
     # Replace-one (sensitivity 2C) costs more than add/remove at the same sampling fraction.
     assert uniform.rdp > poisson.rdp
-    assert MechanismSpec("gaussian_fixed", z, n, "uniform", clients_per_round=m).neighbouring_relation \
-        is NR.REPLACE_ONE
+    assert MechanismSpec("gaussian_fixed", z, n, "uniform", clients_per_round=m).neighbouring_relation is NR.REPLACE_ONE
 
 
 def test_adaptive_clipping_costs_exactly_the_total_noise_multiplier():
@@ -129,7 +140,7 @@ def test_adaptive_clipping_costs_exactly_the_total_noise_multiplier():
     z, n, q = 1.1, 2000, 0.01
     adaptive = poisson_spec(z, n, q, "gaussian_adaptive", clipped_count_stddev=1.0)
     comps = adaptive.noise_components()
-    assert comps["value_noise_multiplier"] == pytest.approx((z ** -2 - 2.0 ** -2) ** -0.5, rel=1e-12)
+    assert comps["value_noise_multiplier"] == pytest.approx((z**-2 - 2.0**-2) ** -0.5, rel=1e-12)
     assert comps["clipped_count_noise_multiplier"] == 2.0
     ev = adaptive.query_event()
     assert isinstance(ev, dpa.ComposedDpEvent) and len(ev.events) == 2
@@ -145,14 +156,15 @@ def test_adaptive_clipping_costs_exactly_the_total_noise_multiplier():
 
 # -- tree aggregation -------------------------------------------------------------------------
 
+
 def brute_force_tree_s(leaves):
     T = len(leaves)
     clients = {c for leaf in leaves for c in leaf}
     best = 0
     for c in clients:
         total, level = 0, 0
-        while 2 ** level <= T:
-            width = 2 ** level
+        while 2**level <= T:
+            width = 2**level
             for k in range(T // width):
                 n = sum(1 for t in range(k * width, (k + 1) * width) if c in leaves[t])
                 total += n * n
@@ -177,8 +189,7 @@ def test_tree_sensitivity_matches_brute_force_on_random_schedules():
     for trial in range(25):
         T = int(rng.integers(1, 40))
         pop = int(rng.integers(2, 12))
-        leaves = [list(map(str, rng.choice(pop, size=int(rng.integers(1, pop + 1)), replace=False)))
-                  for _ in range(T)]
+        leaves = [list(map(str, rng.choice(pop, size=int(rng.integers(1, pop + 1)), replace=False))) for _ in range(T)]
         assert tree_sensitivity_squared(leaves) == brute_force_tree_s(leaves), (trial, leaves)
 
 
@@ -188,17 +199,22 @@ def test_tree_repeated_participation_costs_more_and_no_amplification():
     twice = epsilon_for_rounds(spec, 8, 1e-5, [["a"], ["b"], ["a"], ["c"], ["d"], ["e"], ["f"], ["g"]])
     assert twice.rdp > once.rdp
     # Same schedule, bigger population: no amplification by sampling.
-    big = MechanismSpec("tree", 1.0, 10 ** 6, "uniform", clients_per_round=1)
+    big = MechanismSpec("tree", 1.0, 10**6, "uniform", clients_per_round=1)
     assert epsilon_for_rounds(big, 8, 1e-5, [[str(t)] for t in range(8)]).rdp == pytest.approx(once.rdp)
 
 
 # -- ledger -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", [
-    poisson_spec(1.0, 500, 0.02),
-    MechanismSpec("gaussian_fixed", 1.0, 500, "uniform", clients_per_round=10),
-    MechanismSpec("tree", 2.0, 50, "uniform", clients_per_round=5),
-], ids=["poisson", "uniform", "tree"])
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        poisson_spec(1.0, 500, 0.02),
+        MechanismSpec("gaussian_fixed", 1.0, 500, "uniform", clients_per_round=10),
+        MechanismSpec("tree", 2.0, 50, "uniform", clients_per_round=5),
+    ],
+    ids=["poisson", "uniform", "tree"],
+)
 def test_ledger_resume_accounts_each_round_once(spec):
     rng = np.random.default_rng(1)
     schedule = [list(map(str, rng.choice(50, size=5, replace=False))) for _ in range(12)]
@@ -225,8 +241,18 @@ def test_empty_poisson_round_is_still_a_round():
 
 
 def test_ddp_secure_with_adaptive_zeroing_claims_no_epsilon():
-    spec = MechanismSpec("ddp_secure", 1.0, 100, "uniform", clients_per_round=10, clipped_count_stddev=1.0,
-                         model_dim=100, ddp_bits=20, ddp_rotation="hd", zeroing=True)
+    spec = MechanismSpec(
+        "ddp_secure",
+        1.0,
+        100,
+        "uniform",
+        clients_per_round=10,
+        clipped_count_stddev=1.0,
+        model_dim=100,
+        ddp_bits=20,
+        ddp_rotation="hd",
+        zeroing=True,
+    )
     eps = epsilon_for_rounds(spec, 10, 1e-5, leaves=[["a"]] * 10)
     assert eps.rdp is None and eps.pld is None and eps.note == DDP_UNSUPPORTED and "zeroing" in eps.note
 
@@ -242,20 +268,26 @@ def test_event_json_round_trip_and_privacy_json_ledger():
 
 
 def test_default_delta_is_below_one_over_population():
-    for n in (2, 20, 1000, 10 ** 5, 10 ** 7):
+    for n in (2, 20, 1000, 10**5, 10**7):
         d = default_delta(n)
         assert 0 < d < 1 / n and d <= 1e-5
-    assert default_delta(10 ** 7) == pytest.approx(10 ** -7.7)
+    assert default_delta(10**7) == pytest.approx(10**-7.7)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(mechanism="laplace"), dict(noise_multiplier=0.0), dict(noise_multiplier=-1.0),
-    dict(noise_multiplier=float("nan")), dict(sampling="uniform", clients_per_round=200),
-    dict(sampling_rate=0.0), dict(sampling_rate=1.5),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(mechanism="laplace"),
+        dict(noise_multiplier=0.0),
+        dict(noise_multiplier=-1.0),
+        dict(noise_multiplier=float("nan")),
+        dict(sampling="uniform", clients_per_round=200),
+        dict(sampling_rate=0.0),
+        dict(sampling_rate=1.5),
+    ],
+)
 def test_spec_rejects_bad_values(kwargs):
-    base = dict(mechanism="gaussian_fixed", noise_multiplier=1.0, population=100, sampling="poisson",
-                sampling_rate=0.1)
+    base = dict(mechanism="gaussian_fixed", noise_multiplier=1.0, population=100, sampling="poisson", sampling_rate=0.1)
     base.update(kwargs)
     with pytest.raises(ValueError):
         MechanismSpec(**base)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import math
 
+import dp_accounting
 import numpy as np
 import pytest
 
-import dp_accounting
-from tff_lab.privacy.audit import (CanarySet, audit_simulation, estimate_epsilon, gaussian_epsilon, model_delta,
-                                   plot_cosines)
+from tff_lab.privacy.audit import (
+    CanarySet,
+    audit_simulation,
+    estimate_epsilon,
+    gaussian_epsilon,
+    model_delta,
+    plot_cosines,
+)
 
 
 @pytest.mark.parametrize("mu", [0.3, 1.0, 2.5])
@@ -57,8 +63,9 @@ def test_estimator_recovers_a_known_gaussian_pair():
 def test_plot_is_written(tmp_path):
     rng = np.random.default_rng(1)
     s, u = rng.normal(0.02, 0.01, 30), rng.normal(0, 0.01, 30)
-    path = plot_cosines(s, u, tmp_path / "cos.png", estimate=estimate_epsilon(s, u, 1e-5, bootstrap=50),
-                        theoretical=3.0)
+    path = plot_cosines(
+        s, u, tmp_path / "cos.png", estimate=estimate_epsilon(s, u, 1e-5, bootstrap=50), theoretical=3.0
+    )
     assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -66,8 +73,9 @@ def test_plot_is_written(tmp_path):
 def test_audit_flags_no_noise_and_stays_below_theory_with_noise():
     """DP-FedAvg's exact aggregation (tff_lab's seeded Gaussian query), 100 clients + 50 canaries,
     Poisson q = 0.2, 30 rounds, a 20,000-dimensional update space, seed 0."""
-    kw = dict(clip=1.0, population=100, sampling_rate=0.2, rounds=30, seen=50, unseen=50, dim=20000, seed=0,
-              bootstrap=300)
+    kw = dict(
+        clip=1.0, population=100, sampling_rate=0.2, rounds=30, seen=50, unseen=50, dim=20000, seed=0, bootstrap=300
+    )
     none = audit_simulation(noise_multiplier=0.0, **kw)
     noisy = audit_simulation(noise_multiplier=1.0, **kw)
     strong = audit_simulation(noise_multiplier=8.0, **kw)

@@ -19,9 +19,17 @@ from tff_lab.training.hooks import RoundInfo, RunContext
 POP, K, K2, IN, OUT = 6, 8, 8, 40, 20
 IDS = [f"c{i}" for i in range(POP)]
 SHAPES = [(IN, OUT), (OUT,)]
-BASE = ["algorithm.weighting=uniform", f"data.num_clients={POP}", "seed=2", "training.sampling=poisson",
-        "training.sampling_rate=0.5", "privacy.mechanism=gaussian_fixed", "privacy.clip=0.5",
-        "privacy.noise_multiplier=1.0", "training.rounds=6"]
+BASE = [
+    "algorithm.weighting=uniform",
+    f"data.num_clients={POP}",
+    "seed=2",
+    "training.sampling=poisson",
+    "training.sampling_rate=0.5",
+    "privacy.mechanism=gaussian_fixed",
+    "privacy.clip=0.5",
+    "privacy.noise_multiplier=1.0",
+    "training.rounds=6",
+]
 AUDIT = [f"privacy.audit.canaries={K}", f"privacy.audit.unseen={K2}"]
 
 
@@ -36,23 +44,27 @@ def _process(cfg, noise, population=POP):
     spec = collections.OrderedDict(x=tf.TensorSpec([None, IN], tf.float32), y=tf.TensorSpec([None], tf.int32))
 
     def model_fn():
-        keras = tf.keras.Sequential([tf.keras.layers.Dense(OUT, input_shape=(IN,),
-                                                           kernel_initializer="zeros")])
+        keras = tf.keras.Sequential([tf.keras.layers.Dense(OUT, input_shape=(IN,), kernel_initializer="zeros")])
         return tff.learning.models.from_keras_model(
-            keras, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), input_spec=spec)
+            keras, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), input_spec=spec
+        )
 
     specs = [tf.TensorSpec(s, tf.float32) for s in SHAPES]
     agg = make_aggregator(cfg, population=population, noise_multiplier=noise, record_specs=specs)
     return tff.learning.algorithms.build_unweighted_fed_avg(
-        model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1), model_aggregator=agg)
+        model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1), model_aggregator=agg
+    )
 
 
 def _data(i):
     import tensorflow as tf
 
     rng = np.random.default_rng(i)
-    return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(
-        x=rng.normal(size=(6, IN)).astype(np.float32), y=rng.integers(0, OUT, 6).astype(np.int32))).batch(3)
+    return tf.data.Dataset.from_tensor_slices(
+        collections.OrderedDict(
+            x=rng.normal(size=(6, IN)).astype(np.float32), y=rng.integers(0, OUT, 6).astype(np.int32)
+        )
+    ).batch(3)
 
 
 def test_canary_updates_enter_the_clipped_sum_exactly():
@@ -89,9 +101,15 @@ def test_round_clients_samples_canaries_like_everyone():
 
 def test_audit_needs_the_canaries_in_the_population(tmp_path):
     cfg = load_config(None, BASE + AUDIT)
-    ctx = RunContext(cfg=cfg, run_dir=tmp_path, population=POP, noise_multiplier=1.0,
-                     model_weight_shapes=[list(s) for s in SHAPES], model_weight_dtypes=["float32"] * 2,
-                     data=SimpleNamespace(client_ids=IDS))
+    ctx = RunContext(
+        cfg=cfg,
+        run_dir=tmp_path,
+        population=POP,
+        noise_multiplier=1.0,
+        model_weight_shapes=[list(s) for s in SHAPES],
+        model_weight_dtypes=["float32"] * 2,
+        data=SimpleNamespace(client_ids=IDS),
+    )
     with pytest.raises(PrivacyAccountingError, match="population = clients \\+ canaries"):
         PrivacyHook().on_start(ctx)
     with pytest.raises(Exception, match="gaussian_fixed"):
@@ -105,9 +123,15 @@ def test_audit_run_as_the_loop_drives_it(tmp_path):
     process = _process(cfg, 1.0)
     state = process.initialize()
     initial = [np.array(w) for w in process.get_model_weights(state).trainable]
-    ctx = RunContext(cfg=cfg, run_dir=tmp_path, population=total, noise_multiplier=1.0,
-                     model_weight_shapes=[list(s) for s in SHAPES], model_weight_dtypes=["float32"] * 2,
-                     data=SimpleNamespace(client_ids=IDS))
+    ctx = RunContext(
+        cfg=cfg,
+        run_dir=tmp_path,
+        population=total,
+        noise_multiplier=1.0,
+        model_weight_shapes=[list(s) for s in SHAPES],
+        model_weight_dtypes=["float32"] * 2,
+        data=SimpleNamespace(client_ids=IDS),
+    )
     ctx.initial_weights = initial
     hook = PrivacyHook()
     hook.on_start(ctx)

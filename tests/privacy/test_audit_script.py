@@ -15,8 +15,21 @@ TINY = ["--set", "training.rounds=8", "--set", "privacy.audit.canaries=20", "--s
 
 
 def test_cli_audit_simulate_reports_empirical_beside_theory(capsys):
-    assert main(["privacy", "audit", str(REPO / "experiments" / "privacy_audit.yaml"), "--simulate", "--dim", "3000",
-                 *TINY, "--json"]) == 0
+    assert (
+        main(
+            [
+                "privacy",
+                "audit",
+                str(REPO / "experiments" / "privacy_audit.yaml"),
+                "--simulate",
+                "--dim",
+                "3000",
+                *TINY,
+                "--json",
+            ]
+        )
+        == 0
+    )
     info = json.loads(capsys.readouterr().out)
     emp = info["epsilon_empirical"]
     assert emp["canaries"] == {"seen": 20, "unseen": 20} and emp["delta"] == 1e-5
@@ -24,8 +37,19 @@ def test_cli_audit_simulate_reports_empirical_beside_theory(capsys):
 
 
 def test_cli_audit_refuses_adaptive_clipping(capsys):
-    assert main(["privacy", "audit", str(REPO / "experiments" / "privacy_audit.yaml"), "--simulate",
-                 "--set", "privacy.mechanism=gaussian_adaptive"]) == 2
+    assert (
+        main(
+            [
+                "privacy",
+                "audit",
+                str(REPO / "experiments" / "privacy_audit.yaml"),
+                "--simulate",
+                "--set",
+                "privacy.mechanism=gaussian_adaptive",
+            ]
+        )
+        == 2
+    )
     assert "needs gaussian_fixed" in capsys.readouterr().err
 
 
@@ -34,8 +58,10 @@ def test_sweep_script_writes_table_and_plot(tmp_path):
     spec = importlib.util.spec_from_file_location("privacy_audit_script", REPO / "experiments" / "privacy_audit.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--out", str(tmp_path), "--noise", "0", "1", "--dim", "3000", "--rounds", "8",
-                     "--bootstrap", "100"]) == 0
+    assert (
+        mod.main(["--out", str(tmp_path), "--noise", "0", "1", "--dim", "3000", "--rounds", "8", "--bootstrap", "100"])
+        == 0
+    )
     rows = list(csv.DictReader(open(tmp_path / "privacy_audit.csv")))
     assert [float(r["noise_multiplier"]) for r in rows] == [0.0, 1.0]
     assert rows[0]["eps_theory_pld"] == "inf" and float(rows[1]["eps_theory_pld"]) > 0

@@ -8,23 +8,32 @@ import math
 import time
 import tracemalloc
 
+import dp_accounting as dpa
 import numpy as np
 import pytest
-
-import dp_accounting as dpa
 from dp_accounting import NeighboringRelation as NR
 from dp_accounting.pld import privacy_loss_distribution
 
 from tff_lab.config import load_config
 from tff_lab.errors import ConfigError
-from tff_lab.privacy.accounting import (SKELLAM_RDP_ORDERS, MechanismSpec, PrivacyLedger, SkellamDpEvent,
-                                        SkellamRdpAccountant, ddp_epsilon, epsilon_for_rounds, epsilon_of,
-                                        epsilon_sampling_known, headline_epsilon, pld_value_discretization_interval,
-                                        skellam_rdp)
+from tff_lab.privacy.accounting import (
+    SKELLAM_RDP_ORDERS,
+    MechanismSpec,
+    PrivacyLedger,
+    SkellamDpEvent,
+    SkellamRdpAccountant,
+    ddp_epsilon,
+    epsilon_for_rounds,
+    epsilon_of,
+    epsilon_sampling_known,
+    headline_epsilon,
+    pld_value_discretization_interval,
+    skellam_rdp,
+)
 from tff_lab.privacy.ddp import SkellamParams
 
-
 # -- A: the PLD's cost is bounded at small noise ------------------------------------------------
+
 
 @pytest.mark.parametrize("z", [0.05, 0.3])
 def test_small_noise_round_epsilon_is_cheap_and_a_valid_bound(z):
@@ -48,8 +57,10 @@ def test_small_noise_round_epsilon_is_cheap_and_a_valid_bound(z):
     rounds(2)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    print(f"z={z}: per-round epsilon seconds {[round(t, 3) for t in times]}, peak {peak / 2**20:.0f} MiB, "
-          f"spacing {eps.pld_value_discretization_interval}")
+    print(
+        f"z={z}: per-round epsilon seconds {[round(t, 3) for t in times]}, peak {peak / 2**20:.0f} MiB, "
+        f"spacing {eps.pld_value_discretization_interval}"
+    )
     # Loose (2 shared cores; bench/privacy_cost.py has the figures): unbounded, one round at z = 0.05 took ~115 s.
     assert max(times) < 5.0 and sum(times) < 10.0 and peak < 400 * 2**20
     assert eps.pld_value_discretization_interval >= 1e-4
@@ -69,6 +80,7 @@ def test_spacing_grows_only_with_cost():
 
 
 # -- B: the headline is the smallest valid bound, named -----------------------------------------
+
 
 def test_fixed_size_headline_is_the_smaller_unamplified_bound():
     """Issue 15: 4 of 8 clients, z = 0.7, 12 rounds: the replace-one amplification bound exceeds the
@@ -90,15 +102,15 @@ def test_fixed_size_headline_is_the_smaller_unamplified_bound():
 
 # -- D: the Skellam RDP bound ------------------------------------------------------------------
 
+
 def _paper_bound(a, d1, d2, mu):
     """Agarwal, Kairouz & Liu (2021), Theorem 3.5, written out independently."""
-    return a * d2 ** 2 / (2 * mu) + min(((2 * a - 1) * d2 ** 2 + 6 * d1) / (4 * mu ** 2), 3 * d1 / (2 * mu))
+    return a * d2**2 / (2 * mu) + min(((2 * a - 1) * d2**2 + 6 * d1) / (4 * mu**2), 3 * d1 / (2 * mu))
 
 
 def _exact_skellam_renyi(shift, mu, a):
     """D_a(Sk(shift, mu) || Sk(0, mu)) in one coordinate, numerically (scipy's Skellam pmf)."""
     from scipy import stats
-
     from scipy.special import logsumexp
 
     k = np.arange(-int(20 * math.sqrt(mu)) - abs(shift) - 40, int(20 * math.sqrt(mu)) + abs(shift) + 40)
@@ -131,7 +143,8 @@ def test_skellam_accountant_composes_and_never_amplifies():
     np.testing.assert_allclose(acc.rdp, 7 * skellam_rdp(40.0, 10.0, 150.0, SKELLAM_RDP_ORDERS), rtol=1e-12)
     assert acc.neighboring_relation is NR.REPLACE_SPECIAL
     assert not SkellamRdpAccountant(neighboring_relation=NR.ADD_OR_REMOVE_ONE).supports(
-        dpa.PoissonSampledDpEvent(0.1, ev))
+        dpa.PoissonSampledDpEvent(0.1, ev)
+    )
     # A huge variance in the scaled domain: the bound approaches the Gaussian's alpha D2^2 / (2 mu).
     big = SkellamRdpAccountant().compose(SkellamDpEvent(1e6, 1e5, (1e5 * 1.3) ** 2))
     gauss = dpa.rdp.RdpAccountant(list(SKELLAM_RDP_ORDERS), NR.REPLACE_SPECIAL).compose(dpa.GaussianDpEvent(1.3))
@@ -140,8 +153,19 @@ def test_skellam_accountant_composes_and_never_amplifies():
 
 def ddp_spec(z=1.0, pop=20, m=5, dim=300, zeroing=False, sampling="uniform"):
     kw = dict(clients_per_round=m) if sampling == "uniform" else dict(sampling_rate=m / pop)
-    return MechanismSpec("ddp_secure", z, pop, sampling, clipped_count_stddev=max(0.05 * m, z), clip=0.1,
-                         model_dim=dim, ddp_bits=20, ddp_rotation="hd", zeroing=zeroing, **kw)
+    return MechanismSpec(
+        "ddp_secure",
+        z,
+        pop,
+        sampling,
+        clipped_count_stddev=max(0.05 * m, z),
+        clip=0.1,
+        model_dim=dim,
+        ddp_bits=20,
+        ddp_rotation="hd",
+        zeroing=zeroing,
+        **kw,
+    )
 
 
 def test_ddp_epsilon_composes_each_clients_rounds():
@@ -152,8 +176,9 @@ def test_ddp_epsilon_composes_each_clients_rounds():
     # Client "a" took part 3 times: three Skellam rounds of variance 5 local^2 plus three count Gaussians.
     count = spec.noise_components()["clipped_count_stddev"]
     acc = SkellamRdpAccountant()
-    acc.compose(dpa.ComposedDpEvent([SkellamDpEvent(2.0e6, 1.0e5, 5 * p.local_stddev ** 2),
-                                     dpa.GaussianDpEvent(count)]), 3)
+    acc.compose(
+        dpa.ComposedDpEvent([SkellamDpEvent(2.0e6, 1.0e5, 5 * p.local_stddev**2), dpa.GaussianDpEvent(count)]), 3
+    )
     assert eps.rdp == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12) and eps.pld is None
     assert ddp_epsilon(spec, [[], []], [p, p], 1e-5).rdp == 0.0
     assert ddp_epsilon(ddp_spec(zeroing=True), leaves, [p] * 3, 1e-5).rdp is None
@@ -182,8 +207,11 @@ def test_ddp_noise_calibration_meets_its_target():
     spec = ddp_spec(pop=20, m=5)
     leaves = [[str(i) for i in range(5 * (r % 4), 5 * (r % 4) + 5)] for r in range(8)]
     z = calibrate_noise_multiplier(spec, 8, 1e-5, 4.0, leaves=leaves)
-    at = lambda x: epsilon_for_rounds(dataclasses.replace(spec, noise_multiplier=x, clipped_count_stddev=max(0.25, x)),
-                                      8, 1e-5, leaves).rdp
+    at = lambda x: (
+        epsilon_for_rounds(
+            dataclasses.replace(spec, noise_multiplier=x, clipped_count_stddev=max(0.25, x)), 8, 1e-5, leaves
+        ).rdp
+    )
     assert at(z) <= 4.0 < at(z * 0.999)
     with pytest.raises(ConfigError, match="zeroing"):
         calibrate_noise_multiplier(ddp_spec(zeroing=True), 8, 1e-5, 4.0, leaves=leaves)
@@ -204,25 +232,38 @@ def _cfg(sampling):
 def dp_agg():
     import tensorflow_federated as tff
 
-    return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(noise_multiplier=0.5, clients_per_round=4,
-                                                                       clip=2.0)
+    return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+        noise_multiplier=0.5, clients_per_round=4, clip=2.0
+    )
 
 
-RIGHT = [("poisson", lambda: dpa.PoissonSampledDpEvent(0.25, dpa.GaussianDpEvent(0.5))),
-         ("uniform", lambda: dpa.SampledWithoutReplacementDpEvent(8, 4, dpa.GaussianDpEvent(0.25))),
-         ("uniform", lambda: dpa.GaussianDpEvent(0.5))]
-WRONG = ([("poisson", lambda k=k: dpa.PoissonSampledDpEvent(0.25, dpa.GaussianDpEvent(0.5 * k)), "noise")
-          for k in (1.5, 2.0, 8.0, 0.5)]
-         + [("poisson", lambda c=c: dpa.PoissonSampledDpEvent(0.25, dpa.GaussianDpEvent(1.0 / c)), "clip")
-            for c in (1.0, 4.0)]  # the query's stddev 1.0 divided by a clip other than its own 2.0
-         + [("poisson", lambda q=q: dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(0.5)), "sampling")
-            for q in (0.1, 0.5, 1.0)]
-         + [("uniform", lambda: dpa.SampledWithoutReplacementDpEvent(8, 4, dpa.GaussianDpEvent(0.5)), "halves"),
-            ("uniform", lambda: dpa.SampledWithoutReplacementDpEvent(16, 4, dpa.GaussianDpEvent(0.25)), "sampling"),
-            ("uniform", lambda: dpa.SampledWithoutReplacementDpEvent(8, 2, dpa.GaussianDpEvent(0.25)), "sampling"),
-            ("poisson", lambda: dpa.SampledWithoutReplacementDpEvent(8, 2, dpa.GaussianDpEvent(0.25)), "sampling"),
-            ("uniform", lambda: dpa.PoissonSampledDpEvent(0.5, dpa.GaussianDpEvent(0.5)), "sampling"),
-            ("poisson", lambda: dpa.PoissonSampledDpEvent(0.25, dpa.LaplaceDpEvent(0.5)), "noise")])
+RIGHT = [
+    ("poisson", lambda: dpa.PoissonSampledDpEvent(0.25, dpa.GaussianDpEvent(0.5))),
+    ("uniform", lambda: dpa.SampledWithoutReplacementDpEvent(8, 4, dpa.GaussianDpEvent(0.25))),
+    ("uniform", lambda: dpa.GaussianDpEvent(0.5)),
+]
+WRONG = (
+    [
+        ("poisson", lambda k=k: dpa.PoissonSampledDpEvent(0.25, dpa.GaussianDpEvent(0.5 * k)), "noise")
+        for k in (1.5, 2.0, 8.0, 0.5)
+    ]
+    + [
+        ("poisson", lambda c=c: dpa.PoissonSampledDpEvent(0.25, dpa.GaussianDpEvent(1.0 / c)), "clip")
+        for c in (1.0, 4.0)
+    ]  # the query's stddev 1.0 divided by a clip other than its own 2.0
+    + [
+        ("poisson", lambda q=q: dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(0.5)), "sampling")
+        for q in (0.1, 0.5, 1.0)
+    ]
+    + [
+        ("uniform", lambda: dpa.SampledWithoutReplacementDpEvent(8, 4, dpa.GaussianDpEvent(0.5)), "halves"),
+        ("uniform", lambda: dpa.SampledWithoutReplacementDpEvent(16, 4, dpa.GaussianDpEvent(0.25)), "sampling"),
+        ("uniform", lambda: dpa.SampledWithoutReplacementDpEvent(8, 2, dpa.GaussianDpEvent(0.25)), "sampling"),
+        ("poisson", lambda: dpa.SampledWithoutReplacementDpEvent(8, 2, dpa.GaussianDpEvent(0.25)), "sampling"),
+        ("uniform", lambda: dpa.PoissonSampledDpEvent(0.5, dpa.GaussianDpEvent(0.5)), "sampling"),
+        ("poisson", lambda: dpa.PoissonSampledDpEvent(0.25, dpa.LaplaceDpEvent(0.5)), "noise"),
+    ]
+)
 
 
 @pytest.mark.parametrize("sampling,make", RIGHT)
@@ -264,8 +305,10 @@ def test_declared_epsilon_comes_from_the_accounting_module():
     declaration never reaches the accountant, and the true one gives the large epsilon."""
     ev = dpa.PoissonSampledDpEvent(0.25, dpa.GaussianDpEvent(0.5))
     eps = epsilon_of(ev, 10, 1e-5, NR.ADD_OR_REMOVE_ONE)
-    assert eps.rdp > 10 * epsilon_of(dpa.PoissonSampledDpEvent(0.25, dpa.GaussianDpEvent(4.0)), 10, 1e-5,
-                                     NR.ADD_OR_REMOVE_ONE).rdp
+    assert (
+        eps.rdp
+        > 10 * epsilon_of(dpa.PoissonSampledDpEvent(0.25, dpa.GaussianDpEvent(4.0)), 10, 1e-5, NR.ADD_OR_REMOVE_ONE).rdp
+    )
 
 
 def test_skellam_params_are_tffs_own_initial_query_state():
@@ -277,9 +320,16 @@ def test_skellam_params_are_tffs_own_initial_query_state():
     from tff_lab.privacy import ddp
 
     z, n, bits, dim = 1.0, 10, 20, 300
-    f = distributed_dp.DistributedDpSumFactory(noise_multiplier=z, expected_clients_per_round=n, bits=bits,
-                                               l2_clip=0.1, mechanism="distributed_skellam", rotation_type="hd",
-                                               auto_l2_clip=True, auto_l2_clip_count_stddev=1.0)
+    f = distributed_dp.DistributedDpSumFactory(
+        noise_multiplier=z,
+        expected_clients_per_round=n,
+        bits=bits,
+        l2_clip=0.1,
+        mechanism="distributed_skellam",
+        rotation_type="hd",
+        auto_l2_clip=True,
+        auto_l2_clip_count_stddev=1.0,
+    )
     state = f.create(tff.TensorType(np.float32, [dim])).initialize()
     value_nm, _ = tdp.adaptive_clip_noise_params(z, n, 1.0)
     assert ddp.params_from_state(state) == ddp.skellam_params(0.1, value_nm, n, bits, ddp.padded_dim(dim, "hd"))

@@ -7,14 +7,22 @@ import pytest
 from tff_lab.config import load_config
 from tff_lab.errors import ConfigError
 from tff_lab.privacy.accounting import MechanismSpec, default_delta, epsilon_for_rounds
-from tff_lab.privacy.calibration import (calibrate_noise_multiplier, planned_tree_leaves, resolve_delta,
-                                         resolve_noise_multiplier)
+from tff_lab.privacy.calibration import (
+    calibrate_noise_multiplier,
+    planned_tree_leaves,
+    resolve_delta,
+    resolve_noise_multiplier,
+)
 
 
-@pytest.mark.parametrize("spec,rounds,target,accountant", [
-    (MechanismSpec("gaussian_fixed", 1.0, 3383, "poisson", sampling_rate=120 / 3383), 100, 1.0, "rdp"),
-    (MechanismSpec("gaussian_fixed", 1.0, 1000, "uniform", clients_per_round=20), 50, 4.0, "rdp"),
-], ids=["poisson-rdp", "uniform-rdp"])
+@pytest.mark.parametrize(
+    "spec,rounds,target,accountant",
+    [
+        (MechanismSpec("gaussian_fixed", 1.0, 3383, "poisson", sampling_rate=120 / 3383), 100, 1.0, "rdp"),
+        (MechanismSpec("gaussian_fixed", 1.0, 1000, "uniform", clients_per_round=20), 50, 4.0, "rdp"),
+    ],
+    ids=["poisson-rdp", "uniform-rdp"],
+)
 def test_round_trip_meets_target_tightly(spec, rounds, target, accountant):
     z = calibrate_noise_multiplier(spec, rounds, 1e-5, target, accountant=accountant)
     import dataclasses
@@ -37,10 +45,16 @@ def test_pld_calibration_needs_less_noise_than_rdp():
 
 
 def test_resolve_noise_for_adaptive_and_tree_configs():
-    base = ["algorithm.weighting=uniform", "data.num_clients=50", "training.clients_per_round=5",
-            "training.rounds=20", "privacy.target_epsilon=5.0"]
-    cfg = load_config(None, base + ["privacy.mechanism=gaussian_adaptive", "training.sampling=poisson",
-                                    "training.sampling_rate=0.1"])
+    base = [
+        "algorithm.weighting=uniform",
+        "data.num_clients=50",
+        "training.clients_per_round=5",
+        "training.rounds=20",
+        "privacy.target_epsilon=5.0",
+    ]
+    cfg = load_config(
+        None, base + ["privacy.mechanism=gaussian_adaptive", "training.sampling=poisson", "training.sampling_rate=0.1"]
+    )
     z = resolve_noise_multiplier(cfg, 50)
     spec = MechanismSpec.from_config(cfg, 50, z)
     assert epsilon_for_rounds(spec, 20, default_delta(50)).rdp <= 5.0
@@ -53,20 +67,30 @@ def test_resolve_noise_for_adaptive_and_tree_configs():
 
 
 def test_resolve_noise_passes_configured_value_through():
-    cfg = load_config(None, ["algorithm.weighting=uniform", "privacy.mechanism=gaussian_fixed",
-                             "privacy.noise_multiplier=0.7"])
+    cfg = load_config(
+        None, ["algorithm.weighting=uniform", "privacy.mechanism=gaussian_fixed", "privacy.noise_multiplier=0.7"]
+    )
     assert resolve_noise_multiplier(cfg, 20) == 0.7
     assert resolve_noise_multiplier(load_config(None, []), 20) is None
 
 
 def test_delta_default_and_refusal():
-    cfg = load_config(None, ["algorithm.weighting=uniform", "privacy.mechanism=gaussian_fixed",
-                             "privacy.noise_multiplier=1.0"])
+    cfg = load_config(
+        None, ["algorithm.weighting=uniform", "privacy.mechanism=gaussian_fixed", "privacy.noise_multiplier=1.0"]
+    )
     assert resolve_delta(cfg, 20) == default_delta(20) == 1e-5
     # A natural source learns its population at load time: delta must still be below 1/population.
-    cfg = load_config(None, ["algorithm.weighting=uniform", "privacy.mechanism=gaussian_fixed",
-                             "privacy.noise_multiplier=1.0", "data.source=npz_dir", "data.path=/nowhere",
-                             "privacy.delta=0.01"])
+    cfg = load_config(
+        None,
+        [
+            "algorithm.weighting=uniform",
+            "privacy.mechanism=gaussian_fixed",
+            "privacy.noise_multiplier=1.0",
+            "data.source=npz_dir",
+            "data.path=/nowhere",
+            "privacy.delta=0.01",
+        ],
+    )
     with pytest.raises(ConfigError, match="privacy.delta"):
         resolve_delta(cfg, 200)
     assert resolve_delta(cfg, 99) == 0.01
@@ -81,10 +105,25 @@ def test_unreachable_targets_are_config_errors(target, match):
 
 def test_ddp_and_pld_without_replacement_cannot_be_calibrated():
     with pytest.raises(ConfigError, match="zeroing"):  # TFF's adaptive zeroing is not DP: nothing to calibrate
-        calibrate_noise_multiplier(MechanismSpec("ddp_secure", 1.0, 100, "uniform", clients_per_round=10,
-                                                 clipped_count_stddev=1.0, model_dim=100, ddp_bits=20,
-                                                 ddp_rotation="hd", zeroing=True), 10, 1e-5, 1.0,
-                                   leaves=[["a"]] * 10)
+        calibrate_noise_multiplier(
+            MechanismSpec(
+                "ddp_secure",
+                1.0,
+                100,
+                "uniform",
+                clients_per_round=10,
+                clipped_count_stddev=1.0,
+                model_dim=100,
+                ddp_bits=20,
+                ddp_rotation="hd",
+                zeroing=True,
+            ),
+            10,
+            1e-5,
+            1.0,
+            leaves=[["a"]] * 10,
+        )
     with pytest.raises(ConfigError, match="privacy.accountant"):
-        calibrate_noise_multiplier(MechanismSpec("gaussian_fixed", 1.0, 100, "uniform", clients_per_round=10), 10,
-                                   1e-5, 1.0, accountant="pld")
+        calibrate_noise_multiplier(
+            MechanismSpec("gaussian_fixed", 1.0, 100, "uniform", clients_per_round=10), 10, 1e-5, 1.0, accountant="pld"
+        )

@@ -13,10 +13,22 @@ from tff_lab import run_experiment
 from tff_lab.errors import PrivacyAccountingError
 from tff_lab.training.hooks import RoundHook
 
-TINY = ["data.num_clients=8", "training.clients_per_round=4", "training.rounds=3", "training.eval_every_rounds=2",
-        "training.rounds_per_checkpoint=2", "centralized.enabled=false"]
-DP = TINY + ["algorithm.weighting=uniform", "privacy.mechanism=gaussian_adaptive", "privacy.noise_multiplier=0.7",
-             "privacy.clip=0.5", "training.sampling=poisson", "training.sampling_rate=0.5"]
+TINY = [
+    "data.num_clients=8",
+    "training.clients_per_round=4",
+    "training.rounds=3",
+    "training.eval_every_rounds=2",
+    "training.rounds_per_checkpoint=2",
+    "centralized.enabled=false",
+]
+DP = TINY + [
+    "algorithm.weighting=uniform",
+    "privacy.mechanism=gaussian_adaptive",
+    "privacy.noise_multiplier=0.7",
+    "privacy.clip=0.5",
+    "training.sampling=poisson",
+    "training.sampling_rate=0.5",
+]
 
 
 class Crash(RoundHook):
@@ -82,12 +94,15 @@ def test_secure_and_compressed_runs_reach_the_plain_accuracy(tmp_path):
     over = TINY + ["training.rounds=5", "algorithm.client_optimizer.learning_rate=0.1"]
     plain = run_experiment(None, tmp_path / "plain", overrides=over)
     assert plain["final_test_accuracy"] > 0.5
-    comp = run_experiment(None, tmp_path / "q8", overrides=over + ["aggregation.kind=compression",
-                                                                   "aggregation.rotation=hadamard"])
+    comp = run_experiment(
+        None, tmp_path / "q8", overrides=over + ["aggregation.kind=compression", "aggregation.rotation=hadamard"]
+    )
     secure = run_experiment(None, tmp_path / "secure", overrides=over + ["aggregation.kind=secure"])
     for s in (comp, secure):
         assert abs(s["final_test_accuracy"] - plain["final_test_accuracy"]) < 0.05
     assert comp["communication"]["uplink_total_bytes"] < plain["communication"]["uplink_total_bytes"] / 3
     # SecAgg of floats: 32-bit integers per element, as many as the float32 update.
-    assert (secure["communication"]["uplink_update_bytes_per_client"]
-            == plain["communication"]["uplink_update_bytes_per_client"])
+    assert (
+        secure["communication"]["uplink_update_bytes_per_client"]
+        == plain["communication"]["uplink_update_bytes_per_client"]
+    )

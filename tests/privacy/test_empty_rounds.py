@@ -9,7 +9,7 @@ import pytest
 from tff_lab.config import load_config
 from tff_lab.errors import PrivacyAccountingError
 from tff_lab.privacy.accounting import MechanismSpec, PrivacyLedger, tree_leaf, tree_sensitivity_squared
-from tff_lab.privacy.calibration import planned_tree_leaves, resolve_delta, resolve_noise_multiplier
+from tff_lab.privacy.calibration import planned_tree_leaves, resolve_noise_multiplier
 from tff_lab.privacy.hook import PrivacyHook
 from tff_lab.sampling import sample_clients
 from tff_lab.training.hooks import RoundInfo, RunContext
@@ -18,21 +18,35 @@ POP, ROUNDS = 30, 12
 IDS = [f"c{i:02d}" for i in range(POP)]
 # Seed 0 samples nobody in 3 of the 12 rounds; leaving those leaves out of the tree gives a
 # sensitivity^2 of 12 instead of 14: an epsilon below the one of the tree TFF runs.
-TREE = ["algorithm.weighting=uniform", f"data.num_clients={POP}", f"training.rounds={ROUNDS}", "seed=0",
-        "privacy.mechanism=tree", "training.sampling=poisson", "training.sampling_rate=0.05"]
+TREE = [
+    "algorithm.weighting=uniform",
+    f"data.num_clients={POP}",
+    f"training.rounds={ROUNDS}",
+    "seed=0",
+    "privacy.mechanism=tree",
+    "training.sampling=poisson",
+    "training.sampling_rate=0.05",
+]
 
 
 def _ctx(tmp_path, cfg, noise):
-    return RunContext(cfg=cfg, run_dir=tmp_path, population=POP, noise_multiplier=noise,
-                      model_weight_shapes=[[4, 2]], model_weight_dtypes=["float32"],
-                      data=SimpleNamespace(client_ids=IDS))
+    return RunContext(
+        cfg=cfg,
+        run_dir=tmp_path,
+        population=POP,
+        noise_multiplier=noise,
+        model_weight_shapes=[[4, 2]],
+        model_weight_dtypes=["float32"],
+        data=SimpleNamespace(client_ids=IDS),
+    )
 
 
 def _loop_round(cfg, r):
     """What the loop reports under DP: an empty round still runs the aggregator (trained)."""
     chosen = [IDS[i] for i in sample_clients(cfg, POP, r)]
-    return RoundInfo(r, chosen, len(chosen), True, 10 * len(chosen),
-                     {"client_work": {"train": {"num_examples": 10 * len(chosen)}}})
+    return RoundInfo(
+        r, chosen, len(chosen), True, 10 * len(chosen), {"client_work": {"train": {"num_examples": 10 * len(chosen)}}}
+    )
 
 
 def test_the_seed_has_empty_rounds_that_change_the_tree():
@@ -79,4 +93,3 @@ def test_checkpoint_of_the_old_rule_is_refused():
     state = {"spec": spec.to_json(), "delta": 1e-5, "rounds": 3, "leaves": [["a"], ["b"]]}
     with pytest.raises(PrivacyAccountingError, match="2 leaves for 3 rounds"):
         PrivacyLedger.from_state_dict(state)
-

@@ -11,8 +11,8 @@ from tff_lab.config import load_config
 from tff_lab.errors import PrivacyAccountingError
 from tff_lab.privacy.accounting import MechanismSpec, default_delta, epsilon_for_rounds
 from tff_lab.privacy.hook import PrivacyHook
-from tff_lab.training.hooks import RoundInfo, RunContext
 from tff_lab.sampling import sample_clients
+from tff_lab.training.hooks import RoundInfo, RunContext
 
 POP = 30
 IDS = [f"client_{i:02d}" for i in range(POP)]
@@ -20,11 +20,16 @@ EXAMPLES = {c: 10 + i for i, c in enumerate(IDS)}
 
 
 def make_ctx(tmp_path, overrides, noise=1.0):
-    cfg = load_config(None, ["algorithm.weighting=uniform", f"data.num_clients={POP}", "training.rounds=6",
-                             *overrides])
-    return RunContext(cfg=cfg, run_dir=tmp_path, population=POP, noise_multiplier=noise,
-                      model_weight_shapes=[[4, 2]], model_weight_dtypes=["float32"],
-                      data=SimpleNamespace(client_ids=IDS))
+    cfg = load_config(None, ["algorithm.weighting=uniform", f"data.num_clients={POP}", "training.rounds=6", *overrides])
+    return RunContext(
+        cfg=cfg,
+        run_dir=tmp_path,
+        population=POP,
+        noise_multiplier=noise,
+        model_weight_shapes=[[4, 2]],
+        model_weight_dtypes=["float32"],
+        data=SimpleNamespace(client_ids=IDS),
+    )
 
 
 def round_info(ctx, r, *, drop=0, swap=False, examples_delta=0):
@@ -47,8 +52,12 @@ def run_rounds(hook, ctx, rounds, start=1):
 
 
 FIXED = ["privacy.mechanism=gaussian_fixed", "privacy.noise_multiplier=1.0", "training.clients_per_round=5"]
-POISSON = ["privacy.mechanism=gaussian_fixed", "privacy.noise_multiplier=1.0", "training.sampling=poisson",
-           "training.sampling_rate=0.1"]
+POISSON = [
+    "privacy.mechanism=gaussian_fixed",
+    "privacy.noise_multiplier=1.0",
+    "training.sampling=poisson",
+    "training.sampling_rate=0.1",
+]
 
 
 def test_rows_carry_rdp_every_round_and_pld_at_checkpoints(tmp_path):
@@ -129,19 +138,23 @@ def test_changed_noise_multiplier_on_resume_fails_loudly(tmp_path):
     a.on_start(ctx)
     run_rounds(a, ctx, 2)
     # e.g. a target_epsilon calibration that lands elsewhere (another population, another dp_accounting)
-    other = make_ctx(tmp_path, [o for o in FIXED if "noise_multiplier" not in o] + ["privacy.target_epsilon=3.0"],
-                     noise=1.5)
+    other = make_ctx(
+        tmp_path, [o for o in FIXED if "noise_multiplier" not in o] + ["privacy.target_epsilon=3.0"], noise=1.5
+    )
     b = PrivacyHook()
     b.on_start(other)
     with pytest.raises(PrivacyAccountingError, match="noise_multiplier: checkpoint 1.0, now 1.5"):
         b.load_state_dict(a.state_dict())
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(drop=1), "aggregated but the sampler chose"),
-    (dict(swap=True), "not the sampler's choice"),
-    (dict(examples_delta=-3), "processed"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(drop=1), "aggregated but the sampler chose"),
+        (dict(swap=True), "not the sampler's choice"),
+        (dict(examples_delta=-3), "processed"),
+    ],
+)
 def test_departures_from_the_accounted_round_fail_loudly(tmp_path, kwargs, match):
     ctx = make_ctx(tmp_path, FIXED)
     hook = PrivacyHook()
@@ -152,8 +165,9 @@ def test_departures_from_the_accounted_round_fail_loudly(tmp_path, kwargs, match
 
 
 def test_tree_lookahead_uses_the_samplers_next_choice(tmp_path):
-    ctx = make_ctx(tmp_path, ["privacy.mechanism=tree", "privacy.noise_multiplier=2.0",
-                              "training.clients_per_round=10"], noise=2.0)
+    ctx = make_ctx(
+        tmp_path, ["privacy.mechanism=tree", "privacy.noise_multiplier=2.0", "training.clients_per_round=10"], noise=2.0
+    )
     hook = PrivacyHook()
     hook.on_start(ctx)
     rows = run_rounds(hook, ctx, 5)
@@ -161,8 +175,11 @@ def test_tree_lookahead_uses_the_samplers_next_choice(tmp_path):
     spec = MechanismSpec.from_config(ctx.cfg, POP, 2.0)
     assert rows[-1]["eps_rdp"] == pytest.approx(epsilon_for_rounds(spec, 5, default_delta(POP), leaves).rdp)
     nxt = hook.ledger.epsilon_if_next([IDS[i] for i in sample_clients(ctx.cfg, POP, 6)])
-    assert nxt.rdp == pytest.approx(epsilon_for_rounds(
-        spec, 6, default_delta(POP), leaves + [[IDS[i] for i in sample_clients(ctx.cfg, POP, 6)]]).rdp)
+    assert nxt.rdp == pytest.approx(
+        epsilon_for_rounds(
+            spec, 6, default_delta(POP), leaves + [[IDS[i] for i in sample_clients(ctx.cfg, POP, 6)]]
+        ).rdp
+    )
 
 
 def test_noise_that_differs_from_the_config_fails_loudly(tmp_path):

@@ -19,18 +19,42 @@ IDS = [f"c{i:02d}" for i in range(POP)]
 
 
 def _run(tmp_path, overrides, rounds=8):
-    cfg = load_config(None, ["algorithm.weighting=uniform", f"data.num_clients={POP}", f"training.rounds={rounds}",
-                             "privacy.noise_multiplier=1.0", *overrides])
-    ctx = RunContext(cfg=cfg, run_dir=tmp_path, population=POP, noise_multiplier=1.0,
-                     model_weight_shapes=[[4, 2]], model_weight_dtypes=["float32"],
-                     data=SimpleNamespace(client_ids=IDS))
+    cfg = load_config(
+        None,
+        [
+            "algorithm.weighting=uniform",
+            f"data.num_clients={POP}",
+            f"training.rounds={rounds}",
+            "privacy.noise_multiplier=1.0",
+            *overrides,
+        ],
+    )
+    ctx = RunContext(
+        cfg=cfg,
+        run_dir=tmp_path,
+        population=POP,
+        noise_multiplier=1.0,
+        model_weight_shapes=[[4, 2]],
+        model_weight_dtypes=["float32"],
+        data=SimpleNamespace(client_ids=IDS),
+    )
     hook = PrivacyHook()
     hook.on_start(ctx)
     for r in range(1, rounds + 1):
         chosen = [IDS[i] for i in sample_clients(cfg, POP, r)]
         hook.before_round(ctx, r)
-        hook.after_round(ctx, RoundInfo(r, chosen, len(chosen), True, 5 * len(chosen),
-                                        {"client_work": {"train": {"num_examples": 5 * len(chosen)}}}), {})
+        hook.after_round(
+            ctx,
+            RoundInfo(
+                r,
+                chosen,
+                len(chosen),
+                True,
+                5 * len(chosen),
+                {"client_work": {"train": {"num_examples": 5 * len(chosen)}}},
+            ),
+            {},
+        )
     hook.on_end(ctx, {})
     return cfg, json.loads((tmp_path / "privacy.json").read_text())
 
@@ -41,8 +65,9 @@ def _gaussian_delta(eps: float, mu: float) -> float:
 
 
 def test_sampling_known_epsilon_is_the_unamplified_gaussian(tmp_path):
-    cfg, report = _run(tmp_path, ["privacy.mechanism=gaussian_fixed", "training.sampling=poisson",
-                                  "training.sampling_rate=0.2"])
+    cfg, report = _run(
+        tmp_path, ["privacy.mechanism=gaussian_fixed", "training.sampling=poisson", "training.sampling_rate=0.2"]
+    )
     counts = {}
     for r in range(1, 9):
         for i in sample_clients(cfg, POP, r):

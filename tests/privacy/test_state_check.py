@@ -17,8 +17,15 @@ from tff_lab.training.hooks import RoundInfo, RunContext
 POP, N = 4, 6  # clients, examples per client
 IDS = [f"c{i}" for i in range(POP)]
 # Seed 6 with Poisson rate 0.4 samples [], [1, 3], [0] in rounds 1-3: an empty round first.
-BASE = ["algorithm.weighting=uniform", f"data.num_clients={POP}", "seed=6", "training.sampling=poisson",
-        "training.sampling_rate=0.4", "privacy.clip=0.5", "privacy.noise_multiplier=0.7"]
+BASE = [
+    "algorithm.weighting=uniform",
+    f"data.num_clients={POP}",
+    "seed=6",
+    "training.sampling=poisson",
+    "training.sampling_rate=0.4",
+    "privacy.clip=0.5",
+    "privacy.noise_multiplier=0.7",
+]
 
 
 def _process(cfg, noise):
@@ -34,28 +41,37 @@ def _process(cfg, noise):
     def model_fn():
         keras = tf.keras.Sequential([tf.keras.layers.Dense(2, input_shape=(3,))])
         return tff.learning.models.from_keras_model(
-            keras, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), input_spec=spec)
+            keras, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), input_spec=spec
+        )
 
     record_specs = [tf.TensorSpec([3, 2], tf.float32), tf.TensorSpec([2], tf.float32)]
     agg = make_aggregator(cfg, population=POP, noise_multiplier=noise, record_specs=record_specs)
     return tff.learning.algorithms.build_unweighted_fed_avg(
-        model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1), model_aggregator=agg)
+        model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1), model_aggregator=agg
+    )
 
 
 def _data(i):
     import tensorflow as tf
 
     rng = np.random.default_rng(i)
-    return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(
-        x=rng.normal(size=(N, 3)).astype(np.float32), y=rng.integers(0, 2, N).astype(np.int32))).batch(3)
+    return tf.data.Dataset.from_tensor_slices(
+        collections.OrderedDict(x=rng.normal(size=(N, 3)).astype(np.float32), y=rng.integers(0, 2, N).astype(np.int32))
+    ).batch(3)
 
 
 def _run(tmp_path, overrides, *, agg_noise=0.7, rounds=3, skip_empty=False, twice=0):
     """The ledger accounts noise 0.7 (the config); the aggregator is built with ``agg_noise``."""
     cfg = load_config(None, BASE + overrides)
-    ctx = RunContext(cfg=cfg, run_dir=tmp_path, population=POP, noise_multiplier=0.7,
-                     model_weight_shapes=[[3, 2], [2]], model_weight_dtypes=["float32"] * 2,
-                     data=SimpleNamespace(client_ids=IDS))
+    ctx = RunContext(
+        cfg=cfg,
+        run_dir=tmp_path,
+        population=POP,
+        noise_multiplier=0.7,
+        model_weight_shapes=[[3, 2], [2]],
+        model_weight_dtypes=["float32"] * 2,
+        data=SimpleNamespace(client_ids=IDS),
+    )
     process = _process(cfg, agg_noise)
     state = process.initialize()
     hook = PrivacyHook()
@@ -74,19 +90,26 @@ def _run(tmp_path, overrides, *, agg_noise=0.7, rounds=3, skip_empty=False, twic
 
 
 def test_fixed_noise_of_the_aggregator_differs_from_the_ledger(tmp_path):
-    with pytest.raises(PrivacyAccountingError, match=r"round 1: the DP aggregator's state records the event "
-                       r"GaussianDpEvent\(noise_multiplier=0.89999.*ledger accounts "
-                       r"GaussianDpEvent\(noise_multiplier=0.7\)"):
+    with pytest.raises(
+        PrivacyAccountingError,
+        match=r"round 1: the DP aggregator's state records the event "
+        r"GaussianDpEvent\(noise_multiplier=0.89999.*ledger accounts "
+        r"GaussianDpEvent\(noise_multiplier=0.7\)",
+    ):
         _run(tmp_path, ["privacy.mechanism=gaussian_fixed"], agg_noise=0.9)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [
-    ["privacy.mechanism=gaussian_fixed"],
-    ["privacy.mechanism=gaussian_fixed", "privacy.reproducible_noise=false"],
-    ["privacy.mechanism=gaussian_adaptive"],
-    ["privacy.mechanism=tree"],
-], ids=["fixed", "fixed-unseeded", "adaptive", "tree"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["privacy.mechanism=gaussian_fixed"],
+        ["privacy.mechanism=gaussian_fixed", "privacy.reproducible_noise=false"],
+        ["privacy.mechanism=gaussian_adaptive"],
+        ["privacy.mechanism=tree"],
+    ],
+    ids=["fixed", "fixed-unseeded", "adaptive", "tree"],
+)
 def test_real_state_matches_the_ledger_and_a_noise_change_fires(tmp_path, overrides):
     hook = _run(tmp_path, overrides)
     assert hook.checked_rounds == 3 and hook.unchecked_rounds == 0

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import assert_user_error, run_cli
 
 fx = sys.modules["tff_lab_tests_text_run_fixture"]  # loaded by tests/tasks/conftest.py
@@ -18,10 +17,17 @@ def test_emnist62_one_round_through_run_experiment(tmp_path, tff_cache):
     from tff_lab import run_experiment
     from tff_lab.tasks import task_config
 
-    cfg = task_config("emnist62_cnn", **{
-        "data.cache_dir": str(tff_cache), "training.rounds": 1, "training.clients_per_round": 2,
-        "training.eval_every_rounds": 1, "model.kwargs": {"conv_filters": [4, 8], "dense_units": 16},
-        "centralized.enabled": False})
+    cfg = task_config(
+        "emnist62_cnn",
+        **{
+            "data.cache_dir": str(tff_cache),
+            "training.rounds": 1,
+            "training.clients_per_round": 2,
+            "training.eval_every_rounds": 1,
+            "model.kwargs": {"conv_filters": [4, 8], "dense_units": 16},
+            "centralized.enabled": False,
+        },
+    )
     s = run_experiment(cfg, tmp_path / "run")
     assert s["rounds"] == 1 and s["population"] == 5 and s["data"]["num_classes"] == 62
     assert 0.0 <= s["final_test_accuracy"] <= 1.0 and math.isfinite(s["final_test_loss"])
@@ -69,8 +75,14 @@ def test_text_run_trains_evaluates_exports_and_predicts(text_run, tmp_path):
         with np.load(out, allow_pickle=False) as f:
             assert f["probs"].shape == ref.shape and np.abs(f["probs"] - ref).max() < 1e-5
             assert np.array_equal(f["pred"], ref.argmax(-1)) and f["label"].shape == x.shape
-    proc = run_cli("predict", text_run / "export" / "model_int8.tflite", tmp_path / "tokens.npy", "--out",
-                   tmp_path / "p.csv", "--quiet")
+    proc = run_cli(
+        "predict",
+        text_run / "export" / "model_int8.tflite",
+        tmp_path / "tokens.npy",
+        "--out",
+        tmp_path / "p.csv",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert rows[0] == "index,pred,label,prob" and len(rows) == len(x) + 1
@@ -78,14 +90,27 @@ def test_text_run_trains_evaluates_exports_and_predicts(text_run, tmp_path):
     bad = x.copy()
     bad[1, 2] = V.VOCAB_SIZE
     np.save(tmp_path / "bad.npy", bad)
-    assert_user_error(run_cli("predict", text_run / "export" / "model_float32.tflite", tmp_path / "bad.npy",
-                              "--out", tmp_path / "q.npz"), "example 1", "token id outside 0..89")
+    assert_user_error(
+        run_cli(
+            "predict", text_run / "export" / "model_float32.tflite", tmp_path / "bad.npy", "--out", tmp_path / "q.npz"
+        ),
+        "example 1",
+        "token id outside 0..89",
+    )
     assert_user_error(run_cli("export", text_run, "--quantize", "float16"), "--quantize", "LSTM", "gru")
 
 
 def test_cli_missing_cache_file_exits_2_naming_it(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("run", "experiments/emnist62_cnn.yaml", "--out", run_dir, "--set", f"data.cache_dir={tmp_path}",
-                   "--quiet", timeout=300)
+    proc = run_cli(
+        "run",
+        "experiments/emnist62_cnn.yaml",
+        "--out",
+        run_dir,
+        "--set",
+        f"data.cache_dir={tmp_path}",
+        "--quiet",
+        timeout=300,
+    )
     assert_user_error(proc, str(tmp_path / "emnist_all.sqlite"), "never downloads")
     assert not run_dir.exists() and sorted(p.name for p in tmp_path.iterdir()) == []

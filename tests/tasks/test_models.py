@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tff_lab.models import resolve_model
 from tff_lab.config import ModelConfig
+from tff_lab.models import resolve_model
 from tff_lab.tasks import vocab as V
 from tff_lab.tasks.metrics import MaskedAccuracy, masked_accuracy
 

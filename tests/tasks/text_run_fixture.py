@@ -11,18 +11,28 @@ from pathlib import Path
 import numpy as np
 
 CORPUS = {
-    "ALICE": ["The kettle sang upon the hearth, and Alice wound the clock.",
-              "Come, sit; the night is long and the candles are short.",
-              "I have walked the river road since morning, and my boots are full of sand."],
-    "BERTRAM": ["Good morrow! What news from the harbour?",
-                "The ships are late; the wind has turned against them.",
-                "Then we shall wait, as sailors' wives have always waited."],
+    "ALICE": [
+        "The kettle sang upon the hearth, and Alice wound the clock.",
+        "Come, sit; the night is long and the candles are short.",
+        "I have walked the river road since morning, and my boots are full of sand.",
+    ],
+    "BERTRAM": [
+        "Good morrow! What news from the harbour?",
+        "The ships are late; the wind has turned against them.",
+        "Then we shall wait, as sailors' wives have always waited.",
+    ],
     "CELIA": ["Hush. Do you hear the bells?", "They ring for the new bridge, finished at last."],
-    "DUNSTAN": ["Bread, cheese, and a jug of cider: a feast for a tired man.",
-                "Sing me the song about the miller's daughter \u00e9tienne."],
+    "DUNSTAN": [
+        "Bread, cheese, and a jug of cider: a feast for a tired man.",
+        "Sing me the song about the miller's daughter \u00e9tienne.",
+    ],
 }
-CORPUS_TEST = {"ALICE": ["Wind the clock again."], "BERTRAM": ["No ships today."],
-               "CELIA": ["The bells are silent now."], "DUNSTAN": ["More cider!"]}
+CORPUS_TEST = {
+    "ALICE": ["Wind the clock again."],
+    "BERTRAM": ["No ships today."],
+    "CELIA": ["The bells are silent now."],
+    "DUNSTAN": ["More cider!"],
+}
 SEQ_LEN = 12
 TINY_RNN = {"embedding_dim": 4, "units": 8, "num_layers": 1, "cell": "lstm"}
 
@@ -58,8 +68,14 @@ def write_text_dir(root: Path, with_test: bool = True) -> Path:
 
 
 def shakespeare_overrides(cache_dir: Path, rounds: int = 1) -> dict:
-    return {"data.cache_dir": str(cache_dir), "training.clients_per_round": 2, "training.rounds": rounds,
-            "training.eval_every_rounds": 1, "training.rounds_per_checkpoint": 1, "model.kwargs": dict(TINY_RNN)}
+    return {
+        "data.cache_dir": str(cache_dir),
+        "training.clients_per_round": 2,
+        "training.rounds": rounds,
+        "training.eval_every_rounds": 1,
+        "training.rounds_per_checkpoint": 1,
+        "model.kwargs": dict(TINY_RNN),
+    }
 
 
 def make_text_run(run_dir: Path, cache_dir: Path) -> Path:
@@ -72,8 +88,9 @@ def make_text_run(run_dir: Path, cache_dir: Path) -> Path:
     from tff_lab.tasks import task_config
 
     write_tff_cache(cache_dir)
-    cfg = task_config("shakespeare_char", task_kwargs={"sequence_length": SEQ_LEN},
-                      **shakespeare_overrides(cache_dir, rounds=2))
+    cfg = task_config(
+        "shakespeare_char", task_kwargs={"sequence_length": SEQ_LEN}, **shakespeare_overrides(cache_dir, rounds=2)
+    )
     run_experiment(cfg, run_dir, overwrite=True)
     done.write_text("ok\n")
     return run_dir

@@ -48,8 +48,14 @@ def edge_python() -> Path:
 
 
 def run_runner(python: Path, *args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python), str(RUNNER), *map(str, args)], capture_output=True, text=True,
-                          env=make_env.clean_env(), cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [str(python), str(RUNNER), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=make_env.clean_env(),
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")

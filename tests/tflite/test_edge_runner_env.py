@@ -30,8 +30,9 @@ def raw_npy(reference, tmp_path_factory):
 
 def test_the_edge_env_has_no_tensorflow(edge_python, tmp_path):
     for module in ("tensorflow", "tff_lab", "keras"):
-        proc = subprocess.run([str(edge_python), "-c", f"import {module}"], capture_output=True, text=True,
-                              cwd=tmp_path)
+        proc = subprocess.run(
+            [str(edge_python), "-c", f"import {module}"], capture_output=True, text=True, cwd=tmp_path
+        )
         assert proc.returncode == 1 and "ModuleNotFoundError" in proc.stderr, (module, proc.stderr)
     proc = subprocess.run([str(edge_python), "-m", "pip", "freeze"], capture_output=True, text=True, check=True)
     names = {l.split("==")[0].lower().replace("_", "-") for l in proc.stdout.split()}
@@ -77,8 +78,7 @@ def test_runner_stdout_csv_and_npz_inputs(edge_runner, exported_run, reference, 
     with open(tmp_path / "in.csv", "w") as f:
         f.write(",".join(f"f{i}" for i in range(64)) + "\n")
         np.savetxt(f, reference["raw_test"][:20], delimiter=",", fmt="%g")
-    proc = edge_runner(exported_run["paths"]["float32"], tmp_path / "in.csv", "--out", tmp_path / "p.csv",
-                       "--batch", 1)
+    proc = edge_runner(exported_run["paths"]["float32"], tmp_path / "in.csv", "--out", tmp_path / "p.csv", "--batch", 1)
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.reader(open(tmp_path / "p.csv")))
     assert rows[0][:3] == ["index", "pred", "label"] and len(rows) == 21
@@ -88,24 +88,27 @@ def test_runner_stdout_csv_and_npz_inputs(edge_runner, exported_run, reference, 
 
 def test_runner_no_preprocess(edge_runner, exported_run, reference, tmp_path):
     np.save(tmp_path / "pre.npy", reference["x_test"])
-    proc = edge_runner(exported_run["paths"]["float32"], tmp_path / "pre.npy", "--no-preprocess", "--out",
-                       tmp_path / "p.npz")
+    proc = edge_runner(
+        exported_run["paths"]["float32"], tmp_path / "pre.npy", "--no-preprocess", "--out", tmp_path / "p.npz"
+    )
     assert proc.returncode == 0, proc.stderr
     with np.load(tmp_path / "p.npz") as f:
         assert np.abs(f["probs"] - reference["keras_test"]).max() <= 1e-4
 
 
 def test_runner_bench(edge_runner, exported_run, raw_npy):
-    proc = edge_runner(exported_run["paths"]["int8"], raw_npy, "--bench", "--runs", 50, "--bench-batch", 32,
-                       "--threads", 1, "--json")
+    proc = edge_runner(
+        exported_run["paths"]["int8"], raw_npy, "--bench", "--runs", 50, "--bench-batch", 32, "--threads", 1, "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout.strip().splitlines()[-1])
     assert s["backend"].startswith("ai_edge_litert") and s["input_dtype"] == "int8"
     b1, bb = s["bench"]
     assert (b1["batch_size"], b1["runs"], bb["batch_size"]) == (1, 50, 32)
     for b in (b1, bb):
-        assert 0 < b["p50_ms"] <= b["p95_ms"] and b["throughput_per_s"] == pytest.approx(b["batch_size"] / (
-            b["p50_ms"] / 1e3))
+        assert 0 < b["p50_ms"] <= b["p95_ms"] and b["throughput_per_s"] == pytest.approx(
+            b["batch_size"] / (b["p50_ms"] / 1e3)
+        )
     proc = edge_runner(exported_run["paths"]["float32"], raw_npy, "--bench", "--runs", 20)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -118,12 +121,16 @@ def test_runner_bad_input(edge_runner, exported_run, reference, tmp_path):
     good = exported_run["paths"]["int8"].read_bytes()
     np.save(tmp_path / "x.npy", reference["raw_test"][:5])
     (tmp_path / "trunc.tflite").write_bytes(good[: len(good) // 2])  # no sidecar: LiteRT's verifier
-    _one_error_line(edge_runner(tmp_path / "trunc.tflite", tmp_path / "x.npy"), "trunc.tflite",
-                    "corrupt or truncated TFLite model")
+    _one_error_line(
+        edge_runner(tmp_path / "trunc.tflite", tmp_path / "x.npy"), "trunc.tflite", "corrupt or truncated TFLite model"
+    )
     (tmp_path / "sided.tflite").write_bytes(good[:-64])
     (tmp_path / "sided.json").write_text(exported_run["paths"]["int8"].with_suffix(".json").read_text())
-    _one_error_line(edge_runner(tmp_path / "sided.tflite", tmp_path / "x.npy"), "does not match its sidecar",
-                    f"truncated: {len(good) - 64} of {len(good)} bytes")
+    _one_error_line(
+        edge_runner(tmp_path / "sided.tflite", tmp_path / "x.npy"),
+        "does not match its sidecar",
+        f"truncated: {len(good) - 64} of {len(good)} bytes",
+    )
     (tmp_path / "junk.tflite").write_bytes(b"\x00" * 100)
     _one_error_line(edge_runner(tmp_path / "junk.tflite", tmp_path / "x.npy"), "not a TFLite model", "TFL3")
     m = exported_run["paths"]["int8"]

@@ -71,8 +71,9 @@ def test_runner_on_onnx_stdout_csv_and_no_preprocess(edge_runner, onnx_exported,
 
 
 def test_runner_bench_on_onnx(edge_runner, onnx_exported, raw_npy):
-    proc = edge_runner(onnx_exported["path"], raw_npy, "--bench", "--runs", 30, "--bench-batch", 16, "--threads", 1,
-                       "--json")
+    proc = edge_runner(
+        onnx_exported["path"], raw_npy, "--bench", "--runs", 30, "--bench-batch", 16, "--threads", 1, "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout.strip().splitlines()[-1])
     assert s["backend"].startswith("onnxruntime ") and (s["input_dtype"], s["output_dtype"]) == ("float32", "float32")
@@ -92,12 +93,18 @@ def test_runner_bad_onnx_input(edge_runner, onnx_exported, reference, tmp_path):
     good = m.read_bytes()
     np.save(tmp_path / "x.npy", reference["raw_test"][:5])
     (tmp_path / "half.onnx").write_bytes(good[: len(good) // 2])  # no sidecar: ONNX Runtime's parser
-    _one_error_line(edge_runner(tmp_path / "half.onnx", tmp_path / "x.npy"), "half.onnx",
-                    "corrupt or truncated ONNX model; ONNX Runtime says")
+    _one_error_line(
+        edge_runner(tmp_path / "half.onnx", tmp_path / "x.npy"),
+        "half.onnx",
+        "corrupt or truncated ONNX model; ONNX Runtime says",
+    )
     (tmp_path / "sided.onnx").write_bytes(good[:-64])
     (tmp_path / "sided.json").write_text(m.with_suffix(".json").read_text())
-    _one_error_line(edge_runner(tmp_path / "sided.onnx", tmp_path / "x.npy"), "does not match its sidecar",
-                    f"truncated: {len(good) - 64} of {len(good)} bytes")
+    _one_error_line(
+        edge_runner(tmp_path / "sided.onnx", tmp_path / "x.npy"),
+        "does not match its sidecar",
+        f"truncated: {len(good) - 64} of {len(good)} bytes",
+    )
     (tmp_path / "junk.onnx").write_bytes(b"\x00" * 100)
     _one_error_line(edge_runner(tmp_path / "junk.onnx", tmp_path / "x.npy"), "not an ONNX model")
     np.save(tmp_path / "short.npy", reference["raw_test"][:, :60])

@@ -44,10 +44,12 @@ def test_without_onnxruntime_an_onnx_model_exits_3(tmp_path):
     """The runtime follows the extension: an .onnx file needs onnxruntime (hidden here), never TensorFlow."""
     np.save(tmp_path / "x.npy", np.zeros((2, 64), np.float32))
     (tmp_path / "m.onnx").write_bytes(b"\x08\x08" + b"\x00" * 64)
-    code = ("import sys, runpy; sys.modules['onnxruntime'] = None\n"
-            f"sys.argv = ['runner.py', {str(tmp_path / 'm.onnx')!r}, {str(tmp_path / 'x.npy')!r}]\n"
-            "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
-            "print('exit', code, 'tensorflow' in sys.modules, 'tff_lab' in sys.modules)" % str(RUNNER))
+    code = (
+        "import sys, runpy; sys.modules['onnxruntime'] = None\n"
+        f"sys.argv = ['runner.py', {str(tmp_path / 'm.onnx')!r}, {str(tmp_path / 'x.npy')!r}]\n"
+        "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('exit', code, 'tensorflow' in sys.modules, 'tff_lab' in sys.modules)" % str(RUNNER)
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "exit 3 False False", (proc.stdout, proc.stderr)
     assert "runner: error: no ONNX runtime: install onnxruntime" in proc.stderr
@@ -57,10 +59,12 @@ def test_without_an_interpreter_the_runner_says_so(tmp_path):
     """In the main env (TensorFlow present, no LiteRT) the runner still never imports TensorFlow."""
     np.save(tmp_path / "x.npy", np.zeros((2, 64), np.float32))
     (tmp_path / "m.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\x00" * 64)
-    code = (f"import sys, runpy; sys.argv = ['runner.py', {str(tmp_path / 'm.tflite')!r}, "
-            f"{str(tmp_path / 'x.npy')!r}]\n"
-            "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
-            "print('exit', code, 'tensorflow' in sys.modules, 'tff_lab' in sys.modules)" % str(RUNNER))
+    code = (
+        f"import sys, runpy; sys.argv = ['runner.py', {str(tmp_path / 'm.tflite')!r}, "
+        f"{str(tmp_path / 'x.npy')!r}]\n"
+        "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('exit', code, 'tensorflow' in sys.modules, 'tff_lab' in sys.modules)" % str(RUNNER)
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     try:
         import ai_edge_litert  # noqa: F401
@@ -130,4 +134,7 @@ def test_write_predictions(runner, tmp_path):
         assert np.array_equal(f["probs"], probs) and list(f["labels"]) == ["no", "yes"]
     runner.write_predictions(str(tmp_path / "p.csv"), probs, ["no", "yes"])
     assert (tmp_path / "p.csv").read_text().splitlines() == [
-        "index,pred,label,p_no,p_yes", "0,1,yes,0.1,0.9", "1,0,no,0.8,0.2"]
+        "index,pred,label,p_no,p_yes",
+        "0,1,yes,0.1,0.9",
+        "1,0,no,0.8,0.2",
+    ]

@@ -2,21 +2,23 @@
 
 import numpy as np
 import pytest
-
 from helpers import assert_user_error, run_cli
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["--set", "algorithm.name=fedfoo"], ["algorithm.name", "fedavg"]),
-    (["--set", "model.name=resnet"], ["model.name", "mlp"]),
-    (["--set", "data.source=mnist"], ["data.source", "digits"]),
-    (["--set", "training.rounds=0"], ["training.rounds"]),
-    (["--set", "training.clients_per_round=50"], ["training.clients_per_round", "20"]),
-    (["--set", "nope.x=1"], ["nope", "valid keys"]),
-    (["--set", "garbage"], ["--set", "key.sub=value"]),
-    (["experiments/does_not_exist.yaml"], ["does_not_exist.yaml", "not found"]),
-    (["--set", "data.source=emnist", "--set", "training.clients_per_round=2"], ["emnist", "network"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--set", "algorithm.name=fedfoo"], ["algorithm.name", "fedavg"]),
+        (["--set", "model.name=resnet"], ["model.name", "mlp"]),
+        (["--set", "data.source=mnist"], ["data.source", "digits"]),
+        (["--set", "training.rounds=0"], ["training.rounds"]),
+        (["--set", "training.clients_per_round=50"], ["training.clients_per_round", "20"]),
+        (["--set", "nope.x=1"], ["nope", "valid keys"]),
+        (["--set", "garbage"], ["--set", "key.sub=value"]),
+        (["experiments/does_not_exist.yaml"], ["does_not_exist.yaml", "not found"]),
+        (["--set", "data.source=emnist", "--set", "training.clients_per_round=2"], ["emnist", "network"]),
+    ],
+)
 def test_bad_config(args, needles, tmp_path):
     proc = run_cli("run", "--out", tmp_path / "r", *args)
     assert_user_error(proc, *needles)
@@ -35,15 +37,34 @@ def _files(root):
 
 @pytest.mark.slow  # it makes an earlier run first
 def test_missing_data_dir(tmp_path):
-    missing = ["--set", "data.source=npz_dir", "--set", f"data.path={tmp_path / 'missing'}",
-               "--set", "training.clients_per_round=2"]
+    missing = [
+        "--set",
+        "data.source=npz_dir",
+        "--set",
+        f"data.path={tmp_path / 'missing'}",
+        "--set",
+        "training.clients_per_round=2",
+    ]
     proc = run_cli("run", "--out", tmp_path / "r", *missing)
     assert_user_error(proc, "missing", "not found")
     assert not (tmp_path / "r").exists()
     # An earlier run in RUN_DIR survives a broken experiment, even with --overwrite (issue 12).
     earlier = tmp_path / "earlier"
-    run_cli("run", "--out", earlier, "--quiet", "--set", "training.rounds=1", "--set", "centralized.enabled=false",
-            "--set", "data.num_clients=4", "--set", "training.clients_per_round=2", check=True)
+    run_cli(
+        "run",
+        "--out",
+        earlier,
+        "--quiet",
+        "--set",
+        "training.rounds=1",
+        "--set",
+        "centralized.enabled=false",
+        "--set",
+        "data.num_clients=4",
+        "--set",
+        "training.clients_per_round=2",
+        check=True,
+    )
     before = _files(earlier)
     assert any(p.name == "summary.json" for p in before) and any(p.parts[0] == "checkpoints" for p in before)
     proc = run_cli("run", "--out", earlier, "--overwrite", *missing)
@@ -60,8 +81,17 @@ def test_client_file_with_nan_features(tmp_path):
         if name == "b":
             x[4, 1] = np.nan
         np.savez(d / f"{name}.npz", x=x, y=np.zeros(6, np.int64))
-    proc = run_cli("run", "--out", tmp_path / "r", "--set", "data.source=npz_dir", "--set", f"data.path={d}",
-                   "--set", "training.clients_per_round=1")
+    proc = run_cli(
+        "run",
+        "--out",
+        tmp_path / "r",
+        "--set",
+        "data.source=npz_dir",
+        "--set",
+        f"data.path={d}",
+        "--set",
+        "training.clients_per_round=1",
+    )
     assert_user_error(proc, "b.npz", "NaN at example 4")
     assert not (tmp_path / "r").exists()
 
@@ -71,8 +101,17 @@ def test_bad_client_file(tmp_path):
     d.mkdir()
     np.savez(d / "a.npz", x=np.zeros((5, 3), np.float32), y=np.zeros(5, np.int64))
     np.savez(d / "b.npz", x=np.zeros((5, 4), np.float32), y=np.zeros(5, np.int64))
-    proc = run_cli("run", "--out", tmp_path / "r", "--set", "data.source=npz_dir", "--set", f"data.path={d}",
-                   "--set", "training.clients_per_round=1")
+    proc = run_cli(
+        "run",
+        "--out",
+        tmp_path / "r",
+        "--set",
+        "data.source=npz_dir",
+        "--set",
+        f"data.path={d}",
+        "--set",
+        "training.clients_per_round=1",
+    )
     assert_user_error(proc, "b.npz", "shape")
 
 

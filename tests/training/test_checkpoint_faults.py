@@ -99,12 +99,16 @@ def _flip_a_byte(path):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", [
-    lambda d: _truncate(d / "ckpt_000004.npz"),
-    lambda d: _flip_a_byte(d / "ckpt_000004.npz"),
-    lambda d: (d / "ckpt_000004.npz").unlink(),
-    lambda d: _truncate(d / "ckpt_000004.json"),
-], ids=["truncated-npz", "flipped-byte", "missing-npz", "truncated-manifest"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: _truncate(d / "ckpt_000004.npz"),
+        lambda d: _flip_a_byte(d / "ckpt_000004.npz"),
+        lambda d: (d / "ckpt_000004.npz").unlink(),
+        lambda d: _truncate(d / "ckpt_000004.json"),
+    ],
+    ids=["truncated-npz", "flipped-byte", "missing-npz", "truncated-manifest"],
+)
 def test_damaged_newest_checkpoint_is_named_and_the_previous_one_used(two, capsys, damage):
     damage(two)
     assert ckpt.latest(two) == 2

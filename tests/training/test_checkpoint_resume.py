@@ -3,13 +3,18 @@
 import json
 
 import pytest
-
 from helpers import assert_user_error, run_cli
 
 pytestmark = pytest.mark.slow
 
-SETS = ["data.num_clients=8", "training.clients_per_round=4", "training.rounds=4", "training.rounds_per_checkpoint=2",
-        "training.eval_every_rounds=4", "centralized.enabled=false"]
+SETS = [
+    "data.num_clients=8",
+    "training.clients_per_round=4",
+    "training.rounds=4",
+    "training.rounds_per_checkpoint=2",
+    "training.eval_every_rounds=4",
+    "centralized.enabled=false",
+]
 
 
 def _run(out, *extra):

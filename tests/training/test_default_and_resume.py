@@ -10,16 +10,20 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import REPO, cli_env
 
 pytestmark = pytest.mark.slow
 
 
 def _start(out, *extra):
-    return subprocess.Popen([sys.executable, "-m", "tff_lab.cli", "run", "--out", str(out), "--quiet", *extra],
-                            cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)  # its own process group: SIGKILL takes TFF's worker too
+    return subprocess.Popen(
+        [sys.executable, "-m", "tff_lab.cli", "run", "--out", str(out), "--quiet", *extra],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # its own process group: SIGKILL takes TFF's worker too
 
 
 def _weights(run_dir):
@@ -87,22 +91,47 @@ def test_sigkill_anywhere_then_resume_ends_where_an_uninterrupted_run_does(refer
     assert sorted({step for step, _ in keys}) == list(range(1, 101))
     assert sorted(keys) == sorted((step, tag) for step, tag, _ in ref_tb)
     timing = ("seconds",)
-    assert sorted(x for x in tb if not any(t in x[1] for t in timing)) == \
-        sorted(x for x in ref_tb if not any(t in x[1] for t in timing))
+    assert sorted(x for x in tb if not any(t in x[1] for t in timing)) == sorted(
+        x for x in ref_tb if not any(t in x[1] for t in timing)
+    )
     s_ref = json.loads((ref_dir / "summary.json").read_text())
     s = json.loads((out / "summary.json").read_text())
-    for key in ("final_test_accuracy", "final_test_loss", "centralized_accuracy", "rounds", "example_passes",
-                "per_client_eval_accuracy"):
+    for key in (
+        "final_test_accuracy",
+        "final_test_loss",
+        "centralized_accuracy",
+        "rounds",
+        "example_passes",
+        "per_client_eval_accuracy",
+    ):
         assert s[key] == s_ref[key], key
 
 
 def test_sigterm_checkpoints_and_exits_retriable(tmp_path):
     out = tmp_path / "term"
-    p = subprocess.Popen([sys.executable, "-m", "tff_lab.cli", "run", "--out", str(out), "--quiet",
-                          "--set", "training.rounds=100000", "--set", "training.rounds_per_checkpoint=100000",
-                          "--set", "centralized.enabled=false"],
-                         cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         start_new_session=True, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tff_lab.cli",
+            "run",
+            "--out",
+            str(out),
+            "--quiet",
+            "--set",
+            "training.rounds=100000",
+            "--set",
+            "training.rounds_per_checkpoint=100000",
+            "--set",
+            "centralized.enabled=false",
+        ],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        text=True,
+    )
     jl = out / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (jl.exists() and len(jl.read_text().splitlines()) >= 3):

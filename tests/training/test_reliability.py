@@ -6,14 +6,19 @@ import json
 import shutil
 
 import pytest
+from helpers import run_cli
 
 from tff_lab.config import load_config
 from tff_lab.training import loop
 
-from helpers import run_cli
-
-BASE = ["training.rounds=3", "training.clients_per_round=3", "data.num_clients=6", "training.eval_every_rounds=3",
-        "training.rounds_per_checkpoint=2", "centralized.enabled=false"]
+BASE = [
+    "training.rounds=3",
+    "training.clients_per_round=3",
+    "data.num_clients=6",
+    "training.eval_every_rounds=3",
+    "training.rounds_per_checkpoint=2",
+    "centralized.enabled=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +35,13 @@ def _snapshot(d):
     return {p.relative_to(d): p.read_bytes() for p in d.rglob("*") if p.is_file()}
 
 
-@pytest.mark.parametrize("sets", [
-    ["data.source=npz_dir", "data.path=/nonexistent/clients", "data.num_clients=20"],  # fails while loading data
-    ["algorithm.client_optimizer.learning_rate=300"],  # diverges in round 1
-])
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["data.source=npz_dir", "data.path=/nonexistent/clients", "data.num_clients=20"],  # fails while loading data
+        ["algorithm.client_optimizer.learning_rate=300"],  # diverges in round 1
+    ],
+)
 def test_overwrite_with_a_broken_experiment_keeps_the_old_run(sets, good_run, tmp_path, capsys):
     from tff_lab.cli import main
 
@@ -60,9 +68,24 @@ def test_overwrite_replaces_the_whole_old_run_including_its_export(good_run, tmp
 
 def test_divergence_stops_with_exit_3_names_the_round_and_keeps_the_last_good_checkpoint(tmp_path):
     run = tmp_path / "r"
-    proc = run_cli("run", "--out", run, "--quiet", *sum((["--set", o] for o in BASE + [
-        "training.rounds=20", "training.rounds_per_checkpoint=1", "algorithm.server_optimizer.learning_rate=30"]),
-        []))
+    proc = run_cli(
+        "run",
+        "--out",
+        run,
+        "--quiet",
+        *sum(
+            (
+                ["--set", o]
+                for o in BASE
+                + [
+                    "training.rounds=20",
+                    "training.rounds_per_checkpoint=1",
+                    "algorithm.server_optimizer.learning_rate=30",
+                ]
+            ),
+            [],
+        ),
+    )
     assert proc.returncode == 3, (proc.returncode, proc.stderr[-2000:])
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("tff-lab: diverged:") and "round" in line and "Traceback" not in proc.stderr

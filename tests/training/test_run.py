@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import TINY, assert_user_error, run_cli
 
 
@@ -19,9 +18,18 @@ def tiny_run(tmp_path_factory):
 
 def test_run_dir_holds_every_artifact(tiny_run):
     out, _ = tiny_run
-    for rel in ["config.yaml", "metrics.csv", "metrics.jsonl", "client_stats.json", "summary.json",
-                "model/model.keras", "model/saved_model/saved_model.pb", "plots/accuracy.png", "plots/loss.png",
-                "plots/heterogeneity.png"]:
+    for rel in [
+        "config.yaml",
+        "metrics.csv",
+        "metrics.jsonl",
+        "client_stats.json",
+        "summary.json",
+        "model/model.keras",
+        "model/saved_model/saved_model.pb",
+        "plots/accuracy.png",
+        "plots/loss.png",
+        "plots/heterogeneity.png",
+    ]:
         assert (out / rel).is_file(), rel
     assert any((out / "tb").iterdir()), "TensorBoard events"
     assert list((out / "checkpoints").glob("ckpt_*.npz"))
@@ -102,16 +110,31 @@ def test_python_api_matches_cli(tiny_run, tmp_path):
 # Each family runs beside a twin that differs only in the knob under test: the knob must reach TFF's
 # process (the final weights differ, and the server optimizer's state is in the checkpoint).
 FAMILIES = {
-    "fedprox": (["algorithm.name=fedprox", "algorithm.proximal_strength=0.5"],
-                ["algorithm.name=fedprox", "algorithm.proximal_strength=0.0"]),
-    "fedsgd": (["algorithm.name=fedsgd", "algorithm.server_optimizer.learning_rate=0.5"],
-               ["algorithm.name=fedavg", "algorithm.server_optimizer.learning_rate=0.5"]),
-    "unweighted-yogi": (["algorithm.weighting=uniform", "algorithm.server_optimizer.name=yogi",
-                         "algorithm.server_optimizer.learning_rate=0.01"],
-                        ["algorithm.weighting=uniform", "algorithm.server_optimizer.learning_rate=0.01"]),
-    "fedavgm-cnn-poisson": (["algorithm.server_optimizer.name=sgdm", "model.name=cnn", "training.sampling=poisson",
-                             "training.sampling_rate=0.5"],
-                            ["model.name=cnn", "training.sampling=poisson", "training.sampling_rate=0.5"]),
+    "fedprox": (
+        ["algorithm.name=fedprox", "algorithm.proximal_strength=0.5"],
+        ["algorithm.name=fedprox", "algorithm.proximal_strength=0.0"],
+    ),
+    "fedsgd": (
+        ["algorithm.name=fedsgd", "algorithm.server_optimizer.learning_rate=0.5"],
+        ["algorithm.name=fedavg", "algorithm.server_optimizer.learning_rate=0.5"],
+    ),
+    "unweighted-yogi": (
+        [
+            "algorithm.weighting=uniform",
+            "algorithm.server_optimizer.name=yogi",
+            "algorithm.server_optimizer.learning_rate=0.01",
+        ],
+        ["algorithm.weighting=uniform", "algorithm.server_optimizer.learning_rate=0.01"],
+    ),
+    "fedavgm-cnn-poisson": (
+        [
+            "algorithm.server_optimizer.name=sgdm",
+            "model.name=cnn",
+            "training.sampling=poisson",
+            "training.sampling_rate=0.5",
+        ],
+        ["model.name=cnn", "training.sampling=poisson", "training.sampling_rate=0.5"],
+    ),
 }
 
 

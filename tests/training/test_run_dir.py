@@ -17,15 +17,20 @@ import textwrap
 import time
 
 import pytest
+from helpers import REPO, assert_user_error, cli_env, run_cli
 
 from tff_lab import run_dir as rd
 from tff_lab.errors import ConfigError
 from tff_lab.training import checkpoint as ckpt
 
-from helpers import REPO, assert_user_error, cli_env, run_cli
-
-BASE = ["training.rounds=2", "training.clients_per_round=3", "data.num_clients=6", "training.eval_every_rounds=2",
-        "training.rounds_per_checkpoint=1", "centralized.enabled=false"]
+BASE = [
+    "training.rounds=2",
+    "training.clients_per_round=3",
+    "data.num_clients=6",
+    "training.eval_every_rounds=2",
+    "training.rounds_per_checkpoint=1",
+    "centralized.enabled=false",
+]
 
 
 def _sets(extra=()):
@@ -49,8 +54,13 @@ _HOLD = textwrap.dedent("""
 
 
 def _hold(path, seconds=60):
-    p = subprocess.Popen([sys.executable, "-c", _HOLD, str(path), str(seconds)], stdout=subprocess.PIPE, text=True,
-                         env=cli_env(), cwd=REPO)
+    p = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(path), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        cwd=REPO,
+    )
     assert p.stdout.readline().strip() == "held"
     return p
 
@@ -98,8 +108,20 @@ def test_two_resumes_of_one_run_dir_at_once_one_is_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------
 def _foreign_trees(n=24, seed=0):
     rng = random.Random(seed)
-    names = ["metrics.csv", "model/weights.h5", "notes.md", "summary.json", "config.yaml", "checkpoints/x.npz",
-             "tb/events.out", "a/b/c.txt", ".hidden", "plots/fig.png", "privacy.json", "export/model.tflite"]
+    names = [
+        "metrics.csv",
+        "model/weights.h5",
+        "notes.md",
+        "summary.json",
+        "config.yaml",
+        "checkpoints/x.npz",
+        "tb/events.out",
+        "a/b/c.txt",
+        ".hidden",
+        "plots/fig.png",
+        "privacy.json",
+        "export/model.tflite",
+    ]
     for i in range(n):
         files = rng.sample(names, rng.randint(1, 4))
         contents = {f: os.urandom(rng.randint(0, 64)) for f in files}
@@ -222,7 +244,7 @@ def test_unwritable_output_locations_are_refused_before_any_work(tmp_path):
 def _manifest_mutations(meta):
     """Every way a hand edit can change a manifest: each field to values of the wrong type, range
     or meaning, fields removed, unknown values."""
-    values = [None, True, -1, 0, 1, 1_000_000, 2 ** 63, 1.5, float("inf"), "4", "", [], {}, ["x"], {"a": 1}]
+    values = [None, True, -1, 0, 1, 1_000_000, 2**63, 1.5, float("inf"), "4", "", [], {}, ["x"], {"a": 1}]
     for key, v in itertools.product(list(meta), values):
         if meta[key] != v:
             m = dict(meta)
@@ -239,8 +261,15 @@ def test_every_hand_edited_manifest_is_refused_and_the_previous_checkpoint_used(
 
     d = tmp_path / "checkpoints"
     state = [np.arange(6, dtype=np.float32).reshape(2, 3), np.float32(1.0)]
-    meta = {"config_hash": "abc", "extension_hash": "def", "counters": {"example_passes": 10, "train_seconds": 0.5},
-            "stop_reason": None, "hooks": {"privacy": {"rounds": 2}}, "parts": {}, "engine": "tff"}
+    meta = {
+        "config_hash": "abc",
+        "extension_hash": "def",
+        "counters": {"example_passes": 10, "train_seconds": 0.5},
+        "stop_reason": None,
+        "hooks": {"privacy": {"rounds": 2}},
+        "parts": {},
+        "engine": "tff",
+    }
     ckpt.save(d, 2, state, meta, keep=5)
     ckpt.save(d, 4, state, meta, keep=5)
     good = json.loads((d / "ckpt_000004.json").read_text())
@@ -272,8 +301,18 @@ def test_edited_run_files_are_refused_on_resume(tmp_path):
     # metrics.jsonl is read back on resume: every row that is not one tff-lab wrote is refused, naming it.
     (d / "config.yaml").write_text(text)
     rows = (d / "metrics.jsonl").read_text().splitlines()
-    for bad in ['5', '"x"', '[]', 'null', '{"round": "1"}', '{"round": 0}', '{"round": true}', '{"no": 1}',
-                '{"round": 2}', '{"round": 1.5}']:
+    for bad in [
+        "5",
+        '"x"',
+        "[]",
+        "null",
+        '{"round": "1"}',
+        '{"round": 0}',
+        '{"round": true}',
+        '{"no": 1}',
+        '{"round": 2}',
+        '{"round": 1.5}',
+    ]:
         (d / "metrics.jsonl").write_text("\n".join([bad, *rows[1:]]) + "\n")
         before = _snapshot(d)
         assert main(["run", "--out", str(d), "--quiet", "--resume", *_sets()]) == 2, bad
@@ -307,8 +346,10 @@ def test_a_finished_run_extends_to_more_rounds_exactly_as_a_longer_run(tmp_path,
     assert json.loads((short / "summary.json").read_text())["rounds"] == 4
     capsys.readouterr()
     # Anything else changed, or fewer rounds than trained, or no --resume: refused, naming it.
-    for extra, needle in ((["training.rounds=3"], "training.rounds"), (["training.rounds=6", "seed=5"],
-                                                                         "different experiment")):
+    for extra, needle in (
+        (["training.rounds=3"], "training.rounds"),
+        (["training.rounds=6", "seed=5"], "different experiment"),
+    ):
         before = _snapshot(short)
         assert main([*args, "--out", str(short), "--resume", *sum((["--set", e] for e in extra), [])]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -103,8 +103,9 @@ class Algorithm:
         of the sampled clients). Padded slots beyond ``len(client_indices)`` are ignored."""
         return client_work, ()
 
-    def merge_state(self, client_work: Any, graph_client_work: Any, client_indices: npt.NDArray[Any],
-                    client_out: Any) -> Any:
+    def merge_state(
+        self, client_work: Any, graph_client_work: Any, client_indices: npt.NDArray[Any], client_out: Any
+    ) -> Any:
         """The new ``client_work`` after a round, from the graph's outputs (numpy)."""
         return graph_client_work
 
@@ -113,15 +114,17 @@ class Algorithm:
         """One client's carry before its first local step (the engine broadcasts it to every client)."""
         raise NotImplementedError
 
-    def client_step(self, carry: Any, client_in: Any, initial: list[Any], grad_fn: GradFn,
-                    n: Any) -> tuple[Any, Any, Any]:
+    def client_step(
+        self, carry: Any, client_in: Any, initial: list[Any], grad_fn: GradFn, n: Any
+    ) -> tuple[Any, Any, Any]:
         """One local step of one client on one batch of ``n`` real examples. ``grad_fn(weights)``
         returns (gradients of the batch loss, predictions, batch loss). Returns (carry,
         predictions, loss). The engine keeps the old carry when ``n`` is 0."""
         raise NotImplementedError
 
-    def client_end(self, carry: Any, client_in: Any, initial: list[Any], num_examples: Any,
-                   num_steps: Any) -> tuple[list[Any], Any]:
+    def client_end(
+        self, carry: Any, client_in: Any, initial: list[Any], num_examples: Any, num_steps: Any
+    ) -> tuple[list[Any], Any]:
         """One client's (model update ``initial - final``, outputs kept by the simulation)."""
         raise NotImplementedError
 
@@ -133,8 +136,15 @@ class Algorithm:
             return tf.where(finite, num_examples, 0.0)
         return tf.ones_like(num_examples)
 
-    def server_step(self, finalizer: Any, client_work: Any, weights: list[Any], aggregate: list[Any], client_out: Any,
-                    client_mask: Any) -> tuple[Any, Any, list[Any], Any]:
+    def server_step(
+        self,
+        finalizer: Any,
+        client_work: Any,
+        weights: list[Any],
+        aggregate: list[Any],
+        client_out: Any,
+        client_mask: Any,
+    ) -> tuple[Any, Any, list[Any], Any]:
         """(new server optimizer state, new graph ``client_work``, new weights, non_finite)."""
         from tff_lab.algorithms.optimizers import server_step
 

@@ -21,10 +21,18 @@ class FedAvg(Algorithm):
 
         from tff_lab.algorithms.optimizers import build_optimizer
 
-        build = (tff.learning.algorithms.build_weighted_fed_avg if self.weighted
-                 else tff.learning.algorithms.build_unweighted_fed_avg)
-        return build(model_fn, build_optimizer(self.cfg.client_optimizer), build_optimizer(self.cfg.server_optimizer),
-                     model_aggregator=aggregator, loop_implementation=loop_implementation)
+        build = (
+            tff.learning.algorithms.build_weighted_fed_avg
+            if self.weighted
+            else tff.learning.algorithms.build_unweighted_fed_avg
+        )
+        return build(
+            model_fn,
+            build_optimizer(self.cfg.client_optimizer),
+            build_optimizer(self.cfg.server_optimizer),
+            model_aggregator=aggregator,
+            loop_implementation=loop_implementation,
+        )
 
     # -- vectorised engine -----------------------------------------------------------------------
     def setup(self, specs: Sequence[Any], population: int) -> None:
@@ -53,15 +61,17 @@ class FedAvg(Algorithm):
         """The gradient the client optimizer takes (FedAvg: the loss gradient itself)."""
         return grads
 
-    def client_step(self, carry: Any, client_in: Any, initial: list[Any], grad_fn: GradFn,
-                    n: Any) -> tuple[Any, Any, Any]:
+    def client_step(
+        self, carry: Any, client_in: Any, initial: list[Any], grad_fn: GradFn, n: Any
+    ) -> tuple[Any, Any, Any]:
         weights, opt_state = carry
         grads, preds, loss = grad_fn(weights)
         grads = self.gradient(list(grads), list(weights), initial, client_in)
         opt_state, weights = self.client_optimizer.next(opt_state, tuple(weights), tuple(grads))
         return (list(weights), opt_state), preds, loss
 
-    def client_end(self, carry: Any, client_in: Any, initial: list[Any], num_examples: Any,
-                   num_steps: Any) -> tuple[list[Any], Any]:
+    def client_end(
+        self, carry: Any, client_in: Any, initial: list[Any], num_examples: Any, num_steps: Any
+    ) -> tuple[list[Any], Any]:
         weights, _ = carry
         return [a - b for a, b in zip(initial, weights)], ()

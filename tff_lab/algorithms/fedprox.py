@@ -21,11 +21,19 @@ class FedProx(FedAvg):
 
         from tff_lab.algorithms.optimizers import build_optimizer
 
-        build = (tff.learning.algorithms.build_weighted_fed_prox if self.weighted
-                 else tff.learning.algorithms.build_unweighted_fed_prox)
-        return build(model_fn, self.cfg.proximal_strength, build_optimizer(self.cfg.client_optimizer),
-                     build_optimizer(self.cfg.server_optimizer), model_aggregator=aggregator,
-                     loop_implementation=loop_implementation)
+        build = (
+            tff.learning.algorithms.build_weighted_fed_prox
+            if self.weighted
+            else tff.learning.algorithms.build_unweighted_fed_prox
+        )
+        return build(
+            model_fn,
+            self.cfg.proximal_strength,
+            build_optimizer(self.cfg.client_optimizer),
+            build_optimizer(self.cfg.server_optimizer),
+            model_aggregator=aggregator,
+            loop_implementation=loop_implementation,
+        )
 
     def initial_client_work(self) -> Any:
         return ()  # proximal_client_work keeps no state

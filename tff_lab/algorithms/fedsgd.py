@@ -22,16 +22,21 @@ class FedSGD(Algorithm):
     @classmethod
     def check_config(cls, cfg: AlgorithmConfig, p: str) -> None:
         if cfg.weighting != "num_examples":
-            raise ConfigError(f"{p}.weighting", "TFF's FedSGD weights clients by examples; set "
-                              "algorithm.weighting: num_examples")
+            raise ConfigError(
+                f"{p}.weighting", "TFF's FedSGD weights clients by examples; set algorithm.weighting: num_examples"
+            )
 
     def learning_process(self, model_fn: Callable[..., Any], *, aggregator: Any, loop_implementation: Any) -> Any:
         import tensorflow_federated as tff
 
         from tff_lab.algorithms.optimizers import build_optimizer
 
-        return tff.learning.algorithms.build_fed_sgd(model_fn, server_optimizer_fn=build_optimizer(
-            self.cfg.server_optimizer), model_aggregator=aggregator, loop_implementation=loop_implementation)
+        return tff.learning.algorithms.build_fed_sgd(
+            model_fn,
+            server_optimizer_fn=build_optimizer(self.cfg.server_optimizer),
+            model_aggregator=aggregator,
+            loop_implementation=loop_implementation,
+        )
 
     # -- vectorised engine: the carry is the example-weighted gradient sum ------------------------
     def client_init(self, initial: list[Any], client_work: Any) -> Any:
@@ -39,13 +44,15 @@ class FedSGD(Algorithm):
 
         return [tf.zeros_like(w) for w in initial]
 
-    def client_step(self, carry: Any, client_in: Any, initial: list[Any], grad_fn: GradFn,
-                    n: Any) -> tuple[Any, Any, Any]:
+    def client_step(
+        self, carry: Any, client_in: Any, initial: list[Any], grad_fn: GradFn, n: Any
+    ) -> tuple[Any, Any, Any]:
         grads, preds, loss = grad_fn(initial)
         return [a + n * g for a, g in zip(carry, grads)], preds, loss
 
-    def client_end(self, carry: Any, client_in: Any, initial: list[Any], num_examples: Any,
-                   num_steps: Any) -> tuple[list[Any], Any]:
+    def client_end(
+        self, carry: Any, client_in: Any, initial: list[Any], num_examples: Any, num_steps: Any
+    ) -> tuple[list[Any], Any]:
         return [a / num_examples for a in carry], ()
 
     def client_weights(self, num_examples: Any, finite: Any) -> Any:

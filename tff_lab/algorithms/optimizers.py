@@ -25,17 +25,24 @@ def build_optimizer(cfg: OptimizerConfig) -> Any:
     if cfg.name == "sgdm":
         return opt.build_sgdm(learning_rate=cfg.learning_rate, momentum=cfg.momentum)
     if cfg.name == "adam":
-        return opt.build_adam(learning_rate=cfg.learning_rate, beta_1=cfg.beta_1, beta_2=cfg.beta_2,
-                              epsilon=cfg.epsilon)
+        return opt.build_adam(
+            learning_rate=cfg.learning_rate, beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon
+        )
     if cfg.name == "adamw":
-        return opt.build_adamw(learning_rate=cfg.learning_rate, beta_1=cfg.beta_1, beta_2=cfg.beta_2,
-                               epsilon=cfg.epsilon, weight_decay=cfg.weight_decay)
+        return opt.build_adamw(
+            learning_rate=cfg.learning_rate,
+            beta_1=cfg.beta_1,
+            beta_2=cfg.beta_2,
+            epsilon=cfg.epsilon,
+            weight_decay=cfg.weight_decay,
+        )
     extra = {}
     if cfg.initial_preconditioner_value is not None:
         extra["initial_preconditioner_value"] = cfg.initial_preconditioner_value
     if cfg.name == "yogi":
-        return opt.build_yogi(learning_rate=cfg.learning_rate, beta_1=cfg.beta_1, beta_2=cfg.beta_2,
-                              epsilon=cfg.epsilon, **extra)
+        return opt.build_yogi(
+            learning_rate=cfg.learning_rate, beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon, **extra
+        )
     if cfg.name == "adagrad":
         return opt.build_adagrad(learning_rate=cfg.learning_rate, epsilon=cfg.epsilon, **extra)
     raise ValueError(f"unknown optimizer '{cfg.name}'")
@@ -50,8 +57,10 @@ def vectorized_client_refusal(cfg: Any) -> str | None:
     """Why the vectorised engine cannot run this experiment's client optimizer (None: it can)."""
     alg = cfg.algorithm
     if alg.name != "fedsgd" and alg.client_optimizer.name not in VECTORIZED_CLIENT:
-        return (f"algorithm.client_optimizer.name: '{alg.client_optimizer.name}' is not run by the vectorised engine "
-                f"(it runs {', '.join(VECTORIZED_CLIENT)} clients with TFF's exact maths)")
+        return (
+            f"algorithm.client_optimizer.name: '{alg.client_optimizer.name}' is not run by the vectorised engine "
+            f"(it runs {', '.join(VECTORIZED_CLIENT)} clients with TFF's exact maths)"
+        )
     return None
 
 
@@ -65,8 +74,9 @@ def check_engine(cfg: Any) -> None:
         raise ConfigError("algorithm.client_optimizer.name", why.split(": ", 1)[1] + "; use training.engine: tff")
 
 
-def server_step(optimizer: Any, state: Any, weights: Sequence[Any],
-                aggregate: Sequence[Any]) -> tuple[Any, list[Any], Any]:
+def server_step(
+    optimizer: Any, state: Any, weights: Sequence[Any], aggregate: Sequence[Any]
+) -> tuple[Any, list[Any], Any]:
     """One server optimizer step with the aggregate as the gradient (TFF's
     ``apply_optimizer_finalizer``). Returns (new optimizer state, new weights, non_finite: int32 1
     when the aggregate held NaN/inf and the step was rejected)."""

@@ -48,8 +48,9 @@ def check_config(cfg: AlgorithmConfig, p: str = "algorithm") -> type[Algorithm]:
     for field, default in _OPTIONAL_FIELDS.items():
         if field not in cls.uses and getattr(cfg, field) != default:
             users = [n for n, c in ALGORITHMS.items() if field in c.uses]
-            raise ConfigError(f"{p}.{field}", f"only used by algorithm {' or '.join(map(repr, users))}, but "
-                              f"algorithm is '{cfg.name}'")
+            raise ConfigError(
+                f"{p}.{field}", f"only used by algorithm {' or '.join(map(repr, users))}, but algorithm is '{cfg.name}'"
+            )
     cls.check_config(cfg, p)
     return cls
 

@@ -32,8 +32,10 @@ from tff_lab.algorithms.fedavg import FedAvg
 class Scaffold(FedAvg):
     name = "scaffold"
     tff_refusal = "scaffold runs on the vectorised engine (TFF has no stateful-client process)"
-    dp_refusal = ("scaffold's control variates leave the clients unclipped and un-noised, so no DP mechanism "
-                  "covers them; use fedavg or fedprox for DP")
+    dp_refusal = (
+        "scaffold's control variates leave the clients unclipped and un-noised, so no DP mechanism "
+        "covers them; use fedavg or fedprox for DP"
+    )
     extra_model_copies = 1  # c_i+ - c_i up, c down
 
     def learning_process(self, model_fn: Callable[..., Any], *, aggregator: Any, loop_implementation: Any) -> Any:
@@ -45,8 +47,10 @@ class Scaffold(FedAvg):
     def initial_client_work(self) -> Any:
         zeros = [np.zeros(s.shape, s.dtype.as_numpy_dtype) for s in self.specs]
         return collections.OrderedDict(
-            control=zeros, clients=np.zeros([0], np.int64),
-            client_controls=[np.zeros((0, *s.shape), s.dtype.as_numpy_dtype) for s in self.specs])
+            control=zeros,
+            clients=np.zeros([0], np.int64),
+            client_controls=[np.zeros((0, *s.shape), s.dtype.as_numpy_dtype) for s in self.specs],
+        )
 
     def split_state(self, client_work: Any, client_indices: npt.NDArray[Any], slots: int) -> tuple[Any, Any]:
         ids, idx = client_work["clients"], np.asarray(client_indices, np.int64)
@@ -56,12 +60,13 @@ class Scaffold(FedAvg):
         c_in = []
         for table in client_work["client_controls"]:
             c = np.zeros((slots, *table.shape[1:]), table.dtype)
-            c[:len(idx)][found] = table[pos[found]]
+            c[: len(idx)][found] = table[pos[found]]
             c_in.append(c)
         return collections.OrderedDict(control=list(client_work["control"])), c_in
 
-    def merge_state(self, client_work: Any, graph_client_work: Any, client_indices: npt.NDArray[Any],
-                    client_out: Any) -> Any:
+    def merge_state(
+        self, client_work: Any, graph_client_work: Any, client_indices: npt.NDArray[Any], client_out: Any
+    ) -> Any:
         new_c, _ = client_out
         ids, idx = client_work["clients"], np.asarray(client_indices, np.int64)
         all_ids = np.union1d(ids, idx).astype(np.int64)
@@ -69,25 +74,28 @@ class Scaffold(FedAvg):
         for table, rows in zip(client_work["client_controls"], new_c):
             out = np.zeros((len(all_ids), *table.shape[1:]), table.dtype)
             out[np.searchsorted(all_ids, ids)] = table
-            out[np.searchsorted(all_ids, idx)] = rows[:len(idx)]
+            out[np.searchsorted(all_ids, idx)] = rows[: len(idx)]
             tables.append(out)
-        return collections.OrderedDict(control=[np.asarray(c) for c in graph_client_work["control"]],
-                                       clients=all_ids, client_controls=tables)
+        return collections.OrderedDict(
+            control=[np.asarray(c) for c in graph_client_work["control"]], clients=all_ids, client_controls=tables
+        )
 
     # -- the round's graph -----------------------------------------------------------------------
     def client_init(self, initial: list[Any], client_work: Any) -> Any:
         return list(initial), self.client_optimizer.initialize(tuple(self.specs)), list(client_work["control"])
 
-    def client_step(self, carry: Any, client_in: Any, initial: list[Any], grad_fn: GradFn,
-                    n: Any) -> tuple[Any, Any, Any]:
+    def client_step(
+        self, carry: Any, client_in: Any, initial: list[Any], grad_fn: GradFn, n: Any
+    ) -> tuple[Any, Any, Any]:
         weights, opt_state, control = carry
         grads, preds, loss = grad_fn(weights)
         corrected = [g - ci + c for g, ci, c in zip(grads, client_in, control)]
         opt_state, weights = self.client_optimizer.next(opt_state, tuple(weights), tuple(corrected))
         return (list(weights), opt_state, control), preds, loss
 
-    def client_end(self, carry: Any, client_in: Any, initial: list[Any], num_examples: Any,
-                   num_steps: Any) -> tuple[list[Any], Any]:
+    def client_end(
+        self, carry: Any, client_in: Any, initial: list[Any], num_examples: Any, num_steps: Any
+    ) -> tuple[list[Any], Any]:
         import tensorflow as tf
 
         weights, _, control = carry
@@ -99,14 +107,24 @@ class Scaffold(FedAvg):
         new_c = [tf.where(keep, n, ci) for n, ci in zip(new_c, client_in)]
         return update, (new_c, [n - ci for n, ci in zip(new_c, client_in)])
 
-    def server_step(self, finalizer: Any, client_work: Any, weights: list[Any], aggregate: list[Any], client_out: Any,
-                    client_mask: Any) -> tuple[Any, Any, list[Any], Any]:
+    def server_step(
+        self,
+        finalizer: Any,
+        client_work: Any,
+        weights: list[Any],
+        aggregate: list[Any],
+        client_out: Any,
+        client_mask: Any,
+    ) -> tuple[Any, Any, list[Any], Any]:
         import tensorflow as tf
 
-        finalizer, _, weights, non_finite = super().server_step(finalizer, client_work, weights, aggregate,
-                                                                client_out, client_mask)
+        finalizer, _, weights, non_finite = super().server_step(
+            finalizer, client_work, weights, aggregate, client_out, client_mask
+        )
         _, deltas = client_out
         mask = [tf.reshape(client_mask, [-1] + [1] * (d.shape.rank - 1)) for d in deltas]
-        control = [c + tf.reduce_sum(d * m, 0) / float(self.population)
-                   for c, d, m in zip(client_work["control"], deltas, mask)]
+        control = [
+            c + tf.reduce_sum(d * m, 0) / float(self.population)
+            for c, d, m in zip(client_work["control"], deltas, mask)
+        ]
         return finalizer, collections.OrderedDict(control=control), weights, non_finite

@@ -32,8 +32,7 @@ def matched_epochs(example_passes: int, num_train_examples: int) -> int:
     return max(1, int(round(example_passes / max(num_train_examples, 1))))
 
 
-def train_centralized(cfg: ExperimentConfig, data: FederatedData, *, epochs: int, initial_weights,
-                      model=None) -> dict:
+def train_centralized(cfg: ExperimentConfig, data: FederatedData, *, epochs: int, initial_weights, model=None) -> dict:
     """Trains the experiment's model (``model``: its ModelSpec; default resolved from ``cfg.model``)
     with the clients' SGD settings and the spec's loss; returns test loss/accuracy."""
     import tensorflow as tf

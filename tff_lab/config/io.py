@@ -62,8 +62,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if not any(value == c and type(value) is type(c) for c in choices):
-            raise ConfigError(path, f"unknown value {value!r}; expected one of: {', '.join(map(str, choices))}"
-                              + _yaml_hint(value))
+            raise ConfigError(
+                path, f"unknown value {value!r}; expected one of: {', '.join(map(str, choices))}" + _yaml_hint(value)
+            )
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -121,8 +122,11 @@ def _plain(value: Any, path: str) -> Any:
         return [_plain(v, f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
         return {k: _plain(v, f"{path}.{k}") for k, v in value.items()}
-    raise ConfigError(path, f"expected plain data (number, string, boolean, list or mapping), got "
-                      f"{type(value).__name__} {value!r}; quote it")
+    raise ConfigError(
+        path,
+        f"expected plain data (number, string, boolean, list or mapping), got "
+        f"{type(value).__name__} {value!r}; quote it",
+    )
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
@@ -228,15 +232,17 @@ class _LimitedLoader(yaml.SafeLoader):
             self._aliases += 1
             if self._aliases > MAX_YAML_ALIASES:
                 m = self.peek_event().start_mark
-                raise YamlLimitError(f"more than {MAX_YAML_ALIASES} aliases (*name) (line {m.line + 1}); "
-                                     "expand them in the file")
+                raise YamlLimitError(
+                    f"more than {MAX_YAML_ALIASES} aliases (*name) (line {m.line + 1}); expand them in the file"
+                )
             return super().compose_node(parent, index)
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
                 m = self.peek_event().start_mark
-                raise YamlLimitError(f"nested deeper than {MAX_YAML_DEPTH} levels (line {m.line + 1}, "
-                                     f"column {m.column + 1})")
+                raise YamlLimitError(
+                    f"nested deeper than {MAX_YAML_DEPTH} levels (line {m.line + 1}, column {m.column + 1})"
+                )
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -245,8 +251,9 @@ class _LimitedLoader(yaml.SafeLoader):
         value = super().construct_yaml_int(node)
         if abs(value).bit_length() > MAX_YAML_INT_BITS:  # e.g. 0xfff... of 5000 digits: printing it fails
             m = node.start_mark
-            raise YamlLimitError(f"an integer of more than {MAX_YAML_INT_BITS} bits (line {m.line + 1}); no field "
-                                 "takes one")
+            raise YamlLimitError(
+                f"an integer of more than {MAX_YAML_INT_BITS} bits (line {m.line + 1}); no field takes one"
+            )
         return value
 
     def construct_mapping(self, node, deep=False):
@@ -282,20 +289,22 @@ def _check_node_graph(root) -> None:
         if isinstance(node, yaml.ScalarNode):
             size[nid], depth[nid] = 1, 0
             continue
-        children = ([c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode)
-                    else list(node.value))
+        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else list(node.value)
         if done:
             on_path.discard(nid)
             size[nid] = 1 + sum(size[id(c)] for c in children)
             depth[nid] = 1 + max((depth[id(c)] for c in children), default=0)
             if size[nid] > MAX_YAML_NODES:
                 m = node.start_mark
-                raise YamlLimitError(f"expands to more than {MAX_YAML_NODES:,} values (aliases expanded; line "
-                                     f"{m.line + 1}); an experiment is far smaller")
+                raise YamlLimitError(
+                    f"expands to more than {MAX_YAML_NODES:,} values (aliases expanded; line "
+                    f"{m.line + 1}); an experiment is far smaller"
+                )
             if depth[nid] > MAX_YAML_DEPTH:
                 m = node.start_mark
-                raise YamlLimitError(f"nested deeper than {MAX_YAML_DEPTH} levels with aliases expanded (line "
-                                     f"{m.line + 1})")
+                raise YamlLimitError(
+                    f"nested deeper than {MAX_YAML_DEPTH} levels with aliases expanded (line {m.line + 1})"
+                )
             continue
         if nid in size:
             continue

@@ -89,8 +89,11 @@ def _check_fields(obj, p: str) -> None:
             elif isinstance(item, int) and not isinstance(item, bool):
                 _require(-(2**63) <= item < 2**63, where, f"expected an integer that fits in 64 bits, got {item}")
             elif isinstance(item, str):
-                _require(item != "" and item.strip() == item, where,
-                         f"expected a non-empty value without surrounding spaces, got {item!r}")
+                _require(
+                    item != "" and item.strip() == item,
+                    where,
+                    f"expected a non-empty value without surrounding spaces, got {item!r}",
+                )
                 _require("\x00" not in item, where, "expected no NUL character")
 
 
@@ -102,8 +105,14 @@ def _type_text(tp) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is tuple:
         return f"a tuple of {_type_text(typing.get_args(tp)[0])}"
-    return {type(None): "None", int: "an integer", float: "a number", bool: "a bool", str: "a string",
-            dict: "a dict"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {
+        type(None): "None",
+        int: "an integer",
+        float: "a number",
+        bool: "a bool",
+        str: "a string",
+        dict: "a dict",
+    }.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _unused(obj, names, path: str, reason: str) -> None:
@@ -122,8 +131,11 @@ def _is_import_path(value: str) -> bool:
         _, kind, label = (value.split(":", 2) + ["", ""])[:3]
         return kind.isidentifier() and bool(label) and label.isprintable() and " " not in label
     mod, sep, attr = value.partition(":")
-    return bool(sep) and all(part.isidentifier() for part in mod.split(".")) and all(
-        part.isidentifier() for part in attr.split("."))
+    return (
+        bool(sep)
+        and all(part.isidentifier() for part in mod.split("."))
+        and all(part.isidentifier() for part in attr.split("."))
+    )
 
 
 @dataclass(frozen=True)
@@ -159,24 +171,52 @@ class DataConfig:
         _int_in(self.synthetic_max_examples, 10, INT_MAX, f"{p}.synthetic_max_examples")
         if self.max_clients is not None:
             _int_in(self.max_clients, 1, INT_MAX, f"{p}.max_clients")
-        _require(0.0 < self.test_fraction < 1.0, f"{p}.test_fraction", f"expected a fraction in (0, 1), got {self.test_fraction}")
-        _require(0.0 <= self.client_eval_fraction < 1.0, f"{p}.client_eval_fraction",
-                 f"expected a fraction in [0, 1), got {self.client_eval_fraction}")
+        _require(
+            0.0 < self.test_fraction < 1.0,
+            f"{p}.test_fraction",
+            f"expected a fraction in (0, 1), got {self.test_fraction}",
+        )
+        _require(
+            0.0 <= self.client_eval_fraction < 1.0,
+            f"{p}.client_eval_fraction",
+            f"expected a fraction in [0, 1), got {self.client_eval_fraction}",
+        )
         if self.source in ("npz_dir", "csv_dir"):
             _require(bool(self.path), f"{p}.path", f"source '{self.source}' needs a directory of per-client files")
         for name in ("synthetic_alpha", "synthetic_beta"):
-            _require(0 <= getattr(self, name) <= 1e6, f"{p}.{name}",
-                     f"expected a variance >= 0 and <= 1e6, got {getattr(self, name)}")
+            _require(
+                0 <= getattr(self, name) <= 1e6,
+                f"{p}.{name}",
+                f"expected a variance >= 0 and <= 1e6, got {getattr(self, name)}",
+            )
         if self.source != "synthetic":
-            _unused(self, ("synthetic_alpha", "synthetic_beta", "synthetic_dim", "synthetic_classes", "synthetic_iid",
-                           "synthetic_max_examples"), p, f"unless {p}.source is 'synthetic' (it is '{self.source}')")
+            _unused(
+                self,
+                (
+                    "synthetic_alpha",
+                    "synthetic_beta",
+                    "synthetic_dim",
+                    "synthetic_classes",
+                    "synthetic_iid",
+                    "synthetic_max_examples",
+                ),
+                p,
+                f"unless {p}.source is 'synthetic' (it is '{self.source}')",
+            )
         if self.source in ("digits", "breast_cancer", "synthetic"):
-            _require(self.path is None, f"{p}.path", f"has no effect with source '{self.source}' (only npz_dir, "
-                     "csv_dir and user loaders read it); remove it")
+            _require(
+                self.path is None,
+                f"{p}.path",
+                f"has no effect with source '{self.source}' (only npz_dir, "
+                "csv_dir and user loaders read it); remove it",
+            )
         if self.source in ("digits", "breast_cancer", "synthetic", "npz_dir", "csv_dir"):
-            _require(self.max_clients is None, f"{p}.max_clients",
-                     f"has no effect with source '{self.source}' (it caps the populations of TFF datasets and user "
-                     "loaders); remove it")
+            _require(
+                self.max_clients is None,
+                f"{p}.max_clients",
+                f"has no effect with source '{self.source}' (it caps the populations of TFF datasets and user "
+                "loaders); remove it",
+            )
 
 
 @dataclass(frozen=True)
@@ -198,20 +238,35 @@ class PartitionConfig:
         _check_fields(self, p)
         # numpy's Dirichlet sampler stalls below ~1e-4 (minutes per draw at 1e-10); 1e-3 is already
         # one class per client, and 1e6 is IID.
-        _require(1e-3 <= self.alpha <= 1e6, f"{p}.alpha",
-                 f"expected a Dirichlet concentration > 0, between 0.001 and 1e6, got {self.alpha}")
+        _require(
+            1e-3 <= self.alpha <= 1e6,
+            f"{p}.alpha",
+            f"expected a Dirichlet concentration > 0, between 0.001 and 1e6, got {self.alpha}",
+        )
         _int_in(self.classes_per_client, 1, INT_MAX, f"{p}.classes_per_client")
         # lognormal(0, sigma) weights overflow float64 near sigma = 30; 10 already puts nearly all
         # examples on one client.
-        _require(0 <= self.quantity_sigma <= 10, f"{p}.quantity_sigma",
-                 f"expected a log-normal sigma between 0 and 10, got {self.quantity_sigma}")
+        _require(
+            0 <= self.quantity_sigma <= 10,
+            f"{p}.quantity_sigma",
+            f"expected a log-normal sigma between 0 and 10, got {self.quantity_sigma}",
+        )
         _int_in(self.min_examples_per_client, 1, INT_MAX, f"{p}.min_examples_per_client")
         # Which scheme reads which field ("auto" is Dirichlet for pooled sources, see ExperimentConfig).
-        used = {"auto": ("alpha", "min_examples_per_client"), "dirichlet": ("alpha", "min_examples_per_client"),
-                "shards": ("classes_per_client",), "quantity_skew": ("quantity_sigma", "min_examples_per_client"),
-                "iid": (), "natural": ()}[self.scheme]
-        _unused(self, [n for n in ("alpha", "classes_per_client", "quantity_sigma", "min_examples_per_client")
-                       if n not in used], p, f"with {p}.scheme '{self.scheme}'")
+        used = {
+            "auto": ("alpha", "min_examples_per_client"),
+            "dirichlet": ("alpha", "min_examples_per_client"),
+            "shards": ("classes_per_client",),
+            "quantity_skew": ("quantity_sigma", "min_examples_per_client"),
+            "iid": (),
+            "natural": (),
+        }[self.scheme]
+        _unused(
+            self,
+            [n for n in ("alpha", "classes_per_client", "quantity_sigma", "min_examples_per_client") if n not in used],
+            p,
+            f"with {p}.scheme '{self.scheme}'",
+        )
 
 
 @dataclass(frozen=True)
@@ -233,8 +288,11 @@ class ModelConfig:
         _check_fields(self, p)
         _require(bool(self.name), f"{p}.name", "expected a non-empty model name")
         if self.builder is not None:
-            _require(_is_import_path(self.builder), f"{p}.builder",
-                     f"expected an import path 'module:attribute', got {self.builder!r}")
+            _require(
+                _is_import_path(self.builder),
+                f"{p}.builder",
+                f"expected an import path 'module:attribute', got {self.builder!r}",
+            )
         for name, hi in (("hidden_units", MAX_HIDDEN_UNITS), ("cnn_filters", MAX_CNN_FILTERS)):
             for i, u in enumerate(getattr(self, name)):
                 _int_in(u, 1, hi, f"{p}.{name}[{i}]")
@@ -261,17 +319,31 @@ class OptimizerConfig:
         _require(0.0 <= self.beta_1 < 1.0 and 0.0 <= self.beta_2 < 1.0, f"{p}.beta_1", "betas must be in [0, 1)")
         _require(self.epsilon > 0, f"{p}.epsilon", "expected a value > 0")
         if self.initial_preconditioner_value is not None:
-            _require(self.initial_preconditioner_value >= 0, f"{p}.initial_preconditioner_value",
-                     "expected a value >= 0")
-        _require(0.0 <= self.weight_decay < 1.0, f"{p}.weight_decay",
-                 f"expected a decay in [0, 1), got {self.weight_decay}")
+            _require(
+                self.initial_preconditioner_value >= 0, f"{p}.initial_preconditioner_value", "expected a value >= 0"
+            )
+        _require(
+            0.0 <= self.weight_decay < 1.0, f"{p}.weight_decay", f"expected a decay in [0, 1), got {self.weight_decay}"
+        )
         # What each tff.learning.optimizers.build_* takes (tff_lab.algorithms.optimizers).
-        used = {"sgd": (), "sgdm": ("momentum",), "adam": ("beta_1", "beta_2", "epsilon"),
-                "yogi": ("beta_1", "beta_2", "epsilon", "initial_preconditioner_value"),
-                "adagrad": ("epsilon", "initial_preconditioner_value"),
-                "adamw": ("beta_1", "beta_2", "epsilon", "weight_decay")}[self.name]
-        _unused(self, [n for n in ("momentum", "beta_1", "beta_2", "epsilon", "initial_preconditioner_value",
-                                   "weight_decay") if n not in used], p, f"with optimizer '{self.name}'")
+        used = {
+            "sgd": (),
+            "sgdm": ("momentum",),
+            "adam": ("beta_1", "beta_2", "epsilon"),
+            "yogi": ("beta_1", "beta_2", "epsilon", "initial_preconditioner_value"),
+            "adagrad": ("epsilon", "initial_preconditioner_value"),
+            "adamw": ("beta_1", "beta_2", "epsilon", "weight_decay"),
+        }[self.name]
+        _unused(
+            self,
+            [
+                n
+                for n in ("momentum", "beta_1", "beta_2", "epsilon", "initial_preconditioner_value", "weight_decay")
+                if n not in used
+            ],
+            p,
+            f"with optimizer '{self.name}'",
+        )
 
 
 @dataclass(frozen=True)
@@ -291,12 +363,18 @@ class AlgorithmConfig:
     def validate(self, p: str) -> None:
         _check_fields(self, p)
         if self.builder is not None:
-            _require(_is_import_path(self.builder), f"{p}.builder",
-                     f"expected an import path 'module:attribute', got {self.builder!r}")
+            _require(
+                _is_import_path(self.builder),
+                f"{p}.builder",
+                f"expected an import path 'module:attribute', got {self.builder!r}",
+            )
         if self.name == "fedsgd":  # FedSGD's clients compute one gradient: no client optimizer runs
-            _require(self.client_optimizer == OptimizerConfig(name="sgd", learning_rate=0.1),
-                     f"{p}.client_optimizer", "has no effect with algorithm 'fedsgd' (clients send one gradient; "
-                     "the server optimizer applies it); remove it")
+            _require(
+                self.client_optimizer == OptimizerConfig(name="sgd", learning_rate=0.1),
+                f"{p}.client_optimizer",
+                "has no effect with algorithm 'fedsgd' (clients send one gradient; "
+                "the server optimizer applies it); remove it",
+            )
         _require(self.proximal_strength >= 0, f"{p}.proximal_strength", "expected mu >= 0")
         from tff_lab.algorithms.registry import check_config  # the one list of names (imports no TF)
 
@@ -333,26 +411,43 @@ class TrainingConfig:
 
     def validate(self, p: str) -> None:
         _check_fields(self, p)
-        for name in ("rounds", "clients_per_round", "local_epochs", "batch_size", "eval_every_rounds",
-                     "rounds_per_checkpoint"):
+        for name in (
+            "rounds",
+            "clients_per_round",
+            "local_epochs",
+            "batch_size",
+            "eval_every_rounds",
+            "rounds_per_checkpoint",
+        ):
             _int_in(getattr(self, name), 1, INT_MAX, f"{p}.{name}")
         _int_in(self.client_concurrency, 0, INT_MAX, f"{p}.client_concurrency")
         _int_in(self.workers, 0, 1024, f"{p}.workers")  # local worker_binary processes on one machine
-        _require(not (self.workers and self.worker_addresses), f"{p}.worker_addresses",
-                 "give training.workers (start local workers) or training.worker_addresses (use running ones), "
-                 "not both")
+        _require(
+            not (self.workers and self.worker_addresses),
+            f"{p}.worker_addresses",
+            "give training.workers (start local workers) or training.worker_addresses (use running ones), not both",
+        )
         for i, addr in enumerate(self.worker_addresses):
             host, sep, port = addr.rpartition(":")
-            _require(bool(sep) and bool(host) and port.isdigit() and 0 < int(port) < 65536,
-                     f"{p}.worker_addresses[{i}]", f"expected host:port, got {addr!r}")
+            _require(
+                bool(sep) and bool(host) and port.isdigit() and 0 < int(port) < 65536,
+                f"{p}.worker_addresses[{i}]",
+                f"expected host:port, got {addr!r}",
+            )
         _int_in(self.worker_retries, 0, INT_MAX, f"{p}.worker_retries")
-        _require(math.isfinite(self.divergence_factor) and self.divergence_factor > 1, f"{p}.divergence_factor",
-                 f"expected a finite value > 1, got {self.divergence_factor}")
+        _require(
+            math.isfinite(self.divergence_factor) and self.divergence_factor > 1,
+            f"{p}.divergence_factor",
+            f"expected a finite value > 1, got {self.divergence_factor}",
+        )
         if self.sampling == "poisson":
             _require(self.sampling_rate is not None, f"{p}.sampling_rate", "poisson sampling needs a rate in (0, 1]")
         if self.sampling_rate is not None:
-            _require(0.0 < self.sampling_rate <= 1.0, f"{p}.sampling_rate",
-                     f"expected a probability in (0, 1], got {self.sampling_rate}")
+            _require(
+                0.0 < self.sampling_rate <= 1.0,
+                f"{p}.sampling_rate",
+                f"expected a probability in (0, 1], got {self.sampling_rate}",
+            )
             _require(self.sampling == "poisson", f"{p}.sampling_rate", "only used with sampling 'poisson'")
 
 
@@ -367,8 +462,11 @@ class AuditConfig:
         _check_fields(self, p)
         _int_in(self.canaries, 0, INT_MAX, f"{p}.canaries")
         _int_in(self.unseen, 0, INT_MAX, f"{p}.unseen")
-        _require((self.canaries == 0) == (self.unseen == 0), f"{p}.unseen",
-                 "an audit needs both inserted canaries and unseen canaries (give both or neither)")
+        _require(
+            (self.canaries == 0) == (self.unseen == 0),
+            f"{p}.unseen",
+            "an audit needs both inserted canaries and unseen canaries (give both or neither)",
+        )
 
 
 @dataclass(frozen=True)
@@ -406,18 +504,29 @@ class PrivacyConfig:
         _check_fields(self, p)
         self.audit.validate(f"{p}.audit")
         if self.noise_multiplier is not None:
-            _require(math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0, f"{p}.noise_multiplier",
-                     f"expected a finite value > 0, got {self.noise_multiplier} (0 adds no noise: epsilon is "
-                     "infinite; for clipping without noise use aggregation.kind: robust)")
-        _require(math.isfinite(self.clip) and self.clip > 0, f"{p}.clip",
-                 f"expected a clip norm > 0, got {self.clip}")
-        _require(0.0 < self.target_quantile < 1.0, f"{p}.target_quantile",
-                 f"expected a quantile in (0, 1), got {self.target_quantile}")
-        _require(math.isfinite(self.clip_learning_rate) and self.clip_learning_rate > 0, f"{p}.clip_learning_rate",
-                 f"expected a value > 0, got {self.clip_learning_rate}")
+            _require(
+                math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0,
+                f"{p}.noise_multiplier",
+                f"expected a finite value > 0, got {self.noise_multiplier} (0 adds no noise: epsilon is "
+                "infinite; for clipping without noise use aggregation.kind: robust)",
+            )
+        _require(math.isfinite(self.clip) and self.clip > 0, f"{p}.clip", f"expected a clip norm > 0, got {self.clip}")
+        _require(
+            0.0 < self.target_quantile < 1.0,
+            f"{p}.target_quantile",
+            f"expected a quantile in (0, 1), got {self.target_quantile}",
+        )
+        _require(
+            math.isfinite(self.clip_learning_rate) and self.clip_learning_rate > 0,
+            f"{p}.clip_learning_rate",
+            f"expected a value > 0, got {self.clip_learning_rate}",
+        )
         if self.clipped_count_stddev is not None:
-            _require(math.isfinite(self.clipped_count_stddev) and self.clipped_count_stddev > 0,
-                     f"{p}.clipped_count_stddev", f"expected a value > 0, got {self.clipped_count_stddev}")
+            _require(
+                math.isfinite(self.clipped_count_stddev) and self.clipped_count_stddev > 0,
+                f"{p}.clipped_count_stddev",
+                f"expected a value > 0, got {self.clipped_count_stddev}",
+            )
         if self.delta is not None:
             _require(0.0 < self.delta < 1.0, f"{p}.delta", f"expected delta in (0, 1), got {self.delta}")
         for name in ("target_epsilon", "max_epsilon"):
@@ -425,26 +534,45 @@ class PrivacyConfig:
             if v is not None:
                 _require(math.isfinite(v) and v > 0, f"{p}.{name}", f"expected a finite epsilon > 0, got {v}")
         if self.target_epsilon is not None and self.max_epsilon is not None:
-            _require(self.max_epsilon >= self.target_epsilon, f"{p}.max_epsilon",
-                     f"max_epsilon ({self.max_epsilon}) is below target_epsilon ({self.target_epsilon})")
+            _require(
+                self.max_epsilon >= self.target_epsilon,
+                f"{p}.max_epsilon",
+                f"max_epsilon ({self.max_epsilon}) is below target_epsilon ({self.target_epsilon})",
+            )
         if self.enabled:
-            _require(self.noise_multiplier is not None or self.target_epsilon is not None, f"{p}.noise_multiplier",
-                     f"mechanism '{self.mechanism}' needs noise_multiplier or target_epsilon")
-            _require(not (self.noise_multiplier is not None and self.target_epsilon is not None),
-                     f"{p}.target_epsilon", "give noise_multiplier or target_epsilon, not both")
+            _require(
+                self.noise_multiplier is not None or self.target_epsilon is not None,
+                f"{p}.noise_multiplier",
+                f"mechanism '{self.mechanism}' needs noise_multiplier or target_epsilon",
+            )
+            _require(
+                not (self.noise_multiplier is not None and self.target_epsilon is not None),
+                f"{p}.target_epsilon",
+                "give noise_multiplier or target_epsilon, not both",
+            )
             if self.mechanism == "ddp_secure":
-                _require(self.accountant == "rdp", f"{p}.accountant",
-                         "ddp_secure is accounted with the Skellam RDP bound only (dp_accounting has no PLD for it); "
-                         "use rdp")
+                _require(
+                    self.accountant == "rdp",
+                    f"{p}.accountant",
+                    "ddp_secure is accounted with the Skellam RDP bound only (dp_accounting has no PLD for it); "
+                    "use rdp",
+                )
         else:
             for name in ("noise_multiplier", "target_epsilon", "max_epsilon", "delta", "clipped_count_stddev"):
                 _require(getattr(self, name) is None, f"{p}.{name}", "set privacy.mechanism to use it")
             _unused(self, ("clip", "accountant", "reproducible_noise"), p, "without a privacy.mechanism")
         if self.mechanism != "gaussian_adaptive":
-            _unused(self, ("target_quantile", "clip_learning_rate"), p,
-                    f"unless {p}.mechanism is 'gaussian_adaptive' (it is '{self.mechanism}')")
-            _require(self.clipped_count_stddev is None, f"{p}.clipped_count_stddev",
-                     f"has no effect unless {p}.mechanism is 'gaussian_adaptive' (it is '{self.mechanism}'); remove it")
+            _unused(
+                self,
+                ("target_quantile", "clip_learning_rate"),
+                p,
+                f"unless {p}.mechanism is 'gaussian_adaptive' (it is '{self.mechanism}')",
+            )
+            _require(
+                self.clipped_count_stddev is None,
+                f"{p}.clipped_count_stddev",
+                f"has no effect unless {p}.mechanism is 'gaussian_adaptive' (it is '{self.mechanism}'); remove it",
+            )
 
 
 @dataclass(frozen=True)
@@ -461,10 +589,16 @@ class SecAggConfig:
         _check_fields(self, p)
         if isinstance(self.neighbors, int):
             _int_in(self.neighbors, 2, INT_MAX, f"{p}.neighbors")
-        _require(0.0 < self.threshold_fraction < 1.0, f"{p}.threshold_fraction",
-                 f"expected a fraction in (0, 1), got {self.threshold_fraction}")
-        _require(0.0 <= self.dropout_rate < 1.0, f"{p}.dropout_rate",
-                 f"expected a probability in [0, 1), got {self.dropout_rate}")
+        _require(
+            0.0 < self.threshold_fraction < 1.0,
+            f"{p}.threshold_fraction",
+            f"expected a fraction in (0, 1), got {self.threshold_fraction}",
+        )
+        _require(
+            0.0 <= self.dropout_rate < 1.0,
+            f"{p}.dropout_rate",
+            f"expected a probability in [0, 1), got {self.dropout_rate}",
+        )
         _int_in(self.bits, 1, 32, f"{p}.bits")
 
 
@@ -494,18 +628,29 @@ class AggregationConfig:
         _check_fields(self, p)
         self.secagg.validate(f"{p}.secagg")
         if self.kind != "secagg" and self.secagg != SecAggConfig():
-            raise ConfigError(f"{p}.secagg", f"has no effect unless {p}.kind is 'secagg' (it is '{self.kind}'); "
-                              "remove it")
+            raise ConfigError(
+                f"{p}.secagg", f"has no effect unless {p}.kind is 'secagg' (it is '{self.kind}'); remove it"
+            )
         if self.builder is not None:
-            _require(_is_import_path(self.builder), f"{p}.builder",
-                     f"expected an import path 'module:attribute', got {self.builder!r}")
+            _require(
+                _is_import_path(self.builder),
+                f"{p}.builder",
+                f"expected an import path 'module:attribute', got {self.builder!r}",
+            )
         _require(1 <= self.ddp_bits <= 22, f"{p}.ddp_bits", f"expected an integer in [1, 22], got {self.ddp_bits}")
-        _require(1 <= self.quantization_bits <= 16, f"{p}.quantization_bits",
-                 f"expected an integer in [1, 16], got {self.quantization_bits}")
+        _require(
+            1 <= self.quantization_bits <= 16,
+            f"{p}.quantization_bits",
+            f"expected an integer in [1, 16], got {self.quantization_bits}",
+        )
         _int_in(self.quantization_threshold, 0, INT_MAX, f"{p}.quantization_threshold")
         if self.kind != "compression":
-            _unused(self, ("quantization_bits", "quantization_threshold", "rotation", "stochastic_rounding"), p,
-                    f"unless {p}.kind is 'compression' (it is '{self.kind}')")
+            _unused(
+                self,
+                ("quantization_bits", "quantization_threshold", "rotation", "stochastic_rounding"),
+                p,
+                f"unless {p}.kind is 'compression' (it is '{self.kind}')",
+            )
 
 
 @dataclass(frozen=True)
@@ -517,13 +662,19 @@ class CentralizedConfig:
 
     def validate(self, p: str) -> None:
         _check_fields(self, p)
-        _require(self.dp_noise_multiplier > 0, f"{p}.dp_noise_multiplier",
-                 f"expected a value > 0, got {self.dp_noise_multiplier}")
+        _require(
+            self.dp_noise_multiplier > 0,
+            f"{p}.dp_noise_multiplier",
+            f"expected a value > 0, got {self.dp_noise_multiplier}",
+        )
         _require(self.dp_l2_norm_clip > 0, f"{p}.dp_l2_norm_clip", f"expected a value > 0, got {self.dp_l2_norm_clip}")
         # The DP-SGD baseline is part of the centralized comparison: without it nothing trains it.
-        _require(self.enabled or not self.dp_sgd, f"{p}.dp_sgd",
-                 f"has no effect with {p}.enabled: false (the DP-SGD baseline is part of the centralized "
-                 f"comparison); set {p}.enabled: true or remove it")
+        _require(
+            self.enabled or not self.dp_sgd,
+            f"{p}.dp_sgd",
+            f"has no effect with {p}.enabled: false (the DP-SGD baseline is part of the centralized "
+            f"comparison); set {p}.enabled: true or remove it",
+        )
         if not self.dp_sgd:
             _unused(self, ("dp_noise_multiplier", "dp_l2_norm_clip"), p, f"without {p}.dp_sgd: true")
 
@@ -574,33 +725,53 @@ class ExperimentConfig:
             if hasattr(sub, "validate"):
                 sub.validate(f.name)
         t = self.training
-        if self.partition.scheme in ("auto", "natural") and self.data.source in ("synthetic", "npz_dir", "csv_dir",
-                                                                                 "emnist", "shakespeare"):
+        if self.partition.scheme in ("auto", "natural") and self.data.source in (
+            "synthetic",
+            "npz_dir",
+            "csv_dir",
+            "emnist",
+            "shakespeare",
+        ):
             # The natural split: the population is the source's own, and no partitioner runs.
             why = f"with source '{self.data.source}' split naturally (partition.scheme '{self.partition.scheme}')"
             _unused(self.partition, ("alpha", "min_examples_per_client"), "partition", why)
             if self.data.source != "synthetic":
                 _unused(self.data, ("num_clients",), "data", why)
         if self.partition.scheme == "natural":
-            _require(self.data.source not in ("digits", "breast_cancer"), "partition.scheme",
-                     f"source '{self.data.source}' has no natural split; use auto, iid, dirichlet, shards or "
-                     "quantity_skew")
+            _require(
+                self.data.source not in ("digits", "breast_cancer"),
+                "partition.scheme",
+                f"source '{self.data.source}' has no natural split; use auto, iid, dirichlet, shards or quantity_skew",
+            )
         if t.sampling == "uniform" and self.data.source in ("digits", "breast_cancer", "synthetic"):
             # Natural sources know their population only after loading; checked again there.
-            _require(t.clients_per_round <= self.data.num_clients, "training.clients_per_round",
-                     f"expected at most data.num_clients ({self.data.num_clients}), got {t.clients_per_round}")
+            _require(
+                t.clients_per_round <= self.data.num_clients,
+                "training.clients_per_round",
+                f"expected at most data.num_clients ({self.data.num_clients}), got {t.clients_per_round}",
+            )
         self._validate_privacy()
         a, mech = self.aggregation, self.privacy.mechanism
-        _require(a.kind != "secagg" or t.engine == "vectorized", "aggregation.kind",
-                 "secagg runs on the vectorised engine (training.engine: vectorized)")
+        _require(
+            a.kind != "secagg" or t.engine == "vectorized",
+            "aggregation.kind",
+            "secagg runs on the vectorised engine (training.engine: vectorized)",
+        )
         if mech != "ddp_secure":
-            _unused(a, ("ddp_bits", "ddp_rotation"), "aggregation", f"unless privacy.mechanism is 'ddp_secure' "
-                    f"(it is '{mech}')")
+            _unused(
+                a,
+                ("ddp_bits", "ddp_rotation"),
+                "aggregation",
+                f"unless privacy.mechanism is 'ddp_secure' (it is '{mech}')",
+            )
         if a.kind == "mean" and a.builder is None:
             # Plain mean and the Gaussian DP aggregators do not zero or clip through these fields;
             # ddp_secure zeroes but clips by itself (tff_lab.federated.aggregators).
-            why = ("with privacy.mechanism 'ddp_secure' (it clips by itself)" if mech == "ddp_secure" else
-                   "with aggregation.kind 'mean' (only secure, robust, compression and ddp_secure read it)")
+            why = (
+                "with privacy.mechanism 'ddp_secure' (it clips by itself)"
+                if mech == "ddp_secure"
+                else "with aggregation.kind 'mean' (only secure, robust, compression and ddp_secure read it)"
+            )
             _unused(a, ("clipping",) if mech == "ddp_secure" else ("zeroing", "clipping"), "aggregation", why)
 
     def _validate_privacy(self) -> None:
@@ -612,20 +783,35 @@ class ExperimentConfig:
 
         refusal = algorithm_class(self.algorithm.name).dp_refusal
         _require(refusal is None, "algorithm.name", refusal or "")
-        _require(self.algorithm.weighting == "uniform", "algorithm.weighting",
-                 "differentially private aggregation is unweighted (each client's clipped update counts once); "
-                 "set algorithm.weighting: uniform")
-        _require(self.aggregation.kind == "mean", "aggregation.kind",
-                 f"'{self.aggregation.kind}' cannot be combined with privacy.mechanism (the DP aggregator does its "
-                 "own clipping and summation); use privacy.mechanism: ddp_secure for DP under secure aggregation")
-        if pr.accountant == "pld" and t.sampling == "uniform" and pr.mechanism in ("gaussian_fixed",
-                                                                                   "gaussian_adaptive"):
-            raise ConfigError("privacy.accountant", "dp_accounting 0.4.3's PLD accountant does not support "
-                              "fixed-size sampling without replacement; use accountant: rdp or training.sampling: "
-                              "poisson")
+        _require(
+            self.algorithm.weighting == "uniform",
+            "algorithm.weighting",
+            "differentially private aggregation is unweighted (each client's clipped update counts once); "
+            "set algorithm.weighting: uniform",
+        )
+        _require(
+            self.aggregation.kind == "mean",
+            "aggregation.kind",
+            f"'{self.aggregation.kind}' cannot be combined with privacy.mechanism (the DP aggregator does its "
+            "own clipping and summation); use privacy.mechanism: ddp_secure for DP under secure aggregation",
+        )
+        if (
+            pr.accountant == "pld"
+            and t.sampling == "uniform"
+            and pr.mechanism in ("gaussian_fixed", "gaussian_adaptive")
+        ):
+            raise ConfigError(
+                "privacy.accountant",
+                "dp_accounting 0.4.3's PLD accountant does not support "
+                "fixed-size sampling without replacement; use accountant: rdp or training.sampling: "
+                "poisson",
+            )
         if self.data.source in ("digits", "breast_cancer", "synthetic") and pr.delta is not None:
             # Natural sources know their population only after loading; checked again at run start.
             n = self.data.num_clients
-            _require(pr.delta < 1.0 / n, "privacy.delta",
-                     f"delta {pr.delta} is not below 1/population (1/{n}): a mechanism that publishes one random "
-                     "client's data outright meets such a delta; use a delta well below 1/population")
+            _require(
+                pr.delta < 1.0 / n,
+                "privacy.delta",
+                f"delta {pr.delta} is not below 1/population (1/{n}): a mechanism that publishes one random "
+                "client's data outright meets such a delta; use a delta well below 1/population",
+            )

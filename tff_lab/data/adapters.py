@@ -41,16 +41,28 @@ def _keys(element, x_key, y_key, where):
         xk = x_key or next((k for k in _X_KEYS if k in element), None)
         yk = y_key or next((k for k in _Y_KEYS if k in element), None)
         if xk not in element or yk not in element:
-            raise PartValueError(where, f"dataset elements are dicts with keys {keys}; pass x_key= and y_key= "
-                                 "to name the features and the label")
+            raise PartValueError(
+                where,
+                f"dataset elements are dicts with keys {keys}; pass x_key= and y_key= "
+                "to name the features and the label",
+            )
         return xk, yk
     if isinstance(element, (tuple, list)) and len(element) == 2:
         return 0, 1
     raise PartTypeError(where, f"dataset elements must be (x, y) tuples or dicts, got {type(element).__name__}")
 
 
-_BATCH_OPS = frozenset({"BatchDataset", "BatchDatasetV2", "PaddedBatchDataset", "PaddedBatchDatasetV2",
-                        "ParallelBatchDataset", "RebatchDataset", "RebatchDatasetV2"})
+_BATCH_OPS = frozenset(
+    {
+        "BatchDataset",
+        "BatchDatasetV2",
+        "PaddedBatchDataset",
+        "PaddedBatchDatasetV2",
+        "ParallelBatchDataset",
+        "RebatchDataset",
+        "RebatchDatasetV2",
+    }
+)
 _UNBATCH_OPS = frozenset({"UnbatchDataset", "ExperimentalUnbatchDataset"})
 _REPEAT_OPS = frozenset({"RepeatDataset"})
 
@@ -99,18 +111,27 @@ def checked_client_dataset(ds, where: str):
 
     card = int(ds.cardinality())
     if card == tf.data.INFINITE_CARDINALITY:
-        raise PartValueError(where, "the dataset is infinite (ds.repeat() without a count, or a generator that never "
-                             "ends); give each client's examples once: tff_lab runs training.local_epochs passes itself")
+        raise PartValueError(
+            where,
+            "the dataset is infinite (ds.repeat() without a count, or a generator that never "
+            "ends); give each client's examples once: tff_lab runs training.local_epochs passes itself",
+        )
     info = dataset_structure(ds)
     if info is not None and info["repeats"]:
         counts = ", ".join("" if c is None else str(c) for c in info["repeats"])
         if any(c is not None and c < 0 for c in info["repeats"]):
-            raise PartValueError(where, "the dataset is infinite (ds.repeat()); give each client's examples once: "
-                                 "tff_lab runs training.local_epochs passes itself")
+            raise PartValueError(
+                where,
+                "the dataset is infinite (ds.repeat()); give each client's examples once: "
+                "tff_lab runs training.local_epochs passes itself",
+            )
         if any(c is None or c != 1 for c in info["repeats"]):
-            raise PartValueError(where, f"the dataset is repeated (ds.repeat({counts})): each example would count "
-                                 "several times and its copies would leak into the evaluation split; remove .repeat() "
-                                 "(for several local passes set training.local_epochs)")
+            raise PartValueError(
+                where,
+                f"the dataset is repeated (ds.repeat({counts})): each example would count "
+                "several times and its copies would leak into the evaluation split; remove .repeat() "
+                "(for several local passes set training.local_epochs)",
+            )
     if info is not None and info["batched"]:
         return ds.unbatch(), True
     return ds, False
@@ -126,8 +147,10 @@ def _repeated_pass(x: np.ndarray, y: np.ndarray) -> Optional[int]:
         if n % k or n // k < 2:
             continue
         m = n // k
-        if xb is not None and all(np.array_equal(xb[:m], xb[i * m:(i + 1) * m]) and
-                                  np.array_equal(y[:m], y[i * m:(i + 1) * m]) for i in range(1, k)):
+        if xb is not None and all(
+            np.array_equal(xb[:m], xb[i * m : (i + 1) * m]) and np.array_equal(y[:m], y[i * m : (i + 1) * m])
+            for i in range(1, k)
+        ):
             return k
     return None
 
@@ -145,15 +168,19 @@ def _dataset_arrays(ds, x_key, y_key, where) -> tuple[np.ndarray, np.ndarray]:
     except (PartTypeError, PartValueError):
         raise
     except Exception as e:  # noqa: BLE001 - the user's pipeline (or preprocess) failed inside TensorFlow
-        raise PartValueError(where, f"reading its dataset failed: {type(e).__name__}: "
-                             f"{_error_line(e)}") from None
+        raise PartValueError(where, f"reading its dataset failed: {type(e).__name__}: {_error_line(e)}") from None
     if xs:
-        k = _repeated_pass(np.stack(xs) if len({a.shape for a in xs}) == 1 else np.zeros((0,)), np.stack(ys)
-                           if len({a.shape for a in ys}) == 1 else np.zeros((0,)))
+        k = _repeated_pass(
+            np.stack(xs) if len({a.shape for a in xs}) == 1 else np.zeros((0,)),
+            np.stack(ys) if len({a.shape for a in ys}) == 1 else np.zeros((0,)),
+        )
         if k:
-            raise PartValueError(where, f"the dataset holds its examples {k} times over (exact copies of the first "
-                                 "pass, as ds.repeat() gives): copies would count several times and leak into the "
-                                 "evaluation split; give each example once (training.local_epochs sets the passes)")
+            raise PartValueError(
+                where,
+                f"the dataset holds its examples {k} times over (exact copies of the first "
+                "pass, as ds.repeat() gives): copies would count several times and leak into the "
+                "evaluation split; give each example once (training.local_epochs sets the passes)",
+            )
     if unbatched and ys and ys[0].shape == (1,):
         ys = [a.reshape(()) for a in ys]  # TFF tutorials' y of shape (batch, 1): one label per example
     if not xs:
@@ -161,8 +188,9 @@ def _dataset_arrays(ds, x_key, y_key, where) -> tuple[np.ndarray, np.ndarray]:
     try:
         return np.stack(xs), np.stack(ys)
     except ValueError as e:
-        raise PartValueError(where, f"examples of different shapes ({e}); preprocess them to one shape "
-                             "(and return unbatched examples)") from None
+        raise PartValueError(
+            where, f"examples of different shapes ({e}); preprocess them to one shape (and return unbatched examples)"
+        ) from None
 
 
 def _as_arrays(value, x_key, y_key, preprocess, where):
@@ -180,12 +208,14 @@ def _as_arrays(value, x_key, y_key, preprocess, where):
     elif isinstance(value, (tuple, list)) and len(value) == 2:
         x, y = value
     else:
-        raise PartTypeError(where, f"expected (x, y) arrays, a dict of arrays or a tf.data.Dataset, got "
-                            f"{type(value).__name__}")
+        raise PartTypeError(
+            where, f"expected (x, y) arrays, a dict of arrays or a tf.data.Dataset, got {type(value).__name__}"
+        )
     x, y = np.asarray(x), np.asarray(y)
     if preprocess is not None:
-        return _dataset_arrays(_preprocessed(preprocess, tf.data.Dataset.from_tensor_slices((x, y)), where), 0, 1,
-                               where)
+        return _dataset_arrays(
+            _preprocessed(preprocess, tf.data.Dataset.from_tensor_slices((x, y)), where), 0, 1, where
+        )
     return x, y
 
 
@@ -204,8 +234,7 @@ def _preprocessed(preprocess, ds, where):
     try:
         out = preprocess(ds)
     except Exception as e:  # noqa: BLE001 - the user's preprocess raised (often a raw TensorFlow error)
-        raise PartValueError(where, f"preprocess failed: {type(e).__name__}: "
-                             f"{_error_line(e)}") from None
+        raise PartValueError(where, f"preprocess failed: {type(e).__name__}: {_error_line(e)}") from None
     if not isinstance(out, tf.data.Dataset):
         raise PartTypeError(where, f"preprocess returned {type(out).__name__}, expected a tf.data.Dataset")
     return out
@@ -222,8 +251,9 @@ def _test_preprocess(test, preprocess):
 
 def _normalise(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
-        raise PartValueError(where, f"expected x of shape (n, ...) and y of shape (n, ...), got x {x.shape}, "
-                             f"y {y.shape}")
+        raise PartValueError(
+            where, f"expected x of shape (n, ...) and y of shape (n, ...), got x {x.shape}, y {y.shape}"
+        )
     if x.dtype.kind not in "fiub":
         raise PartTypeError(where, f"features must be numeric, got dtype {x.dtype}")
     if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and len(y) and not np.all(np.mod(y, 1) == 0)):
@@ -244,9 +274,19 @@ def _check_entering(x: np.ndarray, y: np.ndarray, where: str) -> None:
     check_labels(y, where, name="labels", error=PartValueError)
 
 
-def federated_data(obj: Any, *, cfg=None, rng: Optional[np.random.Generator] = None, test: Any = None,
-                   preprocess: Optional[Callable] = None, x_key: Optional[str] = None, y_key: Optional[str] = None,
-                   num_classes: Optional[int] = None, labels: Optional[list] = None, where: str = "data"):
+def federated_data(
+    obj: Any,
+    *,
+    cfg=None,
+    rng: Optional[np.random.Generator] = None,
+    test: Any = None,
+    preprocess: Optional[Callable] = None,
+    x_key: Optional[str] = None,
+    y_key: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    labels: Optional[list] = None,
+    where: str = "data",
+):
     """Builds a :class:`~tff_lab.data.FederatedData` from a user's client data.
 
     Args:
@@ -275,8 +315,9 @@ def federated_data(obj: Any, *, cfg=None, rng: Optional[np.random.Generator] = N
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xDA7A]))
     if isinstance(obj, FederatedData):
         if test is not None:
-            obj.test = _normalise(*_as_arrays(test, x_key, y_key, _test_preprocess(test, preprocess), f"{where} test"),
-                                  f"{where} test")
+            obj.test = _normalise(
+                *_as_arrays(test, x_key, y_key, _test_preprocess(test, preprocess), f"{where} test"), f"{where} test"
+            )
             obj.test_source = "separate"
         return obj
 
@@ -290,29 +331,37 @@ def federated_data(obj: Any, *, cfg=None, rng: Optional[np.random.Generator] = N
         def get(cid):
             return obj[keys[cid]]
     else:
-        raise PartTypeError(where, f"expected a tff.simulation.datasets.ClientData or a mapping client id -> data, "
-                            f"got {type(obj).__name__}")
+        raise PartTypeError(
+            where,
+            f"expected a tff.simulation.datasets.ClientData or a mapping client id -> data, got {type(obj).__name__}",
+        )
     if not ids:
         raise PartValueError(where, "holds no clients")
     if cfg.data.max_clients is not None:
         ids = ids[: cfg.data.max_clients]
     clients = []
     for cid in ids:
-        x, y = _normalise(*_as_arrays(get(cid), x_key, y_key, preprocess, f"{where} client {cid!r}"),
-                          f"{where} client {cid!r}")
+        x, y = _normalise(
+            *_as_arrays(get(cid), x_key, y_key, preprocess, f"{where} client {cid!r}"), f"{where} client {cid!r}"
+        )
         clients.append((x, y))
     if all(len(c[1]) == 0 for c in clients):
         raise PartValueError(where, "every client is empty")
     shape = clients[0][0].shape[1:]
     for cid, (x, _) in zip(ids, clients):
         if x.shape[1:] != shape and len(x):
-            raise PartValueError(f"{where} client {cid!r}", f"examples of shape {x.shape[1:]}, but client "
-                                 f"{ids[0]!r} has {shape}: every client must have the same example shape")
+            raise PartValueError(
+                f"{where} client {cid!r}",
+                f"examples of shape {x.shape[1:]}, but client "
+                f"{ids[0]!r} has {shape}: every client must have the same example shape",
+            )
     test_source = "separate"
     if test is not None:
         if hasattr(test, "client_ids") and hasattr(test, "create_tf_dataset_for_client"):
-            parts = [_as_arrays(test.create_tf_dataset_for_client(c), x_key, y_key, preprocess, f"{where} test")
-                     for c in test.client_ids]
+            parts = [
+                _as_arrays(test.create_tf_dataset_for_client(c), x_key, y_key, preprocess, f"{where} test")
+                for c in test.client_ids
+            ]
             parts = [p for p in parts if len(p[1])]
             if not parts:
                 raise PartValueError(f"{where} test", "the test ClientData holds no examples")
@@ -321,15 +370,20 @@ def federated_data(obj: Any, *, cfg=None, rng: Optional[np.random.Generator] = N
             tx, ty = _as_arrays(test, x_key, y_key, _test_preprocess(test, preprocess), f"{where} test")
         test_arr = _normalise(tx, ty, f"{where} test")
         if test_arr[0].shape[1:] != shape:
-            note = (" (test arrays are taken as model inputs: preprocess applies to datasets only)"
-                    if preprocess is not None and _test_preprocess(test, preprocess) is None else "")
-            raise PartValueError(f"{where} test", f"examples of shape {test_arr[0].shape[1:]}, clients have "
-                                 f"{shape}{note}")
+            note = (
+                " (test arrays are taken as model inputs: preprocess applies to datasets only)"
+                if preprocess is not None and _test_preprocess(test, preprocess) is None
+                else ""
+            )
+            raise PartValueError(
+                f"{where} test", f"examples of shape {test_arr[0].shape[1:]}, clients have {shape}{note}"
+            )
     else:
         clients, test_arr = hold_out_test(clients, cfg.data.test_fraction, rng)
         test_source = "clients"
-    max_label = max([int(c[1].max()) for c in clients if len(c[1])] + ([int(test_arr[1].max())]
-                                                                           if len(test_arr[1]) else []))
+    max_label = max(
+        [int(c[1].max()) for c in clients if len(c[1])] + ([int(test_arr[1].max())] if len(test_arr[1]) else [])
+    )
     if num_classes is not None:
         from tff_lab.inputs import MAX_CLASSES, check_int
 

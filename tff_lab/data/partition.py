@@ -12,8 +12,15 @@ def iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[
     return [np.sort(part) for part in np.array_split(idx, num_clients)]
 
 
-def dirichlet(labels: np.ndarray, num_clients: int, rng: np.random.Generator, *, alpha: float,
-              min_examples: int = 10, max_tries: int = 1000) -> list[np.ndarray]:
+def dirichlet(
+    labels: np.ndarray,
+    num_clients: int,
+    rng: np.random.Generator,
+    *,
+    alpha: float,
+    min_examples: int = 10,
+    max_tries: int = 1000,
+) -> list[np.ndarray]:
     """Label skew: for each class, its examples go to clients in Dirichlet(alpha) proportions.
 
     Redraws until every client holds at least ``min_examples`` examples (the usual
@@ -21,9 +28,10 @@ def dirichlet(labels: np.ndarray, num_clients: int, rng: np.random.Generator, *,
     """
     classes = np.unique(labels)
     if min_examples * num_clients > len(labels):
-        raise ConfigError("data.num_clients",
-                          f"{num_clients} clients x {min_examples} examples needs more than the "
-                          f"{len(labels)} examples available")
+        raise ConfigError(
+            "data.num_clients",
+            f"{num_clients} clients x {min_examples} examples needs more than the {len(labels)} examples available",
+        )
     for _ in range(max_tries):
         parts: list[list[int]] = [[] for _ in range(num_clients)]
         for c in classes:
@@ -34,13 +42,17 @@ def dirichlet(labels: np.ndarray, num_clients: int, rng: np.random.Generator, *,
                 parts[k].extend(chunk.tolist())
         if min(len(p) for p in parts) >= min_examples:
             return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-    raise ConfigError("partition.alpha", f"could not give every one of {num_clients} clients "
-                      f"{min_examples} examples with alpha={alpha}; raise alpha or lower "
-                      "partition.min_examples_per_client")
+    raise ConfigError(
+        "partition.alpha",
+        f"could not give every one of {num_clients} clients "
+        f"{min_examples} examples with alpha={alpha}; raise alpha or lower "
+        "partition.min_examples_per_client",
+    )
 
 
-def shards(labels: np.ndarray, num_clients: int, rng: np.random.Generator, *,
-           classes_per_client: int) -> list[np.ndarray]:
+def shards(
+    labels: np.ndarray, num_clients: int, rng: np.random.Generator, *, classes_per_client: int
+) -> list[np.ndarray]:
     """Pathological non-IID (McMahan et al. 2017): sort by label, cut into shards, k shards per client."""
     num_shards = num_clients * classes_per_client
     if num_shards > len(labels):
@@ -48,17 +60,18 @@ def shards(labels: np.ndarray, num_clients: int, rng: np.random.Generator, *,
     order = np.argsort(labels + rng.random(len(labels)) * 0.5, kind="stable")  # shuffle within a class
     shard_list = np.array_split(order, num_shards)
     assignment = rng.permutation(num_shards)
-    return [np.sort(np.concatenate([shard_list[s] for s in assignment[k::num_clients]]))
-            for k in range(num_clients)]
+    return [np.sort(np.concatenate([shard_list[s] for s in assignment[k::num_clients]])) for k in range(num_clients)]
 
 
-def quantity_skew(labels: np.ndarray, num_clients: int, rng: np.random.Generator, *, sigma: float,
-                  min_examples: int = 10) -> list[np.ndarray]:
+def quantity_skew(
+    labels: np.ndarray, num_clients: int, rng: np.random.Generator, *, sigma: float, min_examples: int = 10
+) -> list[np.ndarray]:
     """IID labels, log-normal(0, sigma) client sizes (each at least ``min_examples``)."""
     n = len(labels)
     if min_examples * num_clients > n:
-        raise ConfigError("data.num_clients",
-                          f"{num_clients} clients x {min_examples} examples needs more than the {n} available")
+        raise ConfigError(
+            "data.num_clients", f"{num_clients} clients x {min_examples} examples needs more than the {n} available"
+        )
     weights = rng.lognormal(0.0, sigma, num_clients)
     extra = n - min_examples * num_clients
     sizes = min_examples + np.floor(weights / weights.sum() * extra).astype(int)
@@ -76,7 +89,10 @@ def partition(labels: np.ndarray, num_clients: int, rng: np.random.Generator, cf
     if cfg.scheme == "shards":
         return shards(labels, num_clients, rng, classes_per_client=cfg.classes_per_client)
     if cfg.scheme == "quantity_skew":
-        return quantity_skew(labels, num_clients, rng, sigma=cfg.quantity_sigma,
-                             min_examples=cfg.min_examples_per_client)
-    raise ConfigError("partition.scheme", f"'{cfg.scheme}' applies only to naturally partitioned sources "
-                      "(synthetic, npz_dir, csv_dir, emnist)")
+        return quantity_skew(
+            labels, num_clients, rng, sigma=cfg.quantity_sigma, min_examples=cfg.min_examples_per_client
+        )
+    raise ConfigError(
+        "partition.scheme",
+        f"'{cfg.scheme}' applies only to naturally partitioned sources (synthetic, npz_dir, csv_dir, emnist)",
+    )

@@ -56,8 +56,11 @@ def source_part(cfg) -> tuple[Any, dict]:
     if ":" in src:
         obj = parts_lib.resolve(src, "data.source")
         return obj, parts_lib.provenance(obj, name=src, kind="data")
-    raise ConfigError("data.source", f"unknown value {src!r}; expected one of: {', '.join(available_sources())}; "
-                      "or an import path 'module:attribute' of your own loader")
+    raise ConfigError(
+        "data.source",
+        f"unknown value {src!r}; expected one of: {', '.join(available_sources())}; "
+        "or an import path 'module:attribute' of your own loader",
+    )
 
 
 def load_source(cfg, rng):
@@ -71,16 +74,19 @@ def load_source(cfg, rng):
         try:
             inspect.signature(obj).bind(cfg, rng, **kwargs)
         except TypeError as e:
-            raise ConfigError("data.kwargs" if kwargs else "data.source",
-                              f"loader {cfg.data.source!r} cannot be called as loader(cfg, rng"
-                              f"{', **data.kwargs' if kwargs else ''}): {e}") from None
+            raise ConfigError(
+                "data.kwargs" if kwargs else "data.source",
+                f"loader {cfg.data.source!r} cannot be called as loader(cfg, rng"
+                f"{', **data.kwargs' if kwargs else ''}): {e}",
+            ) from None
         except ValueError:
             pass
         out = obj(cfg, rng, **kwargs)
     else:
         if kwargs:
-            raise ConfigError("data.kwargs", f"data.source {cfg.data.source!r} is a data object, not a loader; "
-                              "it takes no kwargs")
+            raise ConfigError(
+                "data.kwargs", f"data.source {cfg.data.source!r} is a data object, not a loader; it takes no kwargs"
+            )
         out = obj
     if isinstance(out, FederatedData):
         return out

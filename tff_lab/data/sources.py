@@ -90,8 +90,9 @@ def _from_pooled(x, y, cfg: ExperimentConfig, rng, labels, preprocessing, *, sta
     scheme = cfg.partition.scheme
     pcfg = dataclasses.replace(cfg.partition, scheme="dirichlet") if scheme == "auto" else cfg.partition
     parts = partition_lib.partition(pool_y, cfg.data.num_clients, rng, pcfg)
-    return _assemble([(pool_x[p], pool_y[p]) for p in parts], (x[test_idx], y[test_idx]), cfg, rng, labels,
-                     preprocessing)
+    return _assemble(
+        [(pool_x[p], pool_y[p]) for p in parts], (x[test_idx], y[test_idx]), cfg, rng, labels, preprocessing
+    )
 
 
 def _assemble(client_arrays, test, cfg, rng, labels, preprocessing, ids: Optional[list[str]] = None):
@@ -99,12 +100,19 @@ def _assemble(client_arrays, test, cfg, rng, labels, preprocessing, ids: Optiona
     ids = ids or [f"client_{k:0{width}d}" for k in range(len(client_arrays))]
     train, ev = {}, {}
     for cid, (cx, cy) in zip(ids, client_arrays):
-        train[cid], ev[cid] = _split_client(cx.astype(np.float32), cy.astype(np.int32),
-                                            cfg.data.client_eval_fraction, rng)
+        train[cid], ev[cid] = _split_client(
+            cx.astype(np.float32), cy.astype(np.int32), cfg.data.client_eval_fraction, rng
+        )
     num_classes = len(labels)
-    return FederatedData(client_ids=list(ids), train=train, eval=ev,
-                         test=(test[0].astype(np.float32), test[1].astype(np.int32)),
-                         num_classes=num_classes, labels=list(labels), preprocessing=preprocessing)
+    return FederatedData(
+        client_ids=list(ids),
+        train=train,
+        eval=ev,
+        test=(test[0].astype(np.float32), test[1].astype(np.int32)),
+        num_classes=num_classes,
+        labels=list(labels),
+        preprocessing=preprocessing,
+    )
 
 
 def load_digits(cfg: ExperimentConfig, rng) -> FederatedData:
@@ -112,8 +120,15 @@ def load_digits(cfg: ExperimentConfig, rng) -> FederatedData:
 
     d = _load()
     x = d.data.astype(np.float32) / 16.0  # pixel intensities 0..16 -> 0..1
-    return _from_pooled(x, d.target.astype(np.int32), cfg, rng, [str(i) for i in range(10)],
-                        {"offset": 0.0, "scale": 1.0 / 16.0}, standardize=False)
+    return _from_pooled(
+        x,
+        d.target.astype(np.int32),
+        cfg,
+        rng,
+        [str(i) for i in range(10)],
+        {"offset": 0.0, "scale": 1.0 / 16.0},
+        standardize=False,
+    )
 
 
 def load_breast_cancer(cfg: ExperimentConfig, rng) -> FederatedData:
@@ -238,8 +253,9 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
             warnings.simplefilter("ignore")  # "input contained no data": refused below, in one line
             arr = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2, comments="#")
     except (ValueError, IndexError) as e:
-        raise DataError(str(path), "expected numeric CSV rows 'feature,...,label' "
-                                   f"({' '.join(str(e).split())[:200]})") from None
+        raise DataError(
+            str(path), f"expected numeric CSV rows 'feature,...,label' ({' '.join(str(e).split())[:200]})"
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(str(path), f"cannot read the CSV ({type(e).__name__}: {e})") from None
     if arr.shape[0] == 0:
@@ -371,7 +387,8 @@ def load_federated_data(cfg: ExperimentConfig) -> FederatedData:
     if cfg.training.sampling == "uniform" and cfg.training.clients_per_round > data.num_clients:
         from tff_lab.errors import ConfigError
 
-        raise ConfigError("training.clients_per_round",
-                          f"expected at most the population ({data.num_clients} clients), "
-                          f"got {cfg.training.clients_per_round}")
+        raise ConfigError(
+            "training.clients_per_round",
+            f"expected at most the population ({data.num_clients} clients), got {cfg.training.clients_per_round}",
+        )
     return data

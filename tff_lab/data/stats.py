@@ -20,8 +20,14 @@ def client_stats(data: FederatedData) -> dict:
         y = data.train[cid][1]
         hist = np.bincount(np.asarray(y).reshape(-1), minlength=k)  # sequences: per-token labels
         global_hist += hist
-        rows.append({"client_id": cid, "train_examples": int(len(y)),
-                     "eval_examples": int(len(data.eval[cid][1])), "label_histogram": hist.astype(int).tolist()})
+        rows.append(
+            {
+                "client_id": cid,
+                "train_examples": int(len(y)),
+                "eval_examples": int(len(data.eval[cid][1])),
+                "label_histogram": hist.astype(int).tolist(),
+            }
+        )
     p_global = global_hist / max(global_hist.sum(), 1)
     tvs = []
     for r in rows:
@@ -35,8 +41,12 @@ def client_stats(data: FederatedData) -> dict:
         "num_classes": k,
         "train_examples": int(sizes.sum()),
         "test_examples": int(len(data.test[1])),
-        "examples_per_client": {"min": int(sizes.min()), "median": float(np.median(sizes)),
-                                "max": int(sizes.max()), "mean": float(sizes.mean())},
+        "examples_per_client": {
+            "min": int(sizes.min()),
+            "median": float(np.median(sizes)),
+            "max": int(sizes.max()),
+            "mean": float(sizes.mean()),
+        },
         "mean_tv_distance": float(np.mean(tvs)),
         "clients": rows,
     }

@@ -50,9 +50,17 @@ class PodOutcome:
 class LocalIndexedJob:
     """An Indexed Job from rendered manifests (``objs``), its pods run as local processes."""
 
-    def __init__(self, objs: list[dict], job_name: str, root: Path, *, configmap_overrides: Optional[dict] = None,
-                 python: str = sys.executable, extra_env: Optional[dict] = None,
-                 address_map: Optional[dict] = None):
+    def __init__(
+        self,
+        objs: list[dict],
+        job_name: str,
+        root: Path,
+        *,
+        configmap_overrides: Optional[dict] = None,
+        python: str = sys.executable,
+        extra_env: Optional[dict] = None,
+        address_map: Optional[dict] = None,
+    ):
         self.objs = objs
         self.address_map = dict(address_map or {})
         self.job = find(objs, "Job", job_name)
@@ -68,8 +76,7 @@ class LocalIndexedJob:
             import portpicker
 
             ports = [portpicker.pick_unused_port() for _ in range(self.completions)]
-            hosts = cluster_lib.indexed_job_hosts(self.job["metadata"]["name"], self.pod["subdomain"],
-                                                  self.completions)
+            hosts = cluster_lib.indexed_job_hosts(self.job["metadata"]["name"], self.pod["subdomain"], self.completions)
             self.host_map = ",".join(f"{h}=localhost:{p}" for h, p in zip(hosts, ports))
         self.mounts = self._materialize_volumes(configmap_overrides or {})
         self.procs: dict[int, subprocess.Popen] = {}
@@ -97,15 +104,17 @@ class LocalIndexedJob:
         for mount, local in sorted(self.mounts.items(), key=lambda kv: -len(kv[0])):
             target = tmp_dir if mount == "/tmp" else local
             if value == mount or value.startswith(mount + "/"):
-                return str(target) + value[len(mount):]
+                return str(target) + value[len(mount) :]
         return value
 
     def pod_env(self, index: int, tmp_dir: Path) -> dict[str, str]:
         """The container env of pod ``index`` as the kubelet resolves it."""
-        labels = {**self.spec["template"].get("metadata", {}).get("labels", {}),
-                  "batch.kubernetes.io/job-name": self.job["metadata"]["name"],
-                  "job-name": self.job["metadata"]["name"],
-                  "batch.kubernetes.io/job-completion-index": str(index)}
+        labels = {
+            **self.spec["template"].get("metadata", {}).get("labels", {}),
+            "batch.kubernetes.io/job-name": self.job["metadata"]["name"],
+            "job-name": self.job["metadata"]["name"],
+            "batch.kubernetes.io/job-completion-index": str(index),
+        }
         env = {}
         if self.spec.get("completionMode") == "Indexed":
             env["JOB_COMPLETION_INDEX"] = str(index)  # set by the Job controller for Indexed Jobs
@@ -145,13 +154,15 @@ class LocalIndexedJob:
         full_env.update({"TMPDIR": str(tmp), **self.extra_env})
         for init in self.pod.get("initContainers", []):  # each to completion, in order, before the container
             with open(self.root / f"pod-{index}-{self.attempts[index]}-{init['name']}.log", "w") as init_log:
-                code = subprocess.run(self.pod_argv(env, tmp, init), env=full_env, stdout=init_log,
-                                      stderr=subprocess.STDOUT).returncode
+                code = subprocess.run(
+                    self.pod_argv(env, tmp, init), env=full_env, stdout=init_log, stderr=subprocess.STDOUT
+                ).returncode
             if code != 0:
                 raise RuntimeError(f"init container {init['name']} of pod {index} exited with {code}")
         log = open(self.root / f"pod-{index}-{self.attempts[index]}.log", "w")
-        self.procs[index] = subprocess.Popen(self.pod_argv(env, tmp), env=full_env, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[index] = subprocess.Popen(
+            self.pod_argv(env, tmp), env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         return self.procs[index]
 
@@ -251,8 +262,9 @@ def _local_console_script(argv: list[str], python: str) -> list[str]:
 class LocalStatefulSet:
     """A StatefulSet's pods ``<name>-0 .. <name>-(replicas-1)`` as local processes."""
 
-    def __init__(self, objs: list[dict], name: str, root: Path, *, python: str = sys.executable,
-                 extra_env: Optional[dict] = None):
+    def __init__(
+        self, objs: list[dict], name: str, root: Path, *, python: str = sys.executable, extra_env: Optional[dict] = None
+    ):
         import portpicker
 
         self.name = name
@@ -263,8 +275,9 @@ class LocalStatefulSet:
         self.replicas = int(spec["replicas"])
         self.port = int(self.container["ports"][0]["containerPort"])
         self.local_ports = [portpicker.pick_unused_port() for _ in range(self.replicas)]
-        self.address_map = {f"{name}-{i}.{spec['serviceName']}:{self.port}": f"localhost:{p}"
-                            for i, p in enumerate(self.local_ports)}
+        self.address_map = {
+            f"{name}-{i}.{spec['serviceName']}:{self.port}": f"localhost:{p}" for i, p in enumerate(self.local_ports)
+        }
         self.root = Path(root)
         self.python = python
         self.extra_env = dict(extra_env or {})
@@ -298,8 +311,14 @@ class LocalStatefulSet:
             tmp.mkdir(parents=True, exist_ok=True)
             env = {**os.environ, **self.pod_env(i, tmp), "TMPDIR": str(tmp), **self.extra_env}
             with open(self.root / f"{self.name}-{i}.log", "w") as log:
-                self.procs[i] = subprocess.Popen(self.pod_argv(i), env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                                 stderr=subprocess.STDOUT, start_new_session=True)
+                self.procs[i] = subprocess.Popen(
+                    self.pod_argv(i),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
 
     def wait_ready(self, timeout_s: float) -> None:
         """What the readiness probe (tcpSocket on the container port) waits for, for every pod."""
@@ -307,8 +326,9 @@ class LocalStatefulSet:
         for i, port in enumerate(self.local_ports):
             while True:
                 if self.procs[i].poll() is not None:
-                    raise RuntimeError(f"pod {self.name}-{i} exited with {self.procs[i].returncode}: "
-                                       f"{self.log_text(i)[-500:]}")
+                    raise RuntimeError(
+                        f"pod {self.name}-{i} exited with {self.procs[i].returncode}: {self.log_text(i)[-500:]}"
+                    )
                 try:
                     socket.create_connection(("localhost", port), timeout=1.0).close()
                     break

@@ -134,36 +134,55 @@ class RenderParams:
     def validate(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError("--workers", f"expected an integer >= 1, got {self.workers}")
-        if isinstance(self.gpus_per_worker, bool) or not isinstance(self.gpus_per_worker, int) \
-                or self.gpus_per_worker < 0:
+        if (
+            isinstance(self.gpus_per_worker, bool)
+            or not isinstance(self.gpus_per_worker, int)
+            or self.gpus_per_worker < 0
+        ):
             raise ConfigError("--gpus-per-worker", f"expected an integer >= 0, got {self.gpus_per_worker}")
         if not self.image:
-            raise ConfigError("--image", "missing: the trainer image to run, e.g. "
-                              "registry.example.com/tff-lab/tff-lab-gpu:0.1.0 (built from Dockerfile.gpu)")
+            raise ConfigError(
+                "--image",
+                "missing: the trainer image to run, e.g. "
+                "registry.example.com/tff-lab/tff-lab-gpu:0.1.0 (built from Dockerfile.gpu)",
+            )
         check_image(self.image)
         if not _DNS_LABEL.match(self.name) or len(self.name) > 40:
-            raise ConfigError("--name", f"expected a short DNS label (lowercase letters, digits, '-'), got "
-                              f"{self.name!r}")
+            raise ConfigError(
+                "--name", f"expected a short DNS label (lowercase letters, digits, '-'), got {self.name!r}"
+            )
         if not _DNS_LABEL.match(self.namespace) or len(self.namespace) > 63:
-            raise ConfigError("--namespace", f"expected a DNS label (lowercase letters, digits, '-'), got "
-                              f"{self.namespace!r}")
-        for flag, value, low in (("--tff-workers", self.tff_workers, 1), ("--tff-worker-gpus", self.tff_worker_gpus, 0)):
+            raise ConfigError(
+                "--namespace", f"expected a DNS label (lowercase letters, digits, '-'), got {self.namespace!r}"
+            )
+        for flag, value, low in (
+            ("--tff-workers", self.tff_workers, 1),
+            ("--tff-worker-gpus", self.tff_worker_gpus, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(flag, f"expected an integer >= {low}, got {value}")
-        for flag, value, kind in (("--cpu", self.cpu, "cpu"), ("--memory", self.memory, "memory"),
-                                  ("--storage", self.storage, "storage")):
+        for flag, value, kind in (
+            ("--cpu", self.cpu, "cpu"),
+            ("--memory", self.memory, "memory"),
+            ("--storage", self.storage, "storage"),
+        ):
             check_quantity(value, flag, kind)
         if self.sweep_parallelism < 1:
             raise ConfigError("--sweep-parallelism", "expected an integer >= 1")
-        for flag, value in (("--predict-shards", self.predict_shards),
-                            ("--predict-parallelism", self.predict_parallelism),
-                            ("--predict-batch-size", self.predict_batch_size)):
+        for flag, value in (
+            ("--predict-shards", self.predict_shards),
+            ("--predict-parallelism", self.predict_parallelism),
+            ("--predict-batch-size", self.predict_batch_size),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(flag, f"expected an integer >= 1, got {value}")
         for flag, path in (("--predict-model", self.predict_model_path), ("--predict-input", self.predict_input)):
             if not path.startswith(ARTIFACTS_MOUNT + "/") or "/../" in path + "/" or any(c.isspace() for c in path):
-                raise ConfigError(flag, f"expected a path under {ARTIFACTS_MOUNT}/ (the artifacts volume, mounted "
-                                  f"read-only in the predict pods), got {path!r}")
+                raise ConfigError(
+                    flag,
+                    f"expected a path under {ARTIFACTS_MOUNT}/ (the artifacts volume, mounted "
+                    f"read-only in the predict pods), got {path!r}",
+                )
 
     @property
     def job_name(self) -> str:
@@ -248,8 +267,11 @@ def to_plain(obj: Any) -> Any:
 
 
 def _labels(p: RenderParams, component: str) -> dict:
-    return {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": p.name,
-            "app.kubernetes.io/component": component}
+    return {
+        "app.kubernetes.io/name": APP,
+        "app.kubernetes.io/instance": p.name,
+        "app.kubernetes.io/component": component,
+    }
 
 
 def _meta(name: str, labels: dict) -> k8s.V1ObjectMeta:
@@ -271,34 +293,48 @@ def pvc_name(p: RenderParams) -> str:
 
 def experiment_configmap(p: RenderParams) -> k8s.V1ConfigMap:
     data = {"experiment.yaml": p.experiment_yaml}
-    return k8s.V1ConfigMap(api_version="v1", kind="ConfigMap",
-                           metadata=_meta(configmap_name(p), _labels(p, "config")), data=data)
+    return k8s.V1ConfigMap(
+        api_version="v1", kind="ConfigMap", metadata=_meta(configmap_name(p), _labels(p, "config")), data=data
+    )
 
 
 def sweep_configmap(p: RenderParams) -> k8s.V1ConfigMap:
-    return k8s.V1ConfigMap(api_version="v1", kind="ConfigMap",
-                           metadata=_meta(f"{p.name}-sweep", _labels(p, "config")),
-                           data={"sweep.yaml": p.sweep_yaml or ""})
+    return k8s.V1ConfigMap(
+        api_version="v1",
+        kind="ConfigMap",
+        metadata=_meta(f"{p.name}-sweep", _labels(p, "config")),
+        data={"sweep.yaml": p.sweep_yaml or ""},
+    )
 
 
 def artifacts_pvc(p: RenderParams, access_mode: str = "ReadWriteMany") -> k8s.V1PersistentVolumeClaim:
     # ReadWriteMany: every worker reads the chief's backup after a restart, on any node.
     return k8s.V1PersistentVolumeClaim(
-        api_version="v1", kind="PersistentVolumeClaim", metadata=_meta(pvc_name(p), _labels(p, "storage")),
+        api_version="v1",
+        kind="PersistentVolumeClaim",
+        metadata=_meta(pvc_name(p), _labels(p, "storage")),
         spec=k8s.V1PersistentVolumeClaimSpec(
-            access_modes=[access_mode],
-            resources=k8s.V1VolumeResourceRequirements(requests={"storage": p.storage})))
+            access_modes=[access_mode], resources=k8s.V1VolumeResourceRequirements(requests={"storage": p.storage})
+        ),
+    )
 
 
 def headless_service(p: RenderParams) -> k8s.V1Service:
     return k8s.V1Service(
-        api_version="v1", kind="Service", metadata=_meta(p.service_name, _labels(p, "trainer")),
+        api_version="v1",
+        kind="Service",
+        metadata=_meta(p.service_name, _labels(p, "trainer")),
         spec=k8s.V1ServiceSpec(
             cluster_ip="None",  # headless: DNS names <pod hostname>.<service> for the Job's pods
             publish_not_ready_addresses=True,  # workers must resolve each other before they are Ready
             selector=_selector(p, "trainer"),
-            ports=[k8s.V1ServicePort(name="grpc", port=cluster_lib.DEFAULT_PORT,
-                                     target_port=cluster_lib.DEFAULT_PORT, protocol="TCP")]))
+            ports=[
+                k8s.V1ServicePort(
+                    name="grpc", port=cluster_lib.DEFAULT_PORT, target_port=cluster_lib.DEFAULT_PORT, protocol="TCP"
+                )
+            ],
+        ),
+    )
 
 
 def _peer(p: RenderParams, component: str) -> k8s.V1NetworkPolicyPeer:
@@ -310,29 +346,45 @@ def _tcp(port: int) -> list:
 
 
 # Egress to any resolver on port 53: cluster DNS may be a Service, a node-local cache or a host IP.
-_DNS_EGRESS = k8s.V1NetworkPolicyEgressRule(ports=[k8s.V1NetworkPolicyPort(protocol="UDP", port=DNS_PORT),
-                                                   k8s.V1NetworkPolicyPort(protocol="TCP", port=DNS_PORT)])
+_DNS_EGRESS = k8s.V1NetworkPolicyEgressRule(
+    ports=[
+        k8s.V1NetworkPolicyPort(protocol="UDP", port=DNS_PORT),
+        k8s.V1NetworkPolicyPort(protocol="TCP", port=DNS_PORT),
+    ]
+)
 
 
-def network_policy(p: RenderParams, name: str, component: str, *, ingress: Optional[list] = None,
-                   egress: Optional[list] = None) -> k8s.V1NetworkPolicy:
+def network_policy(
+    p: RenderParams, name: str, component: str, *, ingress: Optional[list] = None, egress: Optional[list] = None
+) -> k8s.V1NetworkPolicy:
     """Selects ``component``'s pods; both directions are denied except the rules given.
 
     Traffic from the node (kubelet probes) is always allowed by NetworkPolicy semantics."""
     return k8s.V1NetworkPolicy(
-        api_version="networking.k8s.io/v1", kind="NetworkPolicy", metadata=_meta(name, _labels(p, component)),
-        spec=k8s.V1NetworkPolicySpec(pod_selector=k8s.V1LabelSelector(match_labels=_selector(p, component)),
-                                     policy_types=["Ingress", "Egress"], ingress=ingress or [],
-                                     egress=egress or []))
+        api_version="networking.k8s.io/v1",
+        kind="NetworkPolicy",
+        metadata=_meta(name, _labels(p, component)),
+        spec=k8s.V1NetworkPolicySpec(
+            pod_selector=k8s.V1LabelSelector(match_labels=_selector(p, component)),
+            policy_types=["Ingress", "Egress"],
+            ingress=ingress or [],
+            egress=egress or [],
+        ),
+    )
 
 
 def trainer_network_policy(p: RenderParams) -> k8s.V1NetworkPolicy:
     """MWMS (Job or TFJob): the workers reach each other on the worker port, and DNS; nothing else."""
     return network_policy(
-        p, p.job_name, "trainer",
+        p,
+        p.job_name,
+        "trainer",
         ingress=[k8s.V1NetworkPolicyIngressRule(_from=[_peer(p, "trainer")], ports=_tcp(cluster_lib.DEFAULT_PORT))],
-        egress=[k8s.V1NetworkPolicyEgressRule(to=[_peer(p, "trainer")], ports=_tcp(cluster_lib.DEFAULT_PORT)),
-                _DNS_EGRESS])
+        egress=[
+            k8s.V1NetworkPolicyEgressRule(to=[_peer(p, "trainer")], ports=_tcp(cluster_lib.DEFAULT_PORT)),
+            _DNS_EGRESS,
+        ],
+    )
 
 
 def _resources(p: RenderParams, gpus: int) -> k8s.V1ResourceRequirements:
@@ -343,20 +395,30 @@ def _resources(p: RenderParams, gpus: int) -> k8s.V1ResourceRequirements:
 
 
 def _container_security() -> k8s.V1SecurityContext:
-    return k8s.V1SecurityContext(allow_privilege_escalation=False, read_only_root_filesystem=True,
-                                 run_as_non_root=True, capabilities=k8s.V1Capabilities(drop=["ALL"]))
+    return k8s.V1SecurityContext(
+        allow_privilege_escalation=False,
+        read_only_root_filesystem=True,
+        run_as_non_root=True,
+        capabilities=k8s.V1Capabilities(drop=["ALL"]),
+    )
 
 
 def _pod_security() -> k8s.V1PodSecurityContext:
-    return k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=UID, run_as_group=UID, fs_group=UID,
-                                    seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"))
+    return k8s.V1PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=UID,
+        run_as_group=UID,
+        fs_group=UID,
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+    )
 
 
 def _volumes(p: RenderParams, configmap: str, *, shm: bool) -> tuple[list, list]:
     volumes = [
         k8s.V1Volume(name="experiment", config_map=k8s.V1ConfigMapVolumeSource(name=configmap)),
-        k8s.V1Volume(name="artifacts",
-                     persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=pvc_name(p))),
+        k8s.V1Volume(
+            name="artifacts", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=pvc_name(p))
+        ),
         k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()),
     ]
     mounts = [
@@ -366,8 +428,9 @@ def _volumes(p: RenderParams, configmap: str, *, shm: bool) -> tuple[list, list]
     ]
     if shm:
         # NCCL moves data through /dev/shm; the container default (64 MiB) is too small.
-        volumes.append(k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory",
-                                                                                     size_limit="2Gi")))
+        volumes.append(
+            k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit="2Gi"))
+        )
         mounts.append(k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"))
     return volumes, mounts
 
@@ -381,17 +444,31 @@ def _common_env() -> list:
 
 
 def _failure_policy(on_bad_input: str, container: str = CONTAINER) -> k8s.V1PodFailurePolicy:
-    return k8s.V1PodFailurePolicy(rules=[
-        # Bad input fails the same way on every retry.
-        k8s.V1PodFailurePolicyRule(action=on_bad_input, on_exit_codes=k8s.V1PodFailurePolicyOnExitCodesRequirement(
-            container_name=container, operator="In", values=[EXIT_BAD_INPUT])),
-        # SIGTERM checkpointed / a peer was lost: retry without counting against the backoff limit.
-        k8s.V1PodFailurePolicyRule(action="Ignore", on_exit_codes=k8s.V1PodFailurePolicyOnExitCodesRequirement(
-            container_name=container, operator="In", values=[EXIT_RETRIABLE])),
-        # Preemption, eviction, node drain.
-        k8s.V1PodFailurePolicyRule(action="Ignore", on_pod_conditions=[
-            k8s.V1PodFailurePolicyOnPodConditionsPattern(type="DisruptionTarget", status="True")]),
-    ])
+    return k8s.V1PodFailurePolicy(
+        rules=[
+            # Bad input fails the same way on every retry.
+            k8s.V1PodFailurePolicyRule(
+                action=on_bad_input,
+                on_exit_codes=k8s.V1PodFailurePolicyOnExitCodesRequirement(
+                    container_name=container, operator="In", values=[EXIT_BAD_INPUT]
+                ),
+            ),
+            # SIGTERM checkpointed / a peer was lost: retry without counting against the backoff limit.
+            k8s.V1PodFailurePolicyRule(
+                action="Ignore",
+                on_exit_codes=k8s.V1PodFailurePolicyOnExitCodesRequirement(
+                    container_name=container, operator="In", values=[EXIT_RETRIABLE]
+                ),
+            ),
+            # Preemption, eviction, node drain.
+            k8s.V1PodFailurePolicyRule(
+                action="Ignore",
+                on_pod_conditions=[
+                    k8s.V1PodFailurePolicyOnPodConditionsPattern(type="DisruptionTarget", status="True")
+                ],
+            ),
+        ]
+    )
 
 
 # --- the MWMS trainer --------------------------------------------------------------------------
@@ -402,8 +479,12 @@ def trainer_env(p: RenderParams) -> list:
     return [
         k8s.V1EnvVar(name=cluster_lib.NUM_WORKERS, value=str(p.workers)),
         # The Job's own name, from the label the Job controller sets (survives kustomize renames).
-        k8s.V1EnvVar(name=cluster_lib.JOB_NAME, value_from=k8s.V1EnvVarSource(
-            field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.labels['batch.kubernetes.io/job-name']"))),
+        k8s.V1EnvVar(
+            name=cluster_lib.JOB_NAME,
+            value_from=k8s.V1EnvVarSource(
+                field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.labels['batch.kubernetes.io/job-name']")
+            ),
+        ),
         k8s.V1EnvVar(name=cluster_lib.SERVICE, value=p.service_name),
         k8s.V1EnvVar(name=cluster_lib.WORKER_PORT, value=str(cluster_lib.DEFAULT_PORT)),
         *_common_env(),
@@ -414,28 +495,56 @@ def trainer_command(p: RenderParams) -> tuple[list, list]:
     return ["tff-lab"], ["train-dist", f"{EXPERIMENT_MOUNT}/experiment.yaml", "--out", p.run_dir, "--verbose"]
 
 
-def _trainer_pod_spec(p: RenderParams, gpus: int, *, container_name: str = CONTAINER,
-                      restart_policy: Optional[str] = "Never", subdomain: Optional[str] = None) -> k8s.V1PodSpec:
+def _trainer_pod_spec(
+    p: RenderParams,
+    gpus: int,
+    *,
+    container_name: str = CONTAINER,
+    restart_policy: Optional[str] = "Never",
+    subdomain: Optional[str] = None,
+) -> k8s.V1PodSpec:
     volumes, mounts = _volumes(p, configmap_name(p), shm=gpus > 0)
     command, args = trainer_command(p)
     container = k8s.V1Container(
-        name=container_name, image=p.image, image_pull_policy=p.image_pull_policy, command=command, args=args,
+        name=container_name,
+        image=p.image,
+        image_pull_policy=p.image_pull_policy,
+        command=command,
+        args=args,
         env=trainer_env(p) if subdomain else _common_env(),
-        ports=[k8s.V1ContainerPort(name="tfjob-port" if container_name == TFJOB_CONTAINER else "grpc",
-                                   container_port=cluster_lib.DEFAULT_PORT, protocol="TCP")],
-        resources=_resources(p, gpus), security_context=_container_security(), volume_mounts=mounts)
+        ports=[
+            k8s.V1ContainerPort(
+                name="tfjob-port" if container_name == TFJOB_CONTAINER else "grpc",
+                container_port=cluster_lib.DEFAULT_PORT,
+                protocol="TCP",
+            )
+        ],
+        resources=_resources(p, gpus),
+        security_context=_container_security(),
+        volume_mounts=mounts,
+    )
     return k8s.V1PodSpec(
-        containers=[container], volumes=volumes, restart_policy=restart_policy, subdomain=subdomain,
-        security_context=_pod_security(), termination_grace_period_seconds=p.termination_grace_seconds,
-        enable_service_links=False, automount_service_account_token=False)
+        containers=[container],
+        volumes=volumes,
+        restart_policy=restart_policy,
+        subdomain=subdomain,
+        security_context=_pod_security(),
+        termination_grace_period_seconds=p.termination_grace_seconds,
+        enable_service_links=False,
+        automount_service_account_token=False,
+    )
 
 
 def trainer_job(p: RenderParams) -> k8s.V1Job:
     labels = _labels(p, "trainer")
     return k8s.V1Job(
-        api_version="batch/v1", kind="Job", metadata=_meta(p.job_name, labels),
+        api_version="batch/v1",
+        kind="Job",
+        metadata=_meta(p.job_name, labels),
         spec=k8s.V1JobSpec(
-            completion_mode="Indexed", completions=p.workers, parallelism=p.workers,
+            completion_mode="Indexed",
+            completions=p.workers,
+            parallelism=p.workers,
             backoff_limit_per_index=p.backoff_limit_per_index,
             max_failed_indexes=0,  # MWMS needs every worker: one index out of retries fails the job
             pod_failure_policy=_failure_policy("FailJob"),
@@ -443,7 +552,10 @@ def trainer_job(p: RenderParams) -> k8s.V1Job:
             ttl_seconds_after_finished=p.ttl_seconds_after_finished,
             template=k8s.V1PodTemplateSpec(
                 metadata=k8s.V1ObjectMeta(labels=labels),
-                spec=_trainer_pod_spec(p, p.gpus_per_worker, subdomain=p.service_name))))
+                spec=_trainer_pod_spec(p, p.gpus_per_worker, subdomain=p.service_name),
+            ),
+        ),
+    )
 
 
 def tfjob(p: RenderParams) -> dict:
@@ -452,16 +564,23 @@ def tfjob(p: RenderParams) -> dict:
     labels = _labels(p, "trainer")
     template = k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels), spec=pod)
     return {
-        "apiVersion": "kubeflow.org/v1", "kind": "TFJob",
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "TFJob",
         "metadata": to_plain(_meta(p.job_name, labels)),
         "spec": {
-            "runPolicy": {"backoffLimit": p.backoff_limit_per_index * p.workers, "cleanPodPolicy": "Running",
-                          "ttlSecondsAfterFinished": p.ttl_seconds_after_finished},
-            "tfReplicaSpecs": {"Worker": {
-                "replicas": p.workers,
-                # ExitCode: 1-127 are permanent (exit 2: bad input), 128-255 are retried (143).
-                "restartPolicy": "ExitCode",
-                "template": to_plain(template)}},
+            "runPolicy": {
+                "backoffLimit": p.backoff_limit_per_index * p.workers,
+                "cleanPodPolicy": "Running",
+                "ttlSecondsAfterFinished": p.ttl_seconds_after_finished,
+            },
+            "tfReplicaSpecs": {
+                "Worker": {
+                    "replicas": p.workers,
+                    # ExitCode: 1-127 are permanent (exit 2: bad input), 128-255 are retried (143).
+                    "restartPolicy": "ExitCode",
+                    "template": to_plain(template),
+                }
+            },
         },
     }
 
@@ -473,14 +592,23 @@ def sweep_job(p: RenderParams) -> k8s.V1Job:
     labels = _labels(p, "sweep")
     volumes, mounts = _volumes(p, f"{p.name}-sweep", shm=False)
     container = k8s.V1Container(
-        name=CONTAINER, image=p.image, image_pull_policy=p.image_pull_policy, command=["tff-lab"],
+        name=CONTAINER,
+        image=p.image,
+        image_pull_policy=p.image_pull_policy,
+        command=["tff-lab"],
         args=["sweep", f"{EXPERIMENT_MOUNT}/sweep.yaml", "--out", f"{ARTIFACTS_MOUNT}/sweeps"],
-        env=_common_env(), resources=_resources(dataclasses.replace(p, cpu="2", memory="8Gi"), 0),
-        security_context=_container_security(), volume_mounts=mounts)
+        env=_common_env(),
+        resources=_resources(dataclasses.replace(p, cpu="2", memory="8Gi"), 0),
+        security_context=_container_security(),
+        volume_mounts=mounts,
+    )
     return k8s.V1Job(
-        api_version="batch/v1", kind="Job", metadata=_meta(p.sweep_job_name, labels),
+        api_version="batch/v1",
+        kind="Job",
+        metadata=_meta(p.sweep_job_name, labels),
         spec=k8s.V1JobSpec(
-            completion_mode="Indexed", completions=p.sweep_points,
+            completion_mode="Indexed",
+            completions=p.sweep_points,
             parallelism=min(p.sweep_points, p.sweep_parallelism),
             backoff_limit_per_index=p.backoff_limit_per_index,  # one experiment's failure spares the others
             pod_failure_policy=_failure_policy("FailIndex"),
@@ -488,10 +616,18 @@ def sweep_job(p: RenderParams) -> k8s.V1Job:
             ttl_seconds_after_finished=p.ttl_seconds_after_finished,
             template=k8s.V1PodTemplateSpec(
                 metadata=k8s.V1ObjectMeta(labels=labels),
-                spec=k8s.V1PodSpec(containers=[container], volumes=volumes, restart_policy="Never",
-                                   security_context=_pod_security(),
-                                   termination_grace_period_seconds=p.termination_grace_seconds,
-                                   enable_service_links=False, automount_service_account_token=False))))
+                spec=k8s.V1PodSpec(
+                    containers=[container],
+                    volumes=volumes,
+                    restart_policy="Never",
+                    security_context=_pod_security(),
+                    termination_grace_period_seconds=p.termination_grace_seconds,
+                    enable_service_links=False,
+                    automount_service_account_token=False,
+                ),
+            ),
+        ),
+    )
 
 
 def sweep_network_policy(p: RenderParams) -> k8s.V1NetworkPolicy:
@@ -504,14 +640,19 @@ def sweep_network_policy(p: RenderParams) -> k8s.V1NetworkPolicy:
 
 def tff_workers_service(p: RenderParams) -> k8s.V1Service:
     return k8s.V1Service(
-        api_version="v1", kind="Service", metadata=_meta(p.service_name, _labels(p, "tff-worker")),
+        api_version="v1",
+        kind="Service",
+        metadata=_meta(p.service_name, _labels(p, "tff-worker")),
         spec=k8s.V1ServiceSpec(
             cluster_ip="None",  # headless: <set>-<i>.<service> resolves to worker i
             # Only Ready workers get DNS records; the driver's init container waits for all of them.
             publish_not_ready_addresses=False,
             selector=_selector(p, "tff-worker"),
-            ports=[k8s.V1ServicePort(name="tff-grpc", port=TFF_WORKER_PORT, target_port=TFF_WORKER_PORT,
-                                     protocol="TCP")]))
+            ports=[
+                k8s.V1ServicePort(name="tff-grpc", port=TFF_WORKER_PORT, target_port=TFF_WORKER_PORT, protocol="TCP")
+            ],
+        ),
+    )
 
 
 def tff_worker_command() -> tuple[list, list]:
@@ -524,33 +665,55 @@ def tff_worker_statefulset(p: RenderParams) -> k8s.V1StatefulSet:
     command, args = tff_worker_command()
     probe = dict(tcp_socket=k8s.V1TCPSocketAction(port=TFF_WORKER_PORT), timeout_seconds=5)
     container = k8s.V1Container(
-        name=TFF_WORKER_CONTAINER, image=p.image, image_pull_policy=p.image_pull_policy, command=command,
-        args=args, env=_common_env(),
+        name=TFF_WORKER_CONTAINER,
+        image=p.image,
+        image_pull_policy=p.image_pull_policy,
+        command=command,
+        args=args,
+        env=_common_env(),
         ports=[k8s.V1ContainerPort(name="tff-grpc", container_port=TFF_WORKER_PORT, protocol="TCP")],
         readiness_probe=k8s.V1Probe(**probe, period_seconds=5, failure_threshold=3),
         # A worker busy with a round still accepts connections; only a dead listener restarts it.
         liveness_probe=k8s.V1Probe(**probe, initial_delay_seconds=30, period_seconds=20, failure_threshold=6),
-        resources=_resources(p, p.tff_worker_gpus), security_context=_container_security(),
-        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")])
+        resources=_resources(p, p.tff_worker_gpus),
+        security_context=_container_security(),
+        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+    )
     pod = k8s.V1PodSpec(
-        containers=[container], volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())],
-        security_context=_pod_security(), termination_grace_period_seconds=30, enable_service_links=False,
+        containers=[container],
+        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())],
+        security_context=_pod_security(),
+        termination_grace_period_seconds=30,
+        enable_service_links=False,
         automount_service_account_token=False,
-        tolerations=[_GPU_TOLERATION] if p.tff_worker_gpus > 0 else None)
+        tolerations=[_GPU_TOLERATION] if p.tff_worker_gpus > 0 else None,
+    )
     return k8s.V1StatefulSet(
-        api_version="apps/v1", kind="StatefulSet", metadata=_meta(p.tff_worker_set, labels),
+        api_version="apps/v1",
+        kind="StatefulSet",
+        metadata=_meta(p.tff_worker_set, labels),
         spec=k8s.V1StatefulSetSpec(
-            service_name=p.service_name, replicas=p.tff_workers,
+            service_name=p.service_name,
+            replicas=p.tff_workers,
             pod_management_policy="Parallel",  # workers are independent: start them all at once
             selector=k8s.V1LabelSelector(match_labels=_selector(p, "tff-worker")),
-            template=k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels), spec=pod)))
+            template=k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels), spec=pod),
+        ),
+    )
 
 
 def driver_command(p: RenderParams) -> tuple[list, list]:
     addresses = ",".join(p.tff_worker_addresses)
     # --resume: a retried pod continues from the last checkpoint on the volume (fresh if there is none).
-    return ["tff-lab"], ["run", f"{EXPERIMENT_MOUNT}/experiment.yaml", "--out", p.federated_run_dir, "--resume",
-                         "--set", f"training.worker_addresses=[{addresses}]"]
+    return ["tff-lab"], [
+        "run",
+        f"{EXPERIMENT_MOUNT}/experiment.yaml",
+        "--out",
+        p.federated_run_dir,
+        "--resume",
+        "--set",
+        f"training.worker_addresses=[{addresses}]",
+    ]
 
 
 def driver_job(p: RenderParams) -> k8s.V1Job:
@@ -559,47 +722,83 @@ def driver_job(p: RenderParams) -> k8s.V1Job:
     volumes, mounts = _volumes(p, configmap_name(p), shm=False)
     command, args = driver_command(p)
     wait = k8s.V1Container(
-        name="wait-for-workers", image=p.image, image_pull_policy=p.image_pull_policy, command=["tff-lab"],
+        name="wait-for-workers",
+        image=p.image,
+        image_pull_policy=p.image_pull_policy,
+        command=["tff-lab"],
         args=["k8s", "wait", *p.tff_worker_addresses, "--timeout", str(p.workers_wait_seconds)],
-        env=_common_env(), security_context=_container_security(),
+        env=_common_env(),
+        security_context=_container_security(),
         # ~90 MB and ~1 CPU-second to start (Python, numpy); then it polls once a second.
-        resources=k8s.V1ResourceRequirements(requests={"cpu": "250m", "memory": "256Mi"},
-                                             limits={"cpu": "250m", "memory": "256Mi"}))
+        resources=k8s.V1ResourceRequirements(
+            requests={"cpu": "250m", "memory": "256Mi"}, limits={"cpu": "250m", "memory": "256Mi"}
+        ),
+    )
     driver = k8s.V1Container(
-        name=DRIVER_CONTAINER, image=p.image, image_pull_policy=p.image_pull_policy, command=command, args=args,
-        env=_common_env(), resources=_resources(dataclasses.replace(p, cpu="2", memory="8Gi"), 0),
-        security_context=_container_security(), volume_mounts=mounts)
+        name=DRIVER_CONTAINER,
+        image=p.image,
+        image_pull_policy=p.image_pull_policy,
+        command=command,
+        args=args,
+        env=_common_env(),
+        resources=_resources(dataclasses.replace(p, cpu="2", memory="8Gi"), 0),
+        security_context=_container_security(),
+        volume_mounts=mounts,
+    )
     return k8s.V1Job(
-        api_version="batch/v1", kind="Job", metadata=_meta(p.driver_job_name, labels),
+        api_version="batch/v1",
+        kind="Job",
+        metadata=_meta(p.driver_job_name, labels),
         spec=k8s.V1JobSpec(
-            completions=1, parallelism=1, backoff_limit=p.backoff_limit_per_index,
+            completions=1,
+            parallelism=1,
+            backoff_limit=p.backoff_limit_per_index,
             pod_failure_policy=_failure_policy("FailJob", DRIVER_CONTAINER),
             pod_replacement_policy="Failed",
             ttl_seconds_after_finished=p.ttl_seconds_after_finished,
             template=k8s.V1PodTemplateSpec(
                 metadata=k8s.V1ObjectMeta(labels=labels),
-                spec=k8s.V1PodSpec(init_containers=[wait], containers=[driver], volumes=volumes,
-                                   restart_policy="Never", security_context=_pod_security(),
-                                   termination_grace_period_seconds=p.termination_grace_seconds,
-                                   enable_service_links=False, automount_service_account_token=False))))
+                spec=k8s.V1PodSpec(
+                    init_containers=[wait],
+                    containers=[driver],
+                    volumes=volumes,
+                    restart_policy="Never",
+                    security_context=_pod_security(),
+                    termination_grace_period_seconds=p.termination_grace_seconds,
+                    enable_service_links=False,
+                    automount_service_account_token=False,
+                ),
+            ),
+        ),
+    )
 
 
 def tff_worker_network_policy(p: RenderParams) -> k8s.V1NetworkPolicy:
     """Only the driver reaches a worker, on its port; workers open no connections."""
-    return network_policy(p, p.tff_worker_set, "tff-worker", ingress=[
-        k8s.V1NetworkPolicyIngressRule(_from=[_peer(p, "driver")], ports=_tcp(TFF_WORKER_PORT))])
+    return network_policy(
+        p,
+        p.tff_worker_set,
+        "tff-worker",
+        ingress=[k8s.V1NetworkPolicyIngressRule(_from=[_peer(p, "driver")], ports=_tcp(TFF_WORKER_PORT))],
+    )
 
 
 def driver_network_policy(p: RenderParams) -> k8s.V1NetworkPolicy:
     """The driver reaches the workers' port and DNS; nothing reaches the driver."""
-    return network_policy(p, p.driver_job_name, "driver", egress=[
-        k8s.V1NetworkPolicyEgressRule(to=[_peer(p, "tff-worker")], ports=_tcp(TFF_WORKER_PORT)), _DNS_EGRESS])
+    return network_policy(
+        p,
+        p.driver_job_name,
+        "driver",
+        egress=[k8s.V1NetworkPolicyEgressRule(to=[_peer(p, "tff-worker")], ports=_tcp(TFF_WORKER_PORT)), _DNS_EGRESS],
+    )
 
 
 def federated_objects(p: RenderParams) -> list[dict]:
     """What the federated overlay adds to the base (the Service replaces the base's)."""
-    return [to_plain(o) for o in (tff_worker_statefulset(p), driver_job(p), tff_worker_network_policy(p),
-                                  driver_network_policy(p))]
+    return [
+        to_plain(o)
+        for o in (tff_worker_statefulset(p), driver_job(p), tff_worker_network_policy(p), driver_network_policy(p))
+    ]
 
 
 # --- the predict overlay: an Indexed Job of shards + a merge Job ------------------------------------
@@ -608,41 +807,80 @@ def federated_objects(p: RenderParams) -> list[dict]:
 def predictions_pvc(p: RenderParams) -> k8s.V1PersistentVolumeClaim:
     # ReadWriteMany: the shards' pods write their parts from any node, the merge pod reads them all.
     return k8s.V1PersistentVolumeClaim(
-        api_version="v1", kind="PersistentVolumeClaim",
+        api_version="v1",
+        kind="PersistentVolumeClaim",
         metadata=_meta(f"{p.name}-predictions", _labels(p, "storage")),
         spec=k8s.V1PersistentVolumeClaimSpec(
-            access_modes=["ReadWriteMany"],
-            resources=k8s.V1VolumeResourceRequirements(requests={"storage": p.storage})))
+            access_modes=["ReadWriteMany"], resources=k8s.V1VolumeResourceRequirements(requests={"storage": p.storage})
+        ),
+    )
 
 
 def _predict_volumes(p: RenderParams, *, artifacts: bool) -> tuple[list, list]:
-    volumes = [k8s.V1Volume(name="predictions", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-                   claim_name=f"{p.name}-predictions")),
-               k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())]
-    mounts = [k8s.V1VolumeMount(name="predictions", mount_path=PREDICTIONS_MOUNT),
-              k8s.V1VolumeMount(name="tmp", mount_path="/tmp")]
+    volumes = [
+        k8s.V1Volume(
+            name="predictions",
+            persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=f"{p.name}-predictions"),
+        ),
+        k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()),
+    ]
+    mounts = [
+        k8s.V1VolumeMount(name="predictions", mount_path=PREDICTIONS_MOUNT),
+        k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
+    ]
     if artifacts:  # the model and the input: read-only, in the volume source and in the mount
-        volumes.insert(0, k8s.V1Volume(name="artifacts", persistent_volume_claim=(
-            k8s.V1PersistentVolumeClaimVolumeSource(claim_name=pvc_name(p), read_only=True))))
+        volumes.insert(
+            0,
+            k8s.V1Volume(
+                name="artifacts",
+                persistent_volume_claim=(
+                    k8s.V1PersistentVolumeClaimVolumeSource(claim_name=pvc_name(p), read_only=True)
+                ),
+            ),
+        )
         mounts.insert(0, k8s.V1VolumeMount(name="artifacts", mount_path=ARTIFACTS_MOUNT, read_only=True))
     return volumes, mounts
 
 
 def predict_command(p: RenderParams) -> tuple[list, list]:
     """Shard ``$JOB_COMPLETION_INDEX`` of ``predict_shards`` (the index comes from the Job controller)."""
-    return ["tff-lab"], ["predict", p.predict_model_path, p.predict_input, "--out", p.predict_parts_dir,
-                         "--num-shards", str(p.predict_shards), "--batch-size", str(p.predict_batch_size), "--quiet"]
+    return ["tff-lab"], [
+        "predict",
+        p.predict_model_path,
+        p.predict_input,
+        "--out",
+        p.predict_parts_dir,
+        "--num-shards",
+        str(p.predict_shards),
+        "--batch-size",
+        str(p.predict_batch_size),
+        "--quiet",
+    ]
 
 
 def predict_merge_command(p: RenderParams) -> tuple[list, list]:
-    return ["tff-lab"], ["predict-merge", p.predict_parts_dir, "--num-shards", str(p.predict_shards), "--out",
-                         p.predict_output, "--wait", str(p.predict_wait_seconds)]
+    return ["tff-lab"], [
+        "predict-merge",
+        p.predict_parts_dir,
+        "--num-shards",
+        str(p.predict_shards),
+        "--out",
+        p.predict_output,
+        "--wait",
+        str(p.predict_wait_seconds),
+    ]
 
 
 def _batch_pod(p: RenderParams, container: k8s.V1Container, volumes: list) -> k8s.V1PodSpec:
-    return k8s.V1PodSpec(containers=[container], volumes=volumes, restart_policy="Never",
-                         security_context=_pod_security(), termination_grace_period_seconds=30,
-                         enable_service_links=False, automount_service_account_token=False)
+    return k8s.V1PodSpec(
+        containers=[container],
+        volumes=volumes,
+        restart_policy="Never",
+        security_context=_pod_security(),
+        termination_grace_period_seconds=30,
+        enable_service_links=False,
+        automount_service_account_token=False,
+    )
 
 
 def predict_job(p: RenderParams) -> k8s.V1Job:
@@ -650,21 +888,34 @@ def predict_job(p: RenderParams) -> k8s.V1Job:
     volumes, mounts = _predict_volumes(p, artifacts=True)
     command, args = predict_command(p)
     container = k8s.V1Container(
-        name=PREDICT_CONTAINER, image=p.image, image_pull_policy=p.image_pull_policy, command=command, args=args,
-        env=_common_env(), resources=_resources(dataclasses.replace(p, cpu="2", memory="4Gi"), 0),
-        security_context=_container_security(), volume_mounts=mounts)
+        name=PREDICT_CONTAINER,
+        image=p.image,
+        image_pull_policy=p.image_pull_policy,
+        command=command,
+        args=args,
+        env=_common_env(),
+        resources=_resources(dataclasses.replace(p, cpu="2", memory="4Gi"), 0),
+        security_context=_container_security(),
+        volume_mounts=mounts,
+    )
     return k8s.V1Job(
-        api_version="batch/v1", kind="Job", metadata=_meta(p.predict_job_name, labels),
+        api_version="batch/v1",
+        kind="Job",
+        metadata=_meta(p.predict_job_name, labels),
         spec=k8s.V1JobSpec(
-            completion_mode="Indexed", completions=p.predict_shards,
+            completion_mode="Indexed",
+            completions=p.predict_shards,
             parallelism=min(p.predict_shards, p.predict_parallelism),
             backoff_limit_per_index=p.backoff_limit_per_index,
             max_failed_indexes=0,  # a shard out of retries leaves the merge nothing to merge: fail the job
             pod_failure_policy=_failure_policy("FailJob", PREDICT_CONTAINER),
             pod_replacement_policy="Failed",
             ttl_seconds_after_finished=p.ttl_seconds_after_finished,
-            template=k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels),
-                                           spec=_batch_pod(p, container, volumes))))
+            template=k8s.V1PodTemplateSpec(
+                metadata=k8s.V1ObjectMeta(labels=labels), spec=_batch_pod(p, container, volumes)
+            ),
+        ),
+    )
 
 
 def predict_merge_job(p: RenderParams) -> k8s.V1Job:
@@ -675,27 +926,49 @@ def predict_merge_job(p: RenderParams) -> k8s.V1Job:
     volumes, mounts = _predict_volumes(p, artifacts=False)
     command, args = predict_merge_command(p)
     container = k8s.V1Container(
-        name=MERGE_CONTAINER, image=p.image, image_pull_policy=p.image_pull_policy, command=command, args=args,
-        env=_common_env(), security_context=_container_security(), volume_mounts=mounts,
+        name=MERGE_CONTAINER,
+        image=p.image,
+        image_pull_policy=p.image_pull_policy,
+        command=command,
+        args=args,
+        env=_common_env(),
+        security_context=_container_security(),
+        volume_mounts=mounts,
         # It holds every prediction once (rows x classes x 4 bytes); no TensorFlow is imported.
-        resources=k8s.V1ResourceRequirements(requests={"cpu": "500m", "memory": "2Gi"},
-                                             limits={"cpu": "1", "memory": "2Gi"}))
+        resources=k8s.V1ResourceRequirements(
+            requests={"cpu": "500m", "memory": "2Gi"}, limits={"cpu": "1", "memory": "2Gi"}
+        ),
+    )
     return k8s.V1Job(
-        api_version="batch/v1", kind="Job", metadata=_meta(p.predict_merge_job_name, labels),
+        api_version="batch/v1",
+        kind="Job",
+        metadata=_meta(p.predict_merge_job_name, labels),
         spec=k8s.V1JobSpec(
-            completions=1, parallelism=1, backoff_limit=p.backoff_limit_per_index,
+            completions=1,
+            parallelism=1,
+            backoff_limit=p.backoff_limit_per_index,
             pod_failure_policy=_failure_policy("FailJob", MERGE_CONTAINER),  # exit 2: a refusal is final
             pod_replacement_policy="Failed",
             ttl_seconds_after_finished=p.ttl_seconds_after_finished,
-            template=k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels),
-                                           spec=_batch_pod(p, container, volumes))))
+            template=k8s.V1PodTemplateSpec(
+                metadata=k8s.V1ObjectMeta(labels=labels), spec=_batch_pod(p, container, volumes)
+            ),
+        ),
+    )
 
 
 def predict_objects(p: RenderParams) -> list[dict]:
     """What the predict overlay adds to the base; its pods talk to nobody (deny-all NetworkPolicies)."""
-    return [to_plain(o) for o in (predictions_pvc(p), predict_job(p), predict_merge_job(p),
-                                  network_policy(p, p.predict_job_name, "predict"),
-                                  network_policy(p, p.predict_merge_job_name, "predict-merge"))]
+    return [
+        to_plain(o)
+        for o in (
+            predictions_pvc(p),
+            predict_job(p),
+            predict_merge_job(p),
+            network_policy(p, p.predict_job_name, "predict"),
+            network_policy(p, p.predict_merge_job_name, "predict-merge"),
+        )
+    ]
 
 
 # --- overlays --------------------------------------------------------------------------------
@@ -706,16 +979,25 @@ BASE_FILES = ("configmap.yaml", "pvc.yaml", "service.yaml", "job.yaml", "network
 
 def base_objects(p: RenderParams) -> list[dict]:
     """The base's objects, in BASE_FILES order, without a namespace (kustomize adds it)."""
-    return [to_plain(o) for o in (experiment_configmap(p), artifacts_pvc(p), headless_service(p), trainer_job(p),
-                                  trainer_network_policy(p))]
+    return [
+        to_plain(o)
+        for o in (
+            experiment_configmap(p),
+            artifacts_pvc(p),
+            headless_service(p),
+            trainer_job(p),
+            trainer_network_policy(p),
+        )
+    ]
 
 
 _GPU_TOLERATION = k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
 
 
 def _cpu_resources(p: RenderParams) -> dict:
-    return to_plain(k8s.V1ResourceRequirements(requests={"cpu": "1", "memory": "2Gi"},
-                                               limits={"cpu": "2", "memory": "4Gi"}))
+    return to_plain(
+        k8s.V1ResourceRequirements(requests={"cpu": "1", "memory": "2Gi"}, limits={"cpu": "2", "memory": "4Gi"})
+    )
 
 
 def _find(objs: list[dict], kind: str) -> dict:
@@ -741,14 +1023,14 @@ def render_overlay(p: RenderParams, overlay: str) -> list[dict]:
         pod = _find(objs, "Job")["spec"]["template"]["spec"]
         pod["containers"][0]["resources"] = _cpu_resources(p)
         pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "dshm"]
-        pod["containers"][0]["volumeMounts"] = [m for m in pod["containers"][0]["volumeMounts"]
-                                                if m["name"] != "dshm"]
+        pod["containers"][0]["volumeMounts"] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] != "dshm"]
     elif overlay == "tfjob":
         # The trainer NetworkPolicy stays: the TFJob's pods carry the same labels and port.
         objs = _without(objs, "Job", "Service") + [tfjob(p)]
         if p.gpus_per_worker > 0:
             objs[-1]["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["tolerations"] = [
-                to_plain(_GPU_TOLERATION)]
+                to_plain(_GPU_TOLERATION)
+            ]
     elif overlay == "sweep":
         if not p.sweep_yaml:
             raise ConfigError("--sweep", "the sweep overlay needs a sweep grid (--sweep GRID.yaml)")
@@ -765,8 +1047,12 @@ def render_overlay(p: RenderParams, overlay: str) -> list[dict]:
 
 
 def _delete_patch(obj: dict) -> dict:
-    return {"$patch": "delete", "apiVersion": obj["apiVersion"], "kind": obj["kind"],
-            "metadata": {"name": obj["metadata"]["name"]}}
+    return {
+        "$patch": "delete",
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "metadata": {"name": obj["metadata"]["name"]},
+    }
 
 
 def _target(obj: dict) -> dict:
@@ -798,8 +1084,10 @@ def _dump_one(data) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
 
 
-HEADER = ("# Generated by `tff-lab k8s render` (tff_lab/deploy/render.py); do not edit by hand:\n"
-          "# re-render instead (a test keeps this tree equal to the renderer's output).\n")
+HEADER = (
+    "# Generated by `tff-lab k8s render` (tff_lab/deploy/render.py); do not edit by hand:\n"
+    "# re-render instead (a test keeps this tree equal to the renderer's output).\n"
+)
 
 
 def tree_files(p: RenderParams, overlays=OVERLAYS, command: str = "") -> dict[str, str]:
@@ -813,35 +1101,53 @@ def tree_files(p: RenderParams, overlays=OVERLAYS, command: str = "") -> dict[st
     files = {}
     for obj, fname in zip(base, BASE_FILES):
         files[f"base/{fname}"] = header + _dump(obj)
-    files["base/kustomization.yaml"] = header + _dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": p.namespace,
-        "resources": list(BASE_FILES)})
+    files["base/kustomization.yaml"] = header + _dump(
+        {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "namespace": p.namespace,
+            "resources": list(BASE_FILES),
+        }
+    )
     job, pvc, svc = _find(base, "Job"), _find(base, "PersistentVolumeClaim"), _find(base, "Service")
     for overlay in overlays:
         # The namespace again: kustomize applies it to this level's own resources too.
-        kust: dict = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                      "namespace": p.namespace, "resources": ["../../base"]}
+        kust: dict = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "namespace": p.namespace,
+            "resources": ["../../base"],
+        }
         extra: dict[str, str] = {}  # file name -> YAML text
         if overlay == "gpu":
             if p.gpus_per_worker > 0:
                 kust["patches"] = [{"path": "gpu-tolerations.yaml", "target": _target(job)}]
-                extra["gpu-tolerations.yaml"] = _dump_one([{"op": "add", "path": "/spec/template/spec/tolerations",
-                                                            "value": [to_plain(_GPU_TOLERATION)]}])
+                extra["gpu-tolerations.yaml"] = _dump_one(
+                    [{"op": "add", "path": "/spec/template/spec/tolerations", "value": [to_plain(_GPU_TOLERATION)]}]
+                )
         elif overlay == "cpu":
             pod = job["spec"]["template"]["spec"]
-            ops = [{"op": "replace", "path": "/spec/template/spec/containers/0/resources",
-                    "value": _cpu_resources(p)}]
+            ops = [{"op": "replace", "path": "/spec/template/spec/containers/0/resources", "value": _cpu_resources(p)}]
             # Drop the shared-memory volume (NCCL only); highest index first so indices stay valid.
             mounts = pod["containers"][0]["volumeMounts"]
-            ops += [{"op": "remove", "path": f"/spec/template/spec/containers/0/volumeMounts/{i}"}
-                    for i in reversed(range(len(mounts))) if mounts[i]["name"] == "dshm"]
-            ops += [{"op": "remove", "path": f"/spec/template/spec/volumes/{i}"}
-                    for i in reversed(range(len(pod["volumes"]))) if pod["volumes"][i]["name"] == "dshm"]
+            ops += [
+                {"op": "remove", "path": f"/spec/template/spec/containers/0/volumeMounts/{i}"}
+                for i in reversed(range(len(mounts)))
+                if mounts[i]["name"] == "dshm"
+            ]
+            ops += [
+                {"op": "remove", "path": f"/spec/template/spec/volumes/{i}"}
+                for i in reversed(range(len(pod["volumes"])))
+                if pod["volumes"][i]["name"] == "dshm"
+            ]
             extra["cpu-job.yaml"] = _dump_one(ops)
-            extra["cpu-pvc.yaml"] = _dump_one([{"op": "replace", "path": "/spec/accessModes",
-                                                "value": ["ReadWriteOnce"]}])
-            kust["patches"] = [{"path": "cpu-job.yaml", "target": _target(job)},
-                               {"path": "cpu-pvc.yaml", "target": _target(pvc)}]
+            extra["cpu-pvc.yaml"] = _dump_one(
+                [{"op": "replace", "path": "/spec/accessModes", "value": ["ReadWriteOnce"]}]
+            )
+            kust["patches"] = [
+                {"path": "cpu-job.yaml", "target": _target(job)},
+                {"path": "cpu-pvc.yaml", "target": _target(pvc)},
+            ]
         else:  # tfjob, sweep, federated, predict: replace the MWMS Job (and its Service / NetworkPolicy)
             if overlay == "sweep" and not p.sweep_yaml:
                 raise ConfigError("--sweep", "the sweep overlay needs a sweep grid (--sweep GRID.yaml)")
@@ -865,9 +1171,12 @@ def tree_files(p: RenderParams, overlays=OVERLAYS, command: str = "") -> dict[st
             if overlay == "federated":
                 # Same name, other pods: the headless Service now fronts the TFF workers.
                 new_svc = _find(wanted, "Service")
-                extra["service-tff-workers.yaml"] = _dump_one([
-                    {"op": "replace", "path": "/metadata/labels", "value": new_svc["metadata"]["labels"]},
-                    {"op": "replace", "path": "/spec", "value": new_svc["spec"]}])
+                extra["service-tff-workers.yaml"] = _dump_one(
+                    [
+                        {"op": "replace", "path": "/metadata/labels", "value": new_svc["metadata"]["labels"]},
+                        {"op": "replace", "path": "/spec", "value": new_svc["spec"]},
+                    ]
+                )
                 kust["patches"].append({"path": "service-tff-workers.yaml", "target": _target(svc)})
         for fname, text in extra.items():
             files[f"overlays/{overlay}/{fname}"] = header + text

@@ -50,8 +50,10 @@ class Sweep:
     def point(self, index: int) -> dict[str, Any]:
         """The ``index``-th {dotted key: value} of the grid."""
         if not 0 <= index < len(self):
-            raise ConfigError(COMPLETION_INDEX if os.environ.get(COMPLETION_INDEX) else "--index",
-                              f"{index} is out of range for the {len(self)} experiments of sweep '{self.name}'")
+            raise ConfigError(
+                COMPLETION_INDEX if os.environ.get(COMPLETION_INDEX) else "--index",
+                f"{index} is out of range for the {len(self)} experiments of sweep '{self.name}'",
+            )
         return dict(zip(self.keys, list(itertools.product(*self.values))[index]))
 
     def overrides(self, index: int) -> list[str]:
@@ -71,8 +73,9 @@ class Sweep:
         try:
             return from_dict(data)
         except ConfigError as e:
-            raise ConfigError(f"sweep '{self.name}' point {index} ({', '.join(self.overrides(index))}): {e.where}",
-                              e.message) from None
+            raise ConfigError(
+                f"sweep '{self.name}' point {index} ({', '.join(self.overrides(index))}): {e.where}", e.message
+            ) from None
 
     def to_dict(self) -> dict:
         """Self-contained form (base inlined), as stored in the sweep ConfigMap."""
@@ -82,8 +85,9 @@ class Sweep:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def parse_sweep(data: Any, *, where: str = "sweep", base_dir: Optional[Path] = None,
-                default_base: Optional[dict] = None) -> Sweep:
+def parse_sweep(
+    data: Any, *, where: str = "sweep", base_dir: Optional[Path] = None, default_base: Optional[dict] = None
+) -> Sweep:
     if not isinstance(data, dict):
         raise ConfigError(where, "expected a mapping with 'name', 'grid' and 'experiment' or 'base'")
     unknown = set(data) - {"name", "experiment", "base", "grid"}
@@ -152,6 +156,9 @@ def run_sweep_point(sweep: Sweep, index: int, out_dir, *, quiet: bool = True) ->
     summary = run_experiment(cfg, run_dir, resume=True, quiet=quiet)
     from tff_lab.fileio import atomic_write_text
 
-    atomic_write_text(run_dir / "sweep_point.json", json.dumps(
-        {"sweep": sweep.name, "index": index, "of": len(sweep), "point": sweep.point(index)}, indent=2) + "\n")
+    atomic_write_text(
+        run_dir / "sweep_point.json",
+        json.dumps({"sweep": sweep.name, "index": index, "of": len(sweep), "point": sweep.point(index)}, indent=2)
+        + "\n",
+    )
     return summary

@@ -77,13 +77,14 @@ class ClusterSpec:
     def tf_config(self) -> Optional[dict]:
         if self.source == "single":
             return None
-        return {"cluster": {k: list(v) for k, v in self.jobs.items()},
-                "task": {"type": self.task_type, "index": self.task_index}}
+        return {
+            "cluster": {k: list(v) for k, v in self.jobs.items()},
+            "task": {"type": self.task_type, "index": self.task_index},
+        }
 
     def describe(self) -> str:
         role = "chief" if self.is_chief else "worker"
-        return (f"{self.source}: {self.task_type}:{self.task_index} ({role}) of {self.num_workers} "
-                f"worker(s)")
+        return f"{self.source}: {self.task_type}:{self.task_index} ({role}) of {self.num_workers} worker(s)"
 
 
 def single_worker() -> ClusterSpec:
@@ -109,14 +110,17 @@ def parse_tf_config(raw: str) -> ClusterSpec:
         raise ConfigError(TF_CONFIG, f"expected a JSON object with 'cluster' and 'task', got {type(data).__name__}")
     cluster = data.get("cluster")
     if not isinstance(cluster, dict) or not cluster:
-        raise ConfigError(f"{TF_CONFIG}.cluster", "missing or empty; expected e.g. "
-                          '{"worker": ["host0:2222", "host1:2222"]}')
+        raise ConfigError(
+            f"{TF_CONFIG}.cluster", 'missing or empty; expected e.g. {"worker": ["host0:2222", "host1:2222"]}'
+        )
     jobs: dict[str, tuple[str, ...]] = {}
     for job, addrs in cluster.items():
         where = f"{TF_CONFIG}.cluster.{job}"
         if job == "ps":
-            raise ConfigError(where, "parameter servers are not used by MultiWorkerMirroredStrategy; "
-                              "give only 'chief' and 'worker' tasks")
+            raise ConfigError(
+                where,
+                "parameter servers are not used by MultiWorkerMirroredStrategy; give only 'chief' and 'worker' tasks",
+            )
         if job not in _MWMS_JOBS and job != "evaluator":
             raise ConfigError(where, "unknown task type; expected chief or worker")
         if not isinstance(addrs, list) or not addrs:
@@ -131,16 +135,20 @@ def parse_tf_config(raw: str) -> ClusterSpec:
         raise ConfigError(f"{TF_CONFIG}.task", 'missing; expected {"type": "worker", "index": 0}')
     task_type, index = task.get("type"), task.get("index", 0)
     if task_type not in jobs:
-        raise ConfigError(f"{TF_CONFIG}.task.type",
-                          f"{task_type!r} is not a task type of the cluster ({', '.join(sorted(jobs))})")
+        raise ConfigError(
+            f"{TF_CONFIG}.task.type", f"{task_type!r} is not a task type of the cluster ({', '.join(sorted(jobs))})"
+        )
     if task_type == "evaluator":
-        raise ConfigError(f"{TF_CONFIG}.task.type", "a side-car evaluator is not supported by train-dist; "
-                          "the chief evaluates on the test set")
+        raise ConfigError(
+            f"{TF_CONFIG}.task.type",
+            "a side-car evaluator is not supported by train-dist; the chief evaluates on the test set",
+        )
     if isinstance(index, bool) or not isinstance(index, int):
         raise ConfigError(f"{TF_CONFIG}.task.index", f"expected an integer, got {index!r}")
     if not 0 <= index < len(jobs[task_type]):
-        raise ConfigError(f"{TF_CONFIG}.task.index",
-                          f"{index} is out of range for {len(jobs[task_type])} '{task_type}' task(s)")
+        raise ConfigError(
+            f"{TF_CONFIG}.task.index", f"{index} is out of range for {len(jobs[task_type])} '{task_type}' task(s)"
+        )
     jobs.pop("evaluator", None)
     return ClusterSpec(source="tf_config", jobs=jobs, task_type=task_type, task_index=index)
 
@@ -158,8 +166,11 @@ def _int_env(env: Mapping[str, str], name: str, *, minimum: int) -> int:
 def _dns_label(env: Mapping[str, str], name: str) -> str:
     value = env.get(name, "").strip()
     if not value:
-        raise ConfigError(name, f"not set; an Indexed Job needs {NUM_WORKERS}, {JOB_NAME} and {SERVICE} "
-                          "(the manifests from `tff-lab k8s render` set them)")
+        raise ConfigError(
+            name,
+            f"not set; an Indexed Job needs {NUM_WORKERS}, {JOB_NAME} and {SERVICE} "
+            "(the manifests from `tff-lab k8s render` set them)",
+        )
     if not _DNS_LABEL.match(value) or len(value) > 63:
         raise ConfigError(name, f"expected a DNS label (lowercase letters, digits, '-'), got {value!r}")
     return value
@@ -174,14 +185,15 @@ def parse_indexed_job(env: Mapping[str, str]) -> ClusterSpec:
     """Builds the cluster of a Kubernetes Indexed Job from the pod's environment."""
     index = _int_env(env, COMPLETION_INDEX, minimum=0)
     if NUM_WORKERS not in env:
-        raise ConfigError(NUM_WORKERS, f"not set, but {COMPLETION_INDEX} is (an Indexed Job): the worker count "
-                          "is needed to build the cluster")
+        raise ConfigError(
+            NUM_WORKERS,
+            f"not set, but {COMPLETION_INDEX} is (an Indexed Job): the worker count is needed to build the cluster",
+        )
     n = _int_env(env, NUM_WORKERS, minimum=1)
     if index >= n:
         raise ConfigError(COMPLETION_INDEX, f"{index} is not below the worker count {NUM_WORKERS}={n}")
     if n == 1:
-        return ClusterSpec(source="indexed_job", jobs={"worker": ("localhost:0",)}, task_type="worker",
-                           task_index=0)
+        return ClusterSpec(source="indexed_job", jobs={"worker": ("localhost:0",)}, task_type="worker", task_index=0)
     job, service = _dns_label(env, JOB_NAME), _dns_label(env, SERVICE)
     port = _int_env(env, WORKER_PORT, minimum=1) if env.get(WORKER_PORT) else DEFAULT_PORT
     if port > 65535:

@@ -93,34 +93,44 @@ def _datasets(cfg: ExperimentConfig, strategy, num_workers: int, x, y, x_test, y
     usable = n if d.input_sharding == "data" else (n // num_workers) * num_workers
     steps = usable // global_batch
     if steps < 1:
-        raise ConfigError("dist.per_replica_batch_size",
-                          f"global batch {global_batch} ({d.per_replica_batch_size} x {replicas} replicas) "
-                          f"exceeds the {n} training examples")
+        raise ConfigError(
+            "dist.per_replica_batch_size",
+            f"global batch {global_batch} ({d.per_replica_batch_size} x {replicas} replicas) "
+            f"exceeds the {n} training examples",
+        )
     shuffle_seed = cfg.seed + 0x5EED
 
     if d.input_sharding == "data":
         # Every worker reads the same seeded order; auto-shard DATA keeps each worker's slice of
         # every global batch, so the global batch is exactly per-replica batch x replicas.
-        train = (tf.data.Dataset.from_tensor_slices((x, y))
-                 .shuffle(n, seed=shuffle_seed, reshuffle_each_iteration=True)
-                 .batch(global_batch, drop_remainder=True)
-                 .repeat()
-                 .prefetch(tf.data.AUTOTUNE))
+        train = (
+            tf.data.Dataset.from_tensor_slices((x, y))
+            .shuffle(n, seed=shuffle_seed, reshuffle_each_iteration=True)
+            .batch(global_batch, drop_remainder=True)
+            .repeat()
+            .prefetch(tf.data.AUTOTUNE)
+        )
         opts = tf.data.Options()
         opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         opts.experimental_deterministic = True
         train = train.with_options(opts)
     else:
+
         def dataset_fn(ctx: tf.distribute.InputContext):
             per_worker = ctx.get_per_replica_batch_size(global_batch) * (replicas // ctx.num_input_pipelines)
             ds = tf.data.Dataset.from_tensor_slices((x, y)).take(usable)
-            ds = (ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
-                  .shuffle(usable // ctx.num_input_pipelines, seed=shuffle_seed + ctx.input_pipeline_id,
-                           reshuffle_each_iteration=True)
-                  .batch(per_worker, drop_remainder=True)
-                  .take(steps)
-                  .repeat()
-                  .prefetch(tf.data.AUTOTUNE))
+            ds = (
+                ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+                .shuffle(
+                    usable // ctx.num_input_pipelines,
+                    seed=shuffle_seed + ctx.input_pipeline_id,
+                    reshuffle_each_iteration=True,
+                )
+                .batch(per_worker, drop_remainder=True)
+                .take(steps)
+                .repeat()
+                .prefetch(tf.data.AUTOTUNE)
+            )
             opts = tf.data.Options()
             opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
             return ds.with_options(opts)
@@ -160,6 +170,7 @@ def _make_backup_callback(strategy, backup_dir: str, *, handle_sigterm: bool):
             super().on_train_begin(logs)
             state = self._training_state
             if handle_sigterm:
+
                 def exit_fn():
                     if not strategy.extended.should_checkpoint:
                         # This worker's copy of the checkpoint only exists to run the save's collectives.
@@ -167,9 +178,10 @@ def _make_backup_callback(strategy, backup_dir: str, *, handle_sigterm: bool):
                     raise Preempted()
 
                 handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-                    strategy.cluster_resolver, state.write_checkpoint_manager,
-                    termination_config=tf.distribute.experimental.TerminationConfig(exit_fn=exit_fn,
-                                                                                     grace_period=0))
+                    strategy.cluster_resolver,
+                    state.write_checkpoint_manager,
+                    termination_config=tf.distribute.experimental.TerminationConfig(exit_fn=exit_fn, grace_period=0),
+                )
                 handler._read_checkpoint_manager = state.read_checkpoint_manager
                 state.preemption_handler = handler
                 self.model._preemption_handler = handler  # fit reports step errors to the cluster
@@ -228,8 +240,11 @@ def _make_metrics_logger(run_dir: Path, write: bool, examples_per_epoch: int):
             if not write:
                 return
             logs = logs or {}
-            row = {"epoch": epoch + 1, "epoch_seconds": round(seconds, 4),
-                   "examples_per_second": round(examples_per_epoch / max(seconds, 1e-9), 1)}
+            row = {
+                "epoch": epoch + 1,
+                "epoch_seconds": round(seconds, 4),
+                "examples_per_second": round(examples_per_epoch / max(seconds, 1e-9), 1),
+            }
             for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
                 if k in logs:
                     row[k] = float(logs[k])
@@ -249,8 +264,10 @@ def _make_metrics_logger(run_dir: Path, write: bool, examples_per_epoch: int):
 def _is_peer_failure(exc: BaseException) -> bool:
     import tensorflow as tf
 
-    return isinstance(exc, (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
-                            tf.errors.DeadlineExceededError))
+    return isinstance(
+        exc,
+        (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError, tf.errors.DeadlineExceededError),
+    )
 
 
 def weights_fingerprint(weights) -> str:
@@ -282,8 +299,9 @@ def _save_model(model, target: Path) -> None:
         raise
 
 
-def train_distributed(cfg: ExperimentConfig, out_dir, *, cluster: Optional[cluster_lib.ClusterSpec] = None,
-                      quiet: bool = True) -> dict:
+def train_distributed(
+    cfg: ExperimentConfig, out_dir, *, cluster: Optional[cluster_lib.ClusterSpec] = None, quiet: bool = True
+) -> dict:
     """Trains ``cfg``'s model with MultiWorkerMirroredStrategy; returns the summary.
 
     Every worker calls this with the same ``out_dir`` (a shared volume); only the chief writes
@@ -318,7 +336,8 @@ def train_distributed(cfg: ExperimentConfig, out_dir, *, cluster: Optional[clust
             atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
 
         communication = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+        )
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication)
         replicas = strategy.num_replicas_in_sync
         log.info("cluster %s; %d replica(s) in sync", spec.describe(), replicas)
@@ -326,26 +345,32 @@ def train_distributed(cfg: ExperimentConfig, out_dir, *, cluster: Optional[clust
         data = load_federated_data(cfg)
         x, y = data.union_train()
         x_test, y_test = data.test
-        train_ds, steps, test_ds, global_batch = _datasets(cfg, strategy, spec.num_workers, x, y, x_test,
-                                                          y_test)
+        train_ds, steps, test_ds, global_batch = _datasets(cfg, strategy, spec.num_workers, x, y, x_test, y_test)
 
         with strategy.scope():
             model = _build_model(cfg, data.input_shape, data.num_classes)
-            model.compile(optimizer=tf.keras.optimizers.SGD(learning_rate=cfg.dist.learning_rate),
-                          loss=tf.keras.losses.SparseCategoricalCrossentropy(),
-                          metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                          steps_per_execution=cfg.dist.steps_per_execution)
+            model.compile(
+                optimizer=tf.keras.optimizers.SGD(learning_rate=cfg.dist.learning_rate),
+                loss=tf.keras.losses.SparseCategoricalCrossentropy(),
+                metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                steps_per_execution=cfg.dist.steps_per_execution,
+            )
 
         backup = _make_backup_callback(strategy, str(backup_dir), handle_sigterm=True)
         metrics_cb = _make_metrics_logger(run_dir, spec.is_chief, steps * global_batch)
         t0 = time.perf_counter()
         try:
             # Metrics before the backup: an epoch whose backup was lost is re-run and its row replaced.
-            model.fit(train_ds, epochs=cfg.dist.epochs, steps_per_epoch=steps, validation_data=test_ds,
-                      callbacks=[metrics_cb, backup], verbose=0 if quiet else 2)
+            model.fit(
+                train_ds,
+                epochs=cfg.dist.epochs,
+                steps_per_epoch=steps,
+                validation_data=test_ds,
+                callbacks=[metrics_cb, backup],
+                verbose=0 if quiet else 2,
+            )
         except Preempted:
-            log.warning("SIGTERM: checkpoint saved in %s; exiting with %d for a retry", backup_dir,
-                        EXIT_RETRIABLE)
+            log.warning("SIGTERM: checkpoint saved in %s; exiting with %d for a retry", backup_dir, EXIT_RETRIABLE)
             raise
         except Exception as e:
             if spec.is_multi_worker and _is_peer_failure(e):

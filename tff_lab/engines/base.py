@@ -69,8 +69,7 @@ class TFFEngine:
         import tensorflow_federated as tff
 
         current = self.process.get_model_weights(state)
-        weights = tff.learning.models.ModelWeights(trainable=list(trainable),
-                                                   non_trainable=list(current.non_trainable))
+        weights = tff.learning.models.ModelWeights(trainable=list(trainable), non_trainable=list(current.non_trainable))
         return self.process.set_model_weights(state, weights)
 
     def get_model_weights(self, state):

@@ -38,19 +38,25 @@ def build_engine(cfg, spec, data, noise: Optional[float], record_specs) -> tuple
             why_not = f"{e.where}: {e.message.removesuffix('; use training.engine: tff')}"
         except Exception as e:  # noqa: BLE001 - auto: a round graph it cannot build goes to TFF's runtime
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            why_not = (f"model: the vectorised engine could not build its round graph ({type(e).__name__}: "
-                       f"{lines[-1][:200] if lines else ''})")
+            why_not = (
+                f"model: the vectorised engine could not build its round graph ({type(e).__name__}: "
+                f"{lines[-1][:200] if lines else ''})"
+            )
         else:
-            reason = ("training.engine: vectorized" if requested == "vectorized" else
-                      "auto: the vectorised engine runs this experiment exactly as TFF does")
+            reason = (
+                "training.engine: vectorized"
+                if requested == "vectorized"
+                else "auto: the vectorised engine runs this experiment exactly as TFF does"
+            )
             return engine, None, EngineChoice(requested, "vectorized", reason)
     if cfg.algorithm.builder is None:
         from tff_lab.algorithms import algorithm_class
 
         refusal = algorithm_class(cfg.algorithm.name).tff_refusal
         if refusal is not None:
-            raise ConfigError("algorithm.name", refusal + (f"; here the vectorised engine refused it ({why_not})"
-                                                           if why_not else ""))
+            raise ConfigError(
+                "algorithm.name", refusal + (f"; here the vectorised engine refused it ({why_not})" if why_not else "")
+            )
     engine, agg = _tff(cfg, spec, data, noise, record_specs)
     reason = "training.engine: tff" if requested == "tff" else f"auto: {why_not}"
     return engine, agg, EngineChoice(requested, "tff", reason)
@@ -60,8 +66,14 @@ def _vectorized(cfg, spec, data, noise, *, probe: bool):
     from tff_lab.engines.vectorized import VectorizedEngine, check_supported
 
     check_supported(cfg)
-    engine = VectorizedEngine(cfg, data, model_builder=lambda: spec.build(data.input_shape, data.num_classes),
-                              loss_builder=spec.make_loss, metrics_builder=spec.make_metrics, noise_multiplier=noise)
+    engine = VectorizedEngine(
+        cfg,
+        data,
+        model_builder=lambda: spec.build(data.input_shape, data.num_classes),
+        loss_builder=spec.make_loss,
+        metrics_builder=spec.make_metrics,
+        noise_multiplier=noise,
+    )
     if probe:  # a model whose round graph cannot be built is found now, not in round 1 (TF's own
         import logging  # error logs of the failed conversion are silenced: the fallback says why)
 

@@ -81,11 +81,12 @@ def check_supported(cfg) -> None:
 
     why = vectorized_client_refusal(cfg)
     if why is not None:
-        _refuse("algorithm.client_optimizer.name", f"client optimizer '{alg.client_optimizer.name}' (it runs sgd "
-                                                   "clients with TFF's exact maths)")
+        _refuse(
+            "algorithm.client_optimizer.name",
+            f"client optimizer '{alg.client_optimizer.name}' (it runs sgd clients with TFF's exact maths)",
+        )
     if a.kind == "secagg" and alg.name == "scaffold":
-        _refuse("aggregation.kind", "secagg with scaffold (the protocol sums model updates only, not control "
-                                    "variates)")
+        _refuse("aggregation.kind", "secagg with scaffold (the protocol sums model updates only, not control variates)")
 
 
 class VectorizedEngine:
@@ -108,9 +109,17 @@ class VectorizedEngine:
     name = "vectorized"
     choice = None  # set by tff_lab.engines.factory
 
-    def __init__(self, cfg, data, *, model_builder: Callable[[], Any], loss_builder: Optional[Callable] = None,
-                 metrics_builder: Optional[Callable] = None, noise_multiplier: Optional[float] = None,
-                 jit_compile: bool = True):
+    def __init__(
+        self,
+        cfg,
+        data,
+        *,
+        model_builder: Callable[[], Any],
+        loss_builder: Optional[Callable] = None,
+        metrics_builder: Optional[Callable] = None,
+        noise_multiplier: Optional[float] = None,
+        jit_compile: bool = True,
+    ):
         import tensorflow as tf
         import tensorflow_federated as tff
 
@@ -125,12 +134,16 @@ class VectorizedEngine:
         self._trainable_specs = [tf.TensorSpec(w.shape, w.dtype) for w in probe.trainable_weights]
         self._init_weights = tff.learning.models.ModelWeights(
             trainable=[np.asarray(w.numpy()) for w in probe.trainable_weights],
-            non_trainable=[np.asarray(w.numpy()) for w in probe.non_trainable_weights])
+            non_trainable=[np.asarray(w.numpy()) for w in probe.non_trainable_weights],
+        )
         self._has_reg_losses = bool(probe.losses)
         del probe
         self._loss = loss_builder() if loss_builder is not None else tf.keras.losses.SparseCategoricalCrossentropy()
-        self._metrics = list(metrics_builder()) if metrics_builder is not None else [
-            tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        self._metrics = (
+            list(metrics_builder())
+            if metrics_builder is not None
+            else [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        )
 
         # The algorithm (tff_lab.algorithms): its client and server steps run inside this engine's graph.
         self._alg = create(cfg.algorithm)
@@ -139,8 +152,9 @@ class VectorizedEngine:
         if cfg.privacy.enabled:
             from tff_lab.federated.aggregators import make_aggregator
 
-            factory = make_aggregator(cfg, population=data.num_clients, noise_multiplier=noise_multiplier,
-                                      record_specs=self._trainable_specs)
+            factory = make_aggregator(
+                cfg, population=data.num_clients, noise_multiplier=noise_multiplier, record_specs=self._trainable_specs
+            )
             # The DifferentiallyPrivateFactory's own query: the one the TFF engine runs.
             self._query = factory._query  # pylint: disable=protected-access
 
@@ -160,7 +174,7 @@ class VectorizedEngine:
         ys = np.concatenate([np.asarray(data.train[c][1]) for c in ids])
         self._x_all = tf.convert_to_tensor(xs)
         self._y_all = tf.convert_to_tensor(ys)
-        if len(xs) >= 2 ** 31:
+        if len(xs) >= 2**31:
             raise ConfigError("data", f"{ENGINE} indexes examples with int32; {len(xs)} are too many")
 
         self._init_state = self._initial_state()
@@ -183,22 +197,43 @@ class VectorizedEngine:
         with tf.variable_creator_scope(record):
             model = model_builder()
         if not isinstance(model, tf.keras.Model):
-            raise ConfigError("model", f"{ENGINE} needs a builder returning a tf.keras.Model, got "
-                              f"{type(model).__name__}")
+            raise ConfigError(
+                "model", f"{ENGINE} needs a builder returning a tf.keras.Model, got {type(model).__name__}"
+            )
         if len(model.outputs) != 1:
             _refuse("model.name", f"model '{model.name}': {len(model.outputs)} outputs (one is vectorised)")
         self._output_dtype = model.outputs[0].dtype
         if model.non_trainable_weights:
-            _refuse("model.name", f"model '{model.name}': it has non-trainable weights that training updates "
-                    "(e.g. BatchNormalization)")
-        recurrent = [layer.name for layer in model.submodules
-                     if isinstance(layer, (tf.keras.layers.RNN, tf.keras.layers.Bidirectional))]
+            _refuse(
+                "model.name",
+                f"model '{model.name}': it has non-trainable weights that training updates (e.g. BatchNormalization)",
+            )
+        recurrent = [
+            layer.name
+            for layer in model.submodules
+            if isinstance(layer, (tf.keras.layers.RNN, tf.keras.layers.Bidirectional))
+        ]
         if recurrent:
-            _refuse("model.name", f"model '{model.name}': recurrent layers {recurrent} (the while loop of their "
-                    "gradient does not vectorise over clients)")
-        random_layers = [l.name for l in model.submodules if isinstance(l, tf.keras.layers.Layer) and isinstance(
-            l, (tf.keras.layers.Dropout, tf.keras.layers.GaussianNoise, tf.keras.layers.GaussianDropout,
-                tf.keras.layers.AlphaDropout)) and getattr(l, "rate", getattr(l, "stddev", 0)) > 0]
+            _refuse(
+                "model.name",
+                f"model '{model.name}': recurrent layers {recurrent} (the while loop of their "
+                "gradient does not vectorise over clients)",
+            )
+        random_layers = [
+            l.name
+            for l in model.submodules
+            if isinstance(l, tf.keras.layers.Layer)
+            and isinstance(
+                l,
+                (
+                    tf.keras.layers.Dropout,
+                    tf.keras.layers.GaussianNoise,
+                    tf.keras.layers.GaussianDropout,
+                    tf.keras.layers.AlphaDropout,
+                ),
+            )
+            and getattr(l, "rate", getattr(l, "stddev", 0)) > 0
+        ]
         if random_layers:
             _refuse("model.name", f"model '{model.name}': random layers {random_layers} in training")
         # (Initialisers may create helper variables, e.g. RNG states; only the model's weights count.)
@@ -250,8 +285,7 @@ class VectorizedEngine:
         if self._secagg is not None:
             agg = self._secagg.initial_state()
         elif self._query is None:
-            agg = (collections.OrderedDict(value_sum_process=(), weight_sum_process=()) if alg.weighted
-                   else ((), ()))
+            agg = collections.OrderedDict(value_sum_process=(), weight_sum_process=()) if alg.weighted else ((), ())
         else:
             from tensorflow_federated.python.aggregators.differential_privacy import DPAggregatorState
 
@@ -264,8 +298,12 @@ class VectorizedEngine:
             event = event.to_named_tuple()
             agg = DPAggregatorState(to_numpy(gs), (), to_numpy(event), np.bool_(True))
         return tff.learning.templates.LearningAlgorithmState(
-            global_model_weights=self._init_weights, distributor=(), client_work=alg.initial_client_work(),
-            aggregator=agg, finalizer=alg.initial_finalizer())
+            global_model_weights=self._init_weights,
+            distributor=(),
+            client_work=alg.initial_client_work(),
+            aggregator=agg,
+            finalizer=alg.initial_finalizer(),
+        )
 
     def initialize(self):
         return self._init_state
@@ -273,8 +311,9 @@ class VectorizedEngine:
     def set_model_weights(self, state, trainable):
         import tensorflow_federated as tff
 
-        weights = tff.learning.models.ModelWeights(trainable=[np.asarray(w) for w in trainable],
-                                                   non_trainable=list(state.global_model_weights.non_trainable))
+        weights = tff.learning.models.ModelWeights(
+            trainable=[np.asarray(w) for w in trainable], non_trainable=list(state.global_model_weights.non_trainable)
+        )
         return state._replace(global_model_weights=weights)
 
     def get_model_weights(self, state):
@@ -310,7 +349,7 @@ class VectorizedEngine:
             steps = -(-steps // (1 << max(0, steps.bit_length() - 2))) * (1 << max(0, steps.bit_length() - 2))
         idx = np.full((slots, steps, b), -1, dtype=np.int32)
         for c, r in enumerate(per_client):
-            idx[c, :len(r)] = r
+            idx[c, : len(r)] = r
         mask = np.zeros([slots], np.float32)
         mask[:n] = 1.0
         return idx, mask
@@ -333,8 +372,10 @@ class VectorizedEngine:
             if not self._compiled or "XLA" not in str(e):
                 raise
             # A model with operations XLA cannot compile: the same graph, not compiled.
-            logging.getLogger(__name__).warning("vectorized engine: XLA cannot compile this model (%s); "
-                                                "running the round graph without XLA", str(e).splitlines()[0])
+            logging.getLogger(__name__).warning(
+                "vectorized engine: XLA cannot compile this model (%s); running the round graph without XLA",
+                str(e).splitlines()[0],
+            )
             self._compiled = False
             self._functions.clear()
             return self.next(state, round_num, client_indices)
@@ -345,14 +386,20 @@ class VectorizedEngine:
             new_agg = agg._replace(query_state=new_query_state, dp_event=event, is_init_state=np.bool_(False))
         else:
             new_agg = agg
-        client_work = self._alg.merge_state(state.client_work, graph_work, client_indices,
-                                            client_out)
-        new_state = state._replace(global_model_weights=weights, finalizer=_like(state.finalizer, fin),
-                                   client_work=_like(state.client_work, client_work), aggregator=new_agg)
+        client_work = self._alg.merge_state(state.client_work, graph_work, client_indices, client_out)
+        new_state = state._replace(
+            global_model_weights=weights,
+            finalizer=_like(state.finalizer, fin),
+            client_work=_like(state.client_work, client_work),
+            aggregator=new_agg,
+        )
         train = collections.OrderedDict((k, _scalar(v)) for k, v in train.items())
-        metrics = {"distributor": (), "client_work": collections.OrderedDict(train=train),
-                   "aggregator": _to_python(agg_metrics),
-                   "finalizer": collections.OrderedDict(update_non_finite=int(non_finite))}
+        metrics = {
+            "distributor": (),
+            "client_work": collections.OrderedDict(train=train),
+            "aggregator": _to_python(agg_metrics),
+            "finalizer": collections.OrderedDict(update_non_finite=int(non_finite)),
+        }
         return RoundResult(state=new_state, metrics=metrics)
 
     def close(self) -> None:
@@ -385,18 +432,26 @@ class VectorizedEngine:
             s = self._init_state
             q_state = s.aggregator.query_state if self._query is not None else ()
             graph_work, client_in = self._alg.split_state(s.client_work, np.zeros([0], np.int64), num_clients)
-            template = (list(self._trainable_specs), self._spec_of(graph_work), self._spec_of(client_in),
-                        self._spec_of(s.finalizer), self._spec_of(q_state))
+            template = (
+                list(self._trainable_specs),
+                self._spec_of(graph_work),
+                self._spec_of(client_in),
+                self._spec_of(s.finalizer),
+                self._spec_of(q_state),
+            )
             flat_specs = tf.nest.flatten(template)
 
             def flat_round(*args):
-                inputs = tf.nest.pack_sequence_as(template, list(args[:len(flat_specs)]))
-                out = self._round(*inputs, *args[len(flat_specs):])
+                inputs = tf.nest.pack_sequence_as(template, list(args[: len(flat_specs)]))
+                out = self._round(*inputs, *args[len(flat_specs) :])
                 self._out_structure = out
                 return tf.nest.flatten(out)
 
-            signature = [*flat_specs, tf.TensorSpec([num_clients, None, self._batch], tf.int32),
-                         tf.TensorSpec([num_clients], tf.float32)]
+            signature = [
+                *flat_specs,
+                tf.TensorSpec([num_clients, None, self._batch], tf.int32),
+                tf.TensorSpec([num_clients], tf.float32),
+            ]
             fn = tf.function(flat_round, input_signature=signature).get_concrete_function()
             self._functions[num_clients] = fn
         return fn
@@ -443,16 +498,24 @@ class VectorizedEngine:
         def body(step, carry, loss_sum, n_sum, batches, predictions):
             x, y, m = batch_at(step)
             carry, preds, loss, n = tf.vectorized_map(client_step, (carry, client_in, x, y, m))
-            return (step + 1, carry, loss_sum + loss * n, n_sum + n, batches + tf.cast(n > 0, tf.float32),
-                    predictions.write(step, preds))
+            return (
+                step + 1,
+                carry,
+                loss_sum + loss * n,
+                n_sum + n,
+                batches + tf.cast(n > 0, tf.float32),
+                predictions.write(step, preds),
+            )
 
         zeros_c = tf.zeros([num_clients], tf.float32)
         preds0 = tf.TensorArray(self._output_dtype, size=num_steps)
         carry0 = tf.nest.map_structure(per_client, alg.client_init(trainable, client_work))
         _, carry, loss_sum, n_sum, batches, predictions = tf.while_loop(
-            lambda step, *_: step < num_steps, body, (tf.constant(0), carry0, zeros_c, zeros_c, zeros_c, preds0))
+            lambda step, *_: step < num_steps, body, (tf.constant(0), carry0, zeros_c, zeros_c, zeros_c, preds0)
+        )
         updates, client_out = tf.vectorized_map(
-            lambda a: alg.client_end(a[0], a[1], trainable, a[2], a[3]), (carry, client_in, n_sum, batches))
+            lambda a: alg.client_end(a[0], a[1], trainable, a[2], a[3]), (carry, client_in, n_sum, batches)
+        )
         updates, finite = _zero_non_finite(list(updates))
         weights = alg.client_weights(n_sum, finite)
         reset = tf.logical_not(finite) if alg.resets_metrics_of_non_finite else tf.zeros_like(finite)
@@ -465,8 +528,9 @@ class VectorizedEngine:
             m.reset_state()
         trainable = [tf.convert_to_tensor(w) for w in trainable]
         train = self._train_compiled if self._compiled else self._train
-        updates, weights, reset, client_out, loss_sum, n_sum, batches, preds = train(trainable, client_work,
-                                                                                      client_in, idx)
+        updates, weights, reset, client_out, loss_sum, n_sum, batches, preds = train(
+            trainable, client_work, client_in, idx
+        )
         # Keras metrics once per round over every step's predictions (not per step; not compiled).
         rows, example_mask = tf.maximum(idx, 0), tf.cast(idx >= 0, tf.float32)
         flat = lambda t: tf.reshape(t, tf.concat([[-1], tf.shape(t)[3:]], 0))  # noqa: E731
@@ -504,9 +568,19 @@ class VectorizedEngine:
 
         # The algorithm's server step (TFF's apply_optimizer_finalizer: a non-finite aggregate is rejected).
         new_server_state, client_work, new_weights, non_finite = self._alg.server_step(
-            server_state, client_work, list(trainable), list(mean), client_out, client_mask)
-        return (new_weights, client_work, client_out, new_server_state, new_query_state, event, train, agg_metrics,
-                non_finite)
+            server_state, client_work, list(trainable), list(mean), client_out, client_mask
+        )
+        return (
+            new_weights,
+            client_work,
+            client_out,
+            new_server_state,
+            new_query_state,
+            event,
+            train,
+            agg_metrics,
+            non_finite,
+        )
 
 
 def _expand(v, like):
@@ -524,8 +598,7 @@ def _zero_non_finite(updates):
     for u in updates:
         f = tf.reduce_all(tf.reshape(tf.math.is_finite(u), [tf.shape(u)[0], -1]), axis=1)
         finite = f if finite is None else tf.logical_and(finite, f)
-    return [tf.where(tf.reshape(finite, [-1] + [1] * (u.shape.rank - 1)), u, tf.zeros_like(u))
-            for u in updates], finite
+    return [tf.where(tf.reshape(finite, [-1] + [1] * (u.shape.rank - 1)), u, tf.zeros_like(u)) for u in updates], finite
 
 
 def _like(template, value):

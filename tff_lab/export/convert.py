@@ -21,9 +21,15 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from tff_lab.errors import ConfigError, DataError
+from tff_lab.export.tflite_model import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SIDECAR_FORMAT,
+    SIGNATURE_KEY,
+    sha256_bytes,
+    sidecar_path,
+)
 from tff_lab.fileio import atomic_write
-from tff_lab.export.tflite_model import (INPUT_NAME, OUTPUT_NAME, SIDECAR_FORMAT, SIGNATURE_KEY, sha256_bytes,
-                                         sidecar_path)
 
 QUANTIZATIONS = ("float32", "dynamic", "float16", "int8")
 INT8_IO = ("int8", "float")
@@ -43,8 +49,11 @@ def parse_quantize(spec: Union[str, Sequence[str]]) -> list[str]:
         elif n in QUANTIZATIONS:
             out.add(n)
         else:
-            raise ConfigError("--quantize", f"unknown quantization {n!r}; expected one of: "
-                              f"{', '.join(QUANTIZATIONS)}, all (or a comma-separated list)")
+            raise ConfigError(
+                "--quantize",
+                f"unknown quantization {n!r}; expected one of: "
+                f"{', '.join(QUANTIZATIONS)}, all (or a comma-separated list)",
+            )
     return [q for q in QUANTIZATIONS if q in out]
 
 
@@ -109,8 +118,10 @@ def refused_quantization(model, quantization: str) -> Optional[str]:
     import tensorflow as tf
 
     if quantization == "float16" and any(isinstance(l, tf.keras.layers.LSTM) for l in model.submodules):
-        return ("float16 of an LSTM hangs TensorFlow 2.14's converter (fused UNIDIRECTIONAL_SEQUENCE_LSTM); "
-                "export float32, dynamic or int8, or train with model.kwargs.cell: gru")
+        return (
+            "float16 of an LSTM hangs TensorFlow 2.14's converter (fused UNIDIRECTIONAL_SEQUENCE_LSTM); "
+            "export float32, dynamic or int8, or train with model.kwargs.cell: gru"
+        )
     return None
 
 
@@ -129,12 +140,16 @@ def load_run(run_dir: Union[str, os.PathLike]) -> RunArtifacts:
         raise DataError(str(run_dir), "RUN_DIR not found (expected the output directory of `tff-lab run`)")
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
-        raise DataError(str(run_dir), "not a run directory: config.yaml is missing (expected the output "
-                        "directory of `tff-lab run`)")
+        raise DataError(
+            str(run_dir), "not a run directory: config.yaml is missing (expected the output directory of `tff-lab run`)"
+        )
     model_path = run_dir / "model" / "model.keras"
     if not model_path.is_file():
-        raise DataError(str(run_dir), "the run has no finished model: expected model/model.keras, which "
-                        "`tff-lab run` writes when training ends (resume the run with --resume)")
+        raise DataError(
+            str(run_dir),
+            "the run has no finished model: expected model/model.keras, which "
+            "`tff-lab run` writes when training ends (resume the run with --resume)",
+        )
     from tff_lab.config import config_hash, load_config
 
     cfg = load_config(cfg_path)
@@ -153,15 +168,26 @@ def load_run(run_dir: Union[str, os.PathLike]) -> RunArtifacts:
             note = f"{data.note}; the run's data: {why}"
     got = tuple(int(s) for s in model.input_shape[1:])
     if got != tuple(data.input_shape):
-        raise DataError(str(model_path), f"the model takes inputs of shape {got}, but the run's data has "
-                        f"examples of shape {tuple(data.input_shape)}")
+        raise DataError(
+            str(model_path),
+            f"the model takes inputs of shape {got}, but the run's data has "
+            f"examples of shape {tuple(data.input_shape)}",
+        )
     n_out = int(model.output_shape[-1])
     if n_out != data.num_classes:
         raise DataError(str(model_path), f"the model has {n_out} outputs, the run's data {data.num_classes} classes")
     outputs = saved.info.get("outputs") if saved is not None else None
-    return RunArtifacts(run_dir=run_dir, cfg=cfg, config_hash=config_hash(cfg), data=data, model=model,
-                        model_path=model_path, model_sha256=file_sha256(model_path),
-                        outputs=outputs or model_outputs(cfg), inputs_note=note)
+    return RunArtifacts(
+        run_dir=run_dir,
+        cfg=cfg,
+        config_hash=config_hash(cfg),
+        data=data,
+        model=model,
+        model_path=model_path,
+        model_sha256=file_sha256(model_path),
+        outputs=outputs or model_outputs(cfg),
+        inputs_note=note,
+    )
 
 
 def _rebuild_data(run_dir: Path, cfg):
@@ -184,8 +210,9 @@ def _rebuild_data(run_dir: Path, cfg):
         from tff_lab.parts import data_builds
 
         if data_builds(data)["builds_sha256"] != want:
-            return None, ("the data source found here builds other data than the run's (its digest differs from "
-                          "parts.json)")
+            return None, (
+                "the data source found here builds other data than the run's (its digest differs from parts.json)"
+            )
     return data, None
 
 
@@ -202,8 +229,9 @@ def load_keras_model(path: Union[str, os.PathLike]):
         raise DataError(str(path), f"not a loadable Keras model ({type(e).__name__}: {str(e).strip()[:160]})") from None
 
 
-def representative_examples(data, num_examples: int = DEFAULT_REPRESENTATIVE_EXAMPLES,
-                            seed: int = 0) -> tuple[np.ndarray, dict]:
+def representative_examples(
+    data, num_examples: int = DEFAULT_REPRESENTATIVE_EXAMPLES, seed: int = 0
+) -> tuple[np.ndarray, dict]:
     """Calibration examples drawn round-robin across clients (each client's order seeded).
 
     Every client contributes equally until a client runs out, so small clients' feature ranges
@@ -213,22 +241,29 @@ def representative_examples(data, num_examples: int = DEFAULT_REPRESENTATIVE_EXA
         raise ConfigError("--representative-examples", f"expected an integer >= 1, got {num_examples}")
     if hasattr(data, "representative"):  # a run's saved export inputs: the same draw, from what was saved
         if not data.has_calibration():
-            raise DataError("--quantize int8", "full-integer quantization needs calibration examples, but the run "
-                            "saved none (its privacy policy withholds client data, or its clients hold no training "
-                            "examples) and its data cannot be rebuilt here; export float32, dynamic or float16")
+            raise DataError(
+                "--quantize int8",
+                "full-integer quantization needs calibration examples, but the run "
+                "saved none (its privacy policy withholds client data, or its clients hold no training "
+                "examples) and its data cannot be rebuilt here; export float32, dynamic or float16",
+            )
         return data.representative(num_examples)
     from tff_lab.export.run_inputs import client_orders, round_robin
 
     lengths = [len(data.train[c][1]) for c in data.client_ids]
     if sum(lengths) == 0:
-        raise DataError("--quantize int8", "full-integer quantization needs representative data, but the "
-                        "clients hold no training examples; export float32, dynamic or float16 instead")
+        raise DataError(
+            "--quantize int8",
+            "full-integer quantization needs representative data, but the "
+            "clients hold no training examples; export float32, dynamic or float16 instead",
+        )
     orders = client_orders(lengths, seed)
     take = round_robin(lengths, num_examples)
     xs = [data.train[c][0][o[:k]] for c, o, k in zip(data.client_ids, orders, take) if k]
     x = np.concatenate(xs)
-    return (x if x.dtype.kind in "iu" else x.astype(np.float32)), {c: int(k) for c, k in zip(data.client_ids, take)
-                                                                   if k}
+    return (x if x.dtype.kind in "iu" else x.astype(np.float32)), {
+        c: int(k) for c, k in zip(data.client_ids, take) if k
+    }
 
 
 def _resizable(tflite_bytes: bytes, input_shape, dtype) -> bool:
@@ -248,8 +283,15 @@ def _resizable(tflite_bytes: bytes, input_shape, dtype) -> bool:
         return False
 
 
-def convert_keras_model(model, quantization: str, *, representative: Optional[np.ndarray] = None,
-                        int8_io: str = "int8", outputs: str = "probabilities", fixed_batch: bool = False) -> bytes:
+def convert_keras_model(
+    model,
+    quantization: str,
+    *,
+    representative: Optional[np.ndarray] = None,
+    int8_io: str = "int8",
+    outputs: str = "probabilities",
+    fixed_batch: bool = False,
+) -> bytes:
     """Converts a tf.keras model to TFLite bytes with signature ``serving_default(x) -> probs``.
 
     A logits model gets a softmax, so every ``.tflite`` returns probabilities. A text model
@@ -260,13 +302,17 @@ def convert_keras_model(model, quantization: str, *, representative: Optional[np
     import tensorflow as tf
 
     if quantization not in QUANTIZATIONS:
-        raise ConfigError("--quantize", f"unknown quantization {quantization!r}; expected one of: "
-                          f"{', '.join(QUANTIZATIONS)}")
+        raise ConfigError(
+            "--quantize", f"unknown quantization {quantization!r}; expected one of: {', '.join(QUANTIZATIONS)}"
+        )
     if int8_io not in INT8_IO:
         raise ConfigError("--int8-io", f"expected one of: {', '.join(INT8_IO)}, got {int8_io!r}")
     if quantization == "int8" and (representative is None or len(representative) == 0):
-        raise DataError("--quantize int8", "full-integer quantization needs representative data (calibration "
-                        "examples), got none; export float32, dynamic or float16 instead")
+        raise DataError(
+            "--quantize int8",
+            "full-integer quantization needs representative data (calibration "
+            "examples), got none; export float32, dynamic or float16 instead",
+        )
 
     why = refused_quantization(model, quantization)
     if why:
@@ -292,7 +338,7 @@ def convert_keras_model(model, quantization: str, *, representative: Optional[np
 
         def gen():
             for i in range(len(rep)):
-                yield [rep[i:i + 1]]
+                yield [rep[i : i + 1]]
 
         converter.representative_dataset = gen
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -301,11 +347,17 @@ def convert_keras_model(model, quantization: str, *, representative: Optional[np
             converter.inference_input_type = io
         converter.inference_output_type = io
     out = converter.convert()
-    if not tokens and not fixed_batch and not _resizable(out, model.input_shape[1:], np.float32 if
-                                                          quantization != "int8" or int8_io == "float" else np.int8):
+    if (
+        not tokens
+        and not fixed_batch
+        and not _resizable(
+            out, model.input_shape[1:], np.float32 if quantization != "int8" or int8_io == "float" else np.int8
+        )
+    ):
         # Run example by example (as text models are): the callers and tflite/runner.py handle a fixed batch.
-        return convert_keras_model(model, quantization, representative=representative, int8_io=int8_io,
-                                   outputs=outputs, fixed_batch=True)
+        return convert_keras_model(
+            model, quantization, representative=representative, int8_io=int8_io, outputs=outputs, fixed_batch=True
+        )
     return out
 
 
@@ -319,8 +371,17 @@ def _tensor_info(detail: dict) -> dict:
     }
 
 
-def build_sidecar(tflite_bytes: bytes, *, model_file: str, quantization: str, int8_io: str, labels: list,
-                  preprocessing: dict, source: dict, representative: Optional[dict] = None) -> dict:
+def build_sidecar(
+    tflite_bytes: bytes,
+    *,
+    model_file: str,
+    quantization: str,
+    int8_io: str,
+    labels: list,
+    preprocessing: dict,
+    source: dict,
+    representative: Optional[dict] = None,
+) -> dict:
     """The sidecar JSON for one converted model (read back from the model itself where it can)."""
     import tensorflow as tf
 
@@ -341,8 +402,11 @@ def build_sidecar(tflite_bytes: bytes, *, model_file: str, quantization: str, in
         "size_bytes": len(tflite_bytes),
         "quantization": quantization,
         "variant": variant_name(quantization, int8_io),
-        "signature": {"key": SIGNATURE_KEY, "inputs": sigs.get(SIGNATURE_KEY, {}).get("inputs", []),
-                      "outputs": sigs.get(SIGNATURE_KEY, {}).get("outputs", [])},
+        "signature": {
+            "key": SIGNATURE_KEY,
+            "inputs": sigs.get(SIGNATURE_KEY, {}).get("inputs", []),
+            "outputs": sigs.get(SIGNATURE_KEY, {}).get("outputs", []),
+        },
         "labels": [str(v) for v in labels],
         "num_classes": len(labels),
         "input": {"name": INPUT_NAME, **_tensor_info(ins[0])},
@@ -350,7 +414,7 @@ def build_sidecar(tflite_bytes: bytes, *, model_file: str, quantization: str, in
         "preprocessing": pre,
         "source": source,
         "created_by": f"tff_lab {__version__}, tensorflow {tf.__version__}",
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     if representative is not None:
         side["representative_data"] = representative
@@ -367,10 +431,16 @@ class ExportResult:
     sidecar: dict
 
 
-def export_artifacts(art: RunArtifacts, quantizations: Sequence[str], *, out: Union[str, os.PathLike, None] = None,
-                     int8_io: str = "int8", representative_examples_count: int = DEFAULT_REPRESENTATIVE_EXAMPLES,
-                     representative: Optional[np.ndarray] = None, skipped: Optional[dict] = None
-                     ) -> list[ExportResult]:
+def export_artifacts(
+    art: RunArtifacts,
+    quantizations: Sequence[str],
+    *,
+    out: Union[str, os.PathLike, None] = None,
+    int8_io: str = "int8",
+    representative_examples_count: int = DEFAULT_REPRESENTATIVE_EXAMPLES,
+    representative: Optional[np.ndarray] = None,
+    skipped: Optional[dict] = None,
+) -> list[ExportResult]:
     """Converts the run's model to each quantization and writes ``.tflite`` + sidecar atomically.
 
     A quantization this model cannot take (:func:`refused_quantization`) raises a one-line
@@ -395,8 +465,11 @@ def export_artifacts(art: RunArtifacts, quantizations: Sequence[str], *, out: Un
     targets: dict[str, Path] = {}
     if out is not None and str(out).endswith(".tflite"):
         if len(quantizations) != 1:
-            raise ConfigError("--out", f"names one .tflite file, but {len(quantizations)} quantizations were asked "
-                              "for; give a directory (or no --out: RUN_DIR/export/)")
+            raise ConfigError(
+                "--out",
+                f"names one .tflite file, but {len(quantizations)} quantizations were asked "
+                "for; give a directory (or no --out: RUN_DIR/export/)",
+            )
         targets[quantizations[0]] = Path(out)
     else:
         out_dir = Path(out) if out is not None else art.run_dir / "export"
@@ -409,38 +482,67 @@ def export_artifacts(art: RunArtifacts, quantizations: Sequence[str], *, out: Un
     if "int8" in quantizations:
         if representative is None:
             representative, counts = representative_examples(art.data, representative_examples_count, art.cfg.seed)
-            rep_info = {"examples": int(len(representative)), "clients": len(counts), "seed": art.cfg.seed,
-                        "sampling": "round-robin across clients' training splits", "per_client": counts}
+            rep_info = {
+                "examples": int(len(representative)),
+                "clients": len(counts),
+                "seed": art.cfg.seed,
+                "sampling": "round-robin across clients' training splits",
+                "per_client": counts,
+            }
         else:
             representative = np.asarray(representative)
             representative = representative if representative.dtype.kind in "iu" else representative.astype(np.float32)
             rep_info = {"examples": int(len(representative)), "sampling": "given by the caller"}
 
-    source = {"run_dir": str(art.run_dir.resolve()), "config_hash": art.config_hash, "experiment": art.cfg.name,
-              "seed": art.cfg.seed, "model": str(art.model_path.relative_to(art.run_dir)),
-              "model_sha256": art.model_sha256}
+    source = {
+        "run_dir": str(art.run_dir.resolve()),
+        "config_hash": art.config_hash,
+        "experiment": art.cfg.name,
+        "seed": art.cfg.seed,
+        "model": str(art.model_path.relative_to(art.run_dir)),
+        "model_sha256": art.model_sha256,
+    }
     results = []
     for q in quantizations:
-        data = convert_keras_model(art.model, q, representative=representative if q == "int8" else None,
-                                   int8_io=int8_io, outputs=art.outputs)
+        data = convert_keras_model(
+            art.model, q, representative=representative if q == "int8" else None, int8_io=int8_io, outputs=art.outputs
+        )
         path = targets[q]
-        side = build_sidecar(data, model_file=path.name, quantization=q, int8_io=int8_io if q == "int8" else "float",
-                             labels=art.data.labels, preprocessing=art.data.preprocessing, source=source,
-                             representative=rep_info if q == "int8" else None)
+        side = build_sidecar(
+            data,
+            model_file=path.name,
+            quantization=q,
+            int8_io=int8_io if q == "int8" else "float",
+            labels=art.data.labels,
+            preprocessing=art.data.preprocessing,
+            source=source,
+            representative=rep_info if q == "int8" else None,
+        )
         side["model_kind"] = "sequence" if is_sequence_model(art.model) else "classification"
         side["keras_outputs"] = art.outputs  # the .tflite's output is always probabilities
         atomic_write(path, data)
         sc = sidecar_path(path)
         atomic_write(sc, json.dumps(side, indent=1) + "\n")
-        results.append(ExportResult(quantization=q, variant=side["variant"], path=path, sidecar_path=sc,
-                                    size_bytes=len(data), sidecar=side))
+        results.append(
+            ExportResult(
+                quantization=q, variant=side["variant"], path=path, sidecar_path=sc, size_bytes=len(data), sidecar=side
+            )
+        )
     return results
 
 
-def export_run(run_dir: Union[str, os.PathLike], quantize: Union[str, Sequence[str]] = "all", *,
-               out: Union[str, os.PathLike, None] = None, int8_io: str = "int8",
-               representative_examples_count: int = DEFAULT_REPRESENTATIVE_EXAMPLES, report: bool = True,
-               latency_runs: int = 200, quiet: bool = True, format: str = "tflite") -> dict:  # noqa: A002
+def export_run(
+    run_dir: Union[str, os.PathLike],
+    quantize: Union[str, Sequence[str]] = "all",
+    *,
+    out: Union[str, os.PathLike, None] = None,
+    int8_io: str = "int8",
+    representative_examples_count: int = DEFAULT_REPRESENTATIVE_EXAMPLES,
+    report: bool = True,
+    latency_runs: int = 200,
+    quiet: bool = True,
+    format: str = "tflite",
+) -> dict:  # noqa: A002
     """Exports RUN_DIR's final model and writes the parity report (RUN_DIR/export/report.json, .md).
 
     ``format="onnx"`` writes ``model.onnx`` (float32; ``quantize`` must be ``all`` or ``float32``)
@@ -465,18 +567,30 @@ def export_run(run_dir: Union[str, os.PathLike], quantize: Union[str, Sequence[s
     from tff_lab import run_dir as run_dir_lib
 
     with run_dir_lib.own(run_dir, kind="run", where=str(run_dir), create=False):  # no run writes it meanwhile
-        return _export_run(run_dir, quantizations, fmt, out=out, int8_io=int8_io, asked_all=asked_all,
-                           representative_examples_count=representative_examples_count, report=report,
-                           latency_runs=latency_runs, quiet=quiet)
+        return _export_run(
+            run_dir,
+            quantizations,
+            fmt,
+            out=out,
+            int8_io=int8_io,
+            asked_all=asked_all,
+            representative_examples_count=representative_examples_count,
+            report=report,
+            latency_runs=latency_runs,
+            quiet=quiet,
+        )
 
 
-def _export_run(run_dir, quantizations, fmt, *, out, int8_io, asked_all, representative_examples_count, report,
-                latency_runs, quiet) -> dict:
+def _export_run(
+    run_dir, quantizations, fmt, *, out, int8_io, asked_all, representative_examples_count, report, latency_runs, quiet
+) -> dict:
     art = load_run(run_dir)
     skipped: dict = {}
     if "int8" in quantizations and hasattr(art.data, "has_calibration") and not art.data.has_calibration():
-        why = ("int8 needs calibration examples: the run saved none (its privacy policy withholds client data) "
-               "and its data cannot be rebuilt here")
+        why = (
+            "int8 needs calibration examples: the run saved none (its privacy policy withholds client data) "
+            "and its data cannot be rebuilt here"
+        )
         if not asked_all:
             raise ConfigError("--quantize", why + "; export float32, dynamic or float16")
         skipped["int8"] = why
@@ -486,9 +600,14 @@ def _export_run(run_dir, quantizations, fmt, *, out, int8_io, asked_all, represe
 
         results = export_onnx(art, out=out)
     else:
-        results = export_artifacts(art, quantizations, out=out, int8_io=int8_io,
-                                   representative_examples_count=representative_examples_count,
-                                   skipped=skipped if asked_all else None)
+        results = export_artifacts(
+            art,
+            quantizations,
+            out=out,
+            int8_io=int8_io,
+            representative_examples_count=representative_examples_count,
+            skipped=skipped if asked_all else None,
+        )
     rep = None
     if report:
         from tff_lab.export.report import build_report, write_report

@@ -27,9 +27,19 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from tff_lab.errors import ConfigError, DataError
-from tff_lab.export.tflite_model import (INPUT_NAME, OUTPUT_NAME, SIDECAR_FORMAT, SIGNATURE_KEY, check_finite,
-                                         check_input, check_tokens, preprocessing_arrays, read_sidecar, sha256_bytes,
-                                         sidecar_path)
+from tff_lab.export.tflite_model import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SIDECAR_FORMAT,
+    SIGNATURE_KEY,
+    check_finite,
+    check_input,
+    check_tokens,
+    preprocessing_arrays,
+    read_sidecar,
+    sha256_bytes,
+    sidecar_path,
+)
 
 ONNX_OPSET = 15  # tf2onnx's preferred opset (tf2onnx 1.17 writes up to 18; onnxruntime 1.24 runs all of them)
 ONNX_VARIANT = "onnx"
@@ -37,9 +47,15 @@ ONNX_FILE = "model.onnx"
 BATCH_DIM = "batch"
 FORMATS = ("tflite", "onnx")
 
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-              "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(int8)": np.int8,
-              "tensor(uint8)": np.uint8}
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+}
 
 
 def parse_format(fmt: str) -> str:
@@ -57,8 +73,11 @@ def onnx_quantizations(spec) -> list[str]:
         raise ConfigError("--quantize", "expected float32 (or all) with --format onnx")
     bad = [n for n in names if n not in ("all", "float32")]
     if bad:
-        raise ConfigError("--quantize", f"{bad[0]!r} is not available with --format onnx: ONNX is exported in float32 "
-                          "only; use --format tflite for dynamic, float16 and int8")
+        raise ConfigError(
+            "--quantize",
+            f"{bad[0]!r} is not available with --format onnx: ONNX is exported in float32 "
+            "only; use --format tflite for dynamic, float16 and int8",
+        )
     return ["float32"]
 
 
@@ -151,15 +170,24 @@ def convert_keras_to_onnx(model, *, outputs: str = "probabilities", fixed_batch:
     try:
         proto, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=ONNX_OPSET)
     except Exception as e:  # tf2onnx raises plain ValueError/KeyError/... on graphs it cannot handle
-        raise ConfigError("--format", f"tf2onnx {ver} cannot convert this model to ONNX ({type(e).__name__}: "
-                          f"{' '.join(str(e).split())[:160]}); export --format tflite instead") from None
+        raise ConfigError(
+            "--format",
+            f"tf2onnx {ver} cannot convert this model to ONNX ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:160]}); export --format tflite instead",
+        ) from None
     bad = _unsupported_ops(proto)
     if bad:
-        raise ConfigError("--format", f"tf2onnx {ver} cannot convert this model to ONNX: TensorFlow op(s) "
-                          f"{', '.join(bad)} have no ONNX equivalent; export --format tflite instead")
+        raise ConfigError(
+            "--format",
+            f"tf2onnx {ver} cannot convert this model to ONNX: TensorFlow op(s) "
+            f"{', '.join(bad)} have no ONNX equivalent; export --format tflite instead",
+        )
     if len(proto.graph.input) != 1 or len(proto.graph.output) != 1:
-        raise ConfigError("--format", f"expected a model with one input and one output, the ONNX graph has "
-                          f"{len(proto.graph.input)} and {len(proto.graph.output)}")
+        raise ConfigError(
+            "--format",
+            f"expected a model with one input and one output, the ONNX graph has "
+            f"{len(proto.graph.input)} and {len(proto.graph.output)}",
+        )
     b = 1 if fixed_batch else BATCH_DIM
     _set_shape(proto.graph.input[0], [b, *model.input_shape[1:]])
     _set_shape(proto.graph.output[0], [b, *model.output_shape[1:]])
@@ -173,8 +201,11 @@ def convert_keras_to_onnx(model, *, outputs: str = "probabilities", fixed_batch:
     try:
         onnx.checker.check_model(proto)
     except Exception as e:  # onnx.checker.ValidationError
-        raise ConfigError("--format", f"tf2onnx {ver} wrote an invalid ONNX graph for this model "
-                          f"({' '.join(str(e).split())[:160]}); export --format tflite instead") from None
+        raise ConfigError(
+            "--format",
+            f"tf2onnx {ver} wrote an invalid ONNX graph for this model "
+            f"({' '.join(str(e).split())[:160]}); export --format tflite instead",
+        ) from None
     data = proto.SerializeToString()
     if not fixed_batch and not _resizable(data, model.input_shape[1:], np.int32 if tokens else np.float32):
         return convert_keras_to_onnx(model, outputs=outputs, fixed_batch=True)
@@ -225,11 +256,14 @@ def build_onnx_sidecar(data: bytes, *, model_file: str, labels: list, preprocess
         "input": {"name": ins[0].name, **_tensor_info(ins[0])},
         "output": {"name": outs[0].name, **_tensor_info(outs[0])},
         "preprocessing": pre,
-        "onnx": {"opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
-                 "ir_version": int(proto.ir_version), "checked_with": f"onnxruntime {v['onnxruntime']}"},
+        "onnx": {
+            "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+            "ir_version": int(proto.ir_version),
+            "checked_with": f"onnxruntime {v['onnxruntime']}",
+        },
         "source": source,
         "created_by": f"tff_lab {__version__}, tf2onnx {v['tf2onnx']}, onnx {v['onnx']}",
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -238,8 +272,11 @@ def onnx_target(art, out) -> Path:
     if out is not None and str(out).endswith(".onnx"):
         return Path(out)
     if out is not None and str(out).endswith(".tflite"):
-        raise ConfigError("--out", f"{out} names a .tflite file, but --format onnx writes an .onnx file; give a "
-                          "path ending in .onnx or a directory")
+        raise ConfigError(
+            "--out",
+            f"{out} names a .tflite file, but --format onnx writes an .onnx file; give a "
+            "path ending in .onnx or a directory",
+        )
     out_dir = Path(out) if out is not None else Path(art.run_dir) / "export"
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError("--out", f"{out_dir} exists and is not a directory")
@@ -253,18 +290,27 @@ def export_onnx(art, *, out=None) -> list:
 
     path = onnx_target(art, out)
     data = convert_keras_to_onnx(art.model, outputs=art.outputs)
-    source = {"run_dir": str(Path(art.run_dir).resolve()), "config_hash": art.config_hash,
-              "experiment": art.cfg.name, "seed": art.cfg.seed,
-              "model": str(Path(art.model_path).relative_to(art.run_dir)), "model_sha256": art.model_sha256}
-    side = build_onnx_sidecar(data, model_file=path.name, labels=art.data.labels,
-                              preprocessing=art.data.preprocessing, source=source)
+    source = {
+        "run_dir": str(Path(art.run_dir).resolve()),
+        "config_hash": art.config_hash,
+        "experiment": art.cfg.name,
+        "seed": art.cfg.seed,
+        "model": str(Path(art.model_path).relative_to(art.run_dir)),
+        "model_sha256": art.model_sha256,
+    }
+    side = build_onnx_sidecar(
+        data, model_file=path.name, labels=art.data.labels, preprocessing=art.data.preprocessing, source=source
+    )
     side["model_kind"] = "sequence" if is_sequence_model(art.model) else "classification"
     side["keras_outputs"] = art.outputs  # the .onnx's output is always probabilities
     atomic_write(path, data)
     sc = sidecar_path(path)
     atomic_write(sc, json.dumps(side, indent=1) + "\n")
-    return [ExportResult(quantization="float32", variant=ONNX_VARIANT, path=path, sidecar_path=sc,
-                         size_bytes=len(data), sidecar=side)]
+    return [
+        ExportResult(
+            quantization="float32", variant=ONNX_VARIANT, path=path, sidecar_path=sc, size_bytes=len(data), sidecar=side
+        )
+    ]
 
 
 class ONNXModel:
@@ -280,8 +326,9 @@ class ONNXModel:
     input_quant = (0.0, 0)
     output_quant = (0.0, 0)
 
-    def __init__(self, path: Union[str, Path], *, sidecar: Union[str, Path, dict, None] = None,
-                 num_threads: Optional[int] = None):
+    def __init__(
+        self, path: Union[str, Path], *, sidecar: Union[str, Path, dict, None] = None, num_threads: Optional[int] = None
+    ):
         self.path = Path(path)
         where = str(self.path)
         if not self.path.is_file():
@@ -297,10 +344,14 @@ class ONNXModel:
             self.sidecar = read_sidecar(sc) if sc.is_file() else None
         if self.sidecar is not None and self.sidecar.get("sha256") not in (None, self.sha256):
             size = self.sidecar.get("size_bytes")
-            why = (f"truncated: {len(data)} of {size} bytes" if isinstance(size, int) and len(data) < size
-                   else "corrupt or replaced")
-            raise DataError(where, f"the model does not match its sidecar's sha256 ({why}); expected the file "
-                            "as exported")
+            why = (
+                f"truncated: {len(data)} of {size} bytes"
+                if isinstance(size, int) and len(data) < size
+                else "corrupt or replaced"
+            )
+            raise DataError(
+                where, f"the model does not match its sidecar's sha256 ({why}); expected the file as exported"
+            )
         verify_onnx(data, where)
         from importlib.metadata import version
 
@@ -337,37 +388,47 @@ class ONNXModel:
     def _invoke(self, xin: np.ndarray) -> np.ndarray:
         if self.fixed_batch is not None and xin.shape[0] != self.fixed_batch:
             fb = self.fixed_batch
-            return np.concatenate([self._invoke(xin[i:i + fb]) for i in range(0, len(xin), fb)])
+            return np.concatenate([self._invoke(xin[i : i + fb]) for i in range(0, len(xin), fb)])
         return self.session.run([self._out], {self._in: xin})[0]
 
     def from_model_output(self, out: np.ndarray) -> np.ndarray:
         return out.astype(np.float32, copy=False)
 
-    def predict(self, x: np.ndarray, *, batch_size: int = 256, preprocess: bool = True,
-                on_batch: Optional[Callable[[int], None]] = None, where: str = "input") -> np.ndarray:
+    def predict(
+        self,
+        x: np.ndarray,
+        *,
+        batch_size: int = 256,
+        preprocess: bool = True,
+        on_batch: Optional[Callable[[int], None]] = None,
+        where: str = "input",
+    ) -> np.ndarray:
         """Class probabilities (float32, (n, num_classes); (n, sequence_length, num_classes) for text
         models) for raw examples ``x`` (token ids for text models)."""
         x = check_input(x, self.input_shape, where)
         n = len(x)
         probs = np.empty((n, *self.output_shape), np.float32)
         for start in range(0, n, batch_size):
-            xb = np.asarray(x[start:start + batch_size])
+            xb = np.asarray(x[start : start + batch_size])
             check_finite(xb, start, where)
             if self.tokens:
                 check_tokens(xb, start, self.num_classes, where)
-            probs[start:start + len(xb)] = self.from_model_output(self._invoke(self.to_model_input(
-                xb, preprocess=preprocess)))
+            probs[start : start + len(xb)] = self.from_model_output(
+                self._invoke(self.to_model_input(xb, preprocess=preprocess))
+            )
             if on_batch is not None:
                 on_batch(len(xb))
         return probs
 
-    def latency(self, x: np.ndarray, *, batch_size: int = 1, runs: int = 100, warmup: int = 5,
-                preprocess: bool = False) -> dict:
+    def latency(
+        self, x: np.ndarray, *, batch_size: int = 1, runs: int = 100, warmup: int = 5, preprocess: bool = False
+    ) -> dict:
         """Wall time of one ``session.run`` on ``batch_size`` examples (input in, probabilities out)."""
         x = check_input(x, self.input_shape, "latency input")
         reps = math.ceil(batch_size / len(x))
-        xb = self.to_model_input(np.concatenate([x] * reps)[:batch_size] if reps > 1 else x[:batch_size],
-                                 preprocess=preprocess)
+        xb = self.to_model_input(
+            np.concatenate([x] * reps)[:batch_size] if reps > 1 else x[:batch_size], preprocess=preprocess
+        )
         for _ in range(warmup):
             self._invoke(xb)
         times = np.empty(runs)
@@ -376,9 +437,14 @@ class ONNXModel:
             self._invoke(xb)
             times[i] = time.perf_counter() - t0
         p50 = float(np.percentile(times, 50))
-        return {"batch_size": batch_size, "runs": runs, "p50_ms": p50 * 1e3,
-                "p95_ms": float(np.percentile(times, 95)) * 1e3, "mean_ms": float(times.mean()) * 1e3,
-                "throughput_per_s": batch_size / p50}
+        return {
+            "batch_size": batch_size,
+            "runs": runs,
+            "p50_ms": p50 * 1e3,
+            "p95_ms": float(np.percentile(times, 95)) * 1e3,
+            "mean_ms": float(times.mean()) * 1e3,
+            "throughput_per_s": batch_size / p50,
+        }
 
 
 def verify_onnx(data: bytes, where: str) -> None:
@@ -386,14 +452,20 @@ def verify_onnx(data: bytes, where: str) -> None:
     import onnx
 
     if not data or data[:1] != b"\x08":  # field 1 (ir_version, a varint) comes first in a serialized ModelProto
-        raise DataError(where, f"not an ONNX model: expected a protobuf ModelProto starting with its ir_version "
-                        f"({len(data)} bytes, first byte {data[:1]!r})")
+        raise DataError(
+            where,
+            f"not an ONNX model: expected a protobuf ModelProto starting with its ir_version "
+            f"({len(data)} bytes, first byte {data[:1]!r})",
+        )
     try:
         proto = onnx.load_model_from_string(data)
         onnx.checker.check_model(proto)
     except Exception as e:  # DecodeError of a truncated file, ValidationError of a broken graph
-        raise DataError(where, f"corrupt or truncated ONNX model ({len(data)} bytes): {type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:160]}") from None
+        raise DataError(
+            where,
+            f"corrupt or truncated ONNX model ({len(data)} bytes): {type(e).__name__}: "
+            f"{' '.join(str(e).split())[:160]}",
+        ) from None
     if not proto.graph.node:
         raise DataError(where, "corrupt ONNX model: its graph holds no node")
 
@@ -406,6 +478,9 @@ def _static_dims(shape, sidecar_shape, which: str, where: str) -> tuple:
         if dims[i] is None and i < len(side) and isinstance(side[i], int):
             dims[i] = side[i]
     if any(d is None for d in dims[1:]):
-        raise DataError(where, f"the model's {which} shape {list(shape)} has unknown dimensions besides the batch; "
-                        "expected its sidecar (model .json) next to it")
+        raise DataError(
+            where,
+            f"the model's {which} shape {list(shape)} has unknown dimensions besides the batch; "
+            "expected its sidecar (model .json) next to it",
+        )
     return tuple(dims)

@@ -68,8 +68,9 @@ def load_input(path: Union[str, os.PathLike], key: Optional[str] = None) -> np.n
                 elif len(names) == 1:
                     name = names[0]
                 else:
-                    raise DataError(where, f"expected an array 'x' (or pass --key), the file holds: "
-                                    f"{', '.join(names) or 'nothing'}")
+                    raise DataError(
+                        where, f"expected an array 'x' (or pass --key), the file holds: {', '.join(names) or 'nothing'}"
+                    )
                 x = f[name]
         else:
             x = _load_csv(p)
@@ -78,8 +79,9 @@ def load_input(path: Union[str, os.PathLike], key: Optional[str] = None) -> np.n
     except ValueError as e:
         msg = str(e)
         if "allow_pickle" in msg or "Object arrays" in msg or "Python objects" in msg:
-            raise DataError(where, "holds Python objects (pickled data), which are never loaded; expected a "
-                            "numeric array") from None
+            raise DataError(
+                where, "holds Python objects (pickled data), which are never loaded; expected a numeric array"
+            ) from None
         raise DataError(where, f"not a readable {suffix} file ({msg[:160]})") from None
     except Exception as e:  # zipfile.BadZipFile, EOFError, OSError of a corrupt file
         raise DataError(where, f"not a readable {suffix} file ({type(e).__name__}: {str(e)[:160]})") from None
@@ -107,8 +109,9 @@ def write_predictions(path: Union[str, os.PathLike], probs: np.ndarray, labels: 
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
-        raise ConfigError("--out", f"unsupported output type '{p.suffix}'; expected one of: "
-                          f"{', '.join(OUTPUT_SUFFIXES)}")
+        raise ConfigError(
+            "--out", f"unsupported output type '{p.suffix}'; expected one of: {', '.join(OUTPUT_SUFFIXES)}"
+        )
     pred = probs.argmax(axis=-1).astype(np.int32)
     names = np.asarray([str(v) for v in labels])
     if probs.ndim > 2:  # text model: a class per position; CSV rows hold one example each
@@ -122,8 +125,14 @@ def write_predictions(path: Union[str, os.PathLike], probs: np.ndarray, labels: 
             w.writerow(["index", "pred", "label", "prob"])
             top = probs.max(axis=-1)
             for i in range(len(pred)):
-                w.writerow([i, " ".join(str(int(t)) for t in pred[i]), "".join(names[pred[i]]),
-                            " ".join(f"{v:.5g}" for v in top[i])])
+                w.writerow(
+                    [
+                        i,
+                        " ".join(str(int(t)) for t in pred[i]),
+                        "".join(names[pred[i]]),
+                        " ".join(f"{v:.5g}" for v in top[i]),
+                    ]
+                )
             atomic_write(p, buf.getvalue())
         return p
     if suffix == ".npz":
@@ -178,14 +187,19 @@ class KerasPredictor:
             loaded = tf.saved_model.load(str(self.path))
             fn = loaded.signatures["serving_default"]
         except Exception as e:
-            raise DataError(str(self.path), f"not a SavedModel with a serving_default signature "
-                            f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+            raise DataError(
+                str(self.path),
+                f"not a SavedModel with a serving_default signature "
+                f"({type(e).__name__}: {' '.join(str(e).split())[:120]})",
+            ) from None
         inputs, outputs = fn.structured_input_signature[1], fn.structured_outputs
         if len(inputs) != 1 or len(outputs) != 1:
-            raise DataError(str(self.path), f"expected a SavedModel signature with one input and one output, got "
-                            f"{len(inputs)} and {len(outputs)}")
-        (self._in_name, spec), = inputs.items()
-        (self._out_name, out_spec), = outputs.items()
+            raise DataError(
+                str(self.path),
+                f"expected a SavedModel signature with one input and one output, got {len(inputs)} and {len(outputs)}",
+            )
+        ((self._in_name, spec),) = inputs.items()
+        ((self._out_name, out_spec),) = outputs.items()
         self._loaded, self._fn = loaded, fn
         self.input_shape = tuple(int(s) for s in spec.shape[1:])
         self.output_shape = tuple(int(s) for s in out_spec.shape[1:])
@@ -199,10 +213,10 @@ class KerasPredictor:
         probs = np.empty((len(x), *self.output_shape), np.float32)
         for start in range(0, len(x), batch_size):
             if self.tokens:  # token ids: no preprocessing
-                xb = check_tokens(np.asarray(x[start:start + batch_size]), start, self.num_classes, where)
+                xb = check_tokens(np.asarray(x[start : start + batch_size]), start, self.num_classes, where)
                 xb = xb.astype(np.int32)
             else:
-                xb = np.asarray(x[start:start + batch_size], np.float32)
+                xb = np.asarray(x[start : start + batch_size], np.float32)
                 check_finite(xb, start, where)
                 if preprocess:
                     xb = (xb - self._offset) * self._scale
@@ -214,7 +228,7 @@ class KerasPredictor:
             if self.outputs == "logits":
                 e = np.exp(out - out.max(axis=-1, keepdims=True))
                 out = e / e.sum(axis=-1, keepdims=True)
-            probs[start:start + len(xb)] = out
+            probs[start : start + len(xb)] = out
             if on_batch is not None:
                 on_batch(len(xb))
         return probs
@@ -248,13 +262,13 @@ def _run_sidecar(model_path: Path) -> Optional[dict]:
     return {"labels": data.labels, "preprocessing": data.preprocessing, "keras_outputs": model_outputs(cfg)}
 
 
-def load_predictor(model: Union[str, os.PathLike], *, sidecar: Union[str, os.PathLike, None] = None,
-                   num_threads: Optional[int] = None):
+def load_predictor(
+    model: Union[str, os.PathLike], *, sidecar: Union[str, os.PathLike, None] = None, num_threads: Optional[int] = None
+):
     """A :class:`TFLiteModel` for ``.tflite``, an ``ONNXModel`` for ``.onnx``, else a :class:`KerasPredictor`."""
     p = Path(model)
     if not p.exists():
-        raise DataError(str(p), "model not found (expected a .tflite, .onnx or .keras file or a SavedModel "
-                                "directory)")
+        raise DataError(str(p), "model not found (expected a .tflite, .onnx or .keras file or a SavedModel directory)")
     if p.suffix.lower() == ".onnx":
         from tff_lab.export.onnx_model import ONNXModel
 
@@ -271,8 +285,9 @@ def load_predictor(model: Union[str, os.PathLike], *, sidecar: Union[str, os.Pat
             raise DataError(str(sidecar), "sidecar JSON not found")
         side = read_sidecar(Path(sidecar))
     if p.is_file() and p.suffix.lower() != ".keras":
-        raise DataError(str(p), f"unsupported model type '{p.suffix}'; expected .tflite, .onnx, .keras or a SavedModel "
-                        "directory")
+        raise DataError(
+            str(p), f"unsupported model type '{p.suffix}'; expected .tflite, .onnx, .keras or a SavedModel directory"
+        )
     return KerasPredictor(p, sidecar=side)
 
 
@@ -330,11 +345,13 @@ def resolve_shard(shard_index: Optional[int], num_shards: Optional[int], env=Non
     if shard_index is None:
         shard_index, where_i = _env_int(COMPLETION_INDEX, env), COMPLETION_INDEX
         if shard_index is None:
-            raise ConfigError("--shard-index", f"not given and {COMPLETION_INDEX} is not set (it is, in each pod "
-                              "of an Indexed Job)")
+            raise ConfigError(
+                "--shard-index", f"not given and {COMPLETION_INDEX} is not set (it is, in each pod of an Indexed Job)"
+            )
     if not 0 <= shard_index < num_shards:
-        raise ConfigError(where_i, f"{shard_index} is out of range for {num_shards} shards (expected 0.."
-                          f"{num_shards - 1})")
+        raise ConfigError(
+            where_i, f"{shard_index} is out of range for {num_shards} shards (expected 0..{num_shards - 1})"
+        )
     return shard_index, num_shards
 
 
@@ -364,8 +381,11 @@ def input_digest(path: Union[str, os.PathLike]) -> dict:
         for k in range(SAMPLE_BLOCKS):
             f.seek(k * span // (SAMPLE_BLOCKS - 1))
             h.update(f.read(SAMPLE_BLOCK_BYTES))
-    return {"sha256": h.hexdigest(), "scheme": f"sha256 of the size and {SAMPLE_BLOCKS} evenly spaced 1 MiB "
-            "blocks", "size_bytes": size}
+    return {
+        "sha256": h.hexdigest(),
+        "scheme": f"sha256 of the size and {SAMPLE_BLOCKS} evenly spaced 1 MiB blocks",
+        "size_bytes": size,
+    }
 
 
 def model_digest(path: Union[str, os.PathLike]) -> str:
@@ -389,11 +409,13 @@ def _jsonable(v):
 
 def prediction_setup(predictor, preprocess: bool) -> dict:
     """What, besides the model's weights, decides the predictions: labels, preprocessing, I/O shapes."""
-    return {"labels": [str(v) for v in predictor.labels],
-            "preprocessing": predictor.preprocessing if preprocess else None,
-            "keras_outputs": getattr(predictor, "outputs", None),
-            "input_shape": [int(v) for v in predictor.input_shape],
-            "output_shape": [int(v) for v in predictor.output_shape]}
+    return {
+        "labels": [str(v) for v in predictor.labels],
+        "preprocessing": predictor.preprocessing if preprocess else None,
+        "keras_outputs": getattr(predictor, "outputs", None),
+        "input_shape": [int(v) for v in predictor.input_shape],
+        "output_shape": [int(v) for v in predictor.output_shape],
+    }
 
 
 def _setup_sha256(setup: dict) -> str:
@@ -440,8 +462,9 @@ def batch_candidates(n: int, cap: int = MAX_SEARCH_BATCH) -> list[int]:
     return out
 
 
-def bounds_broken(row: dict, *, max_latency_ms: Optional[float] = None,
-                  max_memory_mb: Optional[float] = None) -> list[str]:
+def bounds_broken(
+    row: dict, *, max_latency_ms: Optional[float] = None, max_memory_mb: Optional[float] = None
+) -> list[str]:
     """The flags whose bound a measured candidate breaks (empty: it is within every bound)."""
     over = []
     if max_latency_ms is not None and row["median_ms"] > max_latency_ms:
@@ -451,8 +474,9 @@ def bounds_broken(row: dict, *, max_latency_ms: Optional[float] = None,
     return over
 
 
-def choose_batch_size(rows: list[dict], *, max_latency_ms: Optional[float] = None,
-                      max_memory_mb: Optional[float] = None) -> Optional[int]:
+def choose_batch_size(
+    rows: list[dict], *, max_latency_ms: Optional[float] = None, max_memory_mb: Optional[float] = None
+) -> Optional[int]:
     """The search's rule on measured candidates (increasing): the last one before the first that breaks a
     bound; None if the first already does."""
     chosen = None
@@ -463,9 +487,18 @@ def choose_batch_size(rows: list[dict], *, max_latency_ms: Optional[float] = Non
     return chosen
 
 
-def search_batch_size(predictor, x, *, max_latency_ms: Optional[float] = None,
-                      max_memory_mb: Optional[float] = None, preprocess: bool = True, reserve_bytes: int = 0,
-                      repeats: int = SEARCH_REPEATS, cap: int = MAX_SEARCH_BATCH, where: str = "input") -> dict:
+def search_batch_size(
+    predictor,
+    x,
+    *,
+    max_latency_ms: Optional[float] = None,
+    max_memory_mb: Optional[float] = None,
+    preprocess: bool = True,
+    reserve_bytes: int = 0,
+    repeats: int = SEARCH_REPEATS,
+    cap: int = MAX_SEARCH_BATCH,
+    where: str = "input",
+) -> dict:
     """Measures candidate batch sizes on ``x[:b]`` in increasing order and picks the largest that meets
     every bound given.
 
@@ -497,9 +530,14 @@ def search_batch_size(predictor, x, *, max_latency_ms: Optional[float] = None,
             times.append(time.perf_counter() - t0)
         ms = float(np.median(times)) * 1e3
         peak = peak_rss_mib()
-        projected = peak + reserve_bytes / 2 ** 20
-        row = {"batch_size": b, "median_ms": ms, "rows_per_s": b / max(ms / 1e3, 1e-12), "peak_mib": peak,
-               "projected_mib": projected}
+        projected = peak + reserve_bytes / 2**20
+        row = {
+            "batch_size": b,
+            "median_ms": ms,
+            "rows_per_s": b / max(ms / 1e3, 1e-12),
+            "peak_mib": peak,
+            "projected_mib": projected,
+        }
         over = bounds_broken(row, max_latency_ms=max_latency_ms, max_memory_mb=max_memory_mb)
         rows.append({**row, "within": not over})
         if over:
@@ -516,32 +554,60 @@ def search_batch_size(predictor, x, *, max_latency_ms: Optional[float] = None,
     if chosen is None:
         r = rows[0]
         if max_latency_ms is not None and r["median_ms"] > max_latency_ms:
-            raise ConfigError("--max-latency-ms", f"even a batch of 1 takes {r['median_ms']:.3g} ms (median of "
-                              f"{repeats} calls), above {max_latency_ms:g} ms")
-        raise ConfigError("--max-memory-mb", f"even a batch of 1 needs {r['projected_mib']:.1f} MiB (peak resident "
-                          f"memory {r['peak_mib']:.1f} MiB + {reserve_bytes / 2 ** 20:.1f} MiB of output), above "
-                          f"{max_memory_mb:g} MiB")
-    return {"batch_size": chosen, "candidates": rows, "stop": stop, "repeats": repeats, "rows_available": n,
-            "max_latency_ms": max_latency_ms, "max_memory_mb": max_memory_mb, "reserve_mib": reserve_bytes / 2 ** 20,
-            "peak_is_per_candidate": exact}
+            raise ConfigError(
+                "--max-latency-ms",
+                f"even a batch of 1 takes {r['median_ms']:.3g} ms (median of "
+                f"{repeats} calls), above {max_latency_ms:g} ms",
+            )
+        raise ConfigError(
+            "--max-memory-mb",
+            f"even a batch of 1 needs {r['projected_mib']:.1f} MiB (peak resident "
+            f"memory {r['peak_mib']:.1f} MiB + {reserve_bytes / 2**20:.1f} MiB of output), above "
+            f"{max_memory_mb:g} MiB",
+        )
+    return {
+        "batch_size": chosen,
+        "candidates": rows,
+        "stop": stop,
+        "repeats": repeats,
+        "rows_available": n,
+        "max_latency_ms": max_latency_ms,
+        "max_memory_mb": max_memory_mb,
+        "reserve_mib": reserve_bytes / 2**20,
+        "peak_is_per_candidate": exact,
+    }
 
 
 def format_search(res: dict) -> list[str]:
     """The search's figures and choice, as printed by ``tff-lab predict``."""
-    bounds = " and ".join(b for b in (
-        f"--max-latency-ms {res['max_latency_ms']:g}" if res["max_latency_ms"] is not None else "",
-        f"--max-memory-mb {res['max_memory_mb']:g}" if res["max_memory_mb"] is not None else "") if b)
-    peak_note = ("peak resident memory during its calls" if res["peak_is_per_candidate"]
-                 else "peak resident memory of the process so far (this kernel does not reset the mark)")
-    lines = [f"batch-size search for {bounds} on the first rows of the input ({res['rows_available']} rows): median "
-             f"of {res['repeats']} calls per batch after a warm-up; memory = {peak_note} + "
-             f"{res['reserve_mib']:.1f} MiB of output",
-             f"  {'batch':>7} {'ms/batch':>10} {'rows/s':>12} {'memory MiB':>11}"]
+    bounds = " and ".join(
+        b
+        for b in (
+            f"--max-latency-ms {res['max_latency_ms']:g}" if res["max_latency_ms"] is not None else "",
+            f"--max-memory-mb {res['max_memory_mb']:g}" if res["max_memory_mb"] is not None else "",
+        )
+        if b
+    )
+    peak_note = (
+        "peak resident memory during its calls"
+        if res["peak_is_per_candidate"]
+        else "peak resident memory of the process so far (this kernel does not reset the mark)"
+    )
+    lines = [
+        f"batch-size search for {bounds} on the first rows of the input ({res['rows_available']} rows): median "
+        f"of {res['repeats']} calls per batch after a warm-up; memory = {peak_note} + "
+        f"{res['reserve_mib']:.1f} MiB of output",
+        f"  {'batch':>7} {'ms/batch':>10} {'rows/s':>12} {'memory MiB':>11}",
+    ]
     for r in res["candidates"]:
-        lines.append(f"  {r['batch_size']:>7} {r['median_ms']:>10.3f} {r['rows_per_s']:>12,.0f} "
-                     f"{r['projected_mib']:>11.1f}{'' if r['within'] else '  over'}")
-    lines.append(f"batch size {res['batch_size']} (measuring stopped: {res['stop']}); reproduce with "
-                 f"--batch-size {res['batch_size']}")
+        lines.append(
+            f"  {r['batch_size']:>7} {r['median_ms']:>10.3f} {r['rows_per_s']:>12,.0f} "
+            f"{r['projected_mib']:>11.1f}{'' if r['within'] else '  over'}"
+        )
+    lines.append(
+        f"batch size {res['batch_size']} (measuring stopped: {res['stop']}); reproduce with "
+        f"--batch-size {res['batch_size']}"
+    )
     return lines
 
 
@@ -553,12 +619,23 @@ def _positive(flag: str, value) -> None:
         raise ConfigError(flag, f"expected a number > 0, got {value}")
 
 
-def predict_file(model: Union[str, os.PathLike], input_path: Union[str, os.PathLike],
-                 out: Union[str, os.PathLike], *, batch_size: Optional[int] = None, preprocess: bool = True,
-                 key: Optional[str] = None, sidecar: Union[str, os.PathLike, None] = None,
-                 num_threads: Optional[int] = None, quiet: bool = False, max_latency_ms: Optional[float] = None,
-                 max_memory_mb: Optional[float] = None, shard_index: Optional[int] = None,
-                 num_shards: Optional[int] = None, env=None) -> dict:
+def predict_file(
+    model: Union[str, os.PathLike],
+    input_path: Union[str, os.PathLike],
+    out: Union[str, os.PathLike],
+    *,
+    batch_size: Optional[int] = None,
+    preprocess: bool = True,
+    key: Optional[str] = None,
+    sidecar: Union[str, os.PathLike, None] = None,
+    num_threads: Optional[int] = None,
+    quiet: bool = False,
+    max_latency_ms: Optional[float] = None,
+    max_memory_mb: Optional[float] = None,
+    shard_index: Optional[int] = None,
+    num_shards: Optional[int] = None,
+    env=None,
+) -> dict:
     """Predicts every example of ``input_path`` (or one shard of them) and writes ``out``.
 
     ``batch_size`` fixes the batch; else ``max_latency_ms``/``max_memory_mb`` choose it by measurement
@@ -571,17 +648,24 @@ def predict_file(model: Union[str, os.PathLike], input_path: Union[str, os.PathL
     _positive("--max-memory-mb", max_memory_mb)
     searching = max_latency_ms is not None or max_memory_mb is not None
     if batch_size is not None and searching:
-        raise ConfigError("--batch-size", "give either --batch-size (no search) or a bound to choose it by "
-                          "measurement (--max-latency-ms, --max-memory-mb), not both")
+        raise ConfigError(
+            "--batch-size",
+            "give either --batch-size (no search) or a bound to choose it by "
+            "measurement (--max-latency-ms, --max-memory-mb), not both",
+        )
     shard = resolve_shard(shard_index, num_shards, env)
     if shard is not None:
         o = Path(out)
         if o.suffix.lower() in OUTPUT_SUFFIXES or o.is_file():
-            raise ConfigError("--out", f"with --num-shards, --out is the directory of the parts "
-                              f"(OUT/{part_name(shard[0], shard[1])}.npz and .json), not a file: {o}")
+            raise ConfigError(
+                "--out",
+                f"with --num-shards, --out is the directory of the parts "
+                f"(OUT/{part_name(shard[0], shard[1])}.npz and .json), not a file: {o}",
+            )
     elif Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
-        raise ConfigError("--out", f"unsupported output type '{Path(out).suffix}'; expected one of: "
-                          f"{', '.join(OUTPUT_SUFFIXES)}")
+        raise ConfigError(
+            "--out", f"unsupported output type '{Path(out).suffix}'; expected one of: {', '.join(OUTPUT_SUFFIXES)}"
+        )
     predictor = load_predictor(model, sidecar=sidecar, num_threads=num_threads)
     x = load_input(input_path, key)
     from tff_lab.export.tflite_model import check_finite, check_input, check_tokens
@@ -591,7 +675,7 @@ def predict_file(model: Union[str, os.PathLike], input_path: Union[str, os.PathL
     start, stop = shard_range(total, *shard) if shard is not None else (0, total)
     xs = x[start:stop]  # a view: a memory-mapped .npy is read only where this shard's rows are
     for s in range(0, len(xs), 65536):  # before the progress bar: a bad row is a one-line error
-        chunk = np.asarray(xs[s:s + 65536])
+        chunk = np.asarray(xs[s : s + 65536])
         check_finite(chunk, start + s, str(input_path))
         if getattr(predictor, "tokens", False):
             check_tokens(chunk, start + s, predictor.num_classes, str(input_path))
@@ -599,8 +683,10 @@ def predict_file(model: Union[str, os.PathLike], input_path: Union[str, os.PathL
         _ = predictor.interpreter  # an interpreter that rejects the model fails here, before the bar
     notes = []
     if preprocess and isinstance(predictor, KerasPredictor) and not predictor.has_preprocessing:
-        notes.append("no run or sidecar found for this Keras model: inputs are fed as they are (pass --sidecar to "
-                     "apply an export's preprocessing)")
+        notes.append(
+            "no run or sidecar found for this Keras model: inputs are fed as they are (pass --sidecar to "
+            "apply an export's preprocessing)"
+        )
     if preprocess and not isinstance(predictor, KerasPredictor) and predictor.sidecar is None:
         notes.append(f"no sidecar next to {Path(model).name}: inputs are fed as they are, labels are class ids")
     if not quiet:
@@ -609,8 +695,15 @@ def predict_file(model: Union[str, os.PathLike], input_path: Union[str, os.PathL
     search = None
     if searching and len(xs):
         reserve = len(xs) * int(np.prod(predictor.output_shape)) * 4
-        search = search_batch_size(predictor, xs, max_latency_ms=max_latency_ms, max_memory_mb=max_memory_mb,
-                                   preprocess=preprocess, reserve_bytes=reserve, where=str(input_path))
+        search = search_batch_size(
+            predictor,
+            xs,
+            max_latency_ms=max_latency_ms,
+            max_memory_mb=max_memory_mb,
+            preprocess=preprocess,
+            reserve_bytes=reserve,
+            where=str(input_path),
+        )
         batch_size = search["batch_size"]
         if not quiet:
             for line in format_search(search):
@@ -623,46 +716,78 @@ def predict_file(model: Union[str, os.PathLike], input_path: Union[str, os.PathL
     t0 = time.perf_counter()
     try:
         if len(xs):
-            probs = predictor.predict(xs, batch_size=batch_size, preprocess=preprocess, on_batch=bar.update,
-                                      where=str(input_path))
+            probs = predictor.predict(
+                xs, batch_size=batch_size, preprocess=preprocess, on_batch=bar.update, where=str(input_path)
+            )
         else:  # a shard of an input with fewer rows than shards
             probs = np.empty((0, *predictor.output_shape), np.float32)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    res = {"examples": int(len(probs)), "seconds": seconds, "examples_per_s": len(probs) / max(seconds, 1e-9),
-           "batch_size": batch_size, "backend": predictor.backend, "out": str(out), "notes": notes,
-           "batch_search": search}
+    res = {
+        "examples": int(len(probs)),
+        "seconds": seconds,
+        "examples_per_s": len(probs) / max(seconds, 1e-9),
+        "batch_size": batch_size,
+        "backend": predictor.backend,
+        "out": str(out),
+        "notes": notes,
+        "batch_search": search,
+    }
     if shard is None:
         write_predictions(out, probs, predictor.labels)
         return res
     index, n_shards = shard
     setup = prediction_setup(predictor, preprocess)
     manifest = {
-        "format": PART_FORMAT, "shard_index": index, "num_shards": n_shards, "start": start, "stop": stop,
-        "rows": int(len(probs)), "total_rows": total,
+        "format": PART_FORMAT,
+        "shard_index": index,
+        "num_shards": n_shards,
+        "start": start,
+        "stop": stop,
+        "rows": int(len(probs)),
+        "total_rows": total,
         "input": {"path": str(input_path), "key": key, **input_digest(input_path)},
-        "model": {"path": str(model), "sha256": model_digest(model), "backend": predictor.backend,
-                  "setup_sha256": _setup_sha256(setup)},
-        "setup": setup, "preprocess": preprocess, "batch_size": batch_size, "batch_search": search,
-        "seconds": seconds, "examples_per_s": res["examples_per_s"],
+        "model": {
+            "path": str(model),
+            "sha256": model_digest(model),
+            "backend": predictor.backend,
+            "setup_sha256": _setup_sha256(setup),
+        },
+        "setup": setup,
+        "preprocess": preprocess,
+        "batch_size": batch_size,
+        "batch_search": search,
+        "seconds": seconds,
+        "examples_per_s": res["examples_per_s"],
     }
     part, meta = write_part(out, index, n_shards, probs, predictor.labels, manifest)
-    res.update(out=str(part), part=str(part), manifest=str(meta), shard_index=index, num_shards=n_shards,
-               start=start, stop=stop, total_rows=total)
+    res.update(
+        out=str(part),
+        part=str(part),
+        manifest=str(meta),
+        shard_index=index,
+        num_shards=n_shards,
+        start=start,
+        stop=stop,
+        total_rows=total,
+    )
     return res
 
 
-def write_part(out_dir: Union[str, os.PathLike], index: int, num_shards: int, probs: np.ndarray, labels: list,
-               manifest: dict) -> tuple[Path, Path]:
+def write_part(
+    out_dir: Union[str, os.PathLike], index: int, num_shards: int, probs: np.ndarray, labels: list, manifest: dict
+) -> tuple[Path, Path]:
     """``OUT/part-I-of-N.npz`` then its manifest ``.json`` (written last: a manifest means a complete part)."""
     from tff_lab.fileio import atomic_write_text
 
     d = Path(out_dir)
     name = part_name(index, num_shards)
     part = write_predictions(d / f"{name}.npz", probs, labels)
-    manifest = {**manifest, "predictions": {"file": part.name, "sha256": _sha256_file(part),
-                                            "shape": [int(v) for v in probs.shape]}}
+    manifest = {
+        **manifest,
+        "predictions": {"file": part.name, "sha256": _sha256_file(part), "shape": [int(v) for v in probs.shape]},
+    }
     meta = d / f"{name}.json"
     atomic_write_text(meta, json.dumps(manifest, indent=1, sort_keys=False, default=_jsonable) + "\n")
     return part, meta
@@ -694,8 +819,14 @@ def _read_manifest(path: Path) -> dict:
     return m
 
 
-def merge_parts(parts_dir: Union[str, os.PathLike], num_shards: int, out: Union[str, os.PathLike], *,
-                wait_s: float = 0.0, poll_s: float = 2.0) -> dict:
+def merge_parts(
+    parts_dir: Union[str, os.PathLike],
+    num_shards: int,
+    out: Union[str, os.PathLike],
+    *,
+    wait_s: float = 0.0,
+    poll_s: float = 2.0,
+) -> dict:
     """Checks the ``num_shards`` parts in ``parts_dir`` and writes the merged predictions to ``out``.
 
     Waits up to ``wait_s`` seconds for missing parts. Refuses (DataError/ConfigError) a missing part, a
@@ -704,8 +835,9 @@ def merge_parts(parts_dir: Union[str, os.PathLike], num_shards: int, out: Union[
     if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
         raise ConfigError("--num-shards", f"expected an integer >= 1, got {num_shards}")
     if Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
-        raise ConfigError("--out", f"unsupported output type '{Path(out).suffix}'; expected one of: "
-                          f"{', '.join(OUTPUT_SUFFIXES)}")
+        raise ConfigError(
+            "--out", f"unsupported output type '{Path(out).suffix}'; expected one of: {', '.join(OUTPUT_SUFFIXES)}"
+        )
     if wait_s < 0:
         raise ConfigError("--wait", f"expected seconds >= 0, got {wait_s}")
     d = Path(parts_dir)
@@ -720,8 +852,13 @@ def merge_parts(parts_dir: Union[str, os.PathLike], num_shards: int, out: Union[
         time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.01)))
     if missing:
         listing = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        others = sorted({int(m.group(2)) for f in (d.iterdir() if d.is_dir() else ())
-                         if (m := _PART_RE.match(f.name)) and int(m.group(2)) != num_shards})
+        others = sorted(
+            {
+                int(m.group(2))
+                for f in (d.iterdir() if d.is_dir() else ())
+                if (m := _PART_RE.match(f.name)) and int(m.group(2)) != num_shards
+            }
+        )
         hint = f"; it holds parts of {' and '.join(map(str, others))} shards (--num-shards)" if others else ""
         waited = f" after waiting {wait_s:g} s" if wait_s else ""
         raise DataError(str(d), f"missing {len(missing)} of {num_shards} parts{waited}: {listing}{hint}")
@@ -730,21 +867,27 @@ def merge_parts(parts_dir: Union[str, os.PathLike], num_shards: int, out: Union[
         path = d / f"{nm}.json"
         m = _read_manifest(path)
         if (m["shard_index"], m["num_shards"]) != (i, num_shards):
-            raise DataError(str(path), f"its manifest says shard {m['shard_index']} of {m['num_shards']}, not "
-                            f"{i} of {num_shards}")
+            raise DataError(
+                str(path), f"its manifest says shard {m['shard_index']} of {m['num_shards']}, not {i} of {num_shards}"
+            )
         manifests.append(m)
     ref, ref_where = manifests[0], str(d / f"{names[0]}.json")
-    checks = (("input", lambda m: (m["input"]["sha256"], m["input"].get("key"))),
-              ("model", lambda m: m["model"]["sha256"]),
-              ("preprocessing, labels or output setup", lambda m: m["model"].get("setup_sha256")),
-              ("row count of the input", lambda m: m["total_rows"]))
+    checks = (
+        ("input", lambda m: (m["input"]["sha256"], m["input"].get("key"))),
+        ("model", lambda m: m["model"]["sha256"]),
+        ("preprocessing, labels or output setup", lambda m: m["model"].get("setup_sha256")),
+        ("row count of the input", lambda m: m["total_rows"]),
+    )
     for m, nm in zip(manifests[1:], names[1:]):
         for what, get in checks:
             if get(m) != get(ref):
                 a, b = get(m), get(ref)
                 a, b = (a[0], b[0]) if isinstance(a, tuple) and a[0] != b[0] else (a, b)
-                raise DataError(str(d / f"{nm}.json"), f"predicted from another {what} than {names[0]} "
-                                f"({str(a)[:16]} vs {str(b)[:16]}); rerun the shards on one input and model")
+                raise DataError(
+                    str(d / f"{nm}.json"),
+                    f"predicted from another {what} than {names[0]} "
+                    f"({str(a)[:16]} vs {str(b)[:16]}); rerun the shards on one input and model",
+                )
     total = ref["total_rows"]
     # The rows: sorted by start they must tile [0, total) with no gap and no overlap.
     pos, prev = 0, None
@@ -754,31 +897,34 @@ def merge_parts(parts_dir: Union[str, os.PathLike], num_shards: int, out: Union[
         if e < s or e - s != m["rows"]:
             raise DataError(where, f"rows [{s}, {e}) do not hold the {m['rows']} rows it claims")
         if s < pos:
-            raise DataError(where, f"rows [{s}, {e}) overlap rows [{manifests[prev]['start']}, {pos}) of "
-                            f"{names[prev]}")
+            raise DataError(where, f"rows [{s}, {e}) overlap rows [{manifests[prev]['start']}, {pos}) of {names[prev]}")
         if s > pos:
             raise DataError(where, f"rows [{pos}, {s}) of the input are in no part")
         pos, prev = e, i
     if pos != total:
-        raise DataError(ref_where, f"the parts hold {pos} rows, the input has {total}: rows [{pos}, {total}) are in "
-                        "no part")
+        raise DataError(
+            ref_where, f"the parts hold {pos} rows, the input has {total}: rows [{pos}, {total}) are in no part"
+        )
     for i, m in enumerate(manifests):
         if (m["start"], m["stop"]) != shard_range(total, i, num_shards):
             a, b = shard_range(total, i, num_shards)
-            raise DataError(str(d / f"{names[i]}.json"), f"holds rows [{m['start']}, {m['stop']}), but shard {i} of "
-                            f"{num_shards} of {total} rows is [{a}, {b})")
+            raise DataError(
+                str(d / f"{names[i]}.json"),
+                f"holds rows [{m['start']}, {m['stop']}), but shard {i} of {num_shards} of {total} rows is [{a}, {b})",
+            )
     chunks, labels = [], None
     for i, (m, nm) in enumerate(zip(manifests, names)):
         pf = d / f"{nm}.npz"
         if m["predictions"].get("file") != pf.name:
-            raise DataError(str(d / f"{nm}.json"), f"names {m['predictions'].get('file')!r} as its predictions, "
-                            f"expected {pf.name!r}")
+            raise DataError(
+                str(d / f"{nm}.json"),
+                f"names {m['predictions'].get('file')!r} as its predictions, expected {pf.name!r}",
+            )
         if not pf.is_file():
             raise DataError(str(pf), "missing (its manifest is there)")
         data = pf.read_bytes()
         if hashlib.sha256(data).hexdigest() != m["predictions"]["sha256"]:
-            raise DataError(str(pf), "does not match its manifest's sha256 (truncated, replaced or from another "
-                            "run)")
+            raise DataError(str(pf), "does not match its manifest's sha256 (truncated, replaced or from another run)")
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as f:
                 probs, part_labels = f["probs"], [str(v) for v in f["labels"]]
@@ -796,12 +942,25 @@ def merge_parts(parts_dir: Union[str, os.PathLike], num_shards: int, out: Union[
     from tff_lab.fileio import atomic_write_text
 
     out = write_predictions(out, merged, labels)
-    summary = {"format": MERGED_FORMAT, "rows": int(total), "num_shards": num_shards, "out": str(out),
-               "input": {k: ref["input"].get(k) for k in ("path", "key", "sha256", "scheme", "size_bytes")},
-               "model": {k: ref["model"].get(k) for k in ("path", "sha256", "setup_sha256", "backend")},
-               "parts": [{"file": f"{nm}.npz", "start": m["start"], "stop": m["stop"],
-                          "sha256": m["predictions"]["sha256"], "batch_size": m.get("batch_size"),
-                          "seconds": m.get("seconds")} for m, nm in zip(manifests, names)]}
+    summary = {
+        "format": MERGED_FORMAT,
+        "rows": int(total),
+        "num_shards": num_shards,
+        "out": str(out),
+        "input": {k: ref["input"].get(k) for k in ("path", "key", "sha256", "scheme", "size_bytes")},
+        "model": {k: ref["model"].get(k) for k in ("path", "sha256", "setup_sha256", "backend")},
+        "parts": [
+            {
+                "file": f"{nm}.npz",
+                "start": m["start"],
+                "stop": m["stop"],
+                "sha256": m["predictions"]["sha256"],
+                "batch_size": m.get("batch_size"),
+                "seconds": m.get("seconds"),
+            }
+            for m, nm in zip(manifests, names)
+        ],
+    }
     manifest_path = Path(f"{out}.manifest.json")
     atomic_write_text(manifest_path, json.dumps(summary, indent=1, default=_jsonable) + "\n")
     summary["manifest"] = str(manifest_path)

@@ -40,14 +40,25 @@ def parity(probs: np.ndarray, ref: np.ndarray, positions: Optional[np.ndarray] =
         probs = probs.reshape(-1, probs.shape[-1])[keep]
         ref = ref.reshape(-1, ref.shape[-1])[keep]
         if not len(ref):
-            return {"examples": 0, "max_abs_diff": 0.0, "mean_abs_diff": 0.0, "max_rel_diff": 0.0,
-                    "top1_agreement": 1.0, "top1_disagreements": 0}
+            return {
+                "examples": 0,
+                "max_abs_diff": 0.0,
+                "mean_abs_diff": 0.0,
+                "max_rel_diff": 0.0,
+                "top1_agreement": 1.0,
+                "top1_disagreements": 0,
+            }
     diff = np.abs(probs.astype(np.float64) - ref.astype(np.float64))
     rel = diff.max(axis=1) / np.maximum(np.abs(ref).max(axis=1), 1e-12)
     agree = probs.argmax(axis=1) == ref.argmax(axis=1)
-    return {"examples": int(len(ref)), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            "max_rel_diff": float(rel.max()), "top1_agreement": float(agree.mean()),
-            "top1_disagreements": int((~agree).sum())}
+    return {
+        "examples": int(len(ref)),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "max_rel_diff": float(rel.max()),
+        "top1_agreement": float(agree.mean()),
+        "top1_disagreements": int((~agree).sum()),
+    }
 
 
 def _accuracy_fn(preprocessing: dict):
@@ -65,7 +76,7 @@ def client_accuracies(pred: np.ndarray, y: np.ndarray, counts: Sequence[int], ac
     acc = accuracy or (lambda p, t: float(np.mean(p == t)))
     out, start = [], 0
     for n in counts:
-        out.append(acc(pred[start:start + n], y[start:start + n]) if n else None)
+        out.append(acc(pred[start : start + n], y[start : start + n]) if n else None)
         start += n
     return out
 
@@ -77,17 +88,25 @@ def client_summary(client_ids, counts, acc: list, ref_acc: Optional[list] = None
         return {"evaluated": 0}
     total = sum(counts[i] for i in idx)
     lowest = min(idx, key=lambda i: (acc[i], client_ids[i]))
-    s = {"evaluated": len(idx), "examples": int(total),
-         "accuracy_mean": float(np.mean([acc[i] for i in idx])),
-         "accuracy_weighted": float(sum(acc[i] * counts[i] for i in idx) / total),
-         "lowest_accuracy": {"client": client_ids[lowest], "accuracy": acc[lowest], "examples": int(counts[lowest])}}
+    s = {
+        "evaluated": len(idx),
+        "examples": int(total),
+        "accuracy_mean": float(np.mean([acc[i] for i in idx])),
+        "accuracy_weighted": float(sum(acc[i] * counts[i] for i in idx) / total),
+        "lowest_accuracy": {"client": client_ids[lowest], "accuracy": acc[lowest], "examples": int(counts[lowest])},
+    }
     if ref_acc is not None:
         drops = {i: ref_acc[i] - acc[i] for i in idx}
         worst = max(idx, key=lambda i: (drops[i], -counts[i], client_ids[i]))
         s["mean_drop"] = float(np.mean(list(drops.values())))
         s["clients_with_drop"] = int(sum(d > 0 for d in drops.values()))
-        s["worst_drop"] = {"client": client_ids[worst], "drop": float(drops[worst]), "accuracy": acc[worst],
-                           "keras_accuracy": ref_acc[worst], "examples": int(counts[worst])}
+        s["worst_drop"] = {
+            "client": client_ids[worst],
+            "drop": float(drops[worst]),
+            "accuracy": acc[worst],
+            "keras_accuracy": ref_acc[worst],
+            "examples": int(counts[worst]),
+        }
         s["lowest_accuracy"]["keras_accuracy"] = ref_acc[lowest]
     return s
 
@@ -98,8 +117,15 @@ def _keras_probs(model, x: np.ndarray, outputs: str = "probabilities") -> np.nda
     return keras_probabilities(model, x, outputs)
 
 
-def build_report(art, results, *, latency_runs: int = 200, latency_batch: int = LATENCY_BATCH,
-                 num_threads: int = 1, quiet: bool = True) -> dict:
+def build_report(
+    art,
+    results,
+    *,
+    latency_runs: int = 200,
+    latency_batch: int = LATENCY_BATCH,
+    num_threads: int = 1,
+    quiet: bool = True,
+) -> dict:
     """The report for ``results`` (ExportResult list) of run ``art`` (RunArtifacts).
 
     Variants exported earlier from the same model (same sha256) whose files are unchanged are kept,
@@ -109,8 +135,7 @@ def build_report(art, results, *, latency_runs: int = 200, latency_batch: int = 
     tx, ty = data.test
     ids = list(data.client_ids)
     counts = [int(len(data.eval[c][1])) for c in ids]
-    ex = (np.concatenate([data.eval[c][0] for c in ids]) if sum(counts)
-          else np.zeros((0, *data.input_shape), np.float32))
+    ex = np.concatenate([data.eval[c][0] for c in ids]) if sum(counts) else np.zeros((0, *data.input_shape), np.float32)
     ey = np.concatenate([data.eval[c][1] for c in ids]) if sum(counts) else np.zeros((0,), np.int32)
 
     outputs = getattr(art, "outputs", "probabilities")
@@ -145,8 +170,11 @@ def build_report(art, results, *, latency_runs: int = 200, latency_batch: int = 
             "backend": m.backend,
             "io": {"input": m.input_dtype.name, "output": m.output_dtype.name},
             "parity": parity(t_test, k_test, positions),
-            "accuracy": {"test": acc, "test_drop": keras_acc - acc,
-                         "clients": client_summary(ids, counts, c_acc, k_client_acc)},
+            "accuracy": {
+                "test": acc,
+                "test_drop": keras_acc - acc,
+                "clients": client_summary(ids, counts, c_acc, k_client_acc),
+            },
             "latency": {"batch_1": lat1, f"batch_{latency_batch}": latb},
         }
 
@@ -162,20 +190,44 @@ def build_report(art, results, *, latency_runs: int = 200, latency_batch: int = 
 
     return {
         "format": REPORT_FORMAT,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": {"run_dir": str(Path(art.run_dir).resolve()), "experiment": art.cfg.name,
-                   "config_hash": art.config_hash, "model": _rel(art.model_path, art.run_dir),
-                   "model_sha256": art.model_sha256},
-        "data": {"test_examples": int(len(ty)), "clients": len(ids), "clients_evaluated": sum(1 for n in counts if n),
-                 "client_eval_examples": int(sum(counts)), "num_classes": data.num_classes,
-                 **({"kind": "sequence", "positions_compared": int(positions.sum()),
-                     "accuracy": "masked: targets in " + str(list(data.preprocessing.get("masked_ids", []))) +
-                                 " do not count", "parity": "over positions whose target is not padding"}
-                    if tokens else {})},
-        "interpreter": {"backend": backend, "num_threads": num_threads, "latency_batch": latency_batch,
-                        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}"},
-        "keras": {"size_bytes": os.path.getsize(art.model_path), "test_accuracy": keras_acc,
-                  "clients": client_summary(ids, counts, k_client_acc)},
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "source": {
+            "run_dir": str(Path(art.run_dir).resolve()),
+            "experiment": art.cfg.name,
+            "config_hash": art.config_hash,
+            "model": _rel(art.model_path, art.run_dir),
+            "model_sha256": art.model_sha256,
+        },
+        "data": {
+            "test_examples": int(len(ty)),
+            "clients": len(ids),
+            "clients_evaluated": sum(1 for n in counts if n),
+            "client_eval_examples": int(sum(counts)),
+            "num_classes": data.num_classes,
+            **(
+                {
+                    "kind": "sequence",
+                    "positions_compared": int(positions.sum()),
+                    "accuracy": "masked: targets in "
+                    + str(list(data.preprocessing.get("masked_ids", [])))
+                    + " do not count",
+                    "parity": "over positions whose target is not padding",
+                }
+                if tokens
+                else {}
+            ),
+        },
+        "interpreter": {
+            "backend": backend,
+            "num_threads": num_threads,
+            "latency_batch": latency_batch,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
+        },
+        "keras": {
+            "size_bytes": os.path.getsize(art.model_path),
+            "test_accuracy": keras_acc,
+            "clients": client_summary(ids, counts, k_client_acc),
+        },
         "variants": variants,
     }
 
@@ -247,7 +299,7 @@ def to_markdown(rep: dict) -> str:
         f"Interpreter: {it['backend']}, {it['num_threads']} thread(s), on {it['machine']}.",
         "",
         "Parity is against the Keras model on the global test set. Drops are Keras accuracy minus the "
-        "converted model's (percentage points); \"worst client\" is the client with the largest drop.",
+        'converted model\'s (percentage points); "worst client" is the client with the largest drop.',
         "",
         f"| variant | size | vs float32 | max abs diff | max rel diff | top-1 agreement | test acc | test drop | "
         f"mean client drop | worst client drop | lowest client acc | p50 b=1 | p95 b=1 | p50 b={b} | "
@@ -266,13 +318,15 @@ def to_markdown(rep: dict) -> str:
             f"{worst_drop_text(c)} | "
             f"{'-' if not low else _pct(low['accuracy']) + ' (' + low['client'] + ')'} | "
             f"{1e3 * l1['p50_ms']:.1f} µs | {1e3 * l1['p95_ms']:.1f} µs | "
-            f"{lb.get('p50_ms', float('nan')):.3f} ms | {lb.get('throughput_per_s', float('nan')):,.0f}/s |")
+            f"{lb.get('p50_ms', float('nan')):.3f} ms | {lb.get('throughput_per_s', float('nan')):,.0f}/s |"
+        )
     for name, why in (rep.get("skipped") or {}).items():
         lines.append(f"\nNot exported: {name}: {why}")
     if rep.get("data", {}).get("kind") == "sequence":
         d = rep["data"]
-        lines.append(f"\nText model: parity {d['parity']} ({d['positions_compared']} positions); accuracy "
-                     f"{d['accuracy']}.")
+        lines.append(
+            f"\nText model: parity {d['parity']} ({d['positions_compared']} positions); accuracy {d['accuracy']}."
+        )
     lines.append("")
     return "\n".join(lines)
 

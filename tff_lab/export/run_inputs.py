@@ -96,12 +96,24 @@ def save(run_dir, cfg, data, *, outputs: str) -> dict:
         withheld["evaluation_splits"] = why
         withheld["calibration"] = why
     x0 = tx if len(tx) else data.union_train()[0]
-    info = {"format": FORMAT, "input_shape": [int(s) for s in data.input_shape], "input_dtype": str(x0.dtype),
-            "num_classes": int(data.num_classes), "labels": [str(l) for l in data.labels],
-            "preprocessing": data.preprocessing or {}, "outputs": outputs, "seed": int(cfg.seed),
-            "test_source": getattr(data, "test_source", "separate"), "saved": saved, "withheld": withheld,
-            "capped": capped, "representative_max": REPRESENTATIVE_MAX, "num_clients": len(ids),
-            "label_shape": [int(s) for s in ty.shape[1:]], "label_dtype": str(ty.dtype)}
+    info = {
+        "format": FORMAT,
+        "input_shape": [int(s) for s in data.input_shape],
+        "input_dtype": str(x0.dtype),
+        "num_classes": int(data.num_classes),
+        "labels": [str(l) for l in data.labels],
+        "preprocessing": data.preprocessing or {},
+        "outputs": outputs,
+        "seed": int(cfg.seed),
+        "test_source": getattr(data, "test_source", "separate"),
+        "saved": saved,
+        "withheld": withheld,
+        "capped": capped,
+        "representative_max": REPRESENTATIVE_MAX,
+        "num_clients": len(ids),
+        "label_shape": [int(s) for s in ty.shape[1:]],
+        "label_dtype": str(ty.dtype),
+    }
     model_dir = Path(run_dir) / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(model_dir / NPZ_NAME, suffix=".npz") as tmp:
@@ -131,12 +143,12 @@ class SavedData:
         counts = [int(n) for n in arrays.get("eval_counts", [0] * len(ids))]
         bounds = np.cumsum([0, *counts])
         ex, ey = arrays.get("eval_x", empty_x), arrays.get("eval_y", empty_y)
-        self.eval = {c: (ex[bounds[i]:bounds[i + 1]], ey[bounds[i]:bounds[i + 1]]) for i, c in enumerate(ids)}
+        self.eval = {c: (ex[bounds[i] : bounds[i + 1]], ey[bounds[i] : bounds[i + 1]]) for i, c in enumerate(ids)}
         self._rep_take = [int(n) for n in arrays.get("rep_take", [0] * len(ids))]
         self._train_counts = [int(n) for n in arrays.get("train_counts", [0] * len(ids))]
         rb = np.cumsum([0, *self._rep_take])
         rx = arrays.get("rep_x", empty_x)
-        self._rep = [rx[rb[i]:rb[i + 1]] for i in range(len(ids))]
+        self._rep = [rx[rb[i] : rb[i + 1]] for i in range(len(ids))]
         self.seed = int(info.get("seed", 0))
 
     def has_calibration(self) -> bool:
@@ -148,8 +160,9 @@ class SavedData:
         take = round_robin(self._train_counts, n)
         xs = [r[:k] for r, k in zip(self._rep, take) if k]
         x = np.concatenate(xs)
-        return (x if x.dtype.kind in "iu" else x.astype(np.float32)), {c: int(k) for c, k in
-                                                                       zip(self.client_ids, take) if k}
+        return (x if x.dtype.kind in "iu" else x.astype(np.float32)), {
+            c: int(k) for c, k in zip(self.client_ids, take) if k
+        }
 
 
 def load(run_dir) -> Optional[SavedData]:
@@ -187,9 +200,19 @@ def synthetic(model, info: Optional[dict], seed: int = 0, n: int = 256) -> Saved
         x = rng.normal(0.0, 1.0, (n, *shape)).astype(np.float32)
     y = np.asarray(model.predict(x, verbose=0)).argmax(-1).astype(np.int32)
     base = dict(info or {})
-    base.update({"input_shape": list(shape), "input_dtype": str(x.dtype), "num_classes": int(model.output_shape[-1]),
-                 "label_shape": list(y.shape[1:]), "label_dtype": "int32"})
+    base.update(
+        {
+            "input_shape": list(shape),
+            "input_dtype": str(x.dtype),
+            "num_classes": int(model.output_shape[-1]),
+            "label_shape": list(y.shape[1:]),
+            "label_dtype": "int32",
+        }
+    )
     base.setdefault("labels", [str(i) for i in range(int(model.output_shape[-1]))])
-    return SavedData(base, {"test_x": x, "test_y": y},
-                     note=f"{n} synthetic inputs (seeded random, no example of the run could be read): parity is "
-                          "measured on them and 'accuracy' is agreement with the Keras model's own predictions")
+    return SavedData(
+        base,
+        {"test_x": x, "test_y": y},
+        note=f"{n} synthetic inputs (seeded random, no example of the run could be read): parity is "
+        "measured on them and 'accuracy' is agreement with the Keras model's own predictions",
+    )

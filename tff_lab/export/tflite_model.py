@@ -86,22 +86,26 @@ def verify_flatbuffer(data: bytes, where: str):
     """
     if len(data) < 8 or data[4:8] != b"TFL3":
         head = data[4:8] if len(data) >= 8 else data[:8]
-        raise DataError(where, f"not a TFLite model: expected a FlatBuffer with file identifier 'TFL3', "
-                        f"got {head!r} ({len(data)} bytes)")
+        raise DataError(
+            where,
+            f"not a TFLite model: expected a FlatBuffer with file identifier 'TFL3', got {head!r} ({len(data)} bytes)",
+        )
     schema = _tflite_schema()
     try:
         model = schema.ModelT.InitFromPackedBuf(data, 0)
     except Exception as e:
-        raise DataError(where, f"corrupt or truncated TFLite model ({len(data)} bytes): {type(e).__name__}: "
-                        f"{str(e)[:160]}") from None
+        raise DataError(
+            where, f"corrupt or truncated TFLite model ({len(data)} bytes): {type(e).__name__}: {str(e)[:160]}"
+        ) from None
     if not model.subgraphs:
         raise DataError(where, "corrupt TFLite model: it holds no subgraph")
     for buf in model.buffers or []:
         # Large models keep buffers outside the FlatBuffer (offset/size); check they lie in the file.
         off, size = int(getattr(buf, "offset", 0) or 0), int(getattr(buf, "size", 0) or 0)
         if off > 1 and off + size > len(data):
-            raise DataError(where, f"truncated TFLite model: a weight buffer ends at byte {off + size}, "
-                            f"the file has {len(data)}")
+            raise DataError(
+                where, f"truncated TFLite model: a weight buffer ends at byte {off + size}, the file has {len(data)}"
+            )
     return model
 
 
@@ -131,7 +135,7 @@ def read_sidecar(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(str(path), f"unreadable sidecar JSON ({type(e).__name__}: {e})") from None
     if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
-        raise DataError(str(path), f"not a tff_lab sidecar: expected \"format\": \"{SIDECAR_FORMAT}\"")
+        raise DataError(str(path), f'not a tff_lab sidecar: expected "format": "{SIDECAR_FORMAT}"')
     return side
 
 
@@ -149,8 +153,9 @@ def preprocessing_arrays(pre: Optional[dict], input_shape: tuple) -> tuple[np.nd
         elif v.size == n:
             out.append(v.reshape(input_shape))
         else:
-            raise DataError("sidecar.preprocessing", f"{key} has {v.size} values, expected 1 or {n} (one per "
-                            "input feature)")
+            raise DataError(
+                "sidecar.preprocessing", f"{key} has {v.size} values, expected 1 or {n} (one per input feature)"
+            )
     return out[0], out[1]
 
 
@@ -222,8 +227,9 @@ class TFLiteModel:
       num_threads: interpreter threads (None: the interpreter's default).
     """
 
-    def __init__(self, path: Union[str, Path], *, sidecar: Union[str, Path, dict, None] = None,
-                 num_threads: Optional[int] = None):
+    def __init__(
+        self, path: Union[str, Path], *, sidecar: Union[str, Path, dict, None] = None, num_threads: Optional[int] = None
+    ):
         self.path = Path(path)
         where = str(self.path)
         if not self.path.is_file():
@@ -240,10 +246,14 @@ class TFLiteModel:
             self.sidecar = read_sidecar(sc) if sc.is_file() else None
         if self.sidecar is not None and self.sidecar.get("sha256") not in (None, self.sha256):
             size = self.sidecar.get("size_bytes")
-            why = (f"truncated: {len(data)} of {size} bytes" if isinstance(size, int) and len(data) < size
-                   else "corrupt or replaced")
-            raise DataError(where, f"the model does not match its sidecar's sha256 ({why}); expected the file "
-                            "as exported")
+            why = (
+                f"truncated: {len(data)} of {size} bytes"
+                if isinstance(size, int) and len(data) < size
+                else "corrupt or replaced"
+            )
+            raise DataError(
+                where, f"the model does not match its sidecar's sha256 ({why}); expected the file as exported"
+            )
         parsed = verify_flatbuffer(data, where)
         in_shape, self.input_dtype = _io_tensor(parsed, "input", where)
         out_shape, self.output_dtype = _io_tensor(parsed, "output", where)
@@ -271,8 +281,9 @@ class TFLiteModel:
                 interp = cls(model_content=self._data, num_threads=self._num_threads)
                 interp.allocate_tensors()
             except (ValueError, RuntimeError) as e:
-                raise DataError(str(self.path), f"the TFLite interpreter rejected the model: "
-                                f"{' '.join(str(e).split())[:200]}") from None
+                raise DataError(
+                    str(self.path), f"the TFLite interpreter rejected the model: {' '.join(str(e).split())[:200]}"
+                ) from None
             self._in, self._out = interp.get_input_details()[0], interp.get_output_details()[0]
             self._batch = int(self._in["shape"][0])
             self._interpreter = interp
@@ -308,7 +319,7 @@ class TFLiteModel:
         _ = self.interpreter
         if self.fixed_batch is not None and xin.shape[0] != self.fixed_batch:
             fb = self.fixed_batch
-            outs = [self._invoke(xin[i:i + fb]) for i in range(0, len(xin), fb)]
+            outs = [self._invoke(xin[i : i + fb]) for i in range(0, len(xin), fb)]
             return np.concatenate(outs)
         if xin.shape[0] != self._batch:
             self.interpreter.resize_tensor_input(self._in["index"], list(xin.shape), strict=False)
@@ -327,31 +338,40 @@ class TFLiteModel:
             return dequantize(out, self.output_quant[0], self.output_quant[1])
         return out.astype(np.float32, copy=False)
 
-    def predict(self, x: np.ndarray, *, batch_size: int = 256, preprocess: bool = True,
-                on_batch: Optional[Callable[[int], None]] = None, where: str = "input") -> np.ndarray:
+    def predict(
+        self,
+        x: np.ndarray,
+        *,
+        batch_size: int = 256,
+        preprocess: bool = True,
+        on_batch: Optional[Callable[[int], None]] = None,
+        where: str = "input",
+    ) -> np.ndarray:
         """Class probabilities (float32, (n, num_classes); (n, sequence_length, num_classes) for text
         models) for raw examples ``x`` (token ids for text models)."""
         x = check_input(x, self.input_shape, where)
         n = len(x)
         probs = np.empty((n, *self.output_shape), np.float32)
         for start in range(0, n, batch_size):
-            xb = np.asarray(x[start:start + batch_size])
+            xb = np.asarray(x[start : start + batch_size])
             check_finite(xb, start, where)
             if self.tokens:
                 check_tokens(xb, start, self.num_classes, where)
             out = self._invoke(self.to_model_input(xb, preprocess=preprocess))
-            probs[start:start + len(xb)] = self.from_model_output(out)
+            probs[start : start + len(xb)] = self.from_model_output(out)
             if on_batch is not None:
                 on_batch(len(xb))
         return probs
 
-    def latency(self, x: np.ndarray, *, batch_size: int = 1, runs: int = 100, warmup: int = 5,
-                preprocess: bool = False) -> dict:
+    def latency(
+        self, x: np.ndarray, *, batch_size: int = 1, runs: int = 100, warmup: int = 5, preprocess: bool = False
+    ) -> dict:
         """Wall time of one interpreter call (set input, invoke, get output) on ``batch_size`` examples."""
         x = check_input(x, self.input_shape, "latency input")
         reps = math.ceil(batch_size / len(x))
-        xb = self.to_model_input(np.concatenate([x] * reps)[:batch_size] if reps > 1 else x[:batch_size],
-                                 preprocess=preprocess)
+        xb = self.to_model_input(
+            np.concatenate([x] * reps)[:batch_size] if reps > 1 else x[:batch_size], preprocess=preprocess
+        )
         for _ in range(warmup):
             self._invoke(xb)
         times = np.empty(runs)
@@ -360,6 +380,11 @@ class TFLiteModel:
             self._invoke(xb)
             times[i] = time.perf_counter() - t0
         p50 = float(np.percentile(times, 50))
-        return {"batch_size": batch_size, "runs": runs, "p50_ms": p50 * 1e3,
-                "p95_ms": float(np.percentile(times, 95)) * 1e3, "mean_ms": float(times.mean()) * 1e3,
-                "throughput_per_s": batch_size / p50}
+        return {
+            "batch_size": batch_size,
+            "runs": runs,
+            "p50_ms": p50 * 1e3,
+            "p95_ms": float(np.percentile(times, 95)) * 1e3,
+            "mean_ms": float(times.mean()) * 1e3,
+            "throughput_per_s": batch_size / p50,
+        }

@@ -56,16 +56,19 @@ def default_clipped_count_stddev(expected_clients: float, noise_multiplier: floa
     return max(0.05 * float(expected_clients), float(noise_multiplier))
 
 
-def resolve_clipped_count_stddev(configured: Optional[float], expected_clients: float,
-                                 noise_multiplier: float) -> float:
+def resolve_clipped_count_stddev(
+    configured: Optional[float], expected_clients: float, noise_multiplier: float
+) -> float:
     """The clipped-count stddev the adaptive aggregator uses; refuses values TFF would reject."""
     if configured is None:
         return default_clipped_count_stddev(expected_clients, noise_multiplier)
     if noise_multiplier > 0 and noise_multiplier >= 2 * configured:
-        raise ConfigError("privacy.clipped_count_stddev",
-                          f"{configured} is too small for noise multiplier {noise_multiplier}: the adaptive clip "
-                          f"needs noise_multiplier < 2 * clipped_count_stddev (TFF treats the noise multiplier as the "
-                          f"total over the values and the clipped count); leave it unset for a safe default")
+        raise ConfigError(
+            "privacy.clipped_count_stddev",
+            f"{configured} is too small for noise multiplier {noise_multiplier}: the adaptive clip "
+            f"needs noise_multiplier < 2 * clipped_count_stddev (TFF treats the noise multiplier as the "
+            f"total over the values and the clipped count); leave it unset for a safe default",
+        )
     return float(configured)
 
 
@@ -82,8 +85,9 @@ def dp_noise_seed(cfg: ExperimentConfig) -> Optional[int]:
     return int(cfg.seed) if cfg.privacy.reproducible_noise else None
 
 
-def make_aggregator(cfg: ExperimentConfig, *, population: int, noise_multiplier: Optional[float] = None,
-                    record_specs=None):
+def make_aggregator(
+    cfg: ExperimentConfig, *, population: int, noise_multiplier: Optional[float] = None, record_specs=None
+):
     """Returns a TFF aggregation factory, or None for TFF's default (weighted or unweighted mean).
 
     ``noise_multiplier`` is the value to use (after calibration from ``privacy.target_epsilon``);
@@ -99,8 +103,9 @@ def make_aggregator(cfg: ExperimentConfig, *, population: int, noise_multiplier:
         if p.audit.canaries:  # privacy audit: canary clients join the population (tff_lab.privacy.audit)
             from tff_lab.privacy.audit import canary_aggregator
 
-            return canary_aggregator(cfg, population=population, noise_multiplier=float(nm),
-                                     record_specs=record_specs, build=_dp_aggregator)
+            return canary_aggregator(
+                cfg, population=population, noise_multiplier=float(nm), record_specs=record_specs, build=_dp_aggregator
+            )
         return _dp_aggregator(cfg, population=population, noise_multiplier=float(nm), record_specs=record_specs)
     if a.kind == "mean":
         return None
@@ -120,7 +125,7 @@ def _dp_aggregator(cfg: ExperimentConfig, *, population: int, noise_multiplier: 
 
     from tff_lab.privacy import queries
 
-    p, a = cfg.privacy, cfg.aggregation
+    p = cfg.privacy
     n_clients = expected_clients_per_round(cfg, population)
     nm = noise_multiplier
     dpf = tff.aggregators.DifferentiallyPrivateFactory
@@ -132,21 +137,32 @@ def _dp_aggregator(cfg: ExperimentConfig, *, population: int, noise_multiplier: 
     if p.mechanism == "gaussian_adaptive":
         stddev = resolve_clipped_count_stddev(p.clipped_count_stddev, n_clients, nm)
         if seed is None:
-            return dpf.gaussian_adaptive(noise_multiplier=nm, clients_per_round=n_clients,
-                                         initial_l2_norm_clip=float(p.clip),
-                                         target_unclipped_quantile=float(p.target_quantile),
-                                         learning_rate=float(p.clip_learning_rate), clipped_count_stddev=stddev)
+            return dpf.gaussian_adaptive(
+                noise_multiplier=nm,
+                clients_per_round=n_clients,
+                initial_l2_norm_clip=float(p.clip),
+                target_unclipped_quantile=float(p.target_quantile),
+                learning_rate=float(p.clip_learning_rate),
+                clipped_count_stddev=stddev,
+            )
         from tensorflow_federated.python.aggregators.differential_privacy import adaptive_clip_noise_params
 
         value_nm, stddev = adaptive_clip_noise_params(nm, n_clients, stddev)
-        return dpf(queries.seeded_gaussian_adaptive_query(
-            value_nm, n_clients, float(p.clip), float(p.target_quantile), float(p.clip_learning_rate), stddev,
-            seed))
+        return dpf(
+            queries.seeded_gaussian_adaptive_query(
+                value_nm, n_clients, float(p.clip), float(p.target_quantile), float(p.clip_learning_rate), stddev, seed
+            )
+        )
     if p.mechanism == "tree":
         if record_specs is None:
             raise ValueError("tree aggregation needs the model's record_specs")
-        return dpf.tree_aggregation(noise_multiplier=nm, clients_per_round=n_clients, l2_norm_clip=float(p.clip),
-                                    record_specs=record_specs, noise_seed=seed)
+        return dpf.tree_aggregation(
+            noise_multiplier=nm,
+            clients_per_round=n_clients,
+            l2_norm_clip=float(p.clip),
+            record_specs=record_specs,
+            noise_seed=seed,
+        )
     if p.mechanism == "ddp_secure":
         return ddp_secure_aggregator(cfg, expected_clients=n_clients, noise_multiplier=nm)
     raise ValueError(f"unknown privacy mechanism '{p.mechanism}'")
@@ -175,14 +191,21 @@ def ddp_secure_aggregator(cfg: ExperimentConfig, *, expected_clients: float, noi
     stddev = resolve_clipped_count_stddev(p.clipped_count_stddev, n, noise_multiplier)
     try:
         factory = distributed_dp.DistributedDpSumFactory(
-            noise_multiplier=noise_multiplier, expected_clients_per_round=n, bits=a.ddp_bits, l2_clip=0.1,
-            mechanism="distributed_skellam", rotation_type=a.ddp_rotation, auto_l2_clip=True,
-            auto_l2_clip_count_stddev=stddev)
+            noise_multiplier=noise_multiplier,
+            expected_clients_per_round=n,
+            bits=a.ddp_bits,
+            l2_clip=0.1,
+            mechanism="distributed_skellam",
+            rotation_type=a.ddp_rotation,
+            auto_l2_clip=True,
+            auto_l2_clip_count_stddev=stddev,
+        )
     except ValueError as e:  # TFF's bit-width checks against the expected clients
         raise ConfigError("aggregation.ddp_bits", str(e)) from None
     factory = tff.aggregators.UnweightedMeanFactory(
         value_sum_factory=factory,
-        count_sum_factory=tff.aggregators.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0))
+        count_sum_factory=tff.aggregators.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0),
+    )
     if a.zeroing:
         factory = tff_mua._default_zeroing(factory, secure_estimation=True)  # pylint: disable=protected-access
     return factory
@@ -205,12 +228,11 @@ def compression_aggregator(cfg: ExperimentConfig):
     a = cfg.aggregation
     weighted = cfg.algorithm.weighting == "num_examples"
     value_sum = tff.aggregators.EncodedSumFactory.quantize_above_threshold(
-        quantization_bits=a.quantization_bits, threshold=a.quantization_threshold,
-        stochastic=a.stochastic_rounding)
+        quantization_bits=a.quantization_bits, threshold=a.quantization_threshold, stochastic=a.stochastic_rounding
+    )
     if a.rotation == "hadamard":
         value_sum = tff.aggregators.HadamardTransformFactory(inner_agg_factory=value_sum)
-    factory = (tff.aggregators.MeanFactory(value_sum) if weighted
-               else tff.aggregators.UnweightedMeanFactory(value_sum))
+    factory = tff.aggregators.MeanFactory(value_sum) if weighted else tff.aggregators.UnweightedMeanFactory(value_sum)
     # TFF's own defaults (model_update_aggregator._default_clipping/_default_zeroing), as
     # compression_aggregator applies them.
     if a.clipping:
@@ -220,8 +242,14 @@ def compression_aggregator(cfg: ExperimentConfig):
     return factory
 
 
-def resolve_aggregator(cfg: ExperimentConfig, *, population: int, noise_multiplier: Optional[float] = None,
-                       record_specs=None, aggregator=None):
+def resolve_aggregator(
+    cfg: ExperimentConfig,
+    *,
+    population: int,
+    noise_multiplier: Optional[float] = None,
+    record_specs=None,
+    aggregator=None,
+):
     """The run's aggregation factory: a user's (``aggregator`` or ``aggregation.builder``) or a
     built-in one (:func:`make_aggregator`). A user's may be a factory instance or a function
     ``(**aggregation.kwargs) -> factory``; it must be a ``tff.aggregators`` factory."""
@@ -229,25 +257,29 @@ def resolve_aggregator(cfg: ExperimentConfig, *, population: int, noise_multipli
     from tff_lab.errors import PartTypeError
 
     if aggregator is None and cfg.aggregation.builder is None:
-        return make_aggregator(cfg, population=population, noise_multiplier=noise_multiplier,
-                               record_specs=record_specs)
+        return make_aggregator(cfg, population=population, noise_multiplier=noise_multiplier, record_specs=record_specs)
     import tensorflow_federated as tff
 
     name = cfg.aggregation.builder or parts_lib.object_name(aggregator)
-    obj = aggregator if aggregator is not None else parts_lib.resolve(cfg.aggregation.builder,
-                                                                      "aggregation.builder")
+    obj = aggregator if aggregator is not None else parts_lib.resolve(cfg.aggregation.builder, "aggregation.builder")
     kinds = (tff.aggregators.UnweightedAggregationFactory, tff.aggregators.WeightedAggregationFactory)
     if not isinstance(obj, kinds):
         if not callable(obj):
-            raise PartTypeError("aggregator", f"{name!r} is a {type(obj).__name__}, expected a tff.aggregators "
-                                "factory (UnweightedAggregationFactory or WeightedAggregationFactory)")
+            raise PartTypeError(
+                "aggregator",
+                f"{name!r} is a {type(obj).__name__}, expected a tff.aggregators "
+                "factory (UnweightedAggregationFactory or WeightedAggregationFactory)",
+            )
         try:
             obj = obj(**cfg.aggregation.kwargs)
         except TypeError as e:
             raise PartTypeError("aggregator", f"calling {name!r} failed: {e}") from None
     if not isinstance(obj, kinds):
-        raise PartTypeError("aggregator", f"{name!r} gave a {type(obj).__name__}, expected a tff.aggregators "
-                            "factory (UnweightedAggregationFactory or WeightedAggregationFactory)")
+        raise PartTypeError(
+            "aggregator",
+            f"{name!r} gave a {type(obj).__name__}, expected a tff.aggregators "
+            "factory (UnweightedAggregationFactory or WeightedAggregationFactory)",
+        )
     return obj
 
 

@@ -9,8 +9,10 @@ from tff_lab.config.schema import ExperimentConfig
 def loop_implementation(cfg: ExperimentConfig):
     import tensorflow_federated as tff
 
-    return {"dataset_iterator": tff.learning.LoopImplementation.DATASET_ITERATOR,
-            "dataset_reduce": tff.learning.LoopImplementation.DATASET_REDUCE}[cfg.training.loop_implementation]
+    return {
+        "dataset_iterator": tff.learning.LoopImplementation.DATASET_ITERATOR,
+        "dataset_reduce": tff.learning.LoopImplementation.DATASET_REDUCE,
+    }[cfg.training.loop_implementation]
 
 
 def build_learning_process(cfg: ExperimentConfig, model_fn, aggregator=None):
@@ -18,8 +20,9 @@ def build_learning_process(cfg: ExperimentConfig, model_fn, aggregator=None):
     the TFF engine cannot run raises its one-line ConfigError."""
     from tff_lab.algorithms import create
 
-    return create(cfg.algorithm).learning_process(model_fn, aggregator=aggregator,
-                                                  loop_implementation=loop_implementation(cfg))
+    return create(cfg.algorithm).learning_process(
+        model_fn, aggregator=aggregator, loop_implementation=loop_implementation(cfg)
+    )
 
 
 def build_evaluation(cfg: ExperimentConfig, model_fn):
@@ -48,20 +51,27 @@ def resolve_process(cfg: ExperimentConfig, model_fn, aggregator=None, builder=No
         process = fn
     else:
         if not callable(fn):
-            raise PartTypeError("algorithm", f"{name!r} is a {type(fn).__name__}, expected a function returning a "
-                                "tff.learning.templates.LearningProcess")
+            raise PartTypeError(
+                "algorithm",
+                f"{name!r} is a {type(fn).__name__}, expected a function returning a "
+                "tff.learning.templates.LearningProcess",
+            )
         kwargs = dict(cfg.algorithm.kwargs)
         if aggregator is not None:
             kwargs["model_aggregator"] = aggregator
         try:
             process = fn(model_fn, **kwargs)
         except (TypeError, ValueError) as e:
-            raise PartTypeError("algorithm", f"building the learning process with {name!r} failed: "
-                                f"{type(e).__name__}: {e}") from None
+            raise PartTypeError(
+                "algorithm", f"building the learning process with {name!r} failed: {type(e).__name__}: {e}"
+            ) from None
     if not isinstance(process, tff.learning.templates.LearningProcess):
-        raise PartTypeError("algorithm", f"{name!r} returned {type(process).__name__}, expected a "
-                            "tff.learning.templates.LearningProcess (e.g. from "
-                            "tff.learning.templates.compose_learning_process)")
+        raise PartTypeError(
+            "algorithm",
+            f"{name!r} returned {type(process).__name__}, expected a "
+            "tff.learning.templates.LearningProcess (e.g. from "
+            "tff.learning.templates.compose_learning_process)",
+        )
     return process
 
 
@@ -76,8 +86,12 @@ def check_checkpointable(state, what: str = "algorithm") -> None:
         try:
             arr = np.asarray(leaf)
         except Exception as e:  # noqa: BLE001 - any failure means it cannot be saved
-            raise PartValueError(what, f"the process state cannot be checkpointed: leaf {i} is a "
-                                 f"{type(leaf).__name__} ({e})") from None
+            raise PartValueError(
+                what, f"the process state cannot be checkpointed: leaf {i} is a {type(leaf).__name__} ({e})"
+            ) from None
         if arr.dtype == object:
-            raise PartValueError(what, f"the process state cannot be checkpointed: leaf {i} is a "
-                                 f"{type(leaf).__name__}, not an array (checkpoints are NPZ, no pickle)")
+            raise PartValueError(
+                what,
+                f"the process state cannot be checkpointed: leaf {i} is a "
+                f"{type(leaf).__name__}, not an array (checkpoints are NPZ, no pickle)",
+            )

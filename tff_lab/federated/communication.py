@@ -61,8 +61,9 @@ def _quantized_tensor_bytes(n: int, bits: int, stochastic: bool) -> int:
         import tensorflow as tf
         from tensorflow_model_optimization.python.core.internal import tensor_encoding as te
 
-        enc = te.core.SimpleEncoder(te.encoders.uniform_quantization(bits, stochastic=stochastic),
-                                    tf.TensorSpec([n], tf.float32))
+        enc = te.core.SimpleEncoder(
+            te.encoders.uniform_quantization(bits, stochastic=stochastic), tf.TensorSpec([n], tf.float32)
+        )
         encoded, _ = enc.encode(tf.linspace(-1.0, 1.0, n), enc.initial_state())
         _QCACHE[key] = int(sum(int(np.prod(t.shape)) * t.dtype.size for t in tf.nest.flatten(encoded)))
     return _QCACHE[key]
@@ -112,11 +113,16 @@ def per_client_bytes(cfg, shapes, dtypes) -> dict:
             update = 0
             for n, dt in zip(sizes, dtypes):
                 m = _pow2(n) if a.rotation == "hadamard" else n
-                update += (quantized_tensor_bytes(m, a.quantization_bits, a.stochastic_rounding)
-                           if m > a.quantization_threshold else m * _itemsize(dt))
+                update += (
+                    quantized_tensor_bytes(m, a.quantization_bits, a.stochastic_rounding)
+                    if m > a.quantization_threshold
+                    else m * _itemsize(dt)
+                )
             rot = "Hadamard-rotated, " if a.rotation == "hadamard" else ""
-            encoding = (f"compression: {rot}{a.quantization_bits}-bit uniform quantization of tensors with more than "
-                        f"{a.quantization_threshold} elements (bit-packed int32 + min/max)")
+            encoding = (
+                f"compression: {rot}{a.quantization_bits}-bit uniform quantization of tensors with more than "
+                f"{a.quantization_threshold} elements (bit-packed int32 + min/max)"
+            )
             if a.rotation == "hadamard":
                 down_side += 16  # the rotation seed
         elif a.kind == "secagg":
@@ -125,12 +131,22 @@ def per_client_bytes(cfg, shapes, dtypes) -> dict:
             # shares and unmasking are counted per step in the secagg_* columns.
             from tff_lab.aggregation.secagg.field import field_bits
 
-            n = max(1, int(round(cfg.training.clients_per_round if cfg.training.sampling == "uniform"
-                                 else cfg.training.sampling_rate * max(1, cfg.data.num_clients))))
+            n = max(
+                1,
+                int(
+                    round(
+                        cfg.training.clients_per_round
+                        if cfg.training.sampling == "uniform"
+                        else cfg.training.sampling_rate * max(1, cfg.data.num_clients)
+                    )
+                ),
+            )
             width = -(-field_bits(a.secagg.bits, n) // 8)
             update = sum(sizes) * width
-            encoding = (f"secagg: {a.secagg.bits}-bit quantized update masked in Z_2^{field_bits(a.secagg.bits, n)} "
-                        f"({width} bytes per element, {n} clients)")
+            encoding = (
+                f"secagg: {a.secagg.bits}-bit quantized update masked in Z_2^{field_bits(a.secagg.bits, n)} "
+                f"({width} bytes per element, {n} clients)"
+            )
             down_side += 2 * _F32  # the secure-sum bounds
         elif a.kind == "secure":
             update = sum(sizes) * 4
@@ -149,10 +165,16 @@ def per_client_bytes(cfg, shapes, dtypes) -> dict:
         up_side += extra * down_model
         down_side += extra * down_model
         encoding += f"; {cfg.algorithm.name}: {extra} more model-sized float32 tensor(s) each way"
-    return {"uplink": int(update + up_side), "uplink_update": int(update), "uplink_side": int(up_side),
-            "downlink": int(down_model + down_side), "downlink_model": int(down_model),
-            "downlink_side": int(down_side), "uncompressed_update": model_bytes(shapes, dtypes),
-            "encoding": encoding}
+    return {
+        "uplink": int(update + up_side),
+        "uplink_update": int(update),
+        "uplink_side": int(up_side),
+        "downlink": int(down_model + down_side),
+        "downlink_model": int(down_model),
+        "downlink_side": int(down_side),
+        "uncompressed_update": model_bytes(shapes, dtypes),
+        "encoding": encoding,
+    }
 
 
 class CommunicationHook(RoundHook):
@@ -197,12 +219,15 @@ class CommunicationHook(RoundHook):
     def on_end(self, ctx: RunContext, summary: dict) -> None:
         pc = self.per_client
         summary["communication"] = {
-            "uplink_total_bytes": self.uplink_total, "downlink_total_bytes": self.downlink_total,
-            "uplink_bytes_per_client": pc["uplink"], "downlink_bytes_per_client": pc["downlink"],
+            "uplink_total_bytes": self.uplink_total,
+            "downlink_total_bytes": self.downlink_total,
+            "uplink_bytes_per_client": pc["uplink"],
+            "downlink_bytes_per_client": pc["downlink"],
             "uplink_update_bytes_per_client": pc["uplink_update"],
             "uncompressed_update_bytes": pc["uncompressed_update"],
             "compression_ratio": (pc["uncompressed_update"] / pc["uplink_update"]) if pc["uplink_update"] else None,
-            "encoding": pc["encoding"], "rounds": self.rounds,
+            "encoding": pc["encoding"],
+            "rounds": self.rounds,
         }
 
 

@@ -30,6 +30,7 @@ _MAX_DEPTH = 12
 # What the aggregator does
 # ------------------------------------------------------------------------------------------------
 
+
 def find_dp_factories(aggregator: Any) -> list:
     """TFF DP factories (``DifferentiallyPrivateFactory``, ``DistributedDpSumFactory``) reachable
     from ``aggregator`` through its attributes (TFF's wrappers keep their inner factories there)."""
@@ -61,11 +62,18 @@ def find_dp_factories(aggregator: Any) -> list:
             # closure of their class's methods.
             values = list(attrs.values())
             for fn in vars(type(obj)).values():
-                values += [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())
-                           if _cell_filled(c)]
+                values += [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _cell_filled(c)]
             for v in values:
-                if isinstance(v, (tff.aggregators.UnweightedAggregationFactory, tff.aggregators.WeightedAggregationFactory,
-                                  list, tuple, dict)):
+                if isinstance(
+                    v,
+                    (
+                        tff.aggregators.UnweightedAggregationFactory,
+                        tff.aggregators.WeightedAggregationFactory,
+                        list,
+                        tuple,
+                        dict,
+                    ),
+                ):
                     walk(v, depth + 1)
 
     walk(aggregator, 0)
@@ -110,24 +118,36 @@ def verify_declaration(aggregator: Any, event: Any, cfg, population: int, name: 
         return {"verified": False, "why": "the aggregator object was not available to inspect"}
     factories = find_dp_factories(aggregator)
     if not factories:
-        return {"verified": False, "why": f"{name} holds no TFF DP factory (DifferentiallyPrivateFactory) tff_lab "
-                                          "can inspect; its noise and clip are taken on trust"}
+        return {
+            "verified": False,
+            "why": f"{name} holds no TFF DP factory (DifferentiallyPrivateFactory) tff_lab "
+            "can inspect; its noise and clip are taken on trust",
+        }
     if len(factories) > 1:
         return {"verified": False, "why": f"{name} holds {len(factories)} DP factories; the declaration describes one"}
     factory = factories[0]
     query = getattr(factory, "_query", None)
     if query is None:
-        return {"verified": False, "why": f"{name} uses {type(factory).__name__} (distributed DP): declare it as "
-                                          "privacy.mechanism: ddp_secure, which tff_lab accounts itself"}
+        return {
+            "verified": False,
+            "why": f"{name} uses {type(factory).__name__} (distributed DP): declare it as "
+            "privacy.mechanism: ddp_secure, which tff_lab accounts itself",
+        }
     try:
         ran, pairs = query_event(query)
     except Exception as e:  # noqa: BLE001 - a query tff_lab cannot evaluate is unverifiable, not an error
         return {"verified": False, "why": f"the query {type(query).__name__} could not be evaluated ({e})"}
     if isinstance(ran, dp_accounting.UnsupportedDpEvent):
-        return {"verified": False, "why": f"the query {type(query).__name__} emits UnsupportedDpEvent (e.g. tree "
-                                          "aggregation); use privacy.mechanism: tree, which tff_lab accounts itself"}
-    observed = {"query": type(query).__name__, "query_event": repr(ran),
-                "clip_and_stddev": [[float(c), float(s)] for c, s in pairs]}
+        return {
+            "verified": False,
+            "why": f"the query {type(query).__name__} emits UnsupportedDpEvent (e.g. tree "
+            "aggregation); use privacy.mechanism: tree, which tff_lab accounts itself",
+        }
+    observed = {
+        "query": type(query).__name__,
+        "query_event": repr(ran),
+        "clip_and_stddev": [[float(c), float(s)] for c, s in pairs],
+    }
 
     def refuse(msg: str):
         raise ConfigError(where, f"{name}.dp_event declares {event!r}, but {msg}; refused (epsilon would be wrong)")
@@ -139,16 +159,24 @@ def verify_declaration(aggregator: Any, event: Any, cfg, population: int, name: 
             refuse(f"the run samples {_sampling(cfg)}, not Poisson with probability {event.sampling_probability}")
         inner = event.event
     elif isinstance(event, dp_accounting.SampledWithoutReplacementDpEvent):
-        if (t.sampling != "uniform" or int(event.source_dataset_size) != int(population)
-                or int(event.sample_size) != int(t.clients_per_round)):
-            refuse(f"the run samples {_sampling(cfg)} from {population} clients, not {event.sample_size} of "
-                   f"{event.source_dataset_size} without replacement")
+        if (
+            t.sampling != "uniform"
+            or int(event.source_dataset_size) != int(population)
+            or int(event.sample_size) != int(t.clients_per_round)
+        ):
+            refuse(
+                f"the run samples {_sampling(cfg)} from {population} clients, not {event.sample_size} of "
+                f"{event.source_dataset_size} without replacement"
+            )
         inner, units = event.event, 0.5
     expected = scale_gaussians(ran, units) if units != 1.0 else ran
     if not events_match(inner, expected, _RTOL):
-        extra = (" (under sampling without replacement dp_accounting counts replace-one neighbours: a clipped update "
-                 "replaced by another moves the sum by 2 x clip, so the query's multiplier halves)" if units != 1.0
-                 else "")
+        extra = (
+            " (under sampling without replacement dp_accounting counts replace-one neighbours: a clipped update "
+            "replaced by another moves the sum by 2 x clip, so the query's multiplier halves)"
+            if units != 1.0
+            else ""
+        )
         clips = ", ".join(f"clip {c:.6g} with noise stddev {s:.6g}" for c, s in pairs)
         refuse(f"its query {type(query).__name__} ({clips}) emits {ran!r}, i.e. {expected!r} per round{extra}")
     return {"verified": True, **observed}
@@ -160,13 +188,17 @@ def _close(a, b) -> bool:
 
 def _sampling(cfg) -> str:
     t = cfg.training
-    return (f"Poisson with probability {t.sampling_rate}" if t.sampling == "poisson"
-            else f"{t.clients_per_round} clients per round without replacement")
+    return (
+        f"Poisson with probability {t.sampling_rate}"
+        if t.sampling == "poisson"
+        else f"{t.clients_per_round} clients per round without replacement"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # The hook
 # ------------------------------------------------------------------------------------------------
+
 
 class DeclaredPrivacyHook(RoundHook):
     name = "declared_privacy"
@@ -196,8 +228,11 @@ class DeclaredPrivacyHook(RoundHook):
 
         event = self.dp_event_fn(ctx.cfg, ctx.population)
         if not isinstance(event, dp_accounting.DpEvent):
-            raise PartTypeError("aggregator", f"{self.aggregator_name}.dp_event returned {type(event).__name__}, "
-                                "expected a dp_accounting.DpEvent for one round")
+            raise PartTypeError(
+                "aggregator",
+                f"{self.aggregator_name}.dp_event returned {type(event).__name__}, "
+                "expected a dp_accounting.DpEvent for one round",
+            )
         self.verification = verify_declaration(self.aggregator, event, ctx.cfg, ctx.population, self.aggregator_name)
         self.event = event
         self.delta = resolve_delta(ctx.cfg, ctx.population)
@@ -219,17 +254,27 @@ class DeclaredPrivacyHook(RoundHook):
         from tff_lab.privacy.accounting import epsilon_of
 
         nr = dp_accounting.NeighboringRelation
-        relations = ((nr.REPLACE_ONE,) if isinstance(self.event, dp_accounting.SampledWithoutReplacementDpEvent)
-                     else (nr.ADD_OR_REMOVE_ONE, nr.REPLACE_ONE))
+        relations = (
+            (nr.REPLACE_ONE,)
+            if isinstance(self.event, dp_accounting.SampledWithoutReplacementDpEvent)
+            else (nr.ADD_OR_REMOVE_ONE, nr.REPLACE_ONE)
+        )
         for relation in relations:
             if not dp_accounting.rdp.RdpAccountant(neighboring_relation=relation).supports(self.event):
                 continue
             eps = epsilon_of(self.event, self.rounds, self.delta, relation)
-            return {"rdp": eps.rdp, "rdp_optimal_order": eps.rdp_order, "pld": eps.pld, "pld_note": eps.pld_note,
-                    "pld_value_discretization_interval": eps.pld_value_discretization_interval,
-                    "neighbouring_relation": relation.name}
-        raise PrivacyAccountingError(f"{self.aggregator_name}.dp_event: dp_accounting's RDP accountant supports "
-                                     f"this event under no neighbouring relation: {self.event!r}")
+            return {
+                "rdp": eps.rdp,
+                "rdp_optimal_order": eps.rdp_order,
+                "pld": eps.pld,
+                "pld_note": eps.pld_note,
+                "pld_value_discretization_interval": eps.pld_value_discretization_interval,
+                "neighbouring_relation": relation.name,
+            }
+        raise PrivacyAccountingError(
+            f"{self.aggregator_name}.dp_event: dp_accounting's RDP accountant supports "
+            f"this event under no neighbouring relation: {self.event!r}"
+        )
 
     def after_round(self, ctx: RunContext, info: RoundInfo, row: dict) -> None:
         if self.event is None:
@@ -247,29 +292,47 @@ class DeclaredPrivacyHook(RoundHook):
         from tff_lab.fileio import atomic_write_text
 
         if self.event is None:
-            report = {"mechanism": f"user aggregator {self.aggregator_name}", "epsilon": None,
-                      "why_no_epsilon": (f"the aggregator {self.aggregator_name} declares no dp_accounting event "
-                                         "(an attribute dp_event(cfg, population) -> DpEvent for one round); tff_lab "
-                                         "never guesses an epsilon")}
+            report = {
+                "mechanism": f"user aggregator {self.aggregator_name}",
+                "epsilon": None,
+                "why_no_epsilon": (
+                    f"the aggregator {self.aggregator_name} declares no dp_accounting event "
+                    "(an attribute dp_event(cfg, population) -> DpEvent for one round); tff_lab "
+                    "never guesses an epsilon"
+                ),
+            }
         else:
             from tff_lab.privacy.release import coverage_report, publication_policy
 
             eps = self._eps or (self._epsilon() if self.rounds else {"rdp": 0.0, "pld": 0.0})
             unverified = not self.verification.get("verified", False)
-            report = {"mechanism": f"user aggregator {self.aggregator_name}", "dp_event_per_round": repr(self.event),
-                      "rounds_run": self.rounds, "delta": self.delta, "epsilon": eps,
-                      "declared_unverified": unverified,
-                      "verification": self.verification,
-                      "source": ("declared by the aggregator (dp_event), " +
-                                 ("NOT checked against its mechanism (see verification.why), " if unverified
-                                  else "checked against its DP query, ") +
-                                 "composed over the rounds that ran with dp_accounting"),
-                      "coverage": coverage_report(publication_policy(ctx.cfg, data=ctx.data, declared_dp=True),
-                                                  ctx.run_dir)}
+            report = {
+                "mechanism": f"user aggregator {self.aggregator_name}",
+                "dp_event_per_round": repr(self.event),
+                "rounds_run": self.rounds,
+                "delta": self.delta,
+                "epsilon": eps,
+                "declared_unverified": unverified,
+                "verification": self.verification,
+                "source": (
+                    "declared by the aggregator (dp_event), "
+                    + (
+                        "NOT checked against its mechanism (see verification.why), "
+                        if unverified
+                        else "checked against its DP query, "
+                    )
+                    + "composed over the rounds that ran with dp_accounting"
+                ),
+                "coverage": coverage_report(publication_policy(ctx.cfg, data=ctx.data, declared_dp=True), ctx.run_dir),
+            }
         atomic_write_text(ctx.run_dir / "privacy.json", json.dumps(report, indent=1, default=repr))
-        summary["privacy"] = {"mechanism": report["mechanism"], "epsilon": report.get("epsilon"),
-                              "delta": report.get("delta"), "why_no_epsilon": report.get("why_no_epsilon"),
-                              "declared_unverified": report.get("declared_unverified")}
+        summary["privacy"] = {
+            "mechanism": report["mechanism"],
+            "epsilon": report.get("epsilon"),
+            "delta": report.get("delta"),
+            "why_no_epsilon": report.get("why_no_epsilon"),
+            "declared_unverified": report.get("declared_unverified"),
+        }
 
 
 def _num(x) -> Optional[float]:

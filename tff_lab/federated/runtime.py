@@ -56,7 +56,7 @@ _GRPC_OPTIONS = [
 
 _lock = threading.RLock()
 _configured: Optional[tuple] = None
-_endpoints: list["_Endpoint"] = []
+_endpoints: list[_Endpoint] = []
 _context: Any = None  # the installed TFF context (TFF's context stack is per thread: see _use)
 _spawner: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
@@ -101,8 +101,9 @@ def _spawn(args: list[str], env: dict, stderr) -> subprocess.Popen:
             _spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tff-lab-spawner")
         spawner = _spawner
     wrapped = [sys.executable, "-I", "-S", "-c", _DEATH_SIGNAL_WRAPPER, str(os.getpid()), *args]
-    return spawner.submit(subprocess.Popen, wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=stderr, env=env).result()
+    return spawner.submit(
+        subprocess.Popen, wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=env
+    ).result()
 
 
 class _Endpoint:
@@ -133,8 +134,11 @@ class _Endpoint:
             port = portpicker.pick_unused_port()
             self.address = f"localhost:{port}"
             self._log = tempfile.TemporaryFile(prefix="tff-lab-worker-")
-            self.proc = _spawn([binary, f"--port={port}",
-                                f"--max_concurrent_computation_calls={self.max_concurrent_calls}"], env, self._log)
+            self.proc = _spawn(
+                [binary, f"--port={port}", f"--max_concurrent_computation_calls={self.max_concurrent_calls}"],
+                env,
+                self._log,
+            )
             try:
                 self._connect(STARTUP_TIMEOUT_S)
                 return
@@ -238,6 +242,7 @@ class _Endpoint:
 
 # --------------------------------------------------------------------------- contexts
 
+
 def _executor_factory(endpoint: _Endpoint, default_num_clients: int):
     import tensorflow_federated as tff
     from tensorflow_federated.python.core.impl.types import placements
@@ -275,11 +280,14 @@ def _install(endpoints: Sequence[_Endpoint], *, secure: bool, mergeable: bool) -
 
     transforms = dict(transform_args=tff.tensorflow.transform_args, transform_result=tff.tensorflow.transform_result)
     if not mergeable:
-        context = tff.framework.SyncExecutionContext(_executor_factory(endpoints[0], 0), _compiler(secure),
-                                                     **transforms)
+        context = tff.framework.SyncExecutionContext(
+            _executor_factory(endpoints[0], 0), _compiler(secure), **transforms
+        )
     else:
-        asyncs = [tff.framework.AsyncExecutionContext(_executor_factory(e, 1), _compiler(secure), **transforms)
-                  for e in endpoints]
+        asyncs = [
+            tff.framework.AsyncExecutionContext(_executor_factory(e, 1), _compiler(secure), **transforms)
+            for e in endpoints
+        ]
         compile_mergeable = None
         if secure:
             from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
@@ -290,13 +298,18 @@ def _install(endpoints: Sequence[_Endpoint], *, secure: bool, mergeable: bool) -
                 # The proto round trip drops the result's Python containers (LearningProcessOutput):
                 # restore the original signature, which the mergeable compiler carries to the result.
                 proto = tff.framework.ConcreteComputation.get_proto(plain)
-                plain = tff.framework.ConcreteComputation(computation_proto=proto,
-                                                          context_stack=context_stack_impl.context_stack,
-                                                          annotated_type=comp.type_signature)
+                plain = tff.framework.ConcreteComputation(
+                    computation_proto=proto,
+                    context_stack=context_stack_impl.context_stack,
+                    annotated_type=comp.type_signature,
+                )
                 return mergeable_comp_compiler.compile_to_mergeable_comp_form(plain)
 
-        context = tff.backends.native.create_mergeable_comp_execution_context(asyncs) if compile_mergeable is None \
+        context = (
+            tff.backends.native.create_mergeable_comp_execution_context(asyncs)
+            if compile_mergeable is None
             else tff.framework.MergeableCompExecutionContext(asyncs, compiler_fn=compile_mergeable)
+        )
     _retire(_context)
     _use(context)
 
@@ -336,8 +349,13 @@ def _settings(training: Any, secure: bool, workers: Optional[int], worker_addres
     return concurrency, bool(secure), workers, addresses
 
 
-def ensure_context(training: Any = 0, *, secure: bool = False, workers: Optional[int] = None,
-                   worker_addresses: Optional[Sequence[str]] = None) -> None:
+def ensure_context(
+    training: Any = 0,
+    *,
+    secure: bool = False,
+    workers: Optional[int] = None,
+    worker_addresses: Optional[Sequence[str]] = None,
+) -> None:
     """Installs the TFF execution context (idempotent for the same settings; dead local workers restarted).
 
     Args:
@@ -424,8 +442,11 @@ def _is_connection_error(exc: BaseException) -> bool:
         return False
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
         try:
-            return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
-                                  grpc.StatusCode.DEADLINE_EXCEEDED)
+            return exc.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.CANCELLED,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
         except Exception:  # noqa: BLE001 - a half-built call object
             return False
     return False
@@ -457,8 +478,9 @@ def worker_pids() -> list[int]:
         return pids
     for child in psutil.Process(os.getpid()).children(recursive=True):
         try:
-            if child.pid not in pids and (child.name() == "worker_binary"
-                                          or "worker_binary" in " ".join(child.cmdline()[:1])):
+            if child.pid not in pids and (
+                child.name() == "worker_binary" or "worker_binary" in " ".join(child.cmdline()[:1])
+            ):
                 pids.append(child.pid)
         except psutil.Error:
             continue

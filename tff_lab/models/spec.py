@@ -54,15 +54,15 @@ class ModelSpec:
         if not callable(self.builder):
             raise TypeError(f"model builder must be callable, got {type(self.builder).__name__}")
         if self.outputs is not None and self.outputs not in OUTPUTS:
-            raise ValueError(f"model outputs must be one of {OUTPUTS} (or None: found on a probe batch), got "
-                             f"{self.outputs!r}")
+            raise ValueError(
+                f"model outputs must be one of {OUTPUTS} (or None: found on a probe batch), got {self.outputs!r}"
+            )
         if not isinstance(self.kwargs, Mapping):
             raise TypeError(f"model kwargs must be a mapping, got {type(self.kwargs).__name__}")
         for what in ("loss", "metrics"):
             v = getattr(self, what)
             if v is not None and not callable(v):
-                raise TypeError(f"model {what} must be a zero-argument factory (a callable), got "
-                                f"{type(v).__name__}")
+                raise TypeError(f"model {what} must be a zero-argument factory (a callable), got {type(v).__name__}")
 
     # -- building -------------------------------------------------------------------------------
     def build(self, input_shape, num_classes: int):
@@ -72,26 +72,35 @@ class ModelSpec:
         fn = self.builder
         try:
             params = inspect.signature(fn).parameters
-            takes_args = any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-                             for p in params.values()) or any(
-                p.kind == p.VAR_POSITIONAL for p in params.values())
+            takes_args = any(
+                p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params.values()
+            ) or any(p.kind == p.VAR_POSITIONAL for p in params.values())
         except (TypeError, ValueError):
             takes_args = True
         try:
             model = fn(tuple(input_shape), int(num_classes), **self.kwargs) if takes_args else fn(**self.kwargs)
         except TypeError as e:
-            raise PartTypeError("model", f"builder {self.name!r} could not be called as builder(input_shape, "
-                                f"num_classes{', **kwargs' if self.kwargs else ''}): {e}") from None
+            raise PartTypeError(
+                "model",
+                f"builder {self.name!r} could not be called as builder(input_shape, "
+                f"num_classes{', **kwargs' if self.kwargs else ''}): {e}",
+            ) from None
         except (PartTypeError, PartValueError, ConfigError):
             raise
         except Exception as e:  # noqa: BLE001 - the user's builder raised: one line naming it
-            raise PartValueError("model", f"builder {self.name!r} raised {type(e).__name__} for input shape "
-                                 f"{tuple(input_shape)}, {int(num_classes)} classes"
-                                 f"{f', kwargs {dict(self.kwargs)}' if self.kwargs else ''}: "
-                                 f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
+            raise PartValueError(
+                "model",
+                f"builder {self.name!r} raised {type(e).__name__} for input shape "
+                f"{tuple(input_shape)}, {int(num_classes)} classes"
+                f"{f', kwargs {dict(self.kwargs)}' if self.kwargs else ''}: "
+                f"{(str(e).strip().splitlines() or [''])[0][:200]}",
+            ) from None
         if not isinstance(model, tf.keras.Model):
-            raise PartTypeError("model", f"builder {self.name!r} returned {type(model).__name__}, expected a fresh "
-                                "tf.keras.Model (Keras 2, tf.keras)")
+            raise PartTypeError(
+                "model",
+                f"builder {self.name!r} returned {type(model).__name__}, expected a fresh "
+                "tf.keras.Model (Keras 2, tf.keras)",
+            )
         return model
 
     def make_loss(self):
@@ -144,7 +153,7 @@ def outputs_kind(outputs) -> str:
     return "probabilities" if ok else "logits"
 
 
-def check_outputs(spec: "ModelSpec", outputs, *, field: str = "model.outputs") -> "ModelSpec":
+def check_outputs(spec: ModelSpec, outputs, *, field: str = "model.outputs") -> ModelSpec:
     """``spec`` with ``outputs`` settled from the model's outputs on a probe batch: undeclared ->
     what they are; declared and contradicted -> :class:`PartValueError` naming ``model.outputs``
     (a model with its own loss declares what that loss expects: only undeclared outputs are set)."""
@@ -156,13 +165,22 @@ def check_outputs(spec: "ModelSpec", outputs, *, field: str = "model.outputs") -
     if spec.outputs != seen and spec.loss is None:
         out = np.asarray(outputs, np.float64)
         sums = out.sum(axis=-1) if out.ndim else out
-        facts = (f"values in [{out.min():.3g}, {out.max():.3g}], row sums in [{sums.min():.3g}, {sums.max():.3g}]"
-                 if out.size and np.all(np.isfinite(out)) else "non-finite values")
-        why = ("every row lies in [0, 1] and sums to 1 (a softmax)" if seen == "probabilities" else
-               f"they are not probabilities ({facts})")
-        raise PartValueError(field, f"model {spec.name!r} declares outputs '{spec.outputs}', but its outputs on a "
-                             f"probe batch are {seen}: {why}; declare {field}: {seen} (or leave it out: tff_lab "
-                             "then uses what the outputs are)")
+        facts = (
+            f"values in [{out.min():.3g}, {out.max():.3g}], row sums in [{sums.min():.3g}, {sums.max():.3g}]"
+            if out.size and np.all(np.isfinite(out))
+            else "non-finite values"
+        )
+        why = (
+            "every row lies in [0, 1] and sums to 1 (a softmax)"
+            if seen == "probabilities"
+            else f"they are not probabilities ({facts})"
+        )
+        raise PartValueError(
+            field,
+            f"model {spec.name!r} declares outputs '{spec.outputs}', but its outputs on a "
+            f"probe batch are {seen}: {why}; declare {field}: {seen} (or leave it out: tff_lab "
+            "then uses what the outputs are)",
+        )
     return spec
 
 
@@ -171,9 +189,15 @@ _REGISTRY: dict[str, ModelSpec] = {}
 _CONFIG_FIELDS = ("hidden_units", "cnn_filters", "dropout")  # ModelConfig fields the zoo reads
 
 
-def register_model(name: str, builder: Callable[..., Any], *, outputs: Optional[str] = None,
-                   loss: Optional[Callable[[], Any]] = None, metrics: Optional[Callable[[], list]] = None,
-                   replace: bool = False) -> ModelSpec:
+def register_model(
+    name: str,
+    builder: Callable[..., Any],
+    *,
+    outputs: Optional[str] = None,
+    loss: Optional[Callable[[], Any]] = None,
+    metrics: Optional[Callable[[], list]] = None,
+    replace: bool = False,
+) -> ModelSpec:
     """Registers a model under ``name`` (usable as ``model.name`` in YAML and ``--set``).
 
     ``outputs``: "probabilities", "logits", or None (found on a probe batch before training).
@@ -184,8 +208,14 @@ def register_model(name: str, builder: Callable[..., Any], *, outputs: Optional[
     if name in _REGISTRY and not replace:
         raise ValueError(f"model '{name}' is already registered")
     builtin = getattr(builder, "__module__", "").startswith("tff_lab.")
-    spec = ModelSpec(builder=builder, outputs=outputs, loss=loss, metrics=metrics, name=name,
-                     provenance=parts_lib.provenance(builder, name=name, kind="model", builtin=builtin))
+    spec = ModelSpec(
+        builder=builder,
+        outputs=outputs,
+        loss=loss,
+        metrics=metrics,
+        name=name,
+        provenance=parts_lib.provenance(builder, name=name, kind="model", builtin=builtin),
+    )
     _REGISTRY[name] = spec
     return spec
 
@@ -217,20 +247,32 @@ def resolve_model(cfg, spec: Optional[ModelSpec] = None) -> ModelSpec:
         if cfg.builder is not None:
             fn = parts_lib.resolve(cfg.builder, "model.builder")
             if not isinstance(fn, ModelSpec) and not callable(fn):
-                raise ConfigError("model.builder", f"{cfg.builder!r} is a {type(fn).__name__}, expected a "
-                                  "callable returning a tf.keras.Model (or a ModelSpec)")
+                raise ConfigError(
+                    "model.builder",
+                    f"{cfg.builder!r} is a {type(fn).__name__}, expected a "
+                    "callable returning a tf.keras.Model (or a ModelSpec)",
+                )
             if isinstance(fn, ModelSpec):
-                spec = fn if fn.provenance else dataclasses.replace(fn, provenance=parts_lib.provenance(
-                    fn.builder, name=cfg.builder, kind="model"))
+                spec = (
+                    fn
+                    if fn.provenance
+                    else dataclasses.replace(
+                        fn, provenance=parts_lib.provenance(fn.builder, name=cfg.builder, kind="model")
+                    )
+                )
             else:
-                spec = ModelSpec(builder=fn, name=cfg.builder,
-                                 provenance=parts_lib.provenance(fn, name=cfg.builder, kind="model"))
+                spec = ModelSpec(
+                    builder=fn, name=cfg.builder, provenance=parts_lib.provenance(fn, name=cfg.builder, kind="model")
+                )
         elif cfg.name in _REGISTRY:
             spec = _REGISTRY[cfg.name]
         else:
-            raise ConfigError("model.name", f"unknown value {cfg.name!r}; expected one of: "
-                              f"{', '.join(available())}; or model.builder: 'module:attribute' for your own "
-                              "Keras model builder")
+            raise ConfigError(
+                "model.name",
+                f"unknown value {cfg.name!r}; expected one of: "
+                f"{', '.join(available())}; or model.builder: 'module:attribute' for your own "
+                "Keras model builder",
+            )
     kwargs = dict(spec.kwargs)
     if spec.provenance.get("builtin"):
         try:

@@ -20,8 +20,9 @@ def data_element_spec(data) -> collections.OrderedDict:
     """The batch spec of a :class:`~tff_lab.data.FederatedData` (dtypes and shapes of its arrays):
     float features and class ids by default, int token sequences for text models."""
     x, y = data.test
-    return element_spec(tuple(x.shape[1:]), x_dtype=np.asarray(x).dtype, label_shape=tuple(y.shape[1:]),
-                        y_dtype=np.asarray(y).dtype)
+    return element_spec(
+        tuple(x.shape[1:]), x_dtype=np.asarray(x).dtype, label_shape=tuple(y.shape[1:]), y_dtype=np.asarray(y).dtype
+    )
 
 
 def make_model_fn(spec, input_shape, num_classes: int, *, batch_spec=None):
@@ -36,7 +37,8 @@ def make_model_fn(spec, input_shape, num_classes: int, *, batch_spec=None):
 
     def model_fn():
         keras_model = spec.build(input_shape, num_classes)
-        return tff.learning.models.from_keras_model(keras_model, loss=spec.make_loss(), input_spec=bspec,
-                                                    metrics=spec.make_metrics())
+        return tff.learning.models.from_keras_model(
+            keras_model, loss=spec.make_loss(), input_spec=bspec, metrics=spec.make_metrics()
+        )
 
     return model_fn

@@ -44,8 +44,9 @@ def _int_list(value: Any, field: str, hi: int) -> tuple[int, ...]:
             except ImportError:  # pragma: no cover
                 ok = False
             if not ok:
-                raise ConfigError(f"{where}[{i}]", f"expected an integer >= 1 and <= {hi}, got "
-                                                   f"{type(u).__name__} {u!r}")
+                raise ConfigError(
+                    f"{where}[{i}]", f"expected an integer >= 1 and <= {hi}, got {type(u).__name__} {u!r}"
+                )
         if not 1 <= int(u) <= hi:
             raise ConfigError(f"{where}[{i}]", f"expected an integer >= 1 and <= {hi}, got {int(u)}")
         out.append(int(u))
@@ -72,8 +73,11 @@ def _shape(input_shape, num_classes, model: str) -> tuple[tuple[int, ...], int]:
 
 def _check_params(count: int, model: str, detail: str, field: str) -> None:
     if count > MAX_PARAMS:
-        raise ConfigError("model", f"{model} with {detail} has {count:,} parameters; at most {MAX_PARAMS:,} are "
-                                   f"built (reduce model.{field} or model.kwargs.{field})")
+        raise ConfigError(
+            "model",
+            f"{model} with {detail} has {count:,} parameters; at most {MAX_PARAMS:,} are "
+            f"built (reduce model.{field} or model.kwargs.{field})",
+        )
 
 
 @contextlib.contextmanager
@@ -118,8 +122,12 @@ def build_mlp(input_shape, num_classes: int, *, hidden_units=(64, 64), dropout: 
     if len(units) > MAX_DENSE_LAYERS:
         raise ConfigError("model.kwargs.hidden_units", f"expected at most {MAX_DENSE_LAYERS} layers, got {len(units)}")
     rate = _rate(dropout)
-    _check_params(mlp_params(shape, k, units), "mlp",
-                  f"hidden_units {list(units)} on input shape {shape} and {k} classes", "hidden_units")
+    _check_params(
+        mlp_params(shape, k, units),
+        "mlp",
+        f"hidden_units {list(units)} on input shape {shape} and {k} classes",
+        "hidden_units",
+    )
     with _keras_build("mlp"):
         inputs, x = _flat_input(shape)
         for i, u in enumerate(units):
@@ -139,9 +147,12 @@ def _image_shape(input_shape) -> tuple[int, int, int]:
         side = int(math.isqrt(int(input_shape[0])))
         if side * side == input_shape[0] and side >= 2:
             return (side, side, 1)
-    raise ConfigError("model.name", f"cnn needs image-shaped inputs ((height, width), (height, width, channels) "
-                                    f"or a square number of features), got input shape {tuple(input_shape)}; "
-                                    "use mlp or logreg for flat features")
+    raise ConfigError(
+        "model.name",
+        f"cnn needs image-shaped inputs ((height, width), (height, width, channels) "
+        f"or a square number of features), got input shape {tuple(input_shape)}; "
+        "use mlp or logreg for flat features",
+    )
 
 
 def cnn_params(input_shape, num_classes: int, cnn_filters) -> int:
@@ -163,8 +174,12 @@ def build_cnn(input_shape, num_classes: int, *, cnn_filters=(16, 32), dropout: f
     if len(filters) > MAX_CONV_LAYERS:
         raise ConfigError("model.kwargs.cnn_filters", f"expected at most {MAX_CONV_LAYERS} layers, got {len(filters)}")
     rate = _rate(dropout)
-    _check_params(cnn_params(shape, k, filters), "cnn",
-                  f"cnn_filters {list(filters)} on input shape {shape} and {k} classes", "cnn_filters")
+    _check_params(
+        cnn_params(shape, k, filters),
+        "cnn",
+        f"cnn_filters {list(filters)} on input shape {shape} and {k} classes",
+        "cnn_filters",
+    )
     with _keras_build("cnn"):
         inputs = tf.keras.Input(shape=shape, name="x")
         x = tf.keras.layers.Reshape(image)(inputs) if shape != image else inputs

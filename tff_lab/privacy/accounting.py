@@ -61,9 +61,8 @@ import json
 import math
 from typing import Any, Optional, Sequence
 
-import numpy as np
-
 import dp_accounting
+import numpy as np
 from dp_accounting import NeighboringRelation
 from dp_accounting.pld import privacy_loss_distribution
 from dp_accounting.rdp import rdp_privacy_accountant
@@ -75,19 +74,26 @@ ACCOUNTANTS = ("rdp", "pld")
 # dp_accounting's PLDAccountant default; kept explicit so every PLD number is reproducible.
 PLD_VALUE_DISCRETIZATION_INTERVAL = 1e-4
 
-DDP_ZEROING = ("ddp_secure with aggregation.zeroing: true: TFF's adaptive zeroing (_default_zeroing) moves its "
-               "threshold by unnoised counts of the clients' update norms, which no DP guarantee covers, so no "
-               "epsilon is claimed; set aggregation.zeroing: false for the Skellam epsilon")
+DDP_ZEROING = (
+    "ddp_secure with aggregation.zeroing: true: TFF's adaptive zeroing (_default_zeroing) moves its "
+    "threshold by unnoised counts of the clients' update norms, which no DP guarantee covers, so no "
+    "epsilon is claimed; set aggregation.zeroing: false for the Skellam epsilon"
+)
 DDP_UNSUPPORTED = DDP_ZEROING  # kept for importers; the only case in which ddp_secure claims no epsilon
-DDP_NO_PLD = ("dp_accounting has no PLD for the Skellam mechanism; its epsilon is the RDP bound of Agarwal, Kairouz "
-              "& Liu (2021) without amplification by sampling")
-PLD_WOR_UNSUPPORTED = ("dp_accounting 0.4.3's PLD accountant does not support sampling without replacement "
-                       "(SampledWithoutReplacementDpEvent); use training.sampling: poisson for a PLD epsilon")
+DDP_NO_PLD = (
+    "dp_accounting has no PLD for the Skellam mechanism; its epsilon is the RDP bound of Agarwal, Kairouz "
+    "& Liu (2021) without amplification by sampling"
+)
+PLD_WOR_UNSUPPORTED = (
+    "dp_accounting 0.4.3's PLD accountant does not support sampling without replacement "
+    "(SampledWithoutReplacementDpEvent); use training.sampling: poisson for a PLD epsilon"
+)
 
 
 # --------------------------------------------------------------------------------------------
 # DpEvent <-> JSON (for the ledger in checkpoints and for privacy.json)
 # --------------------------------------------------------------------------------------------
+
 
 def event_to_json(event: dp_accounting.DpEvent) -> dict:
     """A DpEvent as plain JSON data: ``{"type": class name, fields...}`` (nested events too)."""
@@ -110,8 +116,11 @@ def event_from_json(data: dict) -> dp_accounting.DpEvent:
     """Inverse of :func:`event_to_json` (only ``dp_accounting``'s own event classes)."""
     import attr
 
-    cls = (SkellamDpEvent if data.get("type") == "SkellamDpEvent"
-           else getattr(dp_accounting.dp_event, str(data.get("type")), None))
+    cls = (
+        SkellamDpEvent
+        if data.get("type") == "SkellamDpEvent"
+        else getattr(dp_accounting.dp_event, str(data.get("type")), None)
+    )
     if not (isinstance(cls, type) and issubclass(cls, dp_accounting.DpEvent)):
         raise ValueError(f"not a dp_accounting event type: {data.get('type')!r}")
     kwargs = {}
@@ -141,6 +150,7 @@ def _event_key(event: dp_accounting.DpEvent) -> str:
 # Epsilon of a composed event, from both accountants
 # --------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Epsilon:
     """Epsilon at ``delta`` from each accountant. ``pld`` is None when dp_accounting's PLD
@@ -159,9 +169,15 @@ class Epsilon:
         return self.rdp if accountant == "rdp" else self.pld
 
     def to_json(self) -> dict:
-        return {"delta": self.delta, "rdp": _finite_or_none(self.rdp), "rdp_optimal_order": self.rdp_order,
-                "pld": _finite_or_none(self.pld), "pld_note": self.pld_note, "note": self.note,
-                "pld_value_discretization_interval": self.pld_value_discretization_interval}
+        return {
+            "delta": self.delta,
+            "rdp": _finite_or_none(self.rdp),
+            "rdp_optimal_order": self.rdp_order,
+            "pld": _finite_or_none(self.pld),
+            "pld_note": self.pld_note,
+            "note": self.note,
+            "pld_value_discretization_interval": self.pld_value_discretization_interval,
+        }
 
 
 def _finite_or_none(x):
@@ -176,8 +192,9 @@ def _rdp_curve(event_key: str, relation: str) -> tuple[tuple, tuple]:
     return tuple(acc.orders.tolist()), tuple(acc.rdp.tolist())
 
 
-def rdp_epsilon(event: dp_accounting.DpEvent, count: int, delta: float,
-                relation: NeighboringRelation) -> tuple[float, float]:
+def rdp_epsilon(
+    event: dp_accounting.DpEvent, count: int, delta: float, relation: NeighboringRelation
+) -> tuple[float, float]:
     """(epsilon, optimal order) of ``count`` adaptive compositions of ``event``.
 
     Identical to ``RdpAccountant(relation).compose(SelfComposedDpEvent(event, count))``
@@ -199,8 +216,8 @@ def rdp_epsilon(event: dp_accounting.DpEvent, count: int, delta: float,
 # loss), never finer than PLD_VALUE_DISCRETIZATION_INTERVAL. dp_accounting's discretisation is
 # pessimistic, so every spacing gives a valid upper bound; a coarser one is only looser. The
 # spacing used is reported with the number (``Epsilon.pld_value_discretization_interval``).
-PLD_MAX_POINTS_ONE_ROUND = 2 ** 15
-PLD_MAX_POINTS_COMPOSED = 2 ** 19
+PLD_MAX_POINTS_ONE_ROUND = 2**15
+PLD_MAX_POINTS_COMPOSED = 2**19
 _PLD_TAIL_SD = 10.0  # one round's loss support: +- this many sd (dp_accounting truncates at mass e^-50)
 _PLD_COMPOSED_SD = 8.0  # the composition's: +- this many sd (dp_accounting truncates at 1e-15)
 
@@ -216,18 +233,19 @@ def pld_value_discretization_interval(noise_multiplier: float, count: int, sampl
     composed = min(count * one, count * abs(mean) + 2 * _PLD_COMPOSED_SD * math.sqrt(count) * sd + one)
     need = max(one / PLD_MAX_POINTS_ONE_ROUND, composed / PLD_MAX_POINTS_COMPOSED, PLD_VALUE_DISCRETIZATION_INTERVAL)
     steps = max(0, math.ceil(math.log2(need / PLD_VALUE_DISCRETIZATION_INTERVAL) - 1e-12))
-    return PLD_VALUE_DISCRETIZATION_INTERVAL * 2.0 ** steps
+    return PLD_VALUE_DISCRETIZATION_INTERVAL * 2.0**steps
 
 
 @functools.lru_cache(maxsize=256)
 def _loss_moments(z: float, q: float) -> tuple[float, float, float]:
     """(support width, mean, sd) of one round's privacy loss (remove direction, the wider one for
     dp_accounting's Gaussian), from a PLD at ~4096 points; analytic upper bounds as fallback."""
-    width = 1.0 / z ** 2 + 2 * _PLD_TAIL_SD / z
+    width = 1.0 / z**2 + 2 * _PLD_TAIL_SD / z
     fallback = (width, 1.0 / (2 * z * z), 1.0 / z)
     try:
         coarse = privacy_loss_distribution.from_gaussian_mechanism(
-            z, sampling_prob=q, value_discretization_interval=width / 4096)
+            z, sampling_prob=q, value_discretization_interval=width / 4096
+        )
         out = []
         for pmf in (coarse._pmf_remove, coarse._pmf_add):  # pylint: disable=protected-access
             # pylint: disable=protected-access
@@ -251,8 +269,8 @@ def _loss_moments(z: float, q: float) -> tuple[float, float, float]:
 @functools.lru_cache(maxsize=64)
 def _gaussian_pld(noise_multiplier: float, sampling_probability: float, interval: float):
     return privacy_loss_distribution.from_gaussian_mechanism(
-        standard_deviation=noise_multiplier, sampling_prob=sampling_probability,
-        value_discretization_interval=interval)
+        standard_deviation=noise_multiplier, sampling_prob=sampling_probability, value_discretization_interval=interval
+    )
 
 
 def _reduce_to_gaussian(event: dp_accounting.DpEvent, relation: NeighboringRelation):
@@ -274,8 +292,9 @@ def _reduce_to_gaussian(event: dp_accounting.DpEvent, relation: NeighboringRelat
     return float(sigma), q, None
 
 
-def pld_epsilon(event: dp_accounting.DpEvent, count: int, delta: float,
-                relation: NeighboringRelation) -> tuple[Optional[float], Optional[str], Optional[float]]:
+def pld_epsilon(
+    event: dp_accounting.DpEvent, count: int, delta: float, relation: NeighboringRelation
+) -> tuple[Optional[float], Optional[str], Optional[float]]:
     """(epsilon, None, spacing) from dp_accounting's PLD, or (None, reason, None) if unsupported.
 
     Built the way ``PLDAccountant`` builds it (``from_gaussian_mechanism(z, sampling_prob=q)
@@ -328,12 +347,15 @@ class BoundedPldAccountant(dp_accounting.PrivacyAccountant):
         raise NotImplementedError
 
 
-PLD_DEFERRED = ("computed at checkpoint rounds and at the end (the PLD costs more than a round; RDP, an "
-                "upper bound too, is computed every round)")
+PLD_DEFERRED = (
+    "computed at checkpoint rounds and at the end (the PLD costs more than a round; RDP, an "
+    "upper bound too, is computed every round)"
+)
 
 
-def epsilon_of(event: dp_accounting.DpEvent, count: int, delta: float, relation: NeighboringRelation,
-               with_pld: bool = True) -> Epsilon:
+def epsilon_of(
+    event: dp_accounting.DpEvent, count: int, delta: float, relation: NeighboringRelation, with_pld: bool = True
+) -> Epsilon:
     """Epsilon of ``count`` rounds of ``event`` from both accountants (``with_pld=False``: RDP only)."""
     if isinstance(event, dp_accounting.UnsupportedDpEvent):
         return Epsilon(delta, None, None, None, pld_note=DDP_UNSUPPORTED, note=DDP_UNSUPPORTED)
@@ -385,15 +407,19 @@ class SkellamRdpAccountant(dp_accounting.rdp.RdpAccountant):
     sampled event is refused (dp_accounting amplifies Gaussians only), so no amplified number
     is ever claimed for it."""
 
-    def __init__(self, orders: Optional[Sequence[int]] = None,
-                 neighboring_relation: NeighboringRelation = NeighboringRelation.REPLACE_SPECIAL):
+    def __init__(
+        self,
+        orders: Optional[Sequence[int]] = None,
+        neighboring_relation: NeighboringRelation = NeighboringRelation.REPLACE_SPECIAL,
+    ):
         super().__init__(list(orders or SKELLAM_RDP_ORDERS), neighboring_relation)
 
     def _maybe_compose(self, event, count, do_compose):
         if isinstance(event, SkellamDpEvent):
             if do_compose:
-                self._rdp += count * skellam_rdp(event.l1_sensitivity, event.l2_sensitivity, event.variance,
-                                                 self._orders)
+                self._rdp += count * skellam_rdp(
+                    event.l1_sensitivity, event.l2_sensitivity, event.variance, self._orders
+                )
             return None
         return super()._maybe_compose(event, count, do_compose)
 
@@ -409,12 +435,12 @@ def ddp_round_event(l1: float, l2: float, variance: float, count_noise: float) -
     """One ddp_secure round for a participant: the Skellam sum of the values and the adaptive clip's
     noised clipped count (records +-0.5; zeroing the update moves it by at most 1, so its Gaussian
     multiplier under the zero-out relation is the count's stddev)."""
-    return dp_accounting.ComposedDpEvent([SkellamDpEvent(float(l1), float(l2), float(variance)),
-                                          dp_accounting.GaussianDpEvent(float(count_noise))])
+    return dp_accounting.ComposedDpEvent(
+        [SkellamDpEvent(float(l1), float(l2), float(variance)), dp_accounting.GaussianDpEvent(float(count_noise))]
+    )
 
 
-def ddp_epsilon(spec: "MechanismSpec", leaves: Sequence[Sequence[Any]], params: Sequence[Any],
-                delta: float) -> Epsilon:
+def ddp_epsilon(spec: MechanismSpec, leaves: Sequence[Sequence[Any]], params: Sequence[Any], delta: float) -> Epsilon:
     """Epsilon of ddp_secure rounds: ``leaves[t]`` the participants of round t, ``params[t]`` the
     :class:`~tff_lab.privacy.ddp.SkellamParams` in effect. For every client, the rounds it took part
     in compose (RDP adds); the worst client's epsilon is reported."""
@@ -429,8 +455,9 @@ def ddp_epsilon(spec: "MechanismSpec", leaves: Sequence[Sequence[Any]], params: 
         members = set(leaf)
         if not members:
             continue  # nobody's data: nothing released about anyone
-        curve = np.asarray(_skellam_round_rdp(p.l1_norm_bound, p.l2_norm_bound,
-                                              len(members) * p.local_stddev ** 2, count_noise))
+        curve = np.asarray(
+            _skellam_round_rdp(p.l1_norm_bound, p.l2_norm_bound, len(members) * p.local_stddev**2, count_noise)
+        )
         for c in members:
             per_client[c] = per_client.get(c, 0.0) + curve
     if not per_client:
@@ -443,19 +470,25 @@ def ddp_epsilon(spec: "MechanismSpec", leaves: Sequence[Sequence[Any]], params: 
     return Epsilon(delta, worst[0], worst[1], None, pld_note=DDP_NO_PLD)
 
 
-def planned_ddp_params(spec: "MechanismSpec", rounds: int) -> list:
+def planned_ddp_params(spec: MechanismSpec, rounds: int) -> list:
     """The Skellam parameters of ``rounds`` planned rounds at TFF's initial clip (the run's ledger
     uses the parameters the aggregator state holds each round: the adaptive clip moves them)."""
     from tff_lab.privacy import ddp
 
-    p = ddp.skellam_params(ddp.DDP_INITIAL_L2_CLIP, spec.noise_components()["value_noise_multiplier"],
-                           spec.ddp_expected_clients, spec.ddp_bits, ddp.padded_dim(spec.model_dim, spec.ddp_rotation))
+    p = ddp.skellam_params(
+        ddp.DDP_INITIAL_L2_CLIP,
+        spec.noise_components()["value_noise_multiplier"],
+        spec.ddp_expected_clients,
+        spec.ddp_bits,
+        ddp.padded_dim(spec.model_dim, spec.ddp_rotation),
+    )
     return [p] * rounds
 
 
 # --------------------------------------------------------------------------------------------
 # The headline: the smallest valid bound
 # --------------------------------------------------------------------------------------------
+
 
 def headline_epsilon(eps: Epsilon, sampling_known: Optional[Epsilon] = None) -> dict:
     """The smallest of the valid upper bounds computed for the run, and which it is.
@@ -473,13 +506,13 @@ def headline_epsilon(eps: Epsilon, sampling_known: Optional[Epsilon] = None) -> 
     if not cands:
         return {"epsilon": None, "source": None, "delta": eps.delta}
     source, value = min(cands, key=lambda kv: kv[1])
-    return {"epsilon": value, "source": source, "delta": eps.delta,
-            "candidates": {k: v for k, v in cands}}
+    return {"epsilon": value, "source": source, "delta": eps.delta, "candidates": {k: v for k, v in cands}}
 
 
 # --------------------------------------------------------------------------------------------
 # Tree aggregation (DP-FTRL): sensitivity of the realised participation schedule
 # --------------------------------------------------------------------------------------------
+
 
 def tree_leaf(participants: Sequence[Any]) -> list[str]:
     """The leaf one private round adds to the tree: its participants as sorted strings.
@@ -538,6 +571,7 @@ def tree_sensitivity_squared(leaves: Sequence[Sequence[Any]]) -> int:
 # What one round does
 # --------------------------------------------------------------------------------------------
 
+
 def scale_gaussians(event: dp_accounting.DpEvent, factor: float) -> dp_accounting.DpEvent:
     """The same event with every Gaussian noise multiplier times ``factor`` (a change of
     sensitivity units, e.g. 0.5 from add/remove-one to replace-one)."""
@@ -550,13 +584,17 @@ def scale_gaussians(event: dp_accounting.DpEvent, factor: float) -> dp_accountin
     raise ValueError(f"cannot rescale {type(event).__name__}")
 
 
-def adaptive_noise_split(noise_multiplier: float, expected_clients: float,
-                         clipped_count_stddev: Optional[float]) -> tuple[float, float]:
+def adaptive_noise_split(
+    noise_multiplier: float, expected_clients: float, clipped_count_stddev: Optional[float]
+) -> tuple[float, float]:
     """(value noise multiplier, clipped-count stddev) exactly as TFF's ``gaussian_adaptive`` sets them."""
     from tensorflow_federated.python.aggregators import differential_privacy as tff_dp
 
-    return tff_dp.adaptive_clip_noise_params(float(noise_multiplier), float(expected_clients),
-                                             None if clipped_count_stddev is None else float(clipped_count_stddev))
+    return tff_dp.adaptive_clip_noise_params(
+        float(noise_multiplier),
+        float(expected_clients),
+        None if clipped_count_stddev is None else float(clipped_count_stddev),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -585,23 +623,31 @@ class MechanismSpec:
             raise ValueError(f"unknown mechanism {self.mechanism!r}; expected one of {MECHANISMS}")
         if self.sampling not in SAMPLING_SCHEMES:
             raise ValueError(f"unknown sampling {self.sampling!r}; expected one of {SAMPLING_SCHEMES}")
-        if not (isinstance(self.noise_multiplier, (int, float)) and self.noise_multiplier > 0
-                and math.isfinite(self.noise_multiplier)):
+        if not (
+            isinstance(self.noise_multiplier, (int, float))
+            and self.noise_multiplier > 0
+            and math.isfinite(self.noise_multiplier)
+        ):
             raise ValueError(f"noise_multiplier must be a finite number > 0, got {self.noise_multiplier!r}")
         if self.population < 1:
             raise ValueError(f"population must be >= 1, got {self.population}")
         if self.sampling == "uniform":
             if self.clients_per_round is None or not 1 <= self.clients_per_round <= self.population:
-                raise ValueError(f"uniform sampling needs 1 <= clients_per_round <= population "
-                                 f"({self.population}), got {self.clients_per_round}")
+                raise ValueError(
+                    f"uniform sampling needs 1 <= clients_per_round <= population "
+                    f"({self.population}), got {self.clients_per_round}"
+                )
         else:
             if self.sampling_rate is None or not 0 < self.sampling_rate <= 1:
                 raise ValueError(f"poisson sampling needs a rate in (0, 1], got {self.sampling_rate}")
         if self.mechanism == "gaussian_adaptive" and self.clipped_count_stddev is None:
             raise ValueError("gaussian_adaptive needs the resolved clipped_count_stddev")
         if self.mechanism == "ddp_secure":
-            missing = [k for k in ("clipped_count_stddev", "model_dim", "ddp_bits", "ddp_rotation", "zeroing")
-                       if getattr(self, k) is None]
+            missing = [
+                k
+                for k in ("clipped_count_stddev", "model_dim", "ddp_bits", "ddp_rotation", "zeroing")
+                if getattr(self, k) is None
+            ]
             if missing:
                 raise ValueError(f"ddp_secure needs {', '.join(missing)}")
             if int(self.model_dim) < 1:
@@ -644,19 +690,27 @@ class MechanismSpec:
     def noise_components(self) -> dict:
         """The noise multipliers the aggregator actually applies."""
         if self.mechanism == "gaussian_adaptive":
-            value, count_stddev = adaptive_noise_split(self.noise_multiplier, self.expected_clients,
-                                                       self.clipped_count_stddev)
-            return {"value_noise_multiplier": float(value), "clipped_count_stddev": float(count_stddev),
-                    "clipped_count_noise_multiplier": float(2.0 * count_stddev),
-                    "effective_noise_multiplier": float(self.noise_multiplier)}
+            value, count_stddev = adaptive_noise_split(
+                self.noise_multiplier, self.expected_clients, self.clipped_count_stddev
+            )
+            return {
+                "value_noise_multiplier": float(value),
+                "clipped_count_stddev": float(count_stddev),
+                "clipped_count_noise_multiplier": float(2.0 * count_stddev),
+                "effective_noise_multiplier": float(self.noise_multiplier),
+            }
         if self.mechanism == "ddp_secure":  # TFF's DistributedDpSumFactory(auto_l2_clip=True) split
-            value, count_stddev = adaptive_noise_split(self.noise_multiplier, self.ddp_expected_clients,
-                                                       self.clipped_count_stddev)
-            return {"value_noise_multiplier": float(value), "clipped_count_stddev": float(count_stddev),
-                    "clipped_count_noise_multiplier": float(count_stddev),
-                    "effective_noise_multiplier": float(self.noise_multiplier),
-                    "local_noise": "Skellam, stddev value_noise_multiplier * clip / sqrt(expected clients) per "
-                                   "client, scaled; the clipped count's Gaussian is added by the server"}
+            value, count_stddev = adaptive_noise_split(
+                self.noise_multiplier, self.ddp_expected_clients, self.clipped_count_stddev
+            )
+            return {
+                "value_noise_multiplier": float(value),
+                "clipped_count_stddev": float(count_stddev),
+                "clipped_count_noise_multiplier": float(count_stddev),
+                "effective_noise_multiplier": float(self.noise_multiplier),
+                "local_noise": "Skellam, stddev value_noise_multiplier * clip / sqrt(expected clients) per "
+                "client, scaled; the clipped count's Gaussian is added by the server",
+            }
         return {"value_noise_multiplier": float(self.noise_multiplier)}
 
     def query_event(self) -> dp_accounting.DpEvent:
@@ -665,10 +719,12 @@ class MechanismSpec:
             return dp_accounting.GaussianDpEvent(float(self.noise_multiplier))
         if self.mechanism == "gaussian_adaptive":
             c = self.noise_components()
-            return dp_accounting.ComposedDpEvent([
-                dp_accounting.GaussianDpEvent(c["value_noise_multiplier"]),
-                dp_accounting.GaussianDpEvent(c["clipped_count_noise_multiplier"]),
-            ])
+            return dp_accounting.ComposedDpEvent(
+                [
+                    dp_accounting.GaussianDpEvent(c["value_noise_multiplier"]),
+                    dp_accounting.GaussianDpEvent(c["clipped_count_noise_multiplier"]),
+                ]
+            )
         if self.mechanism == "tree":
             return dp_accounting.GaussianDpEvent(float(self.noise_multiplier))  # per tree node
         return dp_accounting.UnsupportedDpEvent()
@@ -687,8 +743,9 @@ class MechanismSpec:
         # record, norm <= C); replacing one client changes the sum by up to 2C, so under
         # REPLACE_ONE every Gaussian's multiplier halves (at q = 1 dp_accounting's WOR RDP is
         # alpha / (2 sigma^2), the replace-one Gaussian with sensitivity-normalised sigma).
-        return dp_accounting.SampledWithoutReplacementDpEvent(int(self.population), int(self.clients_per_round),
-                                                              scale_gaussians(inner, 0.5))
+        return dp_accounting.SampledWithoutReplacementDpEvent(
+            int(self.population), int(self.clients_per_round), scale_gaussians(inner, 0.5)
+        )
 
     def tree_event(self, leaves: Sequence[Sequence[Any]]) -> dp_accounting.DpEvent:
         """The whole tree so far as one Gaussian mechanism (see module docstring)."""
@@ -701,19 +758,25 @@ class MechanismSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "MechanismSpec":
+    def from_json(cls, data: dict) -> MechanismSpec:
         return cls(**data)
 
     @classmethod
-    def from_config(cls, cfg, population: int, noise_multiplier: float,
-                    model_dim: Optional[int] = None) -> "MechanismSpec":
+    def from_config(
+        cls, cfg, population: int, noise_multiplier: float, model_dim: Optional[int] = None
+    ) -> MechanismSpec:
         """The spec of a config's private aggregation at a known population and noise
         (``model_dim``: the update's element count, needed by ddp_secure)."""
         from tff_lab.federated.aggregators import resolve_clipped_count_stddev
 
         p, t = cfg.privacy, cfg.training
-        kwargs: dict[str, Any] = dict(mechanism=p.mechanism, noise_multiplier=float(noise_multiplier),
-                                      population=int(population), sampling=t.sampling, clip=float(p.clip))
+        kwargs: dict[str, Any] = dict(
+            mechanism=p.mechanism,
+            noise_multiplier=float(noise_multiplier),
+            population=int(population),
+            sampling=t.sampling,
+            clip=float(p.clip),
+        )
         if t.sampling == "poisson":
             kwargs["sampling_rate"] = float(t.sampling_rate)
             expected = float(t.sampling_rate) * population
@@ -721,23 +784,36 @@ class MechanismSpec:
             kwargs["clients_per_round"] = int(t.clients_per_round)
             expected = float(t.clients_per_round)
         if p.mechanism == "gaussian_adaptive":
-            kwargs["clipped_count_stddev"] = float(resolve_clipped_count_stddev(
-                p.clipped_count_stddev, expected, float(noise_multiplier)))
+            kwargs["clipped_count_stddev"] = float(
+                resolve_clipped_count_stddev(p.clipped_count_stddev, expected, float(noise_multiplier))
+            )
         if p.mechanism == "ddp_secure":
             a = cfg.aggregation
             n = max(1, int(round(expected)))
-            kwargs.update(clipped_count_stddev=float(resolve_clipped_count_stddev(
-                p.clipped_count_stddev, n, float(noise_multiplier))), model_dim=model_dim,
-                ddp_bits=int(a.ddp_bits), ddp_rotation=str(a.ddp_rotation), zeroing=bool(a.zeroing))
+            kwargs.update(
+                clipped_count_stddev=float(
+                    resolve_clipped_count_stddev(p.clipped_count_stddev, n, float(noise_multiplier))
+                ),
+                model_dim=model_dim,
+                ddp_bits=int(a.ddp_bits),
+                ddp_rotation=str(a.ddp_rotation),
+                zeroing=bool(a.zeroing),
+            )
             from tff_lab.privacy.ddp import DDP_INITIAL_L2_CLIP
 
             kwargs["clip"] = DDP_INITIAL_L2_CLIP
         return cls(**kwargs)
 
 
-def epsilon_for_rounds(spec: MechanismSpec, rounds: int, delta: float,
-                       leaves: Optional[Sequence[Sequence[Any]]] = None,
-                       ddp_params: Optional[Sequence[Any]] = None, *, with_pld: bool = True) -> Epsilon:
+def epsilon_for_rounds(
+    spec: MechanismSpec,
+    rounds: int,
+    delta: float,
+    leaves: Optional[Sequence[Sequence[Any]]] = None,
+    ddp_params: Optional[Sequence[Any]] = None,
+    *,
+    with_pld: bool = True,
+) -> Epsilon:
     """Epsilon after ``rounds`` rounds. Tree aggregation and ddp_secure need the participation
     ``leaves``; ddp_secure the Skellam parameters of each round (default: the planned ones)."""
     if spec.mechanism == "ddp_secure":
@@ -795,6 +871,7 @@ def library_versions() -> dict:
 # The ledger: what ran, round by round (JSON state, lives in checkpoints)
 # --------------------------------------------------------------------------------------------
 
+
 class PrivacyLedger:
     """Rounds accounted so far for one run; epsilon from both accountants at any time.
 
@@ -821,7 +898,8 @@ class PrivacyLedger:
 
                 raise PrivacyAccountingError(
                     f"round {self.rounds + 1}: the DP-FTRL aggregator did not run; every private round must call it "
-                    "(an empty round adds an empty leaf to the tree), or the accounted tree is not the one that ran")
+                    "(an empty round adds an empty leaf to the tree), or the accounted tree is not the one that ran"
+                )
             self.leaves.append(tree_leaf(participants))
         if self.spec.mechanism == "ddp_secure":
             params = self._ddp_current()  # raises before anything is recorded
@@ -836,9 +914,11 @@ class PrivacyLedger:
         if self.rounds and not self.spec.zeroing:
             from tff_lab.errors import PrivacyAccountingError
 
-            raise PrivacyAccountingError(f"round {self.rounds + 1}: the Skellam parameters of ddp_secure's adaptive clip "
-                                         "were not read from the aggregator state after the previous round; they "
-                                         "cannot be accounted")
+            raise PrivacyAccountingError(
+                f"round {self.rounds + 1}: the Skellam parameters of ddp_secure's adaptive clip "
+                "were not read from the aggregator state after the previous round; they "
+                "cannot be accounted"
+            )
         return planned_ddp_params(self.spec, 1)[0]
 
     def epsilon(self, with_pld: bool = True) -> Epsilon:
@@ -846,8 +926,14 @@ class PrivacyLedger:
         key = (self.rounds, len(self.leaves))
         if self._eps_cache is not None and self._eps_cache[:2] == key and (self._eps_cache[3] or not with_pld):
             return self._eps_cache[2]
-        eps = epsilon_for_rounds(self.spec, self.rounds, self.delta, self.leaves,
-                                 self.ddp_params if self.spec.mechanism == "ddp_secure" else None, with_pld=with_pld)
+        eps = epsilon_for_rounds(
+            self.spec,
+            self.rounds,
+            self.delta,
+            self.leaves,
+            self.ddp_params if self.spec.mechanism == "ddp_secure" else None,
+            with_pld=with_pld,
+        )
         self._eps_cache = (*key, eps, with_pld)
         return eps
 
@@ -870,19 +956,28 @@ class PrivacyLedger:
         """The composed DpEvent of everything accounted (JSON), for privacy.json."""
         if self.spec.mechanism == "tree":
             ev = self.spec.tree_event(self.leaves)
-            return {"event": event_to_json(ev), "tree_leaves": len(self.leaves),
-                    "tree_sensitivity_squared": tree_sensitivity_squared(self.leaves),
-                    "max_participations": max(_participations(self.leaves).values(), default=0)}
+            return {
+                "event": event_to_json(ev),
+                "tree_leaves": len(self.leaves),
+                "tree_sensitivity_squared": tree_sensitivity_squared(self.leaves),
+                "max_participations": max(_participations(self.leaves).values(), default=0),
+            }
         if self.spec.mechanism == "ddp_secure":
             counts = _participations(self.leaves)
             worst = max(counts, key=counts.get, default=None)
             noise = self.spec.noise_components()["clipped_count_stddev"]
-            events = [ddp_round_event(p.l1_norm_bound, p.l2_norm_bound, len(leaf) * p.local_stddev ** 2, noise)
-                      for leaf, p in zip(self.leaves, self.ddp_params) if worst is not None and worst in leaf]
-            return {"event_of_most_sampled_client": event_to_json(dp_accounting.ComposedDpEvent(events)),
-                    "rounds": self.rounds, "max_participations": counts.get(worst, 0),
-                    "skellam_params_per_round": [p.to_json() for p in self.ddp_params],
-                    "participants_per_round": [len(leaf) for leaf in self.leaves]}
+            events = [
+                ddp_round_event(p.l1_norm_bound, p.l2_norm_bound, len(leaf) * p.local_stddev**2, noise)
+                for leaf, p in zip(self.leaves, self.ddp_params)
+                if worst is not None and worst in leaf
+            ]
+            return {
+                "event_of_most_sampled_client": event_to_json(dp_accounting.ComposedDpEvent(events)),
+                "rounds": self.rounds,
+                "max_participations": counts.get(worst, 0),
+                "skellam_params_per_round": [p.to_json() for p in self.ddp_params],
+                "participants_per_round": [len(leaf) for leaf in self.leaves],
+            }
         return {"event": event_to_json(dp_accounting.SelfComposedDpEvent(self.spec.round_event(), self.rounds))}
 
     def state_dict(self) -> dict:
@@ -893,7 +988,7 @@ class PrivacyLedger:
         return out
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "PrivacyLedger":
+    def from_state_dict(cls, state: dict) -> PrivacyLedger:
         ledger = cls(MechanismSpec.from_json(state["spec"]), state["delta"])
         ledger.rounds = int(state["rounds"])
         ledger.leaves = [list(map(str, leaf)) for leaf in state.get("leaves", [])]
@@ -905,15 +1000,18 @@ class PrivacyLedger:
             nxt = state.get("ddp_next")
             ledger.ddp_next = SkellamParams.from_json(nxt) if nxt else None
             if not len(ledger.leaves) == len(ledger.ddp_params) == ledger.rounds:
-                raise PrivacyAccountingError(f"the checkpoint's ddp_secure ledger holds {len(ledger.leaves)} rounds of "
-                                             f"participants and {len(ledger.ddp_params)} of Skellam parameters for "
-                                             f"{ledger.rounds} rounds; start a new run")
+                raise PrivacyAccountingError(
+                    f"the checkpoint's ddp_secure ledger holds {len(ledger.leaves)} rounds of "
+                    f"participants and {len(ledger.ddp_params)} of Skellam parameters for "
+                    f"{ledger.rounds} rounds; start a new run"
+                )
         if ledger.spec.mechanism == "tree" and len(ledger.leaves) != ledger.rounds:
             from tff_lab.errors import PrivacyAccountingError
 
             raise PrivacyAccountingError(
                 f"the checkpoint's tree ledger holds {len(ledger.leaves)} leaves for {ledger.rounds} rounds: it was "
-                "written when empty rounds added no leaf, which is not the tree TFF ran; start a new run")
+                "written when empty rounds added no leaf, which is not the tree TFF ran; start a new run"
+            )
         return ledger
 
 

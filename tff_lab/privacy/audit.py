@@ -44,15 +44,18 @@ from typing import Optional, Sequence
 import numpy as np
 
 CANARY_STREAM = 0xCA7A  # separates canary directions from other uses of the seed
-METHOD = ("one-shot empirical privacy estimate (Andrew et al., ICLR 2024): cosines of the final model delta with "
-          "inserted vs unseen canary directions, both modelled as Gaussians of one variance (unseen mean 0); "
-          "epsilon of the Gaussian mechanism with sensitivity mu/sigma at the run's delta (dp_accounting "
-          "GaussianPrivacyLoss); bootstrap interval over canaries")
+METHOD = (
+    "one-shot empirical privacy estimate (Andrew et al., ICLR 2024): cosines of the final model delta with "
+    "inserted vs unseen canary directions, both modelled as Gaussians of one variance (unseen mean 0); "
+    "epsilon of the Gaussian mechanism with sensitivity mu/sigma at the run's delta (dp_accounting "
+    "GaussianPrivacyLoss); bootstrap interval over canaries"
+)
 
 
 # --------------------------------------------------------------------------------------------
 # Canaries
 # --------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class CanarySet:
@@ -100,15 +103,16 @@ class CanarySet:
     def update_for(self, client_index: int) -> list[np.ndarray]:
         """The model update (TFF's client delta) a sampled canary client sends, per weight, float32."""
         if not self.is_canary(client_index):
-            raise ValueError(f"client {client_index} is not a canary (canaries are {self.population}.."
-                             f"{self.total_population - 1})")
+            raise ValueError(
+                f"client {client_index} is not a canary (canaries are {self.population}..{self.total_population - 1})"
+            )
         vec = self.directions()[int(client_index) - self.population] * (self.clip * (1 - 1e-6))
         return unflatten(vec.astype(np.float32), self.shapes)
 
     def cosines(self, delta_flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(seen, unseen) cosines between ``delta_flat`` and the directions."""
         cos = cosines(delta_flat, self.directions())
-        return cos[: self.seen], cos[self.seen:]
+        return cos[: self.seen], cos[self.seen :]
 
 
 def flatten(arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -119,7 +123,7 @@ def unflatten(vec: np.ndarray, shapes: Sequence[Sequence[int]]) -> list[np.ndarr
     out, i = [], 0
     for s in shapes:
         n = int(np.prod(s))
-        out.append(vec[i:i + n].reshape(s))
+        out.append(vec[i : i + n].reshape(s))
         i += n
     return out
 
@@ -140,6 +144,7 @@ def cosines(delta_flat: np.ndarray, directions: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # The estimator
 # --------------------------------------------------------------------------------------------
+
 
 def gaussian_epsilon(sensitivity_over_sigma: float, delta: float) -> float:
     """Epsilon at ``delta`` of the Gaussian mechanism with sensitivity / stddev = ``sensitivity_over_sigma``.
@@ -184,15 +189,24 @@ class EmpiricalEpsilon:
     bootstrap: int
 
     def to_json(self) -> dict:
-        return {"epsilon": _fin(self.epsilon), "interval": [_fin(self.ci_low), _fin(self.ci_high)],
-                "confidence": self.confidence, "delta": self.delta, "mu_seen_cosine": self.mu,
-                "sigma_unseen_cosine": self.sigma, "mu_over_sigma": self.mu / self.sigma if self.sigma > 0 else None,
-                "canaries": {"seen": self.seen, "unseen": self.unseen}, "bootstrap_resamples": self.bootstrap,
-                "resolution_epsilon": self.resolution,
-                "resolution_note": ("with this many inserted canaries the mean cosine is known to about "
-                                    "sigma/sqrt(seen): estimates below resolution_epsilon (mu/sigma = 2/sqrt(seen)) "
-                                    "cannot be told from no leakage"),
-                "method": METHOD}
+        return {
+            "epsilon": _fin(self.epsilon),
+            "interval": [_fin(self.ci_low), _fin(self.ci_high)],
+            "confidence": self.confidence,
+            "delta": self.delta,
+            "mu_seen_cosine": self.mu,
+            "sigma_unseen_cosine": self.sigma,
+            "mu_over_sigma": self.mu / self.sigma if self.sigma > 0 else None,
+            "canaries": {"seen": self.seen, "unseen": self.unseen},
+            "bootstrap_resamples": self.bootstrap,
+            "resolution_epsilon": self.resolution,
+            "resolution_note": (
+                "with this many inserted canaries the mean cosine is known to about "
+                "sigma/sqrt(seen): estimates below resolution_epsilon (mu/sigma = 2/sqrt(seen)) "
+                "cannot be told from no leakage"
+            ),
+            "method": METHOD,
+        }
 
     @property
     def resolution(self) -> float:
@@ -208,8 +222,15 @@ def _ratio(seen: np.ndarray, unseen: np.ndarray) -> float:
     return float(np.mean(seen)) / sigma if sigma > 0 else math.inf
 
 
-def estimate_epsilon(seen_cosines: Sequence[float], unseen_cosines: Sequence[float], delta: float, *,
-                     confidence: float = 0.95, bootstrap: int = 1000, seed: int = 0) -> EmpiricalEpsilon:
+def estimate_epsilon(
+    seen_cosines: Sequence[float],
+    unseen_cosines: Sequence[float],
+    delta: float,
+    *,
+    confidence: float = 0.95,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> EmpiricalEpsilon:
     """The one-shot estimate from the canaries' cosines, with a bootstrap interval (see module doc)."""
     seen = np.asarray(seen_cosines, dtype=np.float64)
     unseen = np.asarray(unseen_cosines, dtype=np.float64)
@@ -221,21 +242,38 @@ def estimate_epsilon(seen_cosines: Sequence[float], unseen_cosines: Sequence[flo
     mu = float(np.mean(seen))
     ratio = mu / sigma if sigma > 0 else math.inf
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), CANARY_STREAM, 1]))
-    ratios = np.array([_ratio(rng.choice(seen, len(seen)), rng.choice(unseen, len(unseen)))
-                       for _ in range(int(bootstrap))])
+    ratios = np.array(
+        [_ratio(rng.choice(seen, len(seen)), rng.choice(unseen, len(unseen))) for _ in range(int(bootstrap))]
+    )
     lo_q, hi_q = np.quantile(ratios, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return EmpiricalEpsilon(epsilon=gaussian_epsilon(ratio, delta), ci_low=gaussian_epsilon(lo_q, delta),
-                            ci_high=gaussian_epsilon(hi_q, delta), confidence=float(confidence), mu=mu,
-                            sigma=sigma, delta=float(delta), seen=len(seen), unseen=len(unseen),
-                            bootstrap=int(bootstrap))
+    return EmpiricalEpsilon(
+        epsilon=gaussian_epsilon(ratio, delta),
+        ci_low=gaussian_epsilon(lo_q, delta),
+        ci_high=gaussian_epsilon(hi_q, delta),
+        confidence=float(confidence),
+        mu=mu,
+        sigma=sigma,
+        delta=float(delta),
+        seen=len(seen),
+        unseen=len(unseen),
+        bootstrap=int(bootstrap),
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # The plot
 # --------------------------------------------------------------------------------------------
 
-def plot_cosines(seen: Sequence[float], unseen: Sequence[float], path, *, title: str = "",
-                 estimate: Optional[EmpiricalEpsilon] = None, theoretical: Optional[float] = None):
+
+def plot_cosines(
+    seen: Sequence[float],
+    unseen: Sequence[float],
+    path,
+    *,
+    title: str = "",
+    estimate: Optional[EmpiricalEpsilon] = None,
+    theoretical: Optional[float] = None,
+):
     """Histograms of the seen and unseen canary cosines with the fitted Gaussians."""
     import matplotlib
 
@@ -276,6 +314,7 @@ def plot_cosines(seen: Sequence[float], unseen: Sequence[float], path, *, title:
 # Simulation of the exact DP-FedAvg aggregation (for engines without canary support)
 # --------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class SimulationResult:
     delta_flat: np.ndarray  # initial - final, flattened (sum of the released aggregates, server lr 1)
@@ -285,9 +324,18 @@ class SimulationResult:
     events: list  # the DpEvent the query emitted each round
 
 
-def simulate_dp_fedavg(*, noise_multiplier: float, clip: float, population: int, sampling_rate: float,
-                       rounds: int, canaries: CanarySet, seed: int, real_update_norm: float = 2.0,
-                       real_drift: float = 0.1) -> SimulationResult:
+def simulate_dp_fedavg(
+    *,
+    noise_multiplier: float,
+    clip: float,
+    population: int,
+    sampling_rate: float,
+    rounds: int,
+    canaries: CanarySet,
+    seed: int,
+    real_update_norm: float = 2.0,
+    real_drift: float = 0.1,
+) -> SimulationResult:
     """DP-FedAvg's aggregation, exactly as tff_lab runs it, over synthetic client updates.
 
     Each round Poisson-samples the ``canaries.total_population`` clients at ``sampling_rate``
@@ -338,39 +386,71 @@ def simulate_dp_fedavg(*, noise_multiplier: float, clip: float, population: int,
                 updates.append((v / np.linalg.norm(v) * real_update_norm).astype(np.float32))
         if updates:
             stacked = np.stack(updates)
-            records = [tf.constant(stacked[:, off:off + int(np.prod(s))].reshape((len(updates), *s)))
-                       for off, s in zip(np.cumsum([0] + [int(np.prod(s)) for s in canaries.shapes])[:-1],
-                                         canaries.shapes)]
+            records = [
+                tf.constant(stacked[:, off : off + int(np.prod(s))].reshape((len(updates), *s)))
+                for off, s in zip(np.cumsum([0] + [int(np.prod(s)) for s in canaries.shapes])[:-1], canaries.shapes)
+            ]
             sample = add_all(sample, params, records)
         result, gs, event = query.get_noised_result(sample, gs)
         events.append(event)
         total += flatten([r.numpy() for r in result])
-    return SimulationResult(delta_flat=total, canaries=canaries, rounds=int(rounds), participations=part,
-                            events=events)
+    return SimulationResult(delta_flat=total, canaries=canaries, rounds=int(rounds), participations=part, events=events)
 
 
-def audit_simulation(*, noise_multiplier: float, clip: float, population: int, sampling_rate: float, rounds: int,
-                     seen: int, unseen: int, dim: int, seed: int, delta: Optional[float] = None,
-                     bootstrap: int = 1000) -> dict:
+def audit_simulation(
+    *,
+    noise_multiplier: float,
+    clip: float,
+    population: int,
+    sampling_rate: float,
+    rounds: int,
+    seen: int,
+    unseen: int,
+    dim: int,
+    seed: int,
+    delta: Optional[float] = None,
+    bootstrap: int = 1000,
+) -> dict:
     """Simulate, estimate, and put the ledger's theoretical epsilon beside the empirical one."""
     from tff_lab.privacy.accounting import MechanismSpec, default_delta, epsilon_for_rounds
 
     canaries = CanarySet(shapes=[(dim,)], clip=clip, seen=seen, unseen=unseen, seed=seed, population=population)
-    sim = simulate_dp_fedavg(noise_multiplier=noise_multiplier, clip=clip, population=population,
-                             sampling_rate=sampling_rate, rounds=rounds, canaries=canaries, seed=seed)
+    sim = simulate_dp_fedavg(
+        noise_multiplier=noise_multiplier,
+        clip=clip,
+        population=population,
+        sampling_rate=sampling_rate,
+        rounds=rounds,
+        canaries=canaries,
+        seed=seed,
+    )
     delta = float(delta if delta is not None else default_delta(canaries.total_population))
     s, u = canaries.cosines(sim.delta_flat)
     est = estimate_epsilon(s, u, delta, bootstrap=bootstrap, seed=seed)
     theory = None
     if noise_multiplier > 0:
-        spec = MechanismSpec("gaussian_fixed", float(noise_multiplier), canaries.total_population, "poisson",
-                             sampling_rate=float(sampling_rate), clip=float(clip))
+        spec = MechanismSpec(
+            "gaussian_fixed",
+            float(noise_multiplier),
+            canaries.total_population,
+            "poisson",
+            sampling_rate=float(sampling_rate),
+            clip=float(clip),
+        )
         theory = epsilon_for_rounds(spec, rounds, delta).to_json()
-    return {"noise_multiplier": noise_multiplier, "rounds": rounds, "sampling_rate": sampling_rate,
-            "population": canaries.total_population, "dim": dim, "delta": delta,
-            "epsilon_theoretical": theory, "epsilon_empirical": est.to_json(),
-            "mean_canary_participations": float(sim.participations.mean()),
-            "seen_cosines": s.tolist(), "unseen_cosines": u.tolist()}
+    return {
+        "noise_multiplier": noise_multiplier,
+        "rounds": rounds,
+        "sampling_rate": sampling_rate,
+        "population": canaries.total_population,
+        "dim": dim,
+        "delta": delta,
+        "epsilon_theoretical": theory,
+        "epsilon_empirical": est.to_json(),
+        "mean_canary_participations": float(sim.participations.mean()),
+        "seen_cosines": s.tolist(),
+        "unseen_cosines": u.tolist(),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,7 +460,7 @@ def audit_simulation(*, noise_multiplier: float, clip: float, population: int, s
 AUDIT_MECHANISMS = ("gaussian_fixed",)
 
 
-def canaries_for(cfg, population: int, shapes: Sequence[Sequence[int]]) -> Optional["CanarySet"]:
+def canaries_for(cfg, population: int, shapes: Sequence[Sequence[int]]) -> Optional[CanarySet]:
     """The run's canaries from ``privacy.audit`` (None when off): seeded by the experiment seed,
     norm = ``privacy.clip``, at population indices ``population ..``."""
     from tff_lab.errors import ConfigError
@@ -389,13 +469,22 @@ def canaries_for(cfg, population: int, shapes: Sequence[Sequence[int]]) -> Optio
     if not a.canaries:
         return None
     if p.mechanism not in AUDIT_MECHANISMS:
-        raise ConfigError("privacy.audit", f"the canary audit supports {', '.join(AUDIT_MECHANISMS)} (a fixed clip: "
-                          f"the canary's norm is the clip), not '{p.mechanism}'")
-    return CanarySet(shapes=[tuple(s) for s in shapes], clip=float(p.clip), seen=int(a.canaries),
-                     unseen=int(a.unseen), seed=int(cfg.seed), population=int(population))
+        raise ConfigError(
+            "privacy.audit",
+            f"the canary audit supports {', '.join(AUDIT_MECHANISMS)} (a fixed clip: "
+            f"the canary's norm is the clip), not '{p.mechanism}'",
+        )
+    return CanarySet(
+        shapes=[tuple(s) for s in shapes],
+        clip=float(p.clip),
+        seen=int(a.canaries),
+        unseen=int(a.unseen),
+        seed=int(cfg.seed),
+        population=int(population),
+    )
 
 
-def participation_mask(cfg, canaries: "CanarySet", rounds: Optional[int] = None) -> np.ndarray:
+def participation_mask(cfg, canaries: CanarySet, rounds: Optional[int] = None) -> np.ndarray:
     """(rounds, seen) float32: whether :func:`tff_lab.sampling.sample_clients` over the population
     with the canaries picks each canary in each round (row r-1 is round r)."""
     from tff_lab.sampling import sample_clients
@@ -432,7 +521,7 @@ def client_name(client_ids: Sequence[str], index: int) -> str:
     return str(client_ids[i]) if i < len(client_ids) else f"canary_{i - len(client_ids)}"
 
 
-def canary_query(inner, canaries: "CanarySet", mask: np.ndarray):
+def canary_query(inner, canaries: CanarySet, mask: np.ndarray):
     """``inner`` (a tensorflow_privacy sum-aggregation query, e.g. tff_lab's seeded Gaussian query)
     with the round's sampled canaries' updates added to the clipped sum before the noise.
 
@@ -449,8 +538,10 @@ def canary_query(inner, canaries: "CanarySet", mask: np.ndarray):
 
         def __init__(self):
             self._inner = inner
-            self._vectors = [np.stack([canaries.update_for(canaries.population + k)[w]
-                                       for k in range(canaries.seen)]) for w in range(len(canaries.shapes))]
+            self._vectors = [
+                np.stack([canaries.update_for(canaries.population + k)[w] for k in range(canaries.seen)])
+                for w in range(len(canaries.shapes))
+            ]
             self._mask = np.asarray(mask, dtype=np.float32)
 
         def initial_global_state(self):
@@ -469,13 +560,18 @@ def canary_query(inner, canaries: "CanarySet", mask: np.ndarray):
             r = global_state.audit_round
             rows = tf.constant(self._mask)
             inside = r < tf.cast(tf.shape(rows)[0], tf.int64)
-            row = tf.where(inside, tf.gather(rows, tf.minimum(r, tf.cast(tf.shape(rows)[0] - 1, tf.int64))),
-                           tf.zeros([self._mask.shape[1]], tf.float32))
+            row = tf.where(
+                inside,
+                tf.gather(rows, tf.minimum(r, tf.cast(tf.shape(rows)[0] - 1, tf.int64))),
+                tf.zeros([self._mask.shape[1]], tf.float32),
+            )
             flat = tf.nest.flatten(sample_state)
-            added = [s + tf.cast(tf.tensordot(row, tf.constant(v), axes=1), s.dtype)
-                     for s, v in zip(flat, self._vectors)]
+            added = [
+                s + tf.cast(tf.tensordot(row, tf.constant(v), axes=1), s.dtype) for s, v in zip(flat, self._vectors)
+            ]
             result, new_inner, event = self._inner.get_noised_result(
-                tf.nest.pack_sequence_as(sample_state, added), global_state.inner)
+                tf.nest.pack_sequence_as(sample_state, added), global_state.inner
+            )
             return result, self._GlobalState(new_inner, r + 1), event
 
         def derive_metrics(self, global_state):
@@ -494,15 +590,23 @@ def canary_aggregator(cfg, *, population: int, noise_multiplier: float, record_s
     if record_specs is None:
         raise ConfigError("privacy.audit", "the canary audit needs the model's record_specs")
     canaries = canaries_for(cfg, population, [tuple(s.shape) for s in record_specs])
-    factory = build(cfg, population=canaries.total_population, noise_multiplier=noise_multiplier,
-                    record_specs=record_specs)
+    factory = build(
+        cfg, population=canaries.total_population, noise_multiplier=noise_multiplier, record_specs=record_specs
+    )
     inner = factory._query  # pylint: disable=protected-access
     query = canary_query(inner, canaries, participation_mask(cfg, canaries))
     return tff.aggregators.DifferentiallyPrivateFactory(query)
 
 
-def empirical_report(cfg, population: int, initial: Sequence[np.ndarray], final: Sequence[np.ndarray],
-                     delta: float, theoretical: Optional[float], run_dir) -> dict:
+def empirical_report(
+    cfg,
+    population: int,
+    initial: Sequence[np.ndarray],
+    final: Sequence[np.ndarray],
+    delta: float,
+    theoretical: Optional[float],
+    run_dir,
+) -> dict:
     """The estimate of an audit run: cosines of ``initial - final`` with the canaries, the estimate
     beside the theoretical epsilon, ``plots/privacy_audit.png`` and ``privacy_audit.json`` (the
     cosines) in ``run_dir``; returns privacy.json's ``epsilon_empirical``."""
@@ -515,17 +619,31 @@ def empirical_report(cfg, population: int, initial: Sequence[np.ndarray], final:
     seen, unseen = canaries.cosines(model_delta(initial, final))
     est = estimate_epsilon(seen, unseen, delta, seed=int(cfg.seed))
     out = est.to_json()
-    out.update(theoretical_epsilon=theoretical, plot="plots/privacy_audit.png", cosines="privacy_audit.json",
-               reading=("the empirical epsilon estimates what the final model shows about a worst-case client (a "
-                        "canary whose update is as large as the clip allows, in a random direction); the theoretical "
-                        "epsilon bounds every client against an adversary who sees every round. Far below theory: "
-                        "the bound is loose for this final model; near or above it: the run leaks about as much as "
-                        "the mechanism allows (or the estimate is within its interval of it); large with no noise: "
-                        "a non-private run"))
+    out.update(
+        theoretical_epsilon=theoretical,
+        plot="plots/privacy_audit.png",
+        cosines="privacy_audit.json",
+        reading=(
+            "the empirical epsilon estimates what the final model shows about a worst-case client (a "
+            "canary whose update is as large as the clip allows, in a random direction); the theoretical "
+            "epsilon bounds every client against an adversary who sees every round. Far below theory: "
+            "the bound is loose for this final model; near or above it: the run leaks about as much as "
+            "the mechanism allows (or the estimate is within its interval of it); large with no noise: "
+            "a non-private run"
+        ),
+    )
     run_dir = Path(run_dir)
     (run_dir / "plots").mkdir(parents=True, exist_ok=True)
-    plot_cosines(seen, unseen, run_dir / "plots" / "privacy_audit.png", estimate=est, theoretical=theoretical,
-                 title=f"privacy audit: {cfg.name}")
-    atomic_write_text(run_dir / "privacy_audit.json", json.dumps(
-        {"estimate": out, "seen_cosines": seen.tolist(), "unseen_cosines": unseen.tolist()}, indent=1))
+    plot_cosines(
+        seen,
+        unseen,
+        run_dir / "plots" / "privacy_audit.png",
+        estimate=est,
+        theoretical=theoretical,
+        title=f"privacy audit: {cfg.name}",
+    )
+    atomic_write_text(
+        run_dir / "privacy_audit.json",
+        json.dumps({"estimate": out, "seen_cosines": seen.tolist(), "unseen_cosines": unseen.tolist()}, indent=1),
+    )
     return out

@@ -16,8 +16,13 @@ from typing import Any, Optional, Sequence
 import dp_accounting
 
 from tff_lab.errors import ConfigError
-from tff_lab.privacy.accounting import (MechanismSpec, default_delta, epsilon_for_rounds, tree_leaf,
-                                        tree_sensitivity_squared)
+from tff_lab.privacy.accounting import (
+    MechanismSpec,
+    default_delta,
+    epsilon_for_rounds,
+    tree_leaf,
+    tree_sensitivity_squared,
+)
 
 NOISE_MIN = 0.1  # below this RDP evaluation crawls, and any epsilon it gives is vacuous
 NOISE_MAX = 1e3
@@ -27,14 +32,17 @@ def resolve_delta(cfg, population: int) -> float:
     """``privacy.delta`` or its default; refuses a delta not below 1/population."""
     delta = cfg.privacy.delta if cfg.privacy.delta is not None else default_delta(population)
     if not delta < 1.0 / population:
-        raise ConfigError("privacy.delta",
-                          f"delta {delta} is not below 1/population (1/{population}): a mechanism that publishes one "
-                          "random client's data outright meets such a delta; use a delta well below 1/population")
+        raise ConfigError(
+            "privacy.delta",
+            f"delta {delta} is not below 1/population (1/{population}): a mechanism that publishes one "
+            "random client's data outright meets such a delta; use a delta well below 1/population",
+        )
     return float(delta)
 
 
-def planned_tree_leaves(cfg, population: int, rounds: Optional[int] = None,
-                        client_ids: Optional[Sequence[Any]] = None) -> list[list[str]]:
+def planned_tree_leaves(
+    cfg, population: int, rounds: Optional[int] = None, client_ids: Optional[Sequence[Any]] = None
+) -> list[list[str]]:
     """The leaf of every round the run will do (:func:`~tff_lab.privacy.accounting.tree_leaf`:
     a round that samples nobody is an empty leaf). Clients are named by ``client_ids[i]``, or by
     their index; the tree's sensitivity does not depend on the names."""
@@ -57,8 +65,9 @@ def _search_event(spec: MechanismSpec, z: float, rounds: int, s_tree: int) -> dp
     if spec.sampling == "poisson":
         one = dp_accounting.PoissonSampledDpEvent(float(spec.sampling_rate), inner)
     else:  # replace-one units: see MechanismSpec.round_event
-        one = dp_accounting.SampledWithoutReplacementDpEvent(spec.population, spec.clients_per_round,
-                                                             dp_accounting.GaussianDpEvent(z / 2))
+        one = dp_accounting.SampledWithoutReplacementDpEvent(
+            spec.population, spec.clients_per_round, dp_accounting.GaussianDpEvent(z / 2)
+        )
     return dp_accounting.SelfComposedDpEvent(one, rounds)
 
 
@@ -91,24 +100,37 @@ def _calibrate_ddp(spec: MechanismSpec, rounds: int, delta: float, target_epsilo
     while eps(hi) > target_epsilon:
         hi *= 2
         if hi > NOISE_MAX:
-            raise ConfigError(where, f"epsilon {target_epsilon} at delta {delta} needs a noise multiplier above "
-                                     f"{NOISE_MAX:g} for these rounds and sampling; raise the target or sample less")
+            raise ConfigError(
+                where,
+                f"epsilon {target_epsilon} at delta {delta} needs a noise multiplier above "
+                f"{NOISE_MAX:g} for these rounds and sampling; raise the target or sample less",
+            )
     lo = hi / 2
     while eps(lo) <= target_epsilon:
         hi, lo = lo, lo / 2
         if lo < NOISE_MIN:
-            raise ConfigError(where, f"epsilon {target_epsilon} is met even with noise multiplier {NOISE_MIN}; such "
-                                     "a guarantee is vacuous; set privacy.noise_multiplier directly")
+            raise ConfigError(
+                where,
+                f"epsilon {target_epsilon} is met even with noise multiplier {NOISE_MIN}; such "
+                "a guarantee is vacuous; set privacy.noise_multiplier directly",
+            )
     while hi - lo > 1e-6 * hi:
         mid = 0.5 * (lo + hi)
         lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
     return float(hi)
 
 
-def calibrate_noise_multiplier(spec: MechanismSpec, rounds: int, delta: float, target_epsilon: float, *,
-                               accountant: str = "rdp", leaves: Optional[Sequence[Sequence[Any]]] = None,
-                               clipped_count_stddev: Optional[float] = None, where: str = "privacy.target_epsilon"
-                               ) -> float:
+def calibrate_noise_multiplier(
+    spec: MechanismSpec,
+    rounds: int,
+    delta: float,
+    target_epsilon: float,
+    *,
+    accountant: str = "rdp",
+    leaves: Optional[Sequence[Sequence[Any]]] = None,
+    clipped_count_stddev: Optional[float] = None,
+    where: str = "privacy.target_epsilon",
+) -> float:
     """The smallest noise multiplier (to ~1e-6) whose epsilon after ``rounds`` is <= the target.
 
     ``spec.noise_multiplier`` is ignored. ``clipped_count_stddev``: the configured value for
@@ -120,14 +142,20 @@ def calibrate_noise_multiplier(spec: MechanismSpec, rounds: int, delta: float, t
         raise ConfigError(where, f"expected a finite epsilon > 0, got {target_epsilon!r}")
     if spec.mechanism == "ddp_secure":
         if accountant == "pld":
-            raise ConfigError("privacy.accountant", "ddp_secure is accounted with the Skellam RDP bound only "
-                                                    "(dp_accounting has no PLD for it); use the rdp accountant")
+            raise ConfigError(
+                "privacy.accountant",
+                "ddp_secure is accounted with the Skellam RDP bound only "
+                "(dp_accounting has no PLD for it); use the rdp accountant",
+            )
         if leaves is None:
             raise ValueError("ddp_secure calibration needs the planned participation schedule")
         return _calibrate_ddp(spec, rounds, delta, target_epsilon, leaves, where)
     if accountant == "pld" and spec.sampling == "uniform" and spec.mechanism != "tree":
-        raise ConfigError("privacy.accountant", "dp_accounting 0.4.3's PLD accountant does not support fixed-size "
-                          "sampling without replacement; use the rdp accountant or Poisson sampling")
+        raise ConfigError(
+            "privacy.accountant",
+            "dp_accounting 0.4.3's PLD accountant does not support fixed-size "
+            "sampling without replacement; use the rdp accountant or Poisson sampling",
+        )
     s_tree = 0
     if spec.mechanism == "tree":
         if leaves is None:
@@ -147,17 +175,27 @@ def calibrate_noise_multiplier(spec: MechanismSpec, rounds: int, delta: float, t
     while eps(hi) > target_epsilon:
         hi *= 2
         if hi > NOISE_MAX:
-            raise ConfigError(where, f"epsilon {target_epsilon} at delta {delta} needs a noise multiplier above "
-                                     f"{NOISE_MAX:g} for these rounds and sampling; raise the target or sample less")
+            raise ConfigError(
+                where,
+                f"epsilon {target_epsilon} at delta {delta} needs a noise multiplier above "
+                f"{NOISE_MAX:g} for these rounds and sampling; raise the target or sample less",
+            )
     lo = hi / 2
     while eps(lo) <= target_epsilon:
         hi, lo = lo, lo / 2
         if lo < NOISE_MIN:
-            raise ConfigError(where, f"epsilon {target_epsilon} is met even with noise multiplier {NOISE_MIN}; such "
-                                     "a guarantee is vacuous; set privacy.noise_multiplier directly")
+            raise ConfigError(
+                where,
+                f"epsilon {target_epsilon} is met even with noise multiplier {NOISE_MIN}; such "
+                "a guarantee is vacuous; set privacy.noise_multiplier directly",
+            )
     z = dp_accounting.calibrate_dp_mechanism(
-        make_acc, lambda x: _search_event(spec, x, rounds, s_tree), target_epsilon, delta,
-        bracket_interval=dp_accounting.ExplicitBracketInterval(lo, hi))
+        make_acc,
+        lambda x: _search_event(spec, x, rounds, s_tree),
+        target_epsilon,
+        delta,
+        bracket_interval=dp_accounting.ExplicitBracketInterval(lo, hi),
+    )
     z = float(z)
     # Check with the exact per-round event the ledger will use; step up past float rounding.
     for _ in range(60):
@@ -174,16 +212,17 @@ def _exact_spec(spec: MechanismSpec, z: float, clipped_count_stddev: Optional[fl
 
     exact = dataclasses.replace(spec, noise_multiplier=z)
     if spec.mechanism == "ddp_secure":
-        exact = dataclasses.replace(exact, clipped_count_stddev=resolve_clipped_count_stddev(
-            clipped_count_stddev, spec.ddp_expected_clients, z))
+        exact = dataclasses.replace(
+            exact, clipped_count_stddev=resolve_clipped_count_stddev(clipped_count_stddev, spec.ddp_expected_clients, z)
+        )
     if spec.mechanism == "gaussian_adaptive":
-        exact = dataclasses.replace(exact, clipped_count_stddev=resolve_clipped_count_stddev(
-            clipped_count_stddev, spec.expected_clients, z))
+        exact = dataclasses.replace(
+            exact, clipped_count_stddev=resolve_clipped_count_stddev(clipped_count_stddev, spec.expected_clients, z)
+        )
     return exact
 
 
-def spec_for(cfg, population: int, noise_multiplier: Optional[float],
-             model_dim: Optional[int] = None) -> MechanismSpec:
+def spec_for(cfg, population: int, noise_multiplier: Optional[float], model_dim: Optional[int] = None) -> MechanismSpec:
     """:meth:`MechanismSpec.from_config` with population checks that name the config field.
 
     ``noise_multiplier`` None gives the template a calibration starts from (noise 1, and for
@@ -191,12 +230,16 @@ def spec_for(cfg, population: int, noise_multiplier: Optional[float],
     """
     t = cfg.training
     if t.sampling == "uniform" and t.clients_per_round > population:
-        raise ConfigError("training.clients_per_round",
-                          f"expected at most the population ({population}), got {t.clients_per_round}")
+        raise ConfigError(
+            "training.clients_per_round", f"expected at most the population ({population}), got {t.clients_per_round}"
+        )
     if cfg.privacy.mechanism == "ddp_secure" and model_dim is None:
-        raise ConfigError("--model-dim", "ddp_secure's epsilon depends on the model update's size (the rotation pads "
-                                         "it, the scale and the norm bounds follow): give the number of trainable "
-                                         "parameters")
+        raise ConfigError(
+            "--model-dim",
+            "ddp_secure's epsilon depends on the model update's size (the rotation pads "
+            "it, the scale and the norm bounds follow): give the number of trainable "
+            "parameters",
+        )
     if noise_multiplier is None:
         template = dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy, clipped_count_stddev=None))
         spec = MechanismSpec.from_config(template, population, 1.0, model_dim)
@@ -223,5 +266,12 @@ def resolve_noise_multiplier(cfg, population: int, model_dim: Optional[int] = No
         return float(p.noise_multiplier)
     spec = spec_for(cfg, population, None, model_dim)
     leaves = planned_tree_leaves(cfg, population) if p.mechanism in ("tree", "ddp_secure") else None
-    return calibrate_noise_multiplier(spec, cfg.training.rounds, delta, p.target_epsilon, accountant=p.accountant,
-                                      leaves=leaves, clipped_count_stddev=p.clipped_count_stddev)
+    return calibrate_noise_multiplier(
+        spec,
+        cfg.training.rounds,
+        delta,
+        p.target_epsilon,
+        accountant=p.accountant,
+        leaves=leaves,
+        clipped_count_stddev=p.clipped_count_stddev,
+    )

@@ -42,7 +42,7 @@ class SkellamParams:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "SkellamParams":
+    def from_json(cls, d: dict) -> SkellamParams:
         return cls(float(d["l1_norm_bound"]), float(d["l2_norm_bound"]), float(d["local_stddev"]))
 
 
@@ -53,27 +53,36 @@ def padded_dim(dim: int, rotation: str) -> int:
     return math.ceil(dim / 2.0) * 2
 
 
-def skellam_params(clip: float, value_noise_multiplier: float, expected_clients: int, bits: int,
-                   dim_padded: int, beta: float = DDP_BETA, modclip_prob: float = DDP_MODCLIP_PROB) -> SkellamParams:
+def skellam_params(
+    clip: float,
+    value_noise_multiplier: float,
+    expected_clients: int,
+    bits: int,
+    dim_padded: int,
+    beta: float = DDP_BETA,
+    modclip_prob: float = DDP_MODCLIP_PROB,
+) -> SkellamParams:
     """The query's (l1, l2, local stddev) for L2 clip ``clip``, as TFF 0.87 computes them (float32
     like the aggregator state)."""
     import numpy as np
-    import tensorflow as tf
     from tensorflow_federated.python.aggregators import discretization, distributed_dp
 
     n = int(expected_clients)
     local_stddev = clip * value_noise_multiplier / math.sqrt(n)
     k = distributed_dp._clip_prob_to_num_stddevs(modclip_prob)  # pylint: disable=protected-access
-    scale = float(distributed_dp._heuristic_scale_factor(  # pylint: disable=protected-access
-        local_stddev, clip, bits, n, dim_padded, k).numpy())
+    scale = float(
+        distributed_dp._heuristic_scale_factor(  # pylint: disable=protected-access
+            local_stddev, clip, bits, n, dim_padded, k
+        ).numpy()
+    )
     scale = min(scale, distributed_dp.MAX_SCALE_FACTOR)
-    inflated = float(discretization.inflated_l2_norm_bound(l2_norm_bound=clip, gamma=1.0 / scale, beta=beta,
-                                                           dim=dim_padded).numpy())
+    inflated = float(
+        discretization.inflated_l2_norm_bound(l2_norm_bound=clip, gamma=1.0 / scale, beta=beta, dim=dim_padded).numpy()
+    )
     l2 = (inflated + 1e-5) * scale
     l1 = math.ceil(l2 * min(math.sqrt(dim_padded), l2))
     # The aggregator state holds them as int32 / float32 / float32.
-    return SkellamParams(float(np.int32(l1)), float(np.float32(l2)),
-                         float(np.float32(local_stddev * scale)))
+    return SkellamParams(float(np.int32(l1)), float(np.float32(l2)), float(np.float32(local_stddev * scale)))
 
 
 def params_from_state(state: Any) -> Optional[SkellamParams]:
@@ -84,11 +93,16 @@ def params_from_state(state: Any) -> Optional[SkellamParams]:
     from tff_lab.privacy.state_check import flatten_with_paths
 
     flat = flatten_with_paths(getattr(state, "aggregator", state))
-    hits = [p[:-1] for p in flat if p and p[-1] == "l1_norm_bound"
-            and p[:-1] + ("l2_norm_bound",) in flat and p[:-1] + ("local_stddev",) in flat]
+    hits = [
+        p[:-1]
+        for p in flat
+        if p and p[-1] == "l1_norm_bound" and p[:-1] + ("l2_norm_bound",) in flat and p[:-1] + ("local_stddev",) in flat
+    ]
     if len(hits) != 1:
         return None
     base = hits[0]
-    return SkellamParams(float(np.asarray(flat[base + ("l1_norm_bound",)])),
-                         float(np.asarray(flat[base + ("l2_norm_bound",)])),
-                         float(np.asarray(flat[base + ("local_stddev",)])))
+    return SkellamParams(
+        float(np.asarray(flat[base + ("l1_norm_bound",)])),
+        float(np.asarray(flat[base + ("l2_norm_bound",)])),
+        float(np.asarray(flat[base + ("local_stddev",)])),
+    )

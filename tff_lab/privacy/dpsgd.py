@@ -31,14 +31,24 @@ def dp_sgd_spec(num_examples: int, batch_size: int, noise_multiplier: float) -> 
     """One DP-SGD step as a Poisson-sampled Gaussian over ``num_examples`` records."""
     if not 1 <= batch_size <= num_examples:
         raise ConfigError("batch_size", f"expected 1 <= batch size <= {num_examples} examples, got {batch_size}")
-    return MechanismSpec("gaussian_fixed", float(noise_multiplier), int(num_examples), "poisson",
-                         sampling_rate=batch_size / num_examples)
+    return MechanismSpec(
+        "gaussian_fixed", float(noise_multiplier), int(num_examples), "poisson", sampling_rate=batch_size / num_examples
+    )
 
 
-def train_dp_sgd(cfg, data, epochs: float, *, noise_multiplier: Optional[float] = None,
-                 target_epsilon: Optional[float] = None, l2_norm_clip: Optional[float] = None,
-                 batch_size: Optional[int] = None, learning_rate: Optional[float] = None,
-                 delta: Optional[float] = None, initial_weights=None) -> dict:
+def train_dp_sgd(
+    cfg,
+    data,
+    epochs: float,
+    *,
+    noise_multiplier: Optional[float] = None,
+    target_epsilon: Optional[float] = None,
+    l2_norm_clip: Optional[float] = None,
+    batch_size: Optional[int] = None,
+    learning_rate: Optional[float] = None,
+    delta: Optional[float] = None,
+    initial_weights=None,
+) -> dict:
     """Trains the experiment's model with DP-SGD; returns accuracy, loss and epsilon (RDP and PLD).
 
     Args:
@@ -81,8 +91,9 @@ def train_dp_sgd(cfg, data, epochs: float, *, noise_multiplier: Optional[float] 
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     if initial_weights is not None:
         model.set_weights(initial_weights)
-    optimizer = tfp.VectorizedDPKerasSGDOptimizer(l2_norm_clip=clip, noise_multiplier=z, num_microbatches=None,
-                                                  learning_rate=lr)
+    optimizer = tfp.VectorizedDPKerasSGDOptimizer(
+        l2_norm_clip=clip, noise_multiplier=z, num_microbatches=None, learning_rate=lr
+    )
     per_example_loss = tf.keras.losses.SparseCategoricalCrossentropy(reduction=tf.keras.losses.Reduction.NONE)
     expected_b = tf.constant(float(b))
 
@@ -109,8 +120,22 @@ def train_dp_sgd(cfg, data, epochs: float, *, noise_multiplier: Optional[float] 
         step(xb, yb, wb)
     eps = epsilon_for_rounds(spec, steps, delta)
     loss, acc = evaluate(compile_for_eval(model), *data.test)
-    return {"accuracy": acc, "loss": loss, "epsilon_rdp": eps.rdp, "epsilon_pld": eps.pld,
-            "rdp_optimal_order": eps.rdp_order, "delta": delta, "noise_multiplier": z, "l2_norm_clip": clip,
-            "expected_batch_size": b, "sampling_rate": q, "steps": steps, "epochs": float(epochs),
-            "learning_rate": lr, "train_examples": n, "mean_batch_size": float(np.mean(sizes)),
-            "dp_unit": "example", "sampling": "poisson"}
+    return {
+        "accuracy": acc,
+        "loss": loss,
+        "epsilon_rdp": eps.rdp,
+        "epsilon_pld": eps.pld,
+        "rdp_optimal_order": eps.rdp_order,
+        "delta": delta,
+        "noise_multiplier": z,
+        "l2_norm_clip": clip,
+        "expected_batch_size": b,
+        "sampling_rate": q,
+        "steps": steps,
+        "epochs": float(epochs),
+        "learning_rate": lr,
+        "train_examples": n,
+        "mean_batch_size": float(np.mean(sizes)),
+        "dp_unit": "example",
+        "sampling": "poisson",
+    }

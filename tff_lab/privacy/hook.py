@@ -16,8 +16,14 @@ import math
 from typing import Optional
 
 from tff_lab.errors import PrivacyAccountingError
-from tff_lab.privacy.accounting import (DDP_ZEROING, Epsilon, MechanismSpec, PrivacyLedger, epsilon_sampling_known,
-                                        headline_epsilon, library_versions)
+from tff_lab.privacy.accounting import (
+    DDP_ZEROING,
+    Epsilon,
+    PrivacyLedger,
+    epsilon_sampling_known,
+    headline_epsilon,
+    library_versions,
+)
 from tff_lab.privacy.calibration import resolve_delta, spec_for
 from tff_lab.privacy.release import coverage_report, publication_policy
 from tff_lab.training.hooks import RoundHook, RoundInfo, RunContext
@@ -49,14 +55,18 @@ class PrivacyHook(RoundHook):
             raise PrivacyAccountingError("the run has no resolved noise multiplier to account")
         configured = cfg.privacy.noise_multiplier
         if configured is not None and float(ctx.noise_multiplier) != float(configured):
-            raise PrivacyAccountingError(f"the aggregator runs with noise multiplier {ctx.noise_multiplier} but "
-                                         f"privacy.noise_multiplier is {configured}")
+            raise PrivacyAccountingError(
+                f"the aggregator runs with noise multiplier {ctx.noise_multiplier} but "
+                f"privacy.noise_multiplier is {configured}"
+            )
         k = cfg.privacy.audit.canaries
         ids = getattr(ctx.data, "client_ids", None)
         if k and ids is not None and ctx.population != len(ids) + k:
-            raise PrivacyAccountingError(f"privacy.audit inserts {k} canary clients, but the run's population is "
-                                         f"{ctx.population} for {len(ids)} clients: the canaries must be sampled "
-                                         "like everyone (population = clients + canaries)")
+            raise PrivacyAccountingError(
+                f"privacy.audit inserts {k} canary clients, but the run's population is "
+                f"{ctx.population} for {len(ids)} clients: the canaries must be sampled "
+                "like everyone (population = clients + canaries)"
+            )
         self._final_weights = None
         dim = sum(int(math.prod(s)) for s in ctx.model_weight_shapes) if cfg.privacy.mechanism == "ddp_secure" else None
         spec = spec_for(cfg, ctx.population, ctx.noise_multiplier, dim)
@@ -73,13 +83,19 @@ class PrivacyHook(RoundHook):
         saved = PrivacyLedger.from_state_dict(state["ledger"])
         now = self.ledger
         if saved.spec != now.spec or saved.delta != now.delta:
-            diffs = [f"{k}: checkpoint {v!r}, now {getattr(now.spec, k)!r}"
-                     for k, v in saved.spec.to_json().items() if getattr(now.spec, k) != v]
+            diffs = [
+                f"{k}: checkpoint {v!r}, now {getattr(now.spec, k)!r}"
+                for k, v in saved.spec.to_json().items()
+                if getattr(now.spec, k) != v
+            ]
             if saved.delta != now.delta:
                 diffs.append(f"delta: checkpoint {saved.delta!r}, now {now.delta!r}")
-            raise PrivacyAccountingError("the checkpoint's privacy ledger was accounted with other settings ("
-                                         + "; ".join(diffs) + "); resuming would mix two mechanisms in one "
-                                         "epsilon. Start a new run instead.")
+            raise PrivacyAccountingError(
+                "the checkpoint's privacy ledger was accounted with other settings ("
+                + "; ".join(diffs)
+                + "); resuming would mix two mechanisms in one "
+                "epsilon. Start a new run instead."
+            )
         self.ledger = saved
         self.stop_reason = state.get("stop_reason")
         check = state.get("state_check", {})
@@ -91,15 +107,20 @@ class PrivacyHook(RoundHook):
     def state_dict(self) -> dict:
         if not self.ledger:
             return {}
-        return {"ledger": self.ledger.state_dict(), "stop_reason": self.stop_reason,
-                "state_check": {"checked_rounds": self.checked_rounds, "unchecked_rounds": self.unchecked_rounds,
-                                "clip_history": self.clip_history}}
+        return {
+            "ledger": self.ledger.state_dict(),
+            "stop_reason": self.stop_reason,
+            "state_check": {
+                "checked_rounds": self.checked_rounds,
+                "unchecked_rounds": self.unchecked_rounds,
+                "clip_history": self.clip_history,
+            },
+        }
 
     # -- rounds ---------------------------------------------------------------------------------
     def _sampler_choice(self, ctx: RunContext, round_num: int) -> list:
-        from tff_lab.sampling import sample_clients
-
         from tff_lab.privacy.audit import client_name
+        from tff_lab.sampling import sample_clients
 
         idx = sample_clients(ctx.cfg, ctx.population, round_num)
         ids = getattr(ctx.data, "client_ids", None)
@@ -108,16 +129,20 @@ class PrivacyHook(RoundHook):
     def before_round(self, ctx: RunContext, round_num: int) -> Optional[str]:
         ledger = self.ledger
         if ledger.rounds != round_num - 1:
-            raise PrivacyAccountingError(f"round {round_num} is next but the privacy ledger holds {ledger.rounds} "
-                                         "rounds: rounds ran unaccounted (or twice); epsilon would be wrong")
+            raise PrivacyAccountingError(
+                f"round {round_num} is next but the privacy ledger holds {ledger.rounds} "
+                "rounds: rounds ran unaccounted (or twice); epsilon would be wrong"
+            )
         p = ctx.cfg.privacy
         if p.max_epsilon is None:
             return None
         nxt = self._sampler_choice(ctx, round_num) if ledger.spec.per_client_schedule else None
         eps = ledger.epsilon_if_next(nxt, with_pld=p.accountant == "pld").get(p.accountant)
         if eps is not None and eps > p.max_epsilon:
-            self.stop_reason = (f"privacy budget: round {round_num} would reach epsilon {eps:.4g} ({p.accountant}, "
-                                f"delta {ledger.delta:.3g}) > privacy.max_epsilon {p.max_epsilon:g}")
+            self.stop_reason = (
+                f"privacy budget: round {round_num} would reach epsilon {eps:.4g} ({p.accountant}, "
+                f"delta {ledger.delta:.3g}) > privacy.max_epsilon {p.max_epsilon:g}"
+            )
             return self.stop_reason
         return None
 
@@ -128,28 +153,37 @@ class PrivacyHook(RoundHook):
             raise PrivacyAccountingError(f"round {r} reported but the ledger holds {ledger.rounds} rounds")
         chosen = self._sampler_choice(ctx, r)
         if sorted(map(str, info.sampled_clients)) != sorted(map(str, chosen)):
-            raise PrivacyAccountingError(f"round {r}: the clients that ran ({len(info.sampled_clients)}) are not the "
-                                         f"sampler's choice ({len(chosen)}); the sampling accounted for did not run")
+            raise PrivacyAccountingError(
+                f"round {r}: the clients that ran ({len(info.sampled_clients)}) are not the "
+                f"sampler's choice ({len(chosen)}); the sampling accounted for did not run"
+            )
         if info.participants != len(chosen):
-            raise PrivacyAccountingError(f"round {r}: {info.participants} client updates were aggregated but the "
-                                         f"sampler chose {len(chosen)}; the accounting assumes every sampled client "
-                                         "contributes (a dropped client changes the mechanism)")
+            raise PrivacyAccountingError(
+                f"round {r}: {info.participants} client updates were aggregated but the "
+                f"sampler chose {len(chosen)}; the accounting assumes every sampled client "
+                "contributes (a dropped client changes the mechanism)"
+            )
         if chosen and not info.trained:
             raise PrivacyAccountingError(f"round {r}: {len(chosen)} clients sampled but the round did not run")
         # An empty Poisson round may run the aggregator on no clients (it then releases pure noise,
         # as the accounted mechanism does) or skip it; both are one sampled round.
         spec = ledger.spec
         if spec.sampling == "uniform" and len(chosen) != spec.clients_per_round:
-            raise PrivacyAccountingError(f"round {r}: {len(chosen)} clients sampled, the accounting assumes exactly "
-                                         f"{spec.clients_per_round}")
+            raise PrivacyAccountingError(
+                f"round {r}: {len(chosen)} clients sampled, the accounting assumes exactly {spec.clients_per_round}"
+            )
         if info.trained:
             seen = _num_examples(info.tff_metrics)
             if seen is None:
-                raise PrivacyAccountingError(f"round {r}: TFF reported no client_work.train.num_examples; cannot "
-                                             "check that the sampled clients' data is what was aggregated")
+                raise PrivacyAccountingError(
+                    f"round {r}: TFF reported no client_work.train.num_examples; cannot "
+                    "check that the sampled clients' data is what was aggregated"
+                )
             if seen != info.expected_examples:
-                raise PrivacyAccountingError(f"round {r}: TFF processed {seen} examples, the sampled clients hold "
-                                             f"{info.expected_examples}; what ran departs from what is accounted")
+                raise PrivacyAccountingError(
+                    f"round {r}: TFF processed {seen} examples, the sampled clients hold "
+                    f"{info.expected_examples}; what ran departs from what is accounted"
+                )
         ledger.record_round(info.sampled_clients, info.trained)
         if spec.mechanism == "ddp_secure":
             # The adaptive clip sets the next round's scale and norm bounds: read them where they are.
@@ -158,16 +192,19 @@ class PrivacyHook(RoundHook):
             state = getattr(info, "state", None)
             ledger.ddp_next = params_from_state(state) if state is not None else None
             if ledger.ddp_next is None and not spec.zeroing and r < ctx.cfg.training.rounds:
-                raise PrivacyAccountingError(f"round {r}: the engine passed no distributed Skellam query state; "
-                                             "ddp_secure's next round cannot be accounted (its adaptive clip sets the "
-                                             "Skellam parameters)")
+                raise PrivacyAccountingError(
+                    f"round {r}: the engine passed no distributed Skellam query state; "
+                    "ddp_secure's next round cannot be accounted (its adaptive clip sets the "
+                    "Skellam parameters)"
+                )
         self._check_state(info, r)
         # RDP every round; the PLD (dearer than a round) at checkpoints, at the end, and every round
         # only when it is the accountant a budget is held to.
         t = ctx.cfg.training
         p = ctx.cfg.privacy
-        with_pld = (r % t.rounds_per_checkpoint == 0 or r == t.rounds
-                    or (p.accountant == "pld" and p.max_epsilon is not None))
+        with_pld = (
+            r % t.rounds_per_checkpoint == 0 or r == t.rounds or (p.accountant == "pld" and p.max_epsilon is not None)
+        )
         eps = ledger.epsilon(with_pld=with_pld)
         self._last = eps
         row["eps_rdp"] = _num(eps.rdp)
@@ -175,8 +212,7 @@ class PrivacyHook(RoundHook):
         if p.max_epsilon is not None:
             e = eps.get(p.accountant)
             if e is not None and e > p.max_epsilon * (1 + 1e-9):
-                raise PrivacyAccountingError(f"round {r} took epsilon to {e:.6g} > privacy.max_epsilon "
-                                             f"{p.max_epsilon}")
+                raise PrivacyAccountingError(f"round {r} took epsilon to {e:.6g} > privacy.max_epsilon {p.max_epsilon}")
 
     def _check_state(self, info: RoundInfo, r: int) -> None:
         """The ledger against the DP aggregator's own state after the round (``info.state``, the
@@ -212,21 +248,29 @@ class PrivacyHook(RoundHook):
         cfg, ledger = ctx.cfg, self.ledger
         spec, p, t = ledger.spec, ctx.cfg.privacy, ctx.cfg.training
         eps = ledger.epsilon()
-        sampling = {"scheme": "poisson" if spec.sampling == "poisson" else "uniform_without_replacement",
-                    "expected_clients_per_round": spec.expected_clients,
-                    "sampling_probability": spec.sampling_probability,
-                    "amplification_by_sampling": spec.amplified}
+        sampling = {
+            "scheme": "poisson" if spec.sampling == "poisson" else "uniform_without_replacement",
+            "expected_clients_per_round": spec.expected_clients,
+            "sampling_probability": spec.sampling_probability,
+            "amplification_by_sampling": spec.amplified,
+        }
         if spec.sampling == "poisson":
             sampling["rate"] = spec.sampling_rate
         else:
             sampling["clients_per_round"] = spec.clients_per_round
         clip: dict = {"kind": "adaptive" if spec.mechanism == "gaussian_adaptive" else "fixed"}
         if spec.mechanism == "gaussian_adaptive":
-            clip.update(initial=p.clip, target_quantile=p.target_quantile, learning_rate=p.clip_learning_rate,
-                        clipped_count_stddev=spec.clipped_count_stddev)
+            clip.update(
+                initial=p.clip,
+                target_quantile=p.target_quantile,
+                learning_rate=p.clip_learning_rate,
+                clipped_count_stddev=spec.clipped_count_stddev,
+            )
         elif spec.mechanism == "ddp_secure":
-            clip = {"kind": "adaptive (TFF ddp_secure_aggregator, initial 0.1)",
-                    "clipped_count_stddev": spec.noise_components()["clipped_count_stddev"]}
+            clip = {
+                "kind": "adaptive (TFF ddp_secure_aggregator, initial 0.1)",
+                "clipped_count_stddev": spec.noise_components()["clipped_count_stddev"],
+            }
         else:
             clip["norm"] = p.clip
         notes = []
@@ -234,48 +278,63 @@ class PrivacyHook(RoundHook):
             if spec.zeroing:
                 notes.append(DDP_ZEROING)
             else:
-                notes.append("ddp_secure: epsilon is the Skellam RDP bound (Agarwal, Kairouz & Liu 2021, Thm 3.5) with "
-                             "the L1/L2 bounds the distributed Skellam query asserts and the participants' summed noise, "
-                             "in TFF's scaled integer domain, read from the aggregator state each round; neighbours: "
-                             "one client's update replaced by zeros (REPLACE_SPECIAL); composed over the rounds each "
-                             "client took part in, without amplification by sampling (dp_accounting has none for "
-                             "Skellam), worst client reported")
-                notes.append("ddp_secure: the adaptive clip's clipped count is noised by the server (a central Gaussian); "
-                             "against the server itself only the clients' Skellam noise protects the values")
+                notes.append(
+                    "ddp_secure: epsilon is the Skellam RDP bound (Agarwal, Kairouz & Liu 2021, Thm 3.5) with "
+                    "the L1/L2 bounds the distributed Skellam query asserts and the participants' summed noise, "
+                    "in TFF's scaled integer domain, read from the aggregator state each round; neighbours: "
+                    "one client's update replaced by zeros (REPLACE_SPECIAL); composed over the rounds each "
+                    "client took part in, without amplification by sampling (dp_accounting has none for "
+                    "Skellam), worst client reported"
+                )
+                notes.append(
+                    "ddp_secure: the adaptive clip's clipped count is noised by the server (a central Gaussian); "
+                    "against the server itself only the clients' Skellam noise protects the values"
+                )
         if eps.pld_note and spec.mechanism != "ddp_secure":
             notes.append(eps.pld_note)
         if eps.pld_value_discretization_interval:
-            notes.append(f"the PLD epsilon uses dp_accounting's pessimistic discretisation at spacing "
-                         f"{eps.pld_value_discretization_interval:g} (bounded so that its cost stays small; a valid "
-                         "upper bound, looser than a finer spacing)")
+            notes.append(
+                f"the PLD epsilon uses dp_accounting's pessimistic discretisation at spacing "
+                f"{eps.pld_value_discretization_interval:g} (bounded so that its cost stays small; a valid "
+                "upper bound, looser than a finer spacing)"
+            )
         if spec.mechanism == "tree":
-            notes.append("DP-FTRL (tree aggregation): no amplification by sampling; epsilon is for the realised "
-                         "participation schedule (public, data-independent randomness), replace-with-zero neighbours")
+            notes.append(
+                "DP-FTRL (tree aggregation): no amplification by sampling; epsilon is for the realised "
+                "participation schedule (public, data-independent randomness), replace-with-zero neighbours"
+            )
         sampling_known = None
         known = None
         if spec.amplified:
             k = _max_participations(ctx, ledger.rounds)
             known = epsilon_sampling_known(spec, k, ledger.delta)
-            sampling_known = {"max_participations": k, "epsilon": known.to_json(),
-                              "why": "amplification by sampling assumes the sample is secret"}
-            notes.append("amplification by sampling assumes the server's choice of clients is secret; here it is a "
-                         "pure function of the experiment seed, which config.yaml records: anyone who knows the seed "
-                         "knows who was sampled each round, and against them the guarantee is "
-                         f"epsilon_if_sampling_known (the {k} rounds the most-sampled client took part in, without "
-                         "amplification), not epsilon. A deployment must draw the sample from secret randomness")
+            sampling_known = {
+                "max_participations": k,
+                "epsilon": known.to_json(),
+                "why": "amplification by sampling assumes the sample is secret",
+            }
+            notes.append(
+                "amplification by sampling assumes the server's choice of clients is secret; here it is a "
+                "pure function of the experiment seed, which config.yaml records: anyone who knows the seed "
+                "knows who was sampled each round, and against them the guarantee is "
+                f"epsilon_if_sampling_known (the {k} rounds the most-sampled client took part in, without "
+                "amplification), not epsilon. A deployment must draw the sample from secret randomness"
+            )
         if p.reproducible_noise and spec.mechanism != "ddp_secure":
-            notes.append("DP noise is drawn from a seed derived from the experiment seed (reproducible simulation); "
-                         "anyone who knows the seed knows the noise, so this is a simulation guarantee")
+            notes.append(
+                "DP noise is drawn from a seed derived from the experiment seed (reproducible simulation); "
+                "anyone who knows the seed knows the noise, so this is a simulation guarantee"
+            )
         return {
             "mechanism": spec.mechanism,
             "dp_unit": "client (user-level DP)",
             "neighbouring_relation": spec.neighbouring_relation.name,
             "noise_multiplier": spec.noise_multiplier,
-            "noise_multiplier_source": ("calibrated from privacy.target_epsilon" if p.target_epsilon is not None
-                                        else "privacy.noise_multiplier"),
+            "noise_multiplier_source": (
+                "calibrated from privacy.target_epsilon" if p.target_epsilon is not None else "privacy.noise_multiplier"
+            ),
             "noise": spec.noise_components(),
-            "noise_rng": ("seeded (privacy.reproducible_noise)" if p.reproducible_noise
-                          else "TFF default (unseeded)"),
+            "noise_rng": ("seeded (privacy.reproducible_noise)" if p.reproducible_noise else "TFF default (unseeded)"),
             "clip": clip,
             "sampling": sampling,
             "population": spec.population,
@@ -308,22 +367,33 @@ class PrivacyHook(RoundHook):
 
         initial = getattr(ctx, "initial_weights", None)
         if initial is None or self._final_weights is None:
-            return {"epsilon": None, "note": "not computed: the loop passed no initial weights (RunContext."
-                                             "initial_weights) or no engine state (RoundInfo.state)"}
+            return {
+                "epsilon": None,
+                "note": "not computed: the loop passed no initial weights (RunContext."
+                "initial_weights) or no engine state (RoundInfo.state)",
+            }
         theory = eps.pld if eps.pld is not None else eps.rdp
-        self._empirical_cache = empirical_report(ctx.cfg, len(ctx.data.client_ids), initial, self._final_weights,
-                                                 self.ledger.delta, theory, ctx.run_dir)
+        self._empirical_cache = empirical_report(
+            ctx.cfg, len(ctx.data.client_ids), initial, self._final_weights, self.ledger.delta, theory, ctx.run_dir
+        )
         return self._empirical_cache
 
     def _state_check_report(self) -> dict:
-        out = {"checked_rounds": self.checked_rounds, "unchecked_rounds": self.unchecked_rounds,
-               "what": ("after every round the DP aggregator's own state (TFF's DPAggregatorState: the DpEvent its "
-                        "query emitted, the query's clip and noise stddev, the tree's leaf count, the seeded "
-                        "query's call count) is compared with the ledger; a difference stops the run "
-                        "(PrivacyAccountingError)")}
+        out = {
+            "checked_rounds": self.checked_rounds,
+            "unchecked_rounds": self.unchecked_rounds,
+            "what": (
+                "after every round the DP aggregator's own state (TFF's DPAggregatorState: the DpEvent its "
+                "query emitted, the query's clip and noise stddev, the tree's leaf count, the seeded "
+                "query's call count) is compared with the ledger; a difference stops the run "
+                "(PrivacyAccountingError)"
+            ),
+        }
         if self.unchecked_rounds:
-            out["note"] = (f"{self.unchecked_rounds} rounds ran on an engine that passed no server state to the "
-                           "privacy hook; their aggregator state was not compared with the ledger")
+            out["note"] = (
+                f"{self.unchecked_rounds} rounds ran on an engine that passed no server state to the "
+                "privacy hook; their aggregator state was not compared with the ledger"
+            )
         if self.clip_history:
             out["adaptive_clip_after_round"] = self.clip_history
         return out
@@ -333,12 +403,15 @@ class PrivacyHook(RoundHook):
 
         report = self.report(ctx)
         atomic_write_text(ctx.run_dir / "privacy.json", json.dumps(report, indent=1, allow_nan=False))
-        summary["privacy"] = {"mechanism": report["mechanism"], "noise_multiplier": report["noise_multiplier"],
-                              "delta": report["delta"],
-                              "epsilon": {"rdp": report["epsilon"]["rdp"], "pld": report["epsilon"]["pld"]},
-                              "epsilon_headline": report["epsilon_headline"],
-                              "rounds": report["rounds_run"],
-                              "stopped_by_budget": report["stopped_by_budget"]}
+        summary["privacy"] = {
+            "mechanism": report["mechanism"],
+            "noise_multiplier": report["noise_multiplier"],
+            "delta": report["delta"],
+            "epsilon": {"rdp": report["epsilon"]["rdp"], "pld": report["epsilon"]["pld"]},
+            "epsilon_headline": report["epsilon_headline"],
+            "rounds": report["rounds_run"],
+            "stopped_by_budget": report["stopped_by_budget"],
+        }
         if report.get("epsilon_empirical"):
             summary["privacy"]["epsilon_empirical"] = report["epsilon_empirical"].get("epsilon")
 

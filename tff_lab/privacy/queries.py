@@ -63,8 +63,12 @@ class SeededGaussianSumQuery(tfp.GaussianSumQuery):
         flat = tf.nest.flatten(sample_state)
         noised = []
         for i, v in enumerate(flat):
-            noise = tf.random.stateless_normal(tf.shape(v), seed=tf.random.experimental.stateless_fold_in(seed, i),
-                                               stddev=global_state.stddev, dtype=tf.float32)
+            noise = tf.random.stateless_normal(
+                tf.shape(v),
+                seed=tf.random.experimental.stateless_fold_in(seed, i),
+                stddev=global_state.stddev,
+                dtype=tf.float32,
+            )
             noised.append(v + tf.cast(noise, v.dtype))
         result = tf.nest.pack_sequence_as(sample_state, noised)
         # Exactly tensorflow_privacy's event for this query.
@@ -81,21 +85,46 @@ class _SeededQuantileEstimatorQuery(quantile_estimator_query.QuantileEstimatorQu
         # tensorflow_privacy's construction (records are +-0.5, hence clip 0.5), seeded.
         return normalized_query.NormalizedQuery(
             SeededGaussianSumQuery(l2_norm_clip=0.5, stddev=below_estimate_stddev, scope=self._scope, stream=1),
-            denominator=expected_num_records)
+            denominator=expected_num_records,
+        )
 
 
 class SeededQuantileAdaptiveClipSumQuery(tfp.QuantileAdaptiveClipSumQuery):
     """``QuantileAdaptiveClipSumQuery`` whose value noise and clipped-count noise are seeded."""
 
-    def __init__(self, initial_l2_norm_clip, noise_multiplier, target_unclipped_quantile, learning_rate,
-                 clipped_count_stddev, expected_num_records, geometric_update=True, *, scope: SeedScope):
-        super().__init__(initial_l2_norm_clip, noise_multiplier, target_unclipped_quantile, learning_rate,
-                         clipped_count_stddev, expected_num_records, geometric_update)
-        self._sum_query = SeededGaussianSumQuery(initial_l2_norm_clip, noise_multiplier * initial_l2_norm_clip,
-                                                 scope=scope, stream=0)
+    def __init__(
+        self,
+        initial_l2_norm_clip,
+        noise_multiplier,
+        target_unclipped_quantile,
+        learning_rate,
+        clipped_count_stddev,
+        expected_num_records,
+        geometric_update=True,
+        *,
+        scope: SeedScope,
+    ):
+        super().__init__(
+            initial_l2_norm_clip,
+            noise_multiplier,
+            target_unclipped_quantile,
+            learning_rate,
+            clipped_count_stddev,
+            expected_num_records,
+            geometric_update,
+        )
+        self._sum_query = SeededGaussianSumQuery(
+            initial_l2_norm_clip, noise_multiplier * initial_l2_norm_clip, scope=scope, stream=0
+        )
         self._quantile_estimator_query = _SeededQuantileEstimatorQuery(
-            initial_l2_norm_clip, target_unclipped_quantile, learning_rate, clipped_count_stddev,
-            expected_num_records, geometric_update, scope=scope)
+            initial_l2_norm_clip,
+            target_unclipped_quantile,
+            learning_rate,
+            clipped_count_stddev,
+            expected_num_records,
+            geometric_update,
+            scope=scope,
+        )
 
 
 class SeededNoiseQuery(tfp.SumAggregationDPQuery):
@@ -109,9 +138,11 @@ class SeededNoiseQuery(tfp.SumAggregationDPQuery):
         self._seed = int(seed)
 
     def initial_global_state(self):
-        return self._GlobalState(self._inner.initial_global_state(),
-                                 tf.constant([self._seed, _SALT], dtype=tf.int64),
-                                 tf.constant(0, dtype=tf.int64))
+        return self._GlobalState(
+            self._inner.initial_global_state(),
+            tf.constant([self._seed, _SALT], dtype=tf.int64),
+            tf.constant(0, dtype=tf.int64),
+        )
 
     def derive_sample_params(self, global_state):
         return self._inner.derive_sample_params(global_state.inner)
@@ -137,14 +168,21 @@ class SeededNoiseQuery(tfp.SumAggregationDPQuery):
 def seeded_gaussian_fixed_query(noise_multiplier: float, clients_per_round: float, clip: float, seed: int):
     """The query of TFF's ``DifferentiallyPrivateFactory.gaussian_fixed``, seeded."""
     scope = SeedScope()
-    query = tfp.NormalizedQuery(SeededGaussianSumQuery(clip, clip * noise_multiplier, scope=scope, stream=0),
-                                denominator=clients_per_round)
+    query = tfp.NormalizedQuery(
+        SeededGaussianSumQuery(clip, clip * noise_multiplier, scope=scope, stream=0), denominator=clients_per_round
+    )
     return SeededNoiseQuery(query, scope, seed)
 
 
-def seeded_gaussian_adaptive_query(value_noise_multiplier: float, clients_per_round: float,
-                                   initial_l2_norm_clip: float, target_unclipped_quantile: float,
-                                   learning_rate: float, clipped_count_stddev: float, seed: int):
+def seeded_gaussian_adaptive_query(
+    value_noise_multiplier: float,
+    clients_per_round: float,
+    initial_l2_norm_clip: float,
+    target_unclipped_quantile: float,
+    learning_rate: float,
+    clipped_count_stddev: float,
+    seed: int,
+):
     """The query of TFF's ``DifferentiallyPrivateFactory.gaussian_adaptive``, seeded.
 
     ``value_noise_multiplier`` is the value query's own multiplier (TFF's
@@ -152,8 +190,13 @@ def seeded_gaussian_adaptive_query(value_noise_multiplier: float, clients_per_ro
     """
     scope = SeedScope()
     query = SeededQuantileAdaptiveClipSumQuery(
-        initial_l2_norm_clip=initial_l2_norm_clip, noise_multiplier=value_noise_multiplier,
-        target_unclipped_quantile=target_unclipped_quantile, learning_rate=learning_rate,
-        clipped_count_stddev=clipped_count_stddev, expected_num_records=clients_per_round,
-        geometric_update=True, scope=scope)
+        initial_l2_norm_clip=initial_l2_norm_clip,
+        noise_multiplier=value_noise_multiplier,
+        target_unclipped_quantile=target_unclipped_quantile,
+        learning_rate=learning_rate,
+        clipped_count_stddev=clipped_count_stddev,
+        expected_num_records=clients_per_round,
+        geometric_update=True,
+        scope=scope,
+    )
     return SeededNoiseQuery(tfp.NormalizedQuery(query, denominator=clients_per_round), scope, seed)

@@ -43,7 +43,8 @@ COVERED_STATEMENT = (
     "data-independent facts (epsilon, round numbers, the uniform cohort size, the configuration). It does not cover "
     "anything computed from client data without the DP noise: training loss/accuracy and example counts aggregated "
     "by TFF, Poisson sample sizes, round timings, per-client evaluation, client statistics, the centralized baseline, "
-    "evaluation on a test set cut from client data, int8 calibration, checkpoints (they hold the DP noise state)")
+    "evaluation on a test set cut from client data, int8 calibration, checkpoints (they hold the DP noise state)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +126,16 @@ class Policy:
                 withheld.append(key)
             out[key] = value
 
-        for key in ("per_client_eval_accuracy", "centralized", "centralized_accuracy", "retention",
-                    "example_passes", "train_seconds", "wall_seconds", "seconds_per_round_median"):
+        for key in (
+            "per_client_eval_accuracy",
+            "centralized",
+            "centralized_accuracy",
+            "retention",
+            "example_passes",
+            "train_seconds",
+            "wall_seconds",
+            "seconds_per_round_median",
+        ):
             if key in out:
                 drop(key, {} if key == "per_client_eval_accuracy" else None)
         if not self.allow_global_eval():
@@ -156,9 +165,13 @@ class Policy:
             covered, reason = self._classify(item)
             entry = {"artifact": item, "covered_by_epsilon": covered, "reason": reason}
             if not covered:
-                entry["released_because"] = ("privacy.release_unprotected: true" if self.release_unprotected
-                                             else ("no DP mechanism ran" if not self.private
-                                                   else "internal state for resuming; never publish it"))
+                entry["released_because"] = (
+                    "privacy.release_unprotected: true"
+                    if self.release_unprotected
+                    else (
+                        "no DP mechanism ran" if not self.private else "internal state for resuming; never publish it"
+                    )
+                )
             out.append(entry)
         return out
 
@@ -168,11 +181,15 @@ class Policy:
         if not self.private:
             return False, "no DP mechanism ran: no epsilon"
         if not self.epsilon_claimed:
-            return False, ("no epsilon is claimed for this run (ddp_secure with adaptive zeroing, whose threshold "
-                           "moves by unnoised counts)")
-        rows = ("all columns, including ones epsilon does not cover (privacy.release_unprotected)"
-                if self.release_unprotected
-                else "only the columns epsilon covers: " + ", ".join(self.covered_columns()))
+            return False, (
+                "no epsilon is claimed for this run (ddp_secure with adaptive zeroing, whose threshold "
+                "moves by unnoised counts)"
+            )
+        rows = (
+            "all columns, including ones epsilon does not cover (privacy.release_unprotected)"
+            if self.release_unprotected
+            else "only the columns epsilon covers: " + ", ".join(self.covered_columns())
+        )
         if top == "model":
             return True, "the final model: a post-processing of the noised aggregates"
         if top == "export":
@@ -182,22 +199,31 @@ class Policy:
                 return False, "the parity report evaluates on the clients' evaluation splits"
             return True, "a conversion of the final model (no data)"
         if top == "checkpoints":
-            return False, ("checkpoints hold the aggregator state: the DP noise's seed (or the tree's noise), with "
-                           "which the noise can be subtracted; and unnoised counters")
+            return False, (
+                "checkpoints hold the aggregator state: the DP noise's seed (or the tree's noise), with "
+                "which the noise can be subtracted; and unnoised counters"
+            )
         if name == "config.yaml":
             if self.reproducible_noise:
-                return False, ("data-independent, but its seed fixes the DP noise (privacy.reproducible_noise) and the "
-                               "client sampling: with it the noise can be recomputed (a simulation guarantee)")
+                return False, (
+                    "data-independent, but its seed fixes the DP noise (privacy.reproducible_noise) and the "
+                    "client sampling: with it the noise can be recomputed (a simulation guarantee)"
+                )
             return True, "data-independent settings (its seed fixes the client sampling: see epsilon_if_sampling_known)"
         if name == "parts.json":
             return True, "data-independent provenance of the run's parts"
         if name in ("privacy.json", "privacy_audit.json"):
-            return True, ("epsilon, the mechanism and the audit's cosines depend on the sampling schedule and the "
-                          "final model only")
+            return True, (
+                "epsilon, the mechanism and the audit's cosines depend on the sampling schedule and the "
+                "final model only"
+            )
         if name == "client_stats.json" or name == "heterogeneity.png":
             return False, "per-client example counts and label histograms, computed from client data without noise"
-        if name in ("metrics.csv", "metrics.jsonl") or top == "tb" or (top == "plots" and name in ("accuracy.png",
-                                                                                                  "loss.png")):
+        if (
+            name in ("metrics.csv", "metrics.jsonl")
+            or top == "tb"
+            or (top == "plots" and name in ("accuracy.png", "loss.png"))
+        ):
             return (not self.release_unprotected), rows
         if name == "summary.json":
             if self.release_unprotected:
@@ -218,11 +244,15 @@ def publication_policy(cfg, data: Optional[Any] = None, declared_dp: bool = Fals
     source = getattr(data, "test_source", None) if data is not None else None
     if source is None:
         source = "separate" if cfg.data.source in ("digits", "breast_cancer") else "clients"
-    return Policy(private=bool(p.enabled) or bool(declared_dp), release_unprotected=bool(p.release_unprotected),
-                  test_set_is_client_data=(source == "clients"), sampling=cfg.training.sampling,
-                  reproducible_noise=bool(p.reproducible_noise) if p.enabled else False,
-                  mechanism=p.mechanism if p.enabled else "declared",
-                  epsilon_claimed=not (p.mechanism == "ddp_secure" and cfg.aggregation.zeroing))
+    return Policy(
+        private=bool(p.enabled) or bool(declared_dp),
+        release_unprotected=bool(p.release_unprotected),
+        test_set_is_client_data=(source == "clients"),
+        sampling=cfg.training.sampling,
+        reproducible_noise=bool(p.reproducible_noise) if p.enabled else False,
+        mechanism=p.mechanism if p.enabled else "declared",
+        epsilon_claimed=not (p.mechanism == "ddp_secure" and cfg.aggregation.zeroing),
+    )
 
 
 def run_dir_listing(run_dir) -> list[str]:
@@ -257,10 +287,12 @@ def coverage_report(policy: Policy, run_dir, *, final: bool = False) -> dict:
         if policy.allow_client_stats():
             listing.add("plots/heterogeneity.png")
     listing.add("privacy.json")
-    return {"statement": COVERED_STATEMENT,
-            "release_unprotected": policy.release_unprotected,
-            "global_test_set": "client data" if policy.test_set_is_client_data else "separate from client data",
-            "artifacts": policy.artifact_coverage(listing)}
+    return {
+        "statement": COVERED_STATEMENT,
+        "release_unprotected": policy.release_unprotected,
+        "global_test_set": "client data" if policy.test_set_is_client_data else "separate from client data",
+        "artifacts": policy.artifact_coverage(listing),
+    }
 
 
 def update_privacy_json(run_dir, policy: Policy) -> None:

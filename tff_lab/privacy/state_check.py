@@ -29,9 +29,8 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-import numpy as np
-
 import dp_accounting
+import numpy as np
 
 from tff_lab.errors import PrivacyAccountingError
 from tff_lab.privacy.accounting import MechanismSpec, event_from_json
@@ -141,8 +140,11 @@ def _close(a: float, b: float, rtol: float = RTOL) -> bool:
 def _pairs(flat: dict) -> dict:
     """Parents of ``(l2_norm_clip, stddev)`` pairs: the Gaussian sum queries' global states."""
     keys = set(flat)
-    return {p[:-1]: (float(np.asarray(flat[p])), float(np.asarray(flat[p[:-1] + ("stddev",)])))
-            for p in keys if p and p[-1] == "l2_norm_clip" and p[:-1] + ("stddev",) in keys}
+    return {
+        p[:-1]: (float(np.asarray(flat[p])), float(np.asarray(flat[p[:-1] + ("stddev",)])))
+        for p in keys
+        if p and p[-1] == "l2_norm_clip" and p[:-1] + ("stddev",) in keys
+    }
 
 
 def _one(flat: dict, name: str, within: Optional[str] = None):
@@ -189,13 +191,15 @@ def check_aggregator_state(spec: MechanismSpec, rounds: int, state: Any, round_n
     if spec.mechanism == "gaussian_fixed":
         if len(pairs) != 1:
             fail(f"holds {len(pairs)} Gaussian sum queries (l2_norm_clip, stddev); gaussian_fixed has one")
-        (c, sd), = pairs.values()
+        ((c, sd),) = pairs.values()
         observed.update(clip=c, noise_multiplier=sd / c)
         if clip is not None and not _close(c, clip):
             fail(f"clips at {c:.7g}, the ledger accounts clip {clip:.7g}")
         if not _close(sd / c, spec.noise_multiplier):
-            fail(f"adds noise multiplier {sd / c:.7g} (stddev {sd:.7g} / clip {c:.7g}), the ledger accounts "
-                 f"{spec.noise_multiplier:.7g}")
+            fail(
+                f"adds noise multiplier {sd / c:.7g} (stddev {sd:.7g} / clip {c:.7g}), the ledger accounts "
+                f"{spec.noise_multiplier:.7g}"
+            )
     elif spec.mechanism == "gaussian_adaptive":
         comp = spec.noise_components()
         value = [v for p, v in pairs.items() if "sum_state" in p]
@@ -205,11 +209,15 @@ def check_aggregator_state(spec: MechanismSpec, rounds: int, state: Any, round_n
         (c, sd), (cc, csd) = value[0], count[0]
         observed.update(clip=c, noise_multiplier=sd / c, clipped_count_stddev=csd)
         if not _close(sd / c, comp["value_noise_multiplier"]):
-            fail(f"adds value noise multiplier {sd / c:.7g} (stddev {sd:.7g} at clip {c:.7g}), the ledger accounts "
-                 f"{comp['value_noise_multiplier']:.7g}")
+            fail(
+                f"adds value noise multiplier {sd / c:.7g} (stddev {sd:.7g} at clip {c:.7g}), the ledger accounts "
+                f"{comp['value_noise_multiplier']:.7g}"
+            )
         if not _close(cc, 0.5) or not _close(csd, comp["clipped_count_stddev"]):
-            fail(f"noises the clipped count with stddev {csd:.7g} (record clip {cc:.7g}), the ledger accounts "
-                 f"{comp['clipped_count_stddev']:.7g} (clip 0.5)")
+            fail(
+                f"noises the clipped count with stddev {csd:.7g} (record clip {cc:.7g}), the ledger accounts "
+                f"{comp['clipped_count_stddev']:.7g} (clip 0.5)"
+            )
         est = _one(flat, "current_estimate")
         if est is not None and not _close(float(np.asarray(est)), c):
             fail(f"clips at {c:.7g} but its quantile estimate is {float(np.asarray(est)):.7g}")
@@ -227,8 +235,10 @@ def check_aggregator_state(spec: MechanismSpec, rounds: int, state: Any, round_n
         if clip is not None and not _close(cv, clip):
             fail(f"clips at {cv:.7g}, the ledger accounts clip {clip:.7g}")
         if not _close(sd / cv, spec.noise_multiplier):
-            fail(f"adds node noise multiplier {sd / cv:.7g} (stddev {sd:.7g} / clip {cv:.7g}), the ledger accounts "
-                 f"{spec.noise_multiplier:.7g}")
+            fail(
+                f"adds node noise multiplier {sd / cv:.7g} (stddev {sd:.7g} / clip {cv:.7g}), the ledger accounts "
+                f"{spec.noise_multiplier:.7g}"
+            )
         if leaves != rounds:
             fail(f"holds a tree of {leaves} leaves, the ledger {rounds} (one leaf per round, empty rounds included)")
     # Seeded queries count their calls beside the seed.

@@ -82,34 +82,66 @@ def emnist62_cnn(*, only_digits: bool = False, cache_dir: str | None = None) -> 
     return {
         "name": "emnist10_cnn" if only_digits else "emnist62_cnn",
         "seed": 0,
-        "data": {"source": "emnist", "kwargs": {"only_digits": only_digits}, "cache_dir": cache_dir,
-                 "client_eval_fraction": 0.1},
+        "data": {
+            "source": "emnist",
+            "kwargs": {"only_digits": only_digits},
+            "cache_dir": cache_dir,
+            "client_eval_fraction": 0.1,
+        },
         "partition": {"scheme": "natural"},
         "model": {"name": "emnist_cnn"},
-        "algorithm": {"name": "fedavg", "client_optimizer": {"name": "sgd", "learning_rate": 0.1},
-                      "server_optimizer": {"name": "sgd", "learning_rate": 1.0}},
-        "training": {"rounds": 1500, "clients_per_round": 10, "local_epochs": 1, "batch_size": 10,
-                     "eval_every_rounds": 50, "rounds_per_checkpoint": 50},
+        "algorithm": {
+            "name": "fedavg",
+            "client_optimizer": {"name": "sgd", "learning_rate": 0.1},
+            "server_optimizer": {"name": "sgd", "learning_rate": 1.0},
+        },
+        "training": {
+            "rounds": 1500,
+            "clients_per_round": 10,
+            "local_epochs": 1,
+            "batch_size": 10,
+            "eval_every_rounds": 50,
+            "rounds_per_checkpoint": 50,
+        },
     }
 
 
 @register_task("shakespeare_char")
-def shakespeare_char(*, sequence_length: int = vocab.DEFAULT_SEQUENCE_LENGTH, cache_dir: str | None = None,
-                     path: str | None = None, cell: str = "lstm") -> dict:
+def shakespeare_char(
+    *,
+    sequence_length: int = vocab.DEFAULT_SEQUENCE_LENGTH,
+    cache_dir: str | None = None,
+    path: str | None = None,
+    cell: str = "lstm",
+) -> dict:
     """Shakespeare next-character prediction, char LSTM (embedding 8, 2x256), sequences of 80;
     FedAvg with client SGD lr 1.0 and batch 4 (google-research/federated's Shakespeare
     settings), 10 roles a round."""
     return {
         "name": "shakespeare_char",
         "seed": 0,
-        "data": {"source": "shakespeare", "kwargs": {"sequence_length": sequence_length}, "cache_dir": cache_dir,
-                 "path": path, "client_eval_fraction": 0.1},
+        "data": {
+            "source": "shakespeare",
+            "kwargs": {"sequence_length": sequence_length},
+            "cache_dir": cache_dir,
+            "path": path,
+            "client_eval_fraction": 0.1,
+        },
         "partition": {"scheme": "natural"},
         "model": {"name": "char_rnn", "kwargs": {"embedding_dim": 8, "units": 256, "num_layers": 2, "cell": cell}},
-        "algorithm": {"name": "fedavg", "client_optimizer": {"name": "sgd", "learning_rate": 1.0},
-                      "server_optimizer": {"name": "sgd", "learning_rate": 1.0}},
-        "training": {"rounds": 1200, "clients_per_round": 10, "local_epochs": 1, "batch_size": 4,
-                     "eval_every_rounds": 50, "rounds_per_checkpoint": 50},
+        "algorithm": {
+            "name": "fedavg",
+            "client_optimizer": {"name": "sgd", "learning_rate": 1.0},
+            "server_optimizer": {"name": "sgd", "learning_rate": 1.0},
+        },
+        "training": {
+            "rounds": 1200,
+            "clients_per_round": 10,
+            "local_epochs": 1,
+            "batch_size": 4,
+            "eval_every_rounds": 50,
+            "rounds_per_checkpoint": 50,
+        },
     }
 
 
@@ -122,5 +154,14 @@ def _register_parts() -> None:
 
 _register_parts()
 
-__all__ = ["available_tasks", "build_char_rnn", "build_emnist_cnn", "load_emnist", "load_shakespeare",
-           "register_task", "task_config", "task_overrides", "vocab"]
+__all__ = [
+    "available_tasks",
+    "build_char_rnn",
+    "build_emnist_cnn",
+    "load_emnist",
+    "load_shakespeare",
+    "register_task",
+    "task_config",
+    "task_overrides",
+    "vocab",
+]

@@ -29,9 +29,12 @@ def require_cache_file(dataset: str, value: Optional[str]) -> Path:
     path = cache_dir(value) / name
     if not path.is_file():
         where = "data.cache_dir" if value else f"data.cache_dir (unset: TFF's default {TFF_DEFAULT_CACHE})"
-        raise DataError(str(path), f"TFF's {dataset} file is missing from {where}; tff_lab never downloads: fetch "
-                        f"{BASE_URL}/{name}.lzma on a machine with network, `unxz` it to {name} in that directory "
-                        f"(or run tff.simulation.datasets.{dataset}.load_data(cache_dir=DIR) there and copy DIR/{name})")
+        raise DataError(
+            str(path),
+            f"TFF's {dataset} file is missing from {where}; tff_lab never downloads: fetch "
+            f"{BASE_URL}/{name}.lzma on a machine with network, `unxz` it to {name} in that directory "
+            f"(or run tff.simulation.datasets.{dataset}.load_data(cache_dir=DIR) there and copy DIR/{name})",
+        )
     return path
 
 
@@ -47,6 +50,7 @@ def open_client_data(dataset: str, value: Optional[str], **kwargs):
         return loader(cache_dir=str(path.parent), **kwargs)
     except Exception as e:  # sqlite3.DatabaseError, TFF's DatabaseFormatError: not TFF's file
         if isinstance(e, sqlite3.Error) or type(e).__name__ == "DatabaseFormatError":
-            raise DataError(str(path), f"not TFF's {dataset} SQLite file ({type(e).__name__}: "
-                            f"{' '.join(str(e).split())[:160]})") from None
+            raise DataError(
+                str(path), f"not TFF's {dataset} SQLite file ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
+            ) from None
         raise

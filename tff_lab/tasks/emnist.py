@@ -30,8 +30,10 @@ def client_arrays(client_data, client_id: str, where: str) -> tuple[np.ndarray, 
             xs.append(b["pixels"])
             ys.append(b["label"])
     except tf.errors.OpError as e:
-        raise DataError(where, f"client {client_id!r}: unreadable examples ({type(e).__name__}: "
-                        f"{' '.join(str(e.message).split())[:160]})") from None
+        raise DataError(
+            where,
+            f"client {client_id!r}: unreadable examples ({type(e).__name__}: {' '.join(str(e.message).split())[:160]})",
+        ) from None
     if not xs:
         return np.zeros((0, 28, 28), np.float32), np.zeros((0,), np.int32)
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int32).reshape(-1)
@@ -71,14 +73,18 @@ def load_emnist(cfg, rng, *, only_digits: bool = False):
     labels = EMNIST_LABELS[:10] if only_digits else EMNIST_LABELS
     top = max([int(c[1].max()) for c in clients if len(c[1])] + [int(test_arr[1].max()) if len(test_arr[1]) else 0])
     if top >= len(labels):
-        raise DataError(path, f"holds label {top}, expected labels 0..{len(labels) - 1} "
-                        f"({'only_digits' if only_digits else 'EMNIST-62'})")
+        raise DataError(
+            path,
+            f"holds label {top}, expected labels 0..{len(labels) - 1} "
+            f"({'only_digits' if only_digits else 'EMNIST-62'})",
+        )
     data = _natural_or_repartition(clients, test_arr, cfg, rng, labels, {"offset": 0.0, "scale": 1.0}, list(ids))
     return dataclasses.replace(data, test_source="clients")
 
 
-def build_emnist_cnn(input_shape, num_classes: int, *, conv_filters=(32, 64), dense_units: int = 512,
-                     kernel_size: int = 5):
+def build_emnist_cnn(
+    input_shape, num_classes: int, *, conv_filters=(32, 64), dense_units: int = 512, kernel_size: int = 5
+):
     """The FedAvg paper's CNN (McMahan et al. 2017; TFF's ``create_original_fedavg_cnn_model``):
     conv 5x5 32 -> max-pool 2x2 -> conv 5x5 64 -> max-pool 2x2 -> dense 512 -> softmax.
     Smaller ``conv_filters``/``dense_units`` make tiny test models."""
@@ -90,8 +96,9 @@ def build_emnist_cnn(input_shape, num_classes: int, *, conv_filters=(32, 64), de
     shape = _image_shape(tuple(input_shape))
     x = tf.keras.layers.Reshape(shape)(inputs) if tuple(input_shape) != shape else inputs
     for i, filters in enumerate(conv_filters):
-        x = tf.keras.layers.Conv2D(int(filters), int(kernel_size), padding="same", activation="relu",
-                                   name=f"conv_{i}")(x)
+        x = tf.keras.layers.Conv2D(int(filters), int(kernel_size), padding="same", activation="relu", name=f"conv_{i}")(
+            x
+        )
         x = tf.keras.layers.MaxPool2D(2, padding="same", name=f"pool_{i}")(x)
     x = tf.keras.layers.Flatten()(x)
     x = tf.keras.layers.Dense(int(dense_units), activation="relu", name="dense")(x)

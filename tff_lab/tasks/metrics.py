@@ -29,8 +29,9 @@ class MaskedAccuracy(tf.keras.metrics.SparseCategoricalAccuracy):
         for token in self._masked_tokens:
             weight = weight * tf.cast(tf.not_equal(y_true, tf.cast(token, y_true.dtype)), self._dtype)
         num_classes = tf.shape(y_pred)[-1]
-        return super().update_state(tf.reshape(y_true, [-1]), tf.reshape(y_pred, [-1, num_classes]),
-                                    tf.reshape(weight, [-1]))
+        return super().update_state(
+            tf.reshape(y_true, [-1]), tf.reshape(y_pred, [-1, num_classes]), tf.reshape(weight, [-1])
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -33,8 +33,11 @@ def _check_sequence_length(sequence_length) -> int:
 
 def _check_partition(cfg) -> None:
     if cfg.partition.scheme not in ("auto", "natural"):
-        raise ConfigError("partition.scheme", f"source 'shakespeare' keeps its natural per-client split (auto or "
-                          f"natural), got '{cfg.partition.scheme}' (label partitions do not apply to text)")
+        raise ConfigError(
+            "partition.scheme",
+            f"source 'shakespeare' keeps its natural per-client split (auto or "
+            f"natural), got '{cfg.partition.scheme}' (label partitions do not apply to text)",
+        )
 
 
 def client_snippets(client_data, client_id: str, where: str) -> list[bytes]:
@@ -45,8 +48,10 @@ def client_snippets(client_data, client_id: str, where: str) -> list[bytes]:
         for b in client_data.create_tf_dataset_for_client(client_id).batch(4096).as_numpy_iterator():
             out.extend(b["snippets"].tolist())
     except tf.errors.OpError as e:
-        raise DataError(where, f"client {client_id!r}: unreadable snippets ({type(e).__name__}: "
-                        f"{' '.join(str(e.message).split())[:160]})") from None
+        raise DataError(
+            where,
+            f"client {client_id!r}: unreadable snippets ({type(e).__name__}: {' '.join(str(e.message).split())[:160]})",
+        ) from None
     return out
 
 
@@ -71,9 +76,16 @@ def _assemble(cfg, rng, ids, client_seqs, test, sequence_length, test_source):
     train, ev = {}, {}
     for cid, (x, y) in zip(ids, client_seqs):
         train[cid], ev[cid] = _split_client(x, y, cfg.data.client_eval_fraction, rng)
-    return FederatedData(client_ids=list(ids), train=train, eval=ev, test=test, num_classes=V.VOCAB_SIZE,
-                         labels=V.token_labels(), preprocessing=V.vocabulary_info(sequence_length),
-                         test_source=test_source)
+    return FederatedData(
+        client_ids=list(ids),
+        train=train,
+        eval=ev,
+        test=test,
+        num_classes=V.VOCAB_SIZE,
+        labels=V.token_labels(),
+        preprocessing=V.vocabulary_info(sequence_length),
+        test_source=test_source,
+    )
 
 
 def _concat(parts, sequence_length):
@@ -100,16 +112,19 @@ def load_shakespeare(cfg, rng, *, sequence_length: int = V.DEFAULT_SEQUENCE_LENG
     ids = choose_clients(list(train.client_ids), cfg.data.max_clients, rng)
     seqs = [V.snippets_to_sequences(client_snippets(train, c, path), sequence_length) for c in ids]
     test_ids = set(test.client_ids)
-    test_arr = _concat([V.snippets_to_sequences(client_snippets(test, c, path), sequence_length)
-                        for c in ids if c in test_ids], sequence_length)
+    test_arr = _concat(
+        [V.snippets_to_sequences(client_snippets(test, c, path), sequence_length) for c in ids if c in test_ids],
+        sequence_length,
+    )
     return _assemble(cfg, rng, ids, seqs, test_arr, sequence_length, "clients")
 
 
 def _load_text_dir(cfg, rng, sequence_length):
     root = Path(os.path.expanduser(cfg.data.path))
     if not root.is_dir():
-        raise DataError(str(root), "data directory not found (data.path, source shakespeare: one <client>.txt "
-                        "file per client)")
+        raise DataError(
+            str(root), "data directory not found (data.path, source shakespeare: one <client>.txt file per client)"
+        )
     files = sorted(p for p in root.glob("*.txt") if p.stem != "test")
     if not files:
         raise DataError(str(root), "no client files '*.txt' found (one UTF-8 text file per client)")
@@ -135,13 +150,17 @@ def _load_text_dir(cfg, rng, sequence_length):
         kept.append((x[perm[n_test:]], y[perm[n_test:]]))
     test = _concat(held, sequence_length)
     if not len(test[0]):
-        raise DataError(str(root), f"too little text to hold out a test set (data.test_fraction "
-                        f"{cfg.data.test_fraction}); add test.txt or more text")
+        raise DataError(
+            str(root),
+            f"too little text to hold out a test set (data.test_fraction "
+            f"{cfg.data.test_fraction}); add test.txt or more text",
+        )
     return _assemble(cfg, rng, ids, kept, test, sequence_length, "clients")
 
 
-def build_char_rnn(input_shape, num_classes: int, *,
-                   embedding_dim: int = 8, units: int = 256, num_layers: int = 2, cell: str = "lstm"):
+def build_char_rnn(
+    input_shape, num_classes: int, *, embedding_dim: int = 8, units: int = 256, num_layers: int = 2, cell: str = "lstm"
+):
     """A character RNN (McMahan et al. 2017; TFF's ``create_recurrent_model``): embedding 8 ->
     ``num_layers`` LSTM (or GRU) layers of ``units`` -> dense logits at every position.
 

@@ -19,10 +19,11 @@ from typing import Mapping, Sequence, Union
 
 import numpy as np
 
-_SCHEMA = ("CREATE TABLE examples (split_name TEXT NOT NULL, client_id TEXT NOT NULL, "
-           "serialized_example_proto BLOB NOT NULL);",
-           "CREATE TABLE client_metadata (client_id TEXT NOT NULL, split_name TEXT NOT NULL, "
-           "num_examples INTEGER NOT NULL);")
+_SCHEMA = (
+    "CREATE TABLE examples (split_name TEXT NOT NULL, client_id TEXT NOT NULL, "
+    "serialized_example_proto BLOB NOT NULL);",
+    "CREATE TABLE client_metadata (client_id TEXT NOT NULL, split_name TEXT NOT NULL, num_examples INTEGER NOT NULL);",
+)
 
 
 def _write_sqlite(path: Path, rows: Mapping[str, Mapping[str, list[bytes]]]) -> Path:
@@ -41,10 +42,14 @@ def _write_sqlite(path: Path, rows: Mapping[str, Mapping[str, list[bytes]]]) -> 
                 con.execute(q)
             for split, clients in rows.items():
                 for cid, examples in clients.items():
-                    con.executemany("INSERT INTO examples (split_name, client_id, serialized_example_proto) "
-                                    "VALUES (?, ?, ?);", [(split, cid, e) for e in examples])
-                    con.execute("INSERT INTO client_metadata (client_id, split_name, num_examples) VALUES (?, ?, ?);",
-                                (cid, split, len(examples)))
+                    con.executemany(
+                        "INSERT INTO examples (split_name, client_id, serialized_example_proto) VALUES (?, ?, ?);",
+                        [(split, cid, e) for e in examples],
+                    )
+                    con.execute(
+                        "INSERT INTO client_metadata (client_id, split_name, num_examples) VALUES (?, ?, ?);",
+                        (cid, split, len(examples)),
+                    )
             con.commit()
         finally:
             con.close()
@@ -54,14 +59,18 @@ def _write_sqlite(path: Path, rows: Mapping[str, Mapping[str, list[bytes]]]) -> 
 def _emnist_example(pixels: np.ndarray, label: int) -> bytes:
     import tensorflow as tf
 
-    feats = {"pixels": tf.train.Feature(float_list=tf.train.FloatList(value=np.asarray(pixels, np.float32).ravel())),
-             "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)]))}
+    feats = {
+        "pixels": tf.train.Feature(float_list=tf.train.FloatList(value=np.asarray(pixels, np.float32).ravel())),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+    }
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
 
 
-def write_emnist_sqlite(cache_dir: Union[str, os.PathLike],
-                        train: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                        test: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+def write_emnist_sqlite(
+    cache_dir: Union[str, os.PathLike],
+    train: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    test: Mapping[str, tuple[np.ndarray, np.ndarray]],
+) -> Path:
     """``cache_dir/emnist_all.sqlite`` from per-writer (pixels (n, 28, 28) in [0, 1], labels 0..61).
 
     Examples with labels < 10 also go to the digits-only splits, as in TFF's file.
@@ -85,9 +94,12 @@ def _snippet_example(text: Union[str, bytes]) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
 
 
-def write_shakespeare_sqlite(cache_dir: Union[str, os.PathLike], train: Mapping[str, Sequence[str]],
-                             test: Mapping[str, Sequence[str]]) -> Path:
+def write_shakespeare_sqlite(
+    cache_dir: Union[str, os.PathLike], train: Mapping[str, Sequence[str]], test: Mapping[str, Sequence[str]]
+) -> Path:
     """``cache_dir/shakespeare.sqlite`` from client id -> snippets (TFF's ``train``/``test`` splits)."""
-    rows = {"train": {c: [_snippet_example(s) for s in v] for c, v in train.items()},
-            "test": {c: [_snippet_example(s) for s in v] for c, v in test.items()}}
+    rows = {
+        "train": {c: [_snippet_example(s) for s in v] for c, v in train.items()},
+        "test": {c: [_snippet_example(s) for s in v] for c, v in test.items()},
+    }
     return _write_sqlite(Path(cache_dir) / "shakespeare.sqlite", rows)

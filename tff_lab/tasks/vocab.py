@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-CHAR_VOCAB = ("dhlptx@DHLPTX $(,048cgkoswCGKOSW[_#'/37;?bfjnrvzBFJNRVZ\"&*.26:\naeimquyAEIMQUY]!%)-159\r")
+CHAR_VOCAB = "dhlptx@DHLPTX $(,048cgkoswCGKOSW[_#'/37;?bfjnrvzBFJNRVZ\"&*.26:\naeimquyAEIMQUY]!%)-159\r"
 DEFAULT_SEQUENCE_LENGTH = 80  # McMahan et al., AISTATS 2017
 PAD, OOV, BOS, EOS = 0, len(CHAR_VOCAB) + 1, len(CHAR_VOCAB) + 2, len(CHAR_VOCAB) + 3
 VOCAB_SIZE = len(CHAR_VOCAB) + 4  # model outputs: pad, 86 characters, OOV, BOS, EOS
@@ -57,8 +57,9 @@ def decode(tokens: Iterable[int], *, specials: bool = False) -> str:
     return "".join(out)
 
 
-def snippets_to_sequences(snippets: Sequence, sequence_length: int = DEFAULT_SEQUENCE_LENGTH
-                          ) -> tuple[np.ndarray, np.ndarray]:
+def snippets_to_sequences(
+    snippets: Sequence, sequence_length: int = DEFAULT_SEQUENCE_LENGTH
+) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) int32 arrays of shape (n, sequence_length), packed as TFF packs them."""
     if sequence_length < 1:
         raise ValueError(f"sequence_length must be >= 1, got {sequence_length}")
@@ -79,6 +80,13 @@ def snippets_to_sequences(snippets: Sequence, sequence_length: int = DEFAULT_SEQ
 
 def vocabulary_info(sequence_length: int) -> dict:
     """What a device needs to turn text into model inputs and outputs back into text (sidecar)."""
-    return {"kind": "tokens", "vocabulary": "tff_shakespeare_char", "chars": CHAR_VOCAB,
-            "char_to_id": "1 + index in chars; other bytes -> oov", "special_tokens": dict(SPECIAL_TOKENS),
-            "pad_id": PAD, "masked_ids": list(MASKED_TOKENS), "sequence_length": int(sequence_length)}
+    return {
+        "kind": "tokens",
+        "vocabulary": "tff_shakespeare_char",
+        "chars": CHAR_VOCAB,
+        "char_to_id": "1 + index in chars; other bytes -> oov",
+        "special_tokens": dict(SPECIAL_TOKENS),
+        "pad_id": PAD,
+        "masked_ids": list(MASKED_TOKENS),
+        "sequence_length": int(sequence_length),
+    }

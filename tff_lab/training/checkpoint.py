@@ -96,10 +96,11 @@ def save(ckpt_dir: Path, round_num: int, state: Any, meta: dict[str, Any], keep:
         kept = [r for r in _list(ckpt_dir) if r != round_num]
         why = os.strerror(e.errno) if e.errno else str(e)
         code = f" ({errno.errorcode.get(e.errno, e.errno)})" if e.errno else ""
-        raise CheckpointError(str(target),
-                              f"could not write the checkpoint of round {round_num}: {why}{code}; "
-                              + (f"the previous checkpoint (round {kept[-1]}) is kept" if kept
-                                 else "no earlier checkpoint exists")) from e
+        raise CheckpointError(
+            str(target),
+            f"could not write the checkpoint of round {round_num}: {why}{code}; "
+            + (f"the previous checkpoint (round {kept[-1]}) is kept" if kept else "no earlier checkpoint exists"),
+        ) from e
     for old in _list(ckpt_dir)[:-keep]:
         for path in _paths(ckpt_dir, old)[::-1]:  # manifest first: a half-deleted checkpoint does not exist
             try:
@@ -135,13 +136,21 @@ _SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "manifest_sha256": (_is_hex64, "a sha256 hex digest"),
     "config_hash": (lambda v: isinstance(v, str) and len(v) <= 64, "a config hash string"),
     "extension_hash": (lambda v: isinstance(v, str) and len(v) <= 64, "a config hash string"),
-    "counters": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items()),
-                 "an object of finite numbers"),
+    "counters": (
+        lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items()),
+        "an object of finite numbers",
+    ),
     "stop_reason": (lambda v: v is None or isinstance(v, str), "null or a string"),
-    "hooks": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, dict) for k, x in v.items()),
-              "an object of hook states (objects)"),
-    "parts": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and (x is None or isinstance(x, str))
-                                                    for k, x in v.items()), "an object of part digests"),
+    "hooks": (
+        lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, dict) for k, x in v.items()),
+        "an object of hook states (objects)",
+    ),
+    "parts": (
+        lambda v: (
+            isinstance(v, dict) and all(isinstance(k, str) and (x is None or isinstance(x, str)) for k, x in v.items())
+        ),
+        "an object of part digests",
+    ),
     "engine": (lambda v: isinstance(v, str), "an engine name"),
 }
 
@@ -215,14 +224,14 @@ def latest(ckpt_dir: Path) -> Optional[int]:
         bad = verify(ckpt_dir, r)
         if bad is None:
             for path, why in damaged:
-                print(f"tff-lab: warning: {path}: {why}; using the previous checkpoint (round {r})",
-                      file=sys.stderr)
+                print(f"tff-lab: warning: {path}: {why}; using the previous checkpoint (round {r})", file=sys.stderr)
             return r
         damaged.append(bad)
     if damaged:
         path, why = damaged[0]
-        raise CheckpointError(str(path), f"{why}, and no earlier intact checkpoint exists; "
-                              "start again with --overwrite")
+        raise CheckpointError(
+            str(path), f"{why}, and no earlier intact checkpoint exists; start again with --overwrite"
+        )
     return None
 
 
@@ -254,9 +263,13 @@ def load(ckpt_dir: Path, round_num: int, template_state: Any) -> tuple[Any, dict
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(str(npz), f"checkpoint is unreadable ({str(e).splitlines()[0][:120]})") from e
     if meta.get("num_arrays", len(arrays)) != len(arrays):
-        raise CheckpointError(str(npz), f"checkpoint holds {len(arrays)} arrays, its manifest says {meta['num_arrays']}")
+        raise CheckpointError(
+            str(npz), f"checkpoint holds {len(arrays)} arrays, its manifest says {meta['num_arrays']}"
+        )
     if len(arrays) != len(template) or not all(_fits(a, t) for a, t in zip(arrays, template)):
         raise ConfigError(str(npz), "checkpoint does not match this experiment's model/aggregator state")
-    restored = [a.astype(np.asarray(t).dtype) if hasattr(t, "dtype") or isinstance(t, (int, float)) else a
-                for a, t in zip(arrays, template)]
+    restored = [
+        a.astype(np.asarray(t).dtype) if hasattr(t, "dtype") or isinstance(t, (int, float)) else a
+        for a, t in zip(arrays, template)
+    ]
     return tf.nest.pack_sequence_as(template_state, restored), meta

@@ -32,18 +32,31 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from tff_lab.aggregation.secagg.protocol import SecAggAborted
-from tff_lab.config import ExperimentConfig, config_hash, dump_yaml, from_dict, load_config, read_yaml
-from tff_lab.errors import ConfigError, PartValueError, Preempted, TrainingDiverged, WorkerLost
 from tff_lab import run_dir as run_dir_lib
+from tff_lab.aggregation.secagg.protocol import SecAggAborted
+from tff_lab.config import ExperimentConfig, config_hash, from_dict, load_config
+from tff_lab.errors import ConfigError, PartValueError, Preempted, TrainingDiverged, WorkerLost
 from tff_lab.fileio import atomic_write_text, replace_dir
 from tff_lab.sampling import client_dataset, sample_clients  # noqa: F401  (public here too)
 from tff_lab.training import checkpoint as ckpt_lib
 from tff_lab.training.hooks import RoundHook, RoundInfo, RunContext
 
 # What a run writes into RUN_DIR; --overwrite replaces exactly these (nothing else of the user's).
-RUN_ARTIFACTS = ("config.yaml", "parts.json", "client_stats.json", "checkpoints", "tb", "plots", "model",
-                 "export", "metrics.jsonl", "metrics.csv", "summary.json", "privacy.json", "privacy_audit.json")
+RUN_ARTIFACTS = (
+    "config.yaml",
+    "parts.json",
+    "client_stats.json",
+    "checkpoints",
+    "tb",
+    "plots",
+    "model",
+    "export",
+    "metrics.jsonl",
+    "metrics.csv",
+    "summary.json",
+    "privacy.json",
+    "privacy_audit.json",
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,8 +115,11 @@ def _with_python_parts(cfg: ExperimentConfig, model, data, algorithm, aggregator
     if model is not None:
         spec = model if _is_spec(model) else None
         name = parts_lib.part_name(spec.builder if spec is not None else model, "model")
-        if spec is not None and (spec.loss is not None or spec.metrics is not None) and \
-                not parts_lib.is_python_name(name):
+        if (
+            spec is not None
+            and (spec.loss is not None or spec.metrics is not None)
+            and not parts_lib.is_python_name(name)
+        ):
             # The builder alone (importable) would lose the spec's loss/metrics in another process.
             name = f"{parts_lib.PYTHON_PREFIX}model:{name.replace(':', '.')}"
         kwargs = dict(cfg.model.kwargs)
@@ -114,8 +130,9 @@ def _with_python_parts(cfg: ExperimentConfig, model, data, algorithm, aggregator
             outputs = outputs or spec.outputs
             if spec.name == "model":
                 model = dataclasses.replace(spec, name=name)
-        parts_lib.register_object(model, name, description=parts_lib.describe(
-            spec.builder if spec is not None else model))
+        parts_lib.register_object(
+            model, name, description=parts_lib.describe(spec.builder if spec is not None else model)
+        )
         cfg = dataclasses.replace(cfg, model=ModelConfig(builder=name, kwargs=kwargs, outputs=outputs))
     if data is not None:
         from tff_lab.data import federated_data
@@ -125,16 +142,25 @@ def _with_python_parts(cfg: ExperimentConfig, model, data, algorithm, aggregator
         parts_lib.register_object(fd, name, description=parts_lib.describe(data))
         defaults = DataConfig()
         # Python data replaces the source: what configured a source no longer applies.
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(
-            defaults, source=name, test_fraction=cfg.data.test_fraction,
-            client_eval_fraction=cfg.data.client_eval_fraction, max_clients=cfg.data.max_clients))
+        cfg = dataclasses.replace(
+            cfg,
+            data=dataclasses.replace(
+                defaults,
+                source=name,
+                test_fraction=cfg.data.test_fraction,
+                client_eval_fraction=cfg.data.client_eval_fraction,
+                max_clients=cfg.data.max_clients,
+            ),
+        )
     if algorithm is not None:
-        name = parts_lib.register_object(algorithm, parts_lib.part_name(algorithm, "algorithm"),
-                                         description=parts_lib.describe(algorithm))
+        name = parts_lib.register_object(
+            algorithm, parts_lib.part_name(algorithm, "algorithm"), description=parts_lib.describe(algorithm)
+        )
         cfg = dataclasses.replace(cfg, algorithm=dataclasses.replace(cfg.algorithm, builder=name))
     if aggregator is not None:
-        name = parts_lib.register_object(aggregator, parts_lib.part_name(aggregator, "aggregator"),
-                                         description=parts_lib.describe(aggregator))
+        name = parts_lib.register_object(
+            aggregator, parts_lib.part_name(aggregator, "aggregator"), description=parts_lib.describe(aggregator)
+        )
         cfg = dataclasses.replace(cfg, aggregation=dataclasses.replace(cfg.aggregation, builder=name))
     cfg.validate()
     return cfg, fd
@@ -171,21 +197,30 @@ def _is_spec(obj) -> bool:
 
 def _check_user_parts_config(cfg: ExperimentConfig) -> None:
     if cfg.aggregation.builder is not None and cfg.privacy.enabled:
-        raise ConfigError("aggregation.builder", "a user aggregator replaces tff_lab's aggregator, but "
-                          f"privacy.mechanism is '{cfg.privacy.mechanism}'; use one or the other (a private user "
-                          "aggregator declares its dp_event)")
+        raise ConfigError(
+            "aggregation.builder",
+            "a user aggregator replaces tff_lab's aggregator, but "
+            f"privacy.mechanism is '{cfg.privacy.mechanism}'; use one or the other (a private user "
+            "aggregator declares its dp_event)",
+        )
     if cfg.aggregation.builder is not None and cfg.aggregation.kind != "mean":
-        raise ConfigError("aggregation.kind", f"'{cfg.aggregation.kind}' has no effect with aggregation.builder "
-                          "(the user aggregator replaces it); leave kind: mean")
+        raise ConfigError(
+            "aggregation.kind",
+            f"'{cfg.aggregation.kind}' has no effect with aggregation.builder "
+            "(the user aggregator replaces it); leave kind: mean",
+        )
     if cfg.model.builder is not None:
         from tff_lab.config.schema import ModelConfig
 
         defaults = ModelConfig()
         for name in ("name", "hidden_units", "cnn_filters", "dropout"):
             if getattr(cfg.model, name) != getattr(defaults, name):
-                raise ConfigError(f"model.{name}", f"has no effect with model.builder ({cfg.model.builder}): only "
-                                  "tff_lab's own models read it; remove it (your builder's arguments go in "
-                                  "model.kwargs)")
+                raise ConfigError(
+                    f"model.{name}",
+                    f"has no effect with model.builder ({cfg.model.builder}): only "
+                    "tff_lab's own models read it; remove it (your builder's arguments go in "
+                    "model.kwargs)",
+                )
     from tff_lab.algorithms.optimizers import check_engine
 
     check_engine(cfg)
@@ -206,21 +241,38 @@ def _check_model_fits(spec, model, data):
     try:
         out = model(x[:n], training=False)
     except Exception as e:  # noqa: BLE001 - the user's model cannot take the data at all
-        raise PartValueError("model", f"{spec.name!r} cannot take the data's inputs of shape {x.shape[1:]} "
-                             f"({x.dtype}): {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        raise PartValueError(
+            "model",
+            f"{spec.name!r} cannot take the data's inputs of shape {x.shape[1:]} "
+            f"({x.dtype}): {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+        ) from None
     if isinstance(out, (list, tuple, dict)):
-        raise PartValueError("model", f"{spec.name!r} returns {type(out).__name__} of outputs; expected one tensor "
-                             f"of shape (batch, {data.num_classes}) of class scores")
+        raise PartValueError(
+            "model",
+            f"{spec.name!r} returns {type(out).__name__} of outputs; expected one tensor "
+            f"of shape (batch, {data.num_classes}) of class scores",
+        )
     want = (n, *y.shape[1:], data.num_classes)
     if tuple(out.shape) != want:
-        raise PartValueError("model", f"{spec.name!r} outputs shape {tuple(out.shape)[1:]} per example, but the "
-                             f"labels have shape {y.shape[1:]} with {data.num_classes} classes: expected "
-                             f"{want[1:]} ({spec.outputs or 'probabilities or logits'})")
+        raise PartValueError(
+            "model",
+            f"{spec.name!r} outputs shape {tuple(out.shape)[1:]} per example, but the "
+            f"labels have shape {y.shape[1:]} with {data.num_classes} classes: expected "
+            f"{want[1:]} ({spec.outputs or 'probabilities or logits'})",
+        )
     return check_outputs(spec, np.asarray(out))
 
 
-def build(config: Union[str, os.PathLike, ExperimentConfig, None] = None, *, overrides: Iterable[str] = (),
-          model=None, data=None, algorithm=None, aggregator=None, hooks: Optional[list] = None) -> Experiment:
+def build(
+    config: Union[str, os.PathLike, ExperimentConfig, None] = None,
+    *,
+    overrides: Iterable[str] = (),
+    model=None,
+    data=None,
+    algorithm=None,
+    aggregator=None,
+    hooks: Optional[list] = None,
+) -> Experiment:
     """Resolves and checks every part of an experiment; writes nothing.
 
     Args:
@@ -256,8 +308,10 @@ def build(config: Union[str, os.PathLike, ExperimentConfig, None] = None, *, ove
     loaded = fd if fd is not None else load_federated_data(cfg)
     cfg = _with_what_ran(cfg, loaded)
     if cfg.training.sampling == "uniform" and cfg.training.clients_per_round > loaded.num_clients:
-        raise ConfigError("training.clients_per_round", f"expected at most the population ({loaded.num_clients} "
-                          f"clients), got {cfg.training.clients_per_round}")
+        raise ConfigError(
+            "training.clients_per_round",
+            f"expected at most the population ({loaded.num_clients} clients), got {cfg.training.clients_per_round}",
+        )
     from tff_lab import parts as parts_lib
 
     probe = spec.build(loaded.input_shape, loaded.num_classes)
@@ -277,14 +331,32 @@ def build(config: Union[str, os.PathLike, ExperimentConfig, None] = None, *, ove
     engine, agg = _build_engine(cfg, spec, loaded, noise, record_specs)
     parts = _provenance(cfg, spec, agg, model_builds=model_builds, data=loaded, record_specs=record_specs)
     all_hooks = _default_hooks(cfg, agg) + list(hooks or [])
-    ctx = RunContext(cfg=cfg, run_dir=Path("."), population=total, noise_multiplier=noise,
-                     model_weight_shapes=[list(w.shape) for w in init],
-                     model_weight_dtypes=[str(w.dtype) for w in init], data=loaded, initial_weights=init)
+    ctx = RunContext(
+        cfg=cfg,
+        run_dir=Path("."),
+        population=total,
+        noise_multiplier=noise,
+        model_weight_shapes=[list(w.shape) for w in init],
+        model_weight_dtypes=[str(w.dtype) for w in init],
+        data=loaded,
+        initial_weights=init,
+    )
     eval_model = spec.compile(spec.build(loaded.input_shape, loaded.num_classes))
     acc_name = eval_model.metrics_names[1] if len(eval_model.metrics_names) > 1 else "accuracy"
-    return Experiment(cfg=cfg, data=loaded, model=spec, engine=engine, hooks=all_hooks, ctx=ctx,
-                      init_weights=init, noise_multiplier=noise, parts=parts, stats=client_stats(loaded),
-                      eval_model=eval_model, accuracy_name=acc_name)
+    return Experiment(
+        cfg=cfg,
+        data=loaded,
+        model=spec,
+        engine=engine,
+        hooks=all_hooks,
+        ctx=ctx,
+        init_weights=init,
+        noise_multiplier=noise,
+        parts=parts,
+        stats=client_stats(loaded),
+        eval_model=eval_model,
+        accuracy_name=acc_name,
+    )
 
 
 def _build_engine(cfg, spec, data, noise, record_specs):
@@ -387,13 +459,16 @@ def _existing_config(owner: run_dir_lib.Owner) -> ExperimentConfig:
 
         return from_dict(yaml.safe_load(text) or {}, validate=False)
     except Exception as e:  # noqa: BLE001 - any malformed content: one line
-        raise ConfigError(str(owner.path / "config.yaml"),
-                          f"the run's resolved config is unreadable ({type(e).__name__}); it was written "
-                          "by tff-lab and must not be edited") from None
+        raise ConfigError(
+            str(owner.path / "config.yaml"),
+            f"the run's resolved config is unreadable ({type(e).__name__}); it was written "
+            "by tff-lab and must not be edited",
+        ) from None
 
 
-def _prepare_run_dir(owner: run_dir_lib.Owner, cfg: ExperimentConfig, *, resume: bool,
-                     overwrite: bool) -> tuple[Optional[int], bool]:
+def _prepare_run_dir(
+    owner: run_dir_lib.Owner, cfg: ExperimentConfig, *, resume: bool, overwrite: bool
+) -> tuple[Optional[int], bool]:
     """Checks RUN_DIR against the experiment; returns (checkpoint round to resume from, replace?).
 
     Refuses, before anything is written: a non-empty folder that is not a tff_lab run (with or
@@ -403,36 +478,51 @@ def _prepare_run_dir(owner: run_dir_lib.Owner, cfg: ExperimentConfig, *, resume:
     if owner.is_empty():
         return None, False
     if not owner.is_ours():
-        raise ConfigError(str(run_dir), f"RUN_DIR is not empty and holds no tff-lab run (no "
-                          f"{run_dir_lib.MARKER}); it is never overwritten: choose a new --out")
+        raise ConfigError(
+            str(run_dir),
+            f"RUN_DIR is not empty and holds no tff-lab run (no "
+            f"{run_dir_lib.MARKER}); it is never overwritten: choose a new --out",
+        )
     if overwrite:
         return None, True
     if not (run_dir / "config.yaml").exists():
-        raise ConfigError(str(run_dir), "RUN_DIR holds tff-lab output that is not a run (no config.yaml); "
-                          "choose a new --out or pass --overwrite")
+        raise ConfigError(
+            str(run_dir),
+            "RUN_DIR holds tff-lab output that is not a run (no config.yaml); choose a new --out or pass --overwrite",
+        )
     existing = _existing_config(owner)
     if config_hash(existing) != config_hash(cfg):
         if extension_hash(existing) != extension_hash(cfg):
             if resume:  # name the first field that differs
                 check_resume_config(existing, cfg)
-            raise ConfigError(str(run_dir), "RUN_DIR already holds a different experiment (its config.yaml "
-                              "differs); choose a new --out or pass --overwrite")
+            raise ConfigError(
+                str(run_dir),
+                "RUN_DIR already holds a different experiment (its config.yaml "
+                "differs); choose a new --out or pass --overwrite",
+            )
         # Only training.rounds differs: extending the run.
         if not resume:
-            raise ConfigError(str(run_dir), f"RUN_DIR holds this experiment with training.rounds="
-                              f"{existing.training.rounds}; pass --resume to continue it to "
-                              f"{cfg.training.rounds} rounds, or --overwrite to start again")
+            raise ConfigError(
+                str(run_dir),
+                f"RUN_DIR holds this experiment with training.rounds="
+                f"{existing.training.rounds}; pass --resume to continue it to "
+                f"{cfg.training.rounds} rounds, or --overwrite to start again",
+            )
         done = ckpt_lib.latest(run_dir / "checkpoints")
         check_resume_config(existing, cfg, done_round=done or 0)  # fewer rounds, a calibrated noise: refused
         return done, False
     if not resume:
-        raise ConfigError(str(run_dir), "RUN_DIR already holds a run of this experiment; pass --resume to "
-                          "continue it or --overwrite to start again")
+        raise ConfigError(
+            str(run_dir),
+            "RUN_DIR already holds a run of this experiment; pass --resume to "
+            "continue it or --overwrite to start again",
+        )
     return ckpt_lib.latest(run_dir / "checkpoints"), False
 
 
-def initialize(exp: Experiment, out_dir: Union[str, os.PathLike], *, resume: bool = False,
-               overwrite: bool = False) -> RunState:
+def initialize(
+    exp: Experiment, out_dir: Union[str, os.PathLike], *, resume: bool = False, overwrite: bool = False
+) -> RunState:
     """Takes RUN_DIR (exclusively, for the whole run) and returns the starting state (fresh, or the
     last checkpoint's).
 
@@ -458,9 +548,17 @@ def initialize(exp: Experiment, out_dir: Union[str, os.PathLike], *, resume: boo
             owner.write_text("client_stats.json", json.dumps(exp.stats, indent=1))
         for h in exp.hooks:
             h.on_start(exp.ctx)
-        rs = RunState(run_dir=run_dir, state=None, round=0, counters={"example_passes": 0, "train_seconds": 0.0},
-                      stop_reason=None, writer=None, t_start=time.time(), owner=owner,
-                      retries_left=cfg.training.worker_retries)
+        rs = RunState(
+            run_dir=run_dir,
+            state=None,
+            round=0,
+            counters={"example_passes": 0, "train_seconds": 0.0},
+            stop_reason=None,
+            writer=None,
+            t_start=time.time(),
+            owner=owner,
+            retries_left=cfg.training.worker_retries,
+        )
         _restore(exp, rs, start_round)
         rs.writer = MetricsWriter(run_dir, resume_round=rs.round)  # drops rows after the checkpoint
     except BaseException:
@@ -504,11 +602,14 @@ def _config_text(exp: Experiment, run_dir: Path) -> str:
         lines.append("# user parts (see parts.json and summary.json):")
         for p in user:
             digest = p.get("builds_sha256") or p.get("code_sha256") or p.get("source_sha256") or "-"
-            lines.append(f"#   {p['kind']}: {p['name']}  ({p.get('type', 'part')})  source {p.get('source_file', '-')}"
-                         f"  builds {str(digest)[:16]}")
+            lines.append(
+                f"#   {p['kind']}: {p['name']}  ({p.get('type', 'part')})  source {p.get('source_file', '-')}"
+                f"  builds {str(digest)[:16]}"
+            )
         if any(str(p.get("name", "")).startswith("python:") for p in user):
-            lines.append("#   python:... parts were Python objects of the process that ran: pass them again from "
-                         "Python to rerun")
+            lines.append(
+                "#   python:... parts were Python objects of the process that ran: pass them again from Python to rerun"
+            )
     choice = getattr(exp.engine, "choice", None)
     if choice is not None:
         lines.append(f"# engine that ran: {choice.name} ({choice.reason})")
@@ -519,8 +620,11 @@ def _config_text(exp: Experiment, run_dir: Path) -> str:
     if cfg.data.source != "synthetic":
         for k in [k for k in d["data"] if k.startswith("synthetic_")]:
             d["data"].pop(k)
-    natural = cfg.partition.scheme in ("auto", "natural") and cfg.data.source not in ("digits", "breast_cancer",
-                                                                                       "synthetic")
+    natural = cfg.partition.scheme in ("auto", "natural") and cfg.data.source not in (
+        "digits",
+        "breast_cancer",
+        "synthetic",
+    )
     from tff_lab.config.schema import BUILTIN_SOURCES
 
     if natural and cfg.data.source in BUILTIN_SOURCES:
@@ -569,9 +673,12 @@ def _check_parts_unchanged(run_dir: Path, exp: Experiment, meta: Optional[dict] 
         detail = ""
         if kind == "model" and p.get("builds"):
             detail = f"; it now builds weights of shapes {p['builds'].get('weight_shapes')}"
-        raise ConfigError(kind, f"{p.get('name')}: {what} changed since the checkpoint in {run_dir} was written "
-                          f"(sha256 {old.split(':', 1)[1][:12]} then, {new.split(':', 1)[1][:12]} now{detail}); "
-                          f"a resumed run must use the same {kind}")
+        raise ConfigError(
+            kind,
+            f"{p.get('name')}: {what} changed since the checkpoint in {run_dir} was written "
+            f"(sha256 {old.split(':', 1)[1][:12]} then, {new.split(':', 1)[1][:12]} now{detail}); "
+            f"a resumed run must use the same {kind}",
+        )
 
 
 def extension_hash(cfg: ExperimentConfig) -> str:
@@ -603,17 +710,25 @@ def check_resume_config(saved: ExperimentConfig, cfg: ExperimentConfig, *, done_
     field, old, new = (others or diff)[0]
     if not others:
         if new < max(done_round, 1):
-            raise ConfigError("training.rounds", f"the run in RUN_DIR already ran {done_round} rounds; to extend it "
-                              f"give more than that (got {new})")
+            raise ConfigError(
+                "training.rounds",
+                f"the run in RUN_DIR already ran {done_round} rounds; to extend it give more than that (got {new})",
+            )
         if cfg.privacy.target_epsilon is not None and new != old:
-            raise ConfigError("training.rounds", f"the run's noise was calibrated to privacy.target_epsilon over "
-                              f"{old} rounds; more rounds would need other noise, so this run cannot be extended "
-                              "(start a new run with the rounds you want)")
+            raise ConfigError(
+                "training.rounds",
+                f"the run's noise was calibrated to privacy.target_epsilon over "
+                f"{old} rounds; more rounds would need other noise, so this run cannot be extended "
+                "(start a new run with the rounds you want)",
+            )
         return "extend"
-    raise ConfigError(field, f"differs from the run in RUN_DIR, a different experiment ({old!r} there, {new!r} now); "
-                      "--resume continues the "
-                      "same experiment (only training.rounds may grow, to extend it); choose a new --out or "
-                      "pass --overwrite")
+    raise ConfigError(
+        field,
+        f"differs from the run in RUN_DIR, a different experiment ({old!r} there, {new!r} now); "
+        "--resume continues the "
+        "same experiment (only training.rounds may grow, to extend it); choose a new --out or "
+        "pass --overwrite",
+    )
 
 
 def _checkpoint_meta(ckpt_dir: Path, round_num: int) -> dict:
@@ -633,7 +748,7 @@ def _restore(exp: Experiment, rs: RunState, round_num: Optional[int]) -> None:
         _check_parts_unchanged(rs.run_dir, exp, _checkpoint_meta(ckpt_dir, round_num))
         state, meta = ckpt_lib.load(ckpt_dir, round_num, state)
         round_num = int(meta.get("round", round_num))
-        extends = (meta.get("extension_hash") == extension_hash(cfg) and round_num <= cfg.training.rounds)
+        extends = meta.get("extension_hash") == extension_hash(cfg) and round_num <= cfg.training.rounds
         if meta.get("config_hash") != config_hash(cfg) and not extends:
             raise ConfigError(str(ckpt_dir), "checkpoint was written by a different experiment")
         _check_parts_unchanged(rs.run_dir, exp, meta)
@@ -654,9 +769,15 @@ def _restore(exp: Experiment, rs: RunState, round_num: Optional[int]) -> None:
 
 
 def _save_checkpoint(exp: Experiment, rs: RunState) -> None:
-    meta = {"config_hash": config_hash(exp.cfg), "extension_hash": extension_hash(exp.cfg), "counters": rs.counters, "stop_reason": rs.stop_reason,
-            "hooks": {h.name: h.state_dict() for h in exp.hooks}, "parts": _parts_digest(exp.parts),
-            "engine": exp.engine.name}
+    meta = {
+        "config_hash": config_hash(exp.cfg),
+        "extension_hash": extension_hash(exp.cfg),
+        "counters": rs.counters,
+        "stop_reason": rs.stop_reason,
+        "hooks": {h.name: h.state_dict() for h in exp.hooks},
+        "parts": _parts_digest(exp.parts),
+        "engine": exp.engine.name,
+    }
     ckpt_lib.save(rs.run_dir / "checkpoints", rs.round, rs.state, meta)
     rs.writer.write_csv()
     if rs.owner is not None:  # the new run now has something to put in the old one's place
@@ -714,8 +835,10 @@ def _diverged(exp: Experiment, rs: RunState, r: int, row: dict, metrics: dict) -
         ref = max(float(rs.counters.get("initial_loss") or 0.0), math.log(max(2, exp.data.num_classes)))
         factor = exp.cfg.training.divergence_factor
         if loss > factor * ref:
-            return (f"round {r}: the training loss {loss:.4g} exceeds training.divergence_factor ({factor:g}) x "
-                    f"the reference {ref:.4g} (the initial model's test loss, at least chance level)")
+            return (
+                f"round {r}: the training loss {loss:.4g} exceeds training.divergence_factor ({factor:g}) x "
+                f"the reference {ref:.4g} (the initial model's test loss, at least chance level)"
+            )
     weights = exp.engine.get_model_weights(rs.state).trainable
     for i, w in enumerate(weights):
         if not np.all(np.isfinite(np.asarray(w))):
@@ -723,8 +846,14 @@ def _diverged(exp: Experiment, rs: RunState, r: int, row: dict, metrics: dict) -
     return None
 
 
-def run_rounds(exp: Experiment, rs: RunState, *, quiet: bool = True, until: Optional[int] = None,
-               preempt: Optional[threading.Event] = None) -> RunState:
+def run_rounds(
+    exp: Experiment,
+    rs: RunState,
+    *,
+    quiet: bool = True,
+    until: Optional[int] = None,
+    preempt: Optional[threading.Event] = None,
+) -> RunState:
     """Runs rounds ``rs.round + 1 ..`` up to ``until`` (default ``training.rounds``)."""
     from tqdm.auto import tqdm
 
@@ -735,8 +864,14 @@ def run_rounds(exp: Experiment, rs: RunState, *, quiet: bool = True, until: Opti
     preempt = preempt or threading.Event()
     ckpt_dir = rs.run_dir / "checkpoints"
     policy = _policy(exp)
-    bar = tqdm(total=t.rounds, initial=rs.round, disable=quiet, unit="round", dynamic_ncols=True,
-               desc=f"{cfg.name} [{exp.engine.name}]")
+    bar = tqdm(
+        total=t.rounds,
+        initial=rs.round,
+        disable=quiet,
+        unit="round",
+        dynamic_ncols=True,
+        desc=f"{cfg.name} [{exp.engine.name}]",
+    )
     client_ids = data.client_ids
     try:
         while rs.round < last and rs.stop_reason is None:
@@ -781,21 +916,36 @@ def run_rounds(exp: Experiment, rs: RunState, *, quiet: bool = True, until: Opti
             prev_state, rs.state = rs.state, new_state
             train = metrics.get("client_work", {}).get("train", {}) if metrics else {}
             n_ex = int(train.get("num_examples", 0))
-            row = {"round": r, "clients": len(idx), "train_examples": n_ex,
-                   "train_loss": float(train["loss"]) if "loss" in train else None,
-                   "train_accuracy": float(train[exp.accuracy_name]) if exp.accuracy_name in train else None,
-                   "eval_loss": None, "eval_accuracy": None}
+            row = {
+                "round": r,
+                "clients": len(idx),
+                "train_examples": n_ex,
+                "train_loss": float(train["loss"]) if "loss" in train else None,
+                "train_accuracy": float(train[exp.accuracy_name]) if exp.accuracy_name in train else None,
+                "eval_loss": None,
+                "eval_accuracy": None,
+            }
             if aborted:
                 row["_secagg_aborted"] = aborted  # taken by the SecAgg hook
-            info = RoundInfo(round_num=r, sampled_clients=sampled, participants=len(idx), trained=bool(metrics),
-                             expected_examples=expected, tff_metrics=metrics, state=rs.state)
+            info = RoundInfo(
+                round_num=r,
+                sampled_clients=sampled,
+                participants=len(idx),
+                trained=bool(metrics),
+                expected_examples=expected,
+                tff_metrics=metrics,
+                state=rs.state,
+            )
             why = _diverged(exp, rs, r, row, metrics)
             if why:
                 rs.state, rs.round = prev_state, r - 1
                 kept = ckpt_lib.latest(ckpt_dir)
-                raise TrainingDiverged(f"training diverged at {why}; stopped without saving it. The last good "
-                                       f"checkpoint is " + (f"round {kept} in {ckpt_dir}" if kept else "none")
-                                       + "; lower the learning rates (algorithm.*_optimizer.learning_rate) or clip")
+                raise TrainingDiverged(
+                    f"training diverged at {why}; stopped without saving it. The last good "
+                    f"checkpoint is "
+                    + (f"round {kept} in {ckpt_dir}" if kept else "none")
+                    + "; lower the learning rates (algorithm.*_optimizer.learning_rate) or clip"
+                )
             rs.round = r
             rs.counters["example_passes"] += n_ex
             for h in hooks:
@@ -860,8 +1010,15 @@ def _versions() -> dict:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for pkg in ("tff-lab", "tensorflow", "tensorflow-federated", "tensorflow-privacy", "dp-accounting", "numpy",
-                "keras"):
+    for pkg in (
+        "tff-lab",
+        "tensorflow",
+        "tensorflow-federated",
+        "tensorflow-privacy",
+        "dp-accounting",
+        "numpy",
+        "keras",
+    ):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -895,8 +1052,12 @@ def finalize(exp: Experiment, rs: RunState) -> dict:
     if _policy_allows(exp, "per_client_eval"):
         per_client = per_client_accuracy(exp)
         if per_client:
-            spread = {"min": float(np.min(per_client)), "median": float(np.median(per_client)),
-                      "max": float(np.max(per_client)), "clients": len(per_client)}
+            spread = {
+                "min": float(np.min(per_client)),
+                "median": float(np.median(per_client)),
+                "max": float(np.max(per_client)),
+                "clients": len(per_client),
+            }
     # A stale export of an earlier model must not survive beside the new one.
     shutil.rmtree(run_dir / "export", ignore_errors=True)
     _save_model(exp.eval_model, run_dir / "model")
@@ -934,8 +1095,17 @@ def finalize(exp: Experiment, rs: RunState) -> dict:
         "train_seconds": round(rs.counters["train_seconds"], 3),
         "wall_seconds": round(time.time() - rs.t_start, 3),
         "seconds_per_round_median": _median_round_seconds(rs.writer.rows),
-        "data": {k: exp.stats[k] for k in ("num_clients", "num_classes", "train_examples", "test_examples",
-                                            "examples_per_client", "mean_tv_distance")},
+        "data": {
+            k: exp.stats[k]
+            for k in (
+                "num_clients",
+                "num_classes",
+                "train_examples",
+                "test_examples",
+                "examples_per_client",
+                "mean_tv_distance",
+            )
+        },
         "parts": exp.parts,
         "versions": _versions(),
     }
@@ -998,11 +1168,20 @@ def _median_round_seconds(rows: list[dict]) -> Optional[float]:
 # ----------------------------------------------------------------------------------------------
 # the whole run
 # ----------------------------------------------------------------------------------------------
-def run_experiment(config: Union[str, os.PathLike, ExperimentConfig, None] = None,
-                   out_dir: Union[str, os.PathLike] = "runs/default", *, overrides: Iterable[str] = (),
-                   resume: bool = False, overwrite: bool = False, quiet: bool = True,
-                   hooks: Optional[list[RoundHook]] = None, model=None, data=None, algorithm=None,
-                   aggregator=None) -> dict:
+def run_experiment(
+    config: Union[str, os.PathLike, ExperimentConfig, None] = None,
+    out_dir: Union[str, os.PathLike] = "runs/default",
+    *,
+    overrides: Iterable[str] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = True,
+    hooks: Optional[list[RoundHook]] = None,
+    model=None,
+    data=None,
+    algorithm=None,
+    aggregator=None,
+) -> dict:
     """Runs a federated experiment end to end and returns its summary (also in RUN_DIR/summary.json).
 
     Args:
@@ -1028,8 +1207,9 @@ def run_experiment(config: Union[str, os.PathLike, ExperimentConfig, None] = Non
     rs = None
     run_dir_lib.precheck(out_dir, str(out_dir))  # before any work: unwritable, not ours, or held elsewhere
     try:
-        exp = build(config, overrides=overrides, model=model, data=data, algorithm=algorithm,
-                    aggregator=aggregator, hooks=hooks)
+        exp = build(
+            config, overrides=overrides, model=model, data=data, algorithm=algorithm, aggregator=aggregator, hooks=hooks
+        )
         with _sigterm_flag() as preempt:
             rs = initialize(exp, out_dir, resume=resume, overwrite=overwrite)
             try:

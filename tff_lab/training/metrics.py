@@ -8,12 +8,19 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Optional
 
 from tff_lab.fileio import atomic_write_text
 
-BASE_COLUMNS = ["round", "clients", "train_examples", "train_loss", "train_accuracy", "eval_loss",
-                "eval_accuracy", "round_seconds"]
+BASE_COLUMNS = [
+    "round",
+    "clients",
+    "train_examples",
+    "train_loss",
+    "train_accuracy",
+    "eval_loss",
+    "eval_accuracy",
+    "round_seconds",
+]
 
 
 def _clean(v):
@@ -41,8 +48,11 @@ class MetricsWriter:
                 if not isinstance(r, int) or isinstance(r, bool) or r <= last:
                     from tff_lab.errors import DataError
 
-                    raise DataError(str(self.jsonl), f"line {n} is not a row tff-lab wrote (expected an object with "
-                                    f"an integer 'round' after {last}); it was edited: restore it or pass --overwrite")
+                    raise DataError(
+                        str(self.jsonl),
+                        f"line {n} is not a row tff-lab wrote (expected an object with "
+                        f"an integer 'round' after {last}); it was edited: restore it or pass --overwrite",
+                    )
                 last = r
                 if r <= resume_round:
                     self.rows.append(row)
@@ -67,11 +77,15 @@ class MetricsWriter:
 
         # One Summary proto per round: a tf.summary.scalar call per value costs ~6 ms a round and
         # grows memory over long runs (BENCHMARKS.md, soak).
-        values = [tf.compat.v1.Summary.Value(tag=k, simple_value=float(v)) for k, v in row.items()
-                  if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        values = [
+            tf.compat.v1.Summary.Value(tag=k, simple_value=float(v))
+            for k, v in row.items()
+            if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
         with self._writer().as_default(step=int(row["round"])):
-            tf.summary.experimental.write_raw_pb(tf.compat.v1.Summary(value=values).SerializeToString(),
-                                                 step=int(row["round"]))
+            tf.summary.experimental.write_raw_pb(
+                tf.compat.v1.Summary(value=values).SerializeToString(), step=int(row["round"])
+            )
         # Leaving as_default() flushes (eager): TensorBoard holds every round metrics.jsonl holds, so a
         # run killed later and resumed from its checkpoint has every round up to it.
 

@@ -29,8 +29,7 @@ def plot_curves(rows: list[dict], out_dir: Path, *, centralized_accuracy=None, t
     rounds = [r["round"] for r in rows]
     for metric in ("accuracy", "loss"):
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(rounds, [r.get(f"train_{metric}") for r in rows], label=f"train {metric} (sampled clients)",
-                alpha=0.7)
+        ax.plot(rounds, [r.get(f"train_{metric}") for r in rows], label=f"train {metric} (sampled clients)", alpha=0.7)
         ev = [(r["round"], r[f"eval_{metric}"]) for r in rows if r.get(f"eval_{metric}") is not None]
         if ev:
             ax.plot(*zip(*ev), marker="o", label=f"global test {metric}")

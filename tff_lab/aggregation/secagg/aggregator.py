@@ -36,9 +36,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tff_lab.aggregation.secagg import field, graph as graph_lib, protocol
+from tff_lab.aggregation.secagg import field, protocol
+from tff_lab.aggregation.secagg import graph as graph_lib
 
-WEIGHT_UPPER = float(2 ** 20 - 1)  # tff.learning.secure_aggregator's weight bound
+WEIGHT_UPPER = float(2**20 - 1)  # tff.learning.secure_aggregator's weight bound
 
 
 @dataclasses.dataclass
@@ -55,12 +56,27 @@ def _queries():
 
     return collections.OrderedDict(
         # (query, report multiplier, report increment): model_update_aggregator's processes.
-        zeroing=(tfp.NoPrivacyQuantileEstimatorQuery(initial_estimate=10.0, target_quantile=0.98,
-                                                     learning_rate=math.log(10.0), geometric_update=True), 2.0, 1.0),
-        clipping=(tfp.NoPrivacyQuantileEstimatorQuery(initial_estimate=1.0, target_quantile=0.8, learning_rate=0.2,
-                                                      geometric_update=True), 1.0, 0.0),
-        value_bound=(tfp.NoPrivacyQuantileEstimatorQuery(initial_estimate=50.0, target_quantile=0.95,
-                                                         learning_rate=1.0, geometric_update=True), 2.0, 0.0),
+        zeroing=(
+            tfp.NoPrivacyQuantileEstimatorQuery(
+                initial_estimate=10.0, target_quantile=0.98, learning_rate=math.log(10.0), geometric_update=True
+            ),
+            2.0,
+            1.0,
+        ),
+        clipping=(
+            tfp.NoPrivacyQuantileEstimatorQuery(
+                initial_estimate=1.0, target_quantile=0.8, learning_rate=0.2, geometric_update=True
+            ),
+            1.0,
+            0.0,
+        ),
+        value_bound=(
+            tfp.NoPrivacyQuantileEstimatorQuery(
+                initial_estimate=50.0, target_quantile=0.95, learning_rate=1.0, geometric_update=True
+            ),
+            2.0,
+            0.0,
+        ),
     )
 
 
@@ -73,12 +89,25 @@ def _np(nest):
 class SecAggAggregator:
     """Args mirror ``tff.learning.secure_aggregator`` plus the protocol's parameters."""
 
-    def __init__(self, *, weighted: bool, zeroing: bool = True, clipping: bool = True, bits: int = field.TFF_BITS,
-                 neighbors: graph_lib.Neighbors = None, threshold_fraction: float = 0.5, dropout_rate: float = 0.0,
-                 seed: int = 0):
+    def __init__(
+        self,
+        *,
+        weighted: bool,
+        zeroing: bool = True,
+        clipping: bool = True,
+        bits: int = field.TFF_BITS,
+        neighbors: graph_lib.Neighbors = None,
+        threshold_fraction: float = 0.5,
+        dropout_rate: float = 0.0,
+        seed: int = 0,
+    ):
         self.weighted, self.zeroing, self.clipping = bool(weighted), bool(zeroing), bool(clipping)
         self.bits, self.neighbors = int(bits), neighbors
-        self.threshold_fraction, self.dropout_rate, self.seed = float(threshold_fraction), float(dropout_rate), int(seed)
+        self.threshold_fraction, self.dropout_rate, self.seed = (
+            float(threshold_fraction),
+            float(dropout_rate),
+            int(seed),
+        )
         self._q = _queries()
         if not self.zeroing:
             del self._q["zeroing"]
@@ -148,8 +177,9 @@ class SecAggAggregator:
         return update, side
 
     # -- the round -------------------------------------------------------------------------------
-    def aggregate(self, state, updates: Sequence[np.ndarray], weights: np.ndarray, round_num: int,
-                  dropouts: Optional[dict] = None) -> AggregateOutput:
+    def aggregate(
+        self, state, updates: Sequence[np.ndarray], weights: np.ndarray, round_num: int, dropouts: Optional[dict] = None
+    ) -> AggregateOutput:
         """``updates``: per model tensor, the stacked client updates ``[clients, ...]``; ``weights``:
         ``[clients]``. ``dropouts`` (position -> stage) overrides the seeded draw. Raises
         :class:`~tff_lab.aggregation.secagg.protocol.SecAggAborted`."""
@@ -178,22 +208,30 @@ class SecAggAggregator:
         k = graph_lib.resolve_degree(n, self.neighbors)
         t = graph_lib.threshold(k + 1, self.threshold_fraction)
         if dropouts is None:
-            dropouts = protocol.draw_dropouts(n, self.dropout_rate,
-                                              np.random.default_rng([self.seed, int(round_num), 0x5ECA66]))
-        result, _ = protocol.run(inputs, segments, degree=k, t=t, dropouts=dropouts,
-                                 seed=int(np.random.default_rng([self.seed, int(round_num), 0x6AA9]).integers(2**32)),
-                                 tag=b"round %d" % int(round_num))
+            dropouts = protocol.draw_dropouts(
+                n, self.dropout_rate, np.random.default_rng([self.seed, int(round_num), 0x5ECA66])
+            )
+        result, _ = protocol.run(
+            inputs,
+            segments,
+            degree=k,
+            t=t,
+            dropouts=dropouts,
+            seed=int(np.random.default_rng([self.seed, int(round_num), 0x6AA9]).integers(2**32)),
+            tag=b"round %d" % int(round_num),
+        )
         total = result.sum.astype(np.int64)
         n_in = len(result.included)
-        sums = {name: total[d_update + i:d_update + i + 1] for i, name in enumerate(side_names)}
+        sums = {name: total[d_update + i : d_update + i + 1] for i, name in enumerate(side_names)}
 
         # Server: TFF's inverse shifts, the means and the estimates' updates.
         value_sum, off = [], 0
         for shape, dtype in zip(shapes, dtypes):
             size = int(np.prod(shape))
-            part = total[off:off + size].reshape(shape)
-            value_sum.append(field.dequantize_float(part, bounds["value_lower"], bounds["value_upper"], n_in, dtype,
-                                                    self.bits))
+            part = total[off : off + size].reshape(shape)
+            value_sum.append(
+                field.dequantize_float(part, bounds["value_lower"], bounds["value_upper"], n_in, dtype, self.bits)
+            )
             off += size
         if self.weighted:
             denom = field.dequantize_float(sums["weight"], 0.0, WEIGHT_UPPER, n_in, tf.float32)[0]
@@ -203,8 +241,10 @@ class SecAggAggregator:
 
         new_state = collections.OrderedDict()
         for name, (q, _, _) in self._q.items():
-            leaves = [field.dequantize_float(sums[f"{name}_record_{i}"], -1.0, 1.0, n_in, tf.float32)[0]
-                      for i in range(len([s for s in side_names if s.startswith(f"{name}_record_")]))]
+            leaves = [
+                field.dequantize_float(sums[f"{name}_record_{i}"], -1.0, 1.0, n_in, tf.float32)[0]
+                for i in range(len([s for s in side_names if s.startswith(f"{name}_record_")]))
+            ]
             template = q.preprocess_record(q.derive_sample_params(st[name]), tf.constant(0.0))
             summed = tf.nest.pack_sequence_as(template, [tf.constant(v) for v in leaves])
             _, new_q, _ = q.get_noised_result(summed, st[name])
@@ -225,6 +265,13 @@ class SecAggAggregator:
 
 def from_config(cfg) -> SecAggAggregator:
     a, s = cfg.aggregation, cfg.aggregation.secagg
-    return SecAggAggregator(weighted=cfg.algorithm.weighting == "num_examples" or cfg.algorithm.name == "fedsgd",
-                            zeroing=a.zeroing, clipping=a.clipping, bits=s.bits, neighbors=s.neighbors,
-                            threshold_fraction=s.threshold_fraction, dropout_rate=s.dropout_rate, seed=cfg.seed)
+    return SecAggAggregator(
+        weighted=cfg.algorithm.weighting == "num_examples" or cfg.algorithm.name == "fedsgd",
+        zeroing=a.zeroing,
+        clipping=a.clipping,
+        bits=s.bits,
+        neighbors=s.neighbors,
+        threshold_fraction=s.threshold_fraction,
+        dropout_rate=s.dropout_rate,
+        seed=cfg.seed,
+    )

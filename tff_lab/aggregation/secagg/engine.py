@@ -62,8 +62,9 @@ class SecAggRounds:
         secagg runs only algorithms without per-client state (``check_supported``)."""
         from tff_lab.algorithms.optimizers import server_step
 
-        new_server_state, new_weights, non_finite = server_step(self.engine._alg.server_optimizer, server_state,
-                                                                list(trainable), list(mean))
+        new_server_state, new_weights, non_finite = server_step(
+            self.engine._alg.server_optimizer, server_state, list(trainable), list(mean)
+        )
         return new_weights, new_server_state, non_finite
 
     def _client_fn(self, slots: int):
@@ -81,12 +82,19 @@ class SecAggRounds:
 
             def call(*args):
                 trainable = list(args[:n_w])
-                cw = tf.nest.pack_sequence_as(cw_spec, list(args[n_w:n_w + len(flat_cw)]))
-                ci = tf.nest.pack_sequence_as(ci_spec, list(args[n_w + len(flat_cw):n_w + len(flat_cw) + len(flat_ci)]))
+                cw = tf.nest.pack_sequence_as(cw_spec, list(args[n_w : n_w + len(flat_cw)]))
+                ci = tf.nest.pack_sequence_as(
+                    ci_spec, list(args[n_w + len(flat_cw) : n_w + len(flat_cw) + len(flat_ci)])
+                )
                 return self._clients(trainable, cw, ci, args[-2], args[-1])
 
-            sig = [*e._trainable_specs, *flat_cw, *flat_ci, tf.TensorSpec([slots, None, e._batch], tf.int32),
-                   tf.TensorSpec([slots], tf.float32)]
+            sig = [
+                *e._trainable_specs,
+                *flat_cw,
+                *flat_ci,
+                tf.TensorSpec([slots, None, e._batch], tf.int32),
+                tf.TensorSpec([slots], tf.float32),
+            ]
             fn = tf.function(call, input_signature=sig)
             self._client_fns[slots] = fn
         return fn
@@ -103,13 +111,15 @@ class SecAggRounds:
         graph_work, client_in = e._alg.split_state(state.client_work, np.asarray(client_indices), idx.shape[0])
         cw = [tf.convert_to_tensor(a) for a in tf.nest.flatten((graph_work, client_in))]
         try:
-            updates, weights, train = self._client_fn(idx.shape[0])(*trainable, *cw, tf.convert_to_tensor(idx),
-                                                                    tf.convert_to_tensor(client_mask))
+            updates, weights, train = self._client_fn(idx.shape[0])(
+                *trainable, *cw, tf.convert_to_tensor(idx), tf.convert_to_tensor(client_mask)
+            )
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
             if not e._compiled or "XLA" not in str(err):
                 raise
-            logging.getLogger(__name__).warning("vectorized engine: XLA cannot compile this model (%s); "
-                                                "running without XLA", str(err).splitlines()[0])
+            logging.getLogger(__name__).warning(
+                "vectorized engine: XLA cannot compile this model (%s); running without XLA", str(err).splitlines()[0]
+            )
             e._compiled = False
             self._client_fns.clear()
             return self.next(state, round_num, client_indices)
@@ -119,24 +129,38 @@ class SecAggRounds:
         out = self.aggregator.aggregate(state.aggregator, updates, weights, round_num)  # raises SecAggAborted
         if self._server_fn is None:
             self._server_fn = tf.function(self._server)
-        new_w, new_server, non_finite = self._server_fn(trainable, tf.nest.map_structure(
-            tf.convert_to_tensor, state.finalizer), [tf.convert_to_tensor(m) for m in out.mean])
+        new_w, new_server, non_finite = self._server_fn(
+            trainable,
+            tf.nest.map_structure(tf.convert_to_tensor, state.finalizer),
+            [tf.convert_to_tensor(m) for m in out.mean],
+        )
         weights_out = state.global_model_weights._replace(trainable=[np.asarray(w.numpy()) for w in new_w])
         fin = tf.nest.map_structure(lambda t: np.asarray(t.numpy()), new_server)
-        new_state = state._replace(global_model_weights=weights_out, finalizer=_like(state.finalizer, fin),
-                                   aggregator=out.state)
+        new_state = state._replace(
+            global_model_weights=weights_out, finalizer=_like(state.finalizer, fin), aggregator=out.state
+        )
         r = out.secagg
         agg_metrics = collections.OrderedDict(out.measurements)
         agg_metrics["secagg"] = collections.OrderedDict(
-            clients=n, included=len(r.included), dropped_after_share_keys=sum(
-                1 for s in r.dropped.values() if s == "after_share_keys"),
+            clients=n,
+            included=len(r.included),
+            dropped_after_share_keys=sum(1 for s in r.dropped.values() if s == "after_share_keys"),
             dropped_after_masked_input=sum(1 for s in r.dropped.values() if s == "after_masked_input"),
-            neighbors=r.degree, threshold=r.threshold, sent=r.sent, received=r.received,
-            client_seconds=r.client_seconds, server_seconds=r.server_seconds)
-        metrics = {"distributor": (), "client_work": collections.OrderedDict(
-            train=collections.OrderedDict((k, _scalar(v)) for k, v in _to_python(train).items())),
+            neighbors=r.degree,
+            threshold=r.threshold,
+            sent=r.sent,
+            received=r.received,
+            client_seconds=r.client_seconds,
+            server_seconds=r.server_seconds,
+        )
+        metrics = {
+            "distributor": (),
+            "client_work": collections.OrderedDict(
+                train=collections.OrderedDict((k, _scalar(v)) for k, v in _to_python(train).items())
+            ),
             "aggregator": agg_metrics,
-            "finalizer": collections.OrderedDict(update_non_finite=int(non_finite.numpy()))}
+            "finalizer": collections.OrderedDict(update_non_finite=int(non_finite.numpy())),
+        }
         return RoundResult(state=new_state, metrics=metrics)
 
 

@@ -70,7 +70,9 @@ class SecAggHook(RoundHook):
         done = [h for h in self.history if "secagg_client_seconds" in h]
         out = {"rounds": len(self.history), "aborted_rounds": self.aborted}
         for key in [f"secagg_{s}_{d}_bytes" for s in STEPS for d in ("sent", "received")] + [
-                "secagg_client_seconds", "secagg_server_seconds"]:
+            "secagg_client_seconds",
+            "secagg_server_seconds",
+        ]:
             vals = [h[key] for h in done]
             out[key.removeprefix("secagg_") + "_mean"] = float(np.mean(vals)) if vals else None
         summary["secagg"] = out

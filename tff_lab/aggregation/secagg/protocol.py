@@ -91,8 +91,7 @@ def _segments(segments) -> list:
 
 def element_masks(segments) -> np.ndarray:
     """Per element: 2^m - 1 of its segment's ring."""
-    return np.concatenate([np.full(n, (1 << b) - 1, dtype=np.uint64) for n, b in segments] or
-                          [np.zeros(0, np.uint64)])
+    return np.concatenate([np.full(n, (1 << b) - 1, dtype=np.uint64) for n, b in segments] or [np.zeros(0, np.uint64)])
 
 
 def vector_bytes(segments) -> int:
@@ -103,7 +102,7 @@ def pack_vector(v: np.ndarray, segments) -> bytes:
     out, off = [], 0
     for n, b in segments:
         w = element_bytes(b)
-        out.append(np.ascontiguousarray(v[off:off + n].astype("<u8")).view(np.uint8).reshape(-1, 8)[:, :w].tobytes())
+        out.append(np.ascontiguousarray(v[off : off + n].astype("<u8")).view(np.uint8).reshape(-1, 8)[:, :w].tobytes())
         off += n
     return b"".join(out)
 
@@ -112,7 +111,7 @@ def unpack_vector(data: bytes, segments) -> np.ndarray:
     parts, off = [], 0
     for n, b in segments:
         w = element_bytes(b)
-        raw = np.frombuffer(data[off:off + n * w], dtype=np.uint8).reshape(n, w)
+        raw = np.frombuffer(data[off : off + n * w], dtype=np.uint8).reshape(n, w)
         full = np.zeros((n, 8), dtype=np.uint8)
         full[:, :w] = raw
         parts.append(full.reshape(-1).view("<u8").astype(np.uint64))
@@ -164,8 +163,8 @@ class _Client:
         self.peers = {}
         for off in range(0, len(message), ADVERTISE_BYTES):
             (vid,) = _ID.unpack_from(message, off)
-            c = X25519PublicKey.from_public_bytes(message[off + 4:off + 36])
-            s = X25519PublicKey.from_public_bytes(message[off + 36:off + 68])
+            c = X25519PublicKey.from_public_bytes(message[off + 4 : off + 36])
+            s = X25519PublicKey.from_public_bytes(message[off + 36 : off + 68])
             self.peers[vid] = (c, s)
 
     # round 1
@@ -199,8 +198,8 @@ class _Client:
         self.sharers = {self.id}
         for off in range(0, len(message), SHARE_MESSAGE):
             (u,) = _ID.unpack_from(message, off)
-            nonce = message[off + 4:off + 4 + _NONCE]
-            ct = message[off + 4 + _NONCE:off + SHARE_MESSAGE]
+            nonce = message[off + 4 : off + 4 + _NONCE]
+            ct = message[off + 4 + _NONCE : off + SHARE_MESSAGE]
             plain = AESGCM(self._channel(u)).decrypt(nonce, ct, _ID.pack(u) + _ID.pack(self.id))
             owner, holder = _ID.unpack_from(plain, 0)[0], _ID.unpack_from(plain, 4)[0]
             if owner != u or holder != self.id:
@@ -239,8 +238,9 @@ def _mask_key(seed: bytes, tag: bytes):
 class Server:
     """The aggregation server. ``received`` logs every message it was sent: (step, sender, bytes)."""
 
-    def __init__(self, num_clients: int, segments: list, degree: int, t: int,
-                 rng: Optional[np.random.Generator], tag: bytes):
+    def __init__(
+        self, num_clients: int, segments: list, degree: int, t: int, rng: Optional[np.random.Generator], tag: bytes
+    ):
         self.n, self.segments, self.k, self.t, self.tag = num_clients, segments, degree, t, tag
         self.d = int(sum(n for n, _ in segments))
         self.graph = graph_lib.harary_graph(num_clients, degree, rng)
@@ -269,7 +269,7 @@ class Server:
                 (v,) = _ID.unpack_from(data, off)
                 if v not in self.graph[u]:
                     raise SecAggAborted(f"client {u} sent a share to {v}, not its neighbour")
-                inbox[v].append(_ID.pack(u) + data[off + 4:off + SHARE_MESSAGE])
+                inbox[v].append(_ID.pack(u) + data[off + 4 : off + SHARE_MESSAGE])
         self.u2 = set(messages)
         return {v: b"".join(msgs) for v, msgs in inbox.items() if v in self.u2}
 
@@ -282,8 +282,9 @@ class Server:
             self.masked[u] = unpack_vector(data[4:], self.segments)
         self.u3 = set(self.masked)
         if len(self.u3) < self.t:
-            raise SecAggAborted(f"only {len(self.u3)} of {self.n} clients sent their masked input; "
-                                f"t = {self.t} are needed")
+            raise SecAggAborted(
+                f"only {len(self.u3)} of {self.n} clients sent their masked input; t = {self.t} are needed"
+            )
         return {u: b"".join(_ID.pack(v) for v in sorted((self.graph[u] | {u}) & self.u3)) for u in self.u3}
 
     def unmask(self, messages: dict) -> np.ndarray:
@@ -295,7 +296,7 @@ class Server:
             for off in range(0, len(data), UNMASK_ENTRY):
                 (owner,) = _ID.unpack_from(data, off)
                 (idx,) = struct.unpack_from("<H", data, off + 4)
-                shares.setdefault(owner, []).append((idx, data[off + 6:off + UNMASK_ENTRY]))
+                shares.setdefault(owner, []).append((idx, data[off + 6 : off + UNMASK_ENTRY]))
         mask_bits = element_masks(self.segments)
         z = np.zeros(self.d, dtype=np.uint64)
         for y in self.masked.values():
@@ -307,8 +308,9 @@ class Server:
                 raise SecAggAborted(
                     f"cannot remove client {owner}'s {what}: {len(got)} of its {len(self.graph[owner]) + 1} "
                     f"share holders answered, t = {self.t} are needed (more than {len(self.graph[owner]) + 1 - self.t}"
-                    f" of them dropped out)")
-            return Shamir.combine(got[:self.t])
+                    f" of them dropped out)"
+                )
+            return Shamir.combine(got[: self.t])
 
         for u in sorted(self.u3):
             b_seed = secret(u, "self mask")
@@ -327,8 +329,16 @@ class Server:
         return z & mask_bits
 
 
-def run(inputs: Sequence[np.ndarray], segments, *, degree: int, t: int, dropouts: Optional[dict] = None,
-        seed: Optional[int] = None, tag: bytes = b"") -> tuple[SecAggResult, Server]:
+def run(
+    inputs: Sequence[np.ndarray],
+    segments,
+    *,
+    degree: int,
+    t: int,
+    dropouts: Optional[dict] = None,
+    seed: Optional[int] = None,
+    tag: bytes = b"",
+) -> tuple[SecAggResult, Server]:
     """Runs one secure-aggregation round among ``len(inputs)`` clients (positions ``0..n-1``).
 
     Args:
@@ -398,9 +408,18 @@ def run(inputs: Sequence[np.ndarray], segments, *, degree: int, t: int, dropouts
         recv[u, 3] += len(m)
     answers = client_step(3, alive, lambda c: c.unmask(lists[c.id]))
     total = server_step(server.unmask, answers)
-    result = SecAggResult(sum=total, included=sorted(server.u3), dropped=dropouts, sent=sent, received=recv,
-                          client_seconds=np.array([c.seconds for c in clients]), server_seconds=server.seconds,
-                          degree=degree, threshold=t, segments=segments)
+    result = SecAggResult(
+        sum=total,
+        included=sorted(server.u3),
+        dropped=dropouts,
+        sent=sent,
+        received=recv,
+        client_seconds=np.array([c.seconds for c in clients]),
+        server_seconds=server.seconds,
+        degree=degree,
+        threshold=t,
+        segments=segments,
+    )
     return result, server
 
 
@@ -414,5 +433,18 @@ def draw_dropouts(n: int, rate: float, rng: np.random.Generator) -> dict:
     return {i: DROP_STAGES[int(stage[i])] for i in range(n) if gone[i]}
 
 
-__all__ = ["SecAggAborted", "SecAggResult", "Server", "run", "prg", "draw_dropouts", "STEPS", "DROP_STAGES",
-           "ADVERTISE_BYTES", "SHARE_MESSAGE", "UNMASK_ENTRY", "element_bytes", "vector_bytes"]
+__all__ = [
+    "SecAggAborted",
+    "SecAggResult",
+    "Server",
+    "run",
+    "prg",
+    "draw_dropouts",
+    "STEPS",
+    "DROP_STAGES",
+    "ADVERTISE_BYTES",
+    "SHARE_MESSAGE",
+    "UNMASK_ENTRY",
+    "element_bytes",
+    "vector_bytes",
+]
