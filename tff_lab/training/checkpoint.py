@@ -235,7 +235,7 @@ def latest(ckpt_dir: Path) -> Optional[int]:
     return None
 
 
-def _fits(array: np.ndarray, template: Any) -> bool:
+def _fits(array: np.ndarray[Any, Any], template: Any) -> bool:
     """Same shape; a template leaf whose shape starts with 0 is a table that grows (one row per
     client with state, e.g. SCAFFOLD's control variates) and takes any number of rows."""
     want = np.shape(template)
