@@ -71,7 +71,11 @@ def check_engine(cfg: Any) -> None:
 
     why = vectorized_client_refusal(cfg)
     if cfg.training.engine == "vectorized" and why is not None:
-        raise ConfigError("algorithm.client_optimizer.name", why.split(": ", 1)[1] + "; use training.engine: tff")
+        raise ConfigError(
+            "algorithm.client_optimizer.name",
+            f"'{cfg.algorithm.client_optimizer.name}' is not supported by training.engine: vectorized (it runs "
+            f"{', '.join(VECTORIZED_CLIENT)} clients with TFF's exact maths); use training.engine: tff or auto",
+        )
 
 
 def server_step(
