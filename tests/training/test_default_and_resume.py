@@ -69,8 +69,11 @@ def test_sigkill_anywhere_then_resume_ends_where_an_uninterrupted_run_does(refer
         p = _start(out, "--resume")
         jl = out / "metrics.jsonl"
         deadline = time.time() + ref_wall * 3
-        while time.time() < deadline and p.poll() is None and (
-                not jl.exists() or len(jl.read_text().splitlines()) < rows_before_kill):
+        while (
+            time.time() < deadline
+            and p.poll() is None
+            and (not jl.exists() or len(jl.read_text().splitlines()) < rows_before_kill)
+        ):
             time.sleep(0.005)
         assert p.poll() is None, "the run finished before it could be killed; kill earlier"
         os.killpg(p.pid, signal.SIGKILL)
