@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     _quiet_tf_logs()
     parser = build_parser()
-    args = parser.parse_args(argv)  # argparse's own refusals: usage + one line, exit 2
+    try:
+        args = parser.parse_args(argv)  # argparse's own refusals: usage + one line, exit 2
+    except SystemExit as e:  # --help (0) or a refused flag (2): the same code, returned to callers in Python
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
     return run_command(args.func, args)
 
 

@@ -122,9 +122,7 @@ def test_render_params_validate_quantities():
 )
 def test_flags_in_process(flag, value, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    with pytest.raises(SystemExit) as e:
-        main(["k8s", "render", "experiments/dist_digits.yaml", "--image", "r.example/t:1", flag, value])
-    assert e.value.code == 2
+    assert main(["k8s", "render", "experiments/dist_digits.yaml", "--image", "r.example/t:1", flag, value]) == 2
     assert f"argument {flag}: expected a Kubernetes quantity" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
