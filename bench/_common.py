@@ -63,7 +63,10 @@ TASKS = {
 }
 
 # Settings that only change what a run writes or evaluates at its end, never a round's work.
-BENCH_OVERRIDES = ("centralized.enabled=false",)
+# These benches measure TFF's runtime (tff_lab over bare TFF, TFF workers, the TFF engine's cost curves,
+# the reference side of engine_speed.py, which builds both engines itself): pin the TFF engine, which
+# `training.engine: auto` would otherwise replace by the vectorised one.
+BENCH_OVERRIDES = ("centralized.enabled=false", "training.engine=tff")
 
 
 def task_config(task: str, rounds: int, extra: Sequence[str] = ()):
