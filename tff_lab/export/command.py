@@ -162,12 +162,16 @@ def register(sub) -> None:
     )
     m.add_argument("parts_dir", metavar="PARTS_DIR", help="the --out directory of the sharded predict runs")
     m.add_argument(
-        "--num-shards", type=int, required=True, metavar="N", help="how many shards the input was split into"
+        "--num-shards",
+        type=int_in(1, 100_000),
+        required=True,
+        metavar="N",
+        help="how many shards the input was split into",
     )
     m.add_argument("--out", required=True, metavar="PREDICTIONS", help="merged output file: .npz or .csv")
     m.add_argument(
         "--wait",
-        type=float,
+        type=float_in(0.0, 86_400.0),
         default=0.0,
         metavar="SECONDS",
         help="wait up to SECONDS for missing parts, polling every 2 s (default: %(default)s)",
