@@ -67,6 +67,14 @@ def test_private_run_resumes_exactly_and_refuses_a_changed_ledger(tmp_path):
     meta = json.loads(ckpt.read_text())
     meta["hooks"]["privacy"]["ledger"]["spec"]["noise_multiplier"] = 0.9
     ckpt.write_text(json.dumps(meta))
+    # Edited by hand: the manifest's own digest refuses it before anything reads the ledger.
+    from tff_lab.training import checkpoint as ckpt_lib
+
+    with pytest.raises(ckpt_lib.CheckpointError, match="changed after it was written"):
+        run_experiment(None, tampered, overrides=DP, resume=True)
+    # A checkpoint tff-lab wrote under other privacy settings (digest intact): the ledger refuses it.
+    meta["manifest_sha256"] = ckpt_lib._manifest_digest(meta)
+    ckpt.write_text(json.dumps(meta))
     with pytest.raises(PrivacyAccountingError, match="noise_multiplier: checkpoint 0.9, now 0.7"):
         run_experiment(None, tampered, overrides=DP, resume=True)
 
