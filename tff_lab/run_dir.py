@@ -452,3 +452,40 @@ def own(path: PathLike, *, kind: str, where: Optional[str] = None, create: bool 
             with contextlib.suppress(OSError):
                 if not any(owner.path.iterdir()):
                     owner.path.rmdir()
+
+
+@contextlib.contextmanager
+def own_file(path: PathLike, *, where: Optional[str] = None) -> Iterator[Path]:
+    """Holds an output FILE exclusively for the block (``predict --out``, ``predict-merge --out``):
+    an ``flock`` on ``.<name>.tff-lab-lock`` beside it, removed at the end. A second process writing
+    the same file is refused in one line naming the holder; a lock file left by a dead holder is
+    taken over (the kernel dropped its lock). The file itself is still written atomically."""
+    target = Path(os.path.abspath(os.fspath(path)))
+    where = where or str(path)
+    lock = target.parent / f".{target.name}.tff-lab-lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunDirError(where, f"cannot write beside {target}: {os.strerror(e.errno) if e.errno else e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except ValueError:
+            holder = {}
+        os.close(fd)
+        who = (
+            f"process {holder.get('pid')} ('{holder.get('command')}', since {holder.get('since')})"
+            if isinstance(holder, dict) and holder.get("pid")
+            else "another process"
+        )
+        raise RunDirError(where, f"{target} is being written by {who}; wait for it or choose another file") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_owner_record()).encode(), 0)
+        yield target
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)

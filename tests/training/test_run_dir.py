@@ -357,3 +357,45 @@ def test_a_finished_run_extends_to_more_rounds_exactly_as_a_longer_run(tmp_path,
         assert _snapshot(short) == before
     assert main([*args, "--out", str(short), "--set", "training.rounds=6"]) == 2
     assert "pass --resume" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# output files: one writer too (predict --out, predict-merge --out)
+# ---------------------------------------------------------------------------------------------
+_HOLD_FILE = textwrap.dedent("""
+    import sys, time
+    from tff_lab import run_dir
+    with run_dir.own_file(sys.argv[1]):
+        print("held", flush=True)
+        time.sleep(float(sys.argv[2]))
+""")
+
+
+def test_an_output_file_has_one_writer(tmp_path, capsys):
+    import numpy as np
+
+    from tff_lab.cli import main
+
+    out = tmp_path / "pred.npz"
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((2, 64), np.float32))
+    p = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_FILE, str(out), "60"], stdout=subprocess.PIPE, text=True, env=cli_env(), cwd=REPO
+    )
+    assert p.stdout.readline().strip() == "held"
+    try:
+        for argv in (
+            ["predict", "m.keras", str(x), "--out", str(out)],
+            ["predict-merge", str(tmp_path), "--num-shards", "2", "--out", str(out)],
+        ):
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "--out" in err[0] and f"process {p.pid}" in err[0], err
+    finally:
+        p.kill()
+        p.wait()
+    # The holder died: its lock went with it; the next writer takes over and cleans up after itself.
+    with rd.own_file(out):
+        pass
+    assert not list(tmp_path.glob(".pred.npz.tff-lab-lock"))
+    assert not out.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -218,18 +219,26 @@ def _export(args) -> int:
 
 
 def _predict(args) -> int:
-    import json
     import os
 
     from tff_lab.export.predict import NUM_SHARDS_ENV, predict_file
     from tff_lab.inputs import check_output_dir, output_file
+    from tff_lab.run_dir import own_file
 
-    # Before any work: the parts' folder (sharded) or the predictions file can be written there.
-    if args.num_shards is not None or os.environ.get(NUM_SHARDS_ENV):
+    # Before any work: the parts' folder (sharded: each shard writes its own part, atomically) or the
+    # predictions file can be written there; a single file is held for the whole run (one writer).
+    sharded = args.num_shards is not None or bool(os.environ.get(NUM_SHARDS_ENV))
+    if sharded:
         check_output_dir(args.out, "--out")
     else:
         output_file(args.out, "--out")
-    res = predict_file(
+    with contextlib.nullcontext() if sharded else own_file(args.out, where="--out"):
+        res = _predict_file(predict_file, args)
+    return _report_prediction(args, res)
+
+
+def _predict_file(predict_file, args) -> dict:
+    return predict_file(
         args.model,
         args.input,
         args.out,
@@ -244,6 +253,11 @@ def _predict(args) -> int:
         shard_index=args.shard_index,
         num_shards=args.num_shards,
     )
+
+
+def _report_prediction(args, res) -> int:
+    import json
+
     shard = (
         f"shard {res['shard_index']} of {res['num_shards']}, rows [{res['start']}, {res['stop']}) of "
         f"{res['total_rows']}, "
@@ -282,8 +296,10 @@ def _predict(args) -> int:
 
 def _predict_merge(args) -> int:
     from tff_lab.export.predict import merge_parts
+    from tff_lab.run_dir import own_file
 
-    res = merge_parts(args.parts_dir, args.num_shards, args.out, wait_s=args.wait)
+    with own_file(args.out, where="--out"):
+        res = merge_parts(args.parts_dir, args.num_shards, args.out, wait_s=args.wait)
     if not args.quiet:
         print(
             f"merged {res['num_shards']} parts, {res['rows']} rows (input sha256 {res['input']['sha256'][:12]}, "
