@@ -12,10 +12,12 @@ run: bootstrap
 test: bootstrap
 	.venv/bin/python -m pytest -q
 
-# Seconds, not minutes: the pure maths and checks (no TensorFlow training, no subprocess CLI runs).
+# ~30 s: the pure maths and checks (accounting, the SecAgg protocol, YAML limits, the RUN_DIR transaction and
+# manifest checks); no training runs.
 test-fast: bootstrap
-	.venv/bin/python -m pytest -q -m "not slow and not multiworker and not container" tests/inputs tests/training/test_run_dir.py \
-		tests/privacy/test_accounting.py tests/aggregation/test_secagg_protocol.py -k "not cli and not real_cli"
+	.venv/bin/python -m pytest -q tests/privacy/test_accounting.py tests/aggregation/test_secagg_protocol.py \
+		tests/inputs/test_yaml_limits.py tests/training/test_run_dir.py::test_replacement_rolls_back_on_failure_and_after_a_crash \
+		tests/training/test_run_dir.py::test_every_hand_edited_manifest_is_refused_and_the_previous_checkpoint_used
 
 # ruff (lint + format check) and mypy (strict on the modules listed in pyproject.toml); CI runs it first.
 lint: bootstrap
