@@ -32,12 +32,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 from tff_lab.errors import ConfigError
 from tff_lab.fileio import atomic_write_bytes
+from tff_lab.inputs import check_output_dir
 
 MARKER = ".tff-lab.json"
 OWNER = ".tff-lab.owner"
@@ -68,40 +68,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _probe_writable(folder: Path, where: str) -> None:
-    """Creates and removes a temp file in ``folder`` (the real test: permissions, read-only
-    mounts, /proc, a full disk all answer here)."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tff-lab-probe-")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise RunDirError(where, f"cannot write in {folder}: {os.strerror(e.errno) if e.errno else e}") from None
-
-
 def check_creatable(path: PathLike, where: str) -> Path:
-    """Checks, before any work, that ``path`` is or can become a writable directory.
-
-    Refuses a regular file (or anything else that is not a directory) at ``path`` or at any of its
-    ancestors, and a location nobody can write (read-only file systems, ``/proc``, permissions)."""
-    path = Path(os.path.abspath(os.fspath(path)))
-    where = where or str(path)
-    probe = path
-    while True:
-        if probe.exists() or probe.is_symlink():
-            if not probe.is_dir():
-                what = "a regular file" if probe.is_file() else "not a directory"
-                if probe == path:
-                    raise RunDirError(where, f"{path} exists and is {what}; expected a directory")
-                raise RunDirError(where, f"{path} cannot be created: {probe} is {what}")
-            break
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if str(probe).startswith(("/proc", "/sys")) or probe == Path("/dev") or str(probe).startswith("/dev/"):
-        raise RunDirError(where, f"{path} is on a virtual file system ({probe}); choose a normal directory")
-    _probe_writable(probe, where)
-    return path
+    """Checks, before any work, that ``path`` is or can become a writable directory: the same check
+    as every other output folder (:func:`tff_lab.inputs.check_output_dir`: not a file or device,
+    nothing but folders above it, not /proc or /sys, writable for real, names the file system
+    allows), refused as a :class:`RunDirError`. Returns the absolute path."""
+    check_output_dir(path, where or os.fspath(path), error=RunDirError)
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
 def precheck(path: PathLike, where: str) -> Path:

@@ -218,12 +218,14 @@ def _bad_locations(tmp_path):
     yield "/proc/tff_lab_run", "virtual file system"
     yield "/proc/self/x/y", "virtual file system"
     yield "/sys/kernel/x", "virtual file system"
-    yield "/dev/null", "not a directory"
-    yield str(f), "regular file"
-    yield str(f / "sub"), "regular file"
-    yield str(f / "a" / "b" / "c"), "regular file"
+    yield "/dev/null", "a character device; expected a folder"
+    yield str(f), "a file; expected a folder"
+    yield str(f / "sub"), "not a directory"
+    yield str(f / "a" / "b" / "c"), "not a directory"
+    yield "x" * 300, "too long"
+    yield "a\x00b", "NUL byte"
     if os.geteuid() != 0:  # root writes anywhere
-        yield str(ro / "run"), "cannot write"
+        yield str(ro / "run"), "cannot be written"
 
 
 def test_unwritable_output_locations_are_refused_before_any_work(tmp_path):
