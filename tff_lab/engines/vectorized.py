@@ -521,14 +521,16 @@ class VectorizedEngine:
         reset = tf.logical_not(finite) if alg.resets_metrics_of_non_finite else tf.zeros_like(finite)
         return updates, weights, reset, client_out, loss_sum, n_sum, batches, predictions.stack()
 
-    def _round(self, trainable, client_work, client_in, server_state, query_state, idx, client_mask):
+    def _train_round(self, trainable, client_work, client_in, idx, client_mask):
+        """Local training of the cohort and the round's training metrics (TFF's ``client_work.train``):
+        (updates, client weights, client outputs, metrics). Shared by :meth:`_round` and SecAgg's round."""
         import tensorflow as tf
 
         for m in self._metrics:
             m.reset_state()
         trainable = [tf.convert_to_tensor(w) for w in trainable]
-        train = self._train_compiled if self._compiled else self._train
-        updates, weights, reset, client_out, loss_sum, n_sum, batches, preds = train(
+        train_fn = self._train_compiled if self._compiled else self._train
+        updates, weights, reset, client_out, loss_sum, n_sum, batches, preds = train_fn(
             trainable, client_work, client_in, idx
         )
         # Keras metrics once per round over every step's predictions (not per step; not compiled).
@@ -545,6 +547,13 @@ class VectorizedEngine:
         train["loss"] = tf.math.divide_no_nan(tf.reduce_sum(loss_sum * keep), tf.reduce_sum(n_sum * keep))
         train["num_examples"] = tf.cast(tf.reduce_sum(n_sum * keep), tf.int64)
         train["num_batches"] = tf.cast(tf.reduce_sum(batches * keep), tf.int64)
+        return updates, weights, client_out, train
+
+    def _round(self, trainable, client_work, client_in, server_state, query_state, idx, client_mask):
+        import tensorflow as tf
+
+        trainable = [tf.convert_to_tensor(w) for w in trainable]
+        updates, weights, client_out, train = self._train_round(trainable, client_work, client_in, idx, client_mask)
 
         # Aggregation.
         if self._query is None:

@@ -33,29 +33,9 @@ class SecAggRounds:
 
     # -- graphs ----------------------------------------------------------------------------------
     def _clients(self, trainable, client_work, client_in, idx, client_mask):
-        """The engine's local training and training metrics (as ``VectorizedEngine._round``)."""
-        import tensorflow as tf
-
-        e = self.engine
-        for m in e._metrics:
-            m.reset_state()
-        trainable = [tf.convert_to_tensor(w) for w in trainable]
-        train = e._train_compiled if e._compiled else e._train
-        updates, weights, reset, _, loss_sum, n_sum, batches, preds = train(trainable, client_work, client_in, idx)
-        rows, example_mask = tf.maximum(idx, 0), tf.cast(idx >= 0, tf.float32)
-        flat = lambda t: tf.reshape(t, tf.concat([[-1], tf.shape(t)[3:]], 0))  # noqa: E731
-        y = tf.gather(e._y_all, tf.transpose(rows, [1, 0, 2]))
-        m = tf.reshape(tf.transpose(example_mask, [1, 0, 2]), [-1])
-        for metric in e._metrics:
-            metric.update_state(flat(y), flat(preds), sample_weight=m)
-        keep = tf.where(reset, 0.0, 1.0) * client_mask
-        out = collections.OrderedDict()
-        for metric in e._metrics:
-            out[metric.name] = metric.result()
-        out["loss"] = tf.math.divide_no_nan(tf.reduce_sum(loss_sum * keep), tf.reduce_sum(n_sum * keep))
-        out["num_examples"] = tf.cast(tf.reduce_sum(n_sum * keep), tf.int64)
-        out["num_batches"] = tf.cast(tf.reduce_sum(batches * keep), tf.int64)
-        return list(updates), weights, out
+        """The engine's local training and training metrics (``VectorizedEngine._train_round``)."""
+        updates, weights, _, train = self.engine._train_round(trainable, client_work, client_in, idx, client_mask)
+        return list(updates), weights, train
 
     def _server(self, trainable, server_state, mean):
         """The algorithm's server step (TFF's apply_optimizer_finalizer, as ``VectorizedEngine._round``);
