@@ -28,6 +28,30 @@ NOISE_MIN = 0.1  # below this RDP evaluation crawls, and any epsilon it gives is
 NOISE_MAX = 1e3
 
 
+def _bracket(eps, target_epsilon: float, delta: float, where: str) -> tuple[float, float]:
+    """(lo, hi) with eps(hi) <= target < eps(lo), hi = 2 lo, found by doubling/halving from 1 (eps
+    decreases in the noise multiplier); refused past NOISE_MAX or below NOISE_MIN."""
+    hi = 1.0
+    while eps(hi) > target_epsilon:
+        hi *= 2
+        if hi > NOISE_MAX:
+            raise ConfigError(
+                where,
+                f"epsilon {target_epsilon} at delta {delta} needs a noise multiplier above "
+                f"{NOISE_MAX:g} for these rounds and sampling; raise the target or sample less",
+            )
+    lo = hi / 2
+    while eps(lo) <= target_epsilon:
+        hi, lo = lo, lo / 2
+        if lo < NOISE_MIN:
+            raise ConfigError(
+                where,
+                f"epsilon {target_epsilon} is met even with noise multiplier {NOISE_MIN}; such "
+                "a guarantee is vacuous; set privacy.noise_multiplier directly",
+            )
+    return lo, hi
+
+
 def resolve_delta(cfg, population: int) -> float:
     """``privacy.delta`` or its default; refuses a delta not below 1/population."""
     delta = cfg.privacy.delta if cfg.privacy.delta is not None else default_delta(population)
@@ -96,24 +120,7 @@ def _calibrate_ddp(spec: MechanismSpec, rounds: int, delta: float, target_epsilo
     def eps(z: float) -> float:
         return epsilon_for_rounds(_exact_spec(spec, z, None), rounds, delta, leaves).rdp
 
-    hi = 1.0
-    while eps(hi) > target_epsilon:
-        hi *= 2
-        if hi > NOISE_MAX:
-            raise ConfigError(
-                where,
-                f"epsilon {target_epsilon} at delta {delta} needs a noise multiplier above "
-                f"{NOISE_MAX:g} for these rounds and sampling; raise the target or sample less",
-            )
-    lo = hi / 2
-    while eps(lo) <= target_epsilon:
-        hi, lo = lo, lo / 2
-        if lo < NOISE_MIN:
-            raise ConfigError(
-                where,
-                f"epsilon {target_epsilon} is met even with noise multiplier {NOISE_MIN}; such "
-                "a guarantee is vacuous; set privacy.noise_multiplier directly",
-            )
+    lo, hi = _bracket(eps, target_epsilon, delta, where)
     while hi - lo > 1e-6 * hi:
         mid = 0.5 * (lo + hi)
         lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
@@ -171,24 +178,7 @@ def calibrate_noise_multiplier(
         return acc.get_epsilon(delta)
 
     # Bracket: eps decreases in z. Start where the RDP accountant is cheap and well defined.
-    hi = 1.0
-    while eps(hi) > target_epsilon:
-        hi *= 2
-        if hi > NOISE_MAX:
-            raise ConfigError(
-                where,
-                f"epsilon {target_epsilon} at delta {delta} needs a noise multiplier above "
-                f"{NOISE_MAX:g} for these rounds and sampling; raise the target or sample less",
-            )
-    lo = hi / 2
-    while eps(lo) <= target_epsilon:
-        hi, lo = lo, lo / 2
-        if lo < NOISE_MIN:
-            raise ConfigError(
-                where,
-                f"epsilon {target_epsilon} is met even with noise multiplier {NOISE_MIN}; such "
-                "a guarantee is vacuous; set privacy.noise_multiplier directly",
-            )
+    lo, hi = _bracket(eps, target_epsilon, delta, where)
     z = dp_accounting.calibrate_dp_mechanism(
         make_acc,
         lambda x: _search_event(spec, x, rounds, s_tree),
