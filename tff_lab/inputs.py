@@ -224,6 +224,20 @@ def _probe_dir(d: Path, where: str, path: PathLike, error) -> None:
         pass
 
 
+def _output_path(path: PathLike, where: Optional[str], error, kind: str) -> tuple[Path, str]:
+    """The checks every output path gets first: not empty, no NUL byte, not on /proc or /sys."""
+    if path is None or os.fspath(path) == "":
+        raise error(where or "--out", f"expected an output {kind} path, got an empty one")
+    p = Path(os.path.expanduser(os.fspath(path)))
+    where = where if where is not None else os.fspath(path)
+    if "\x00" in os.fspath(p):
+        raise _error(error, where, path, "not a valid path (it holds a NUL byte)")
+    root = _virtual(p)
+    if root is not None:
+        raise _error(error, where, path, f"is under {root}, a virtual file system; choose a path on a real disk")
+    return p, where
+
+
 def output_file(path: PathLike, where: Optional[str] = None, *, error: type[UserError] = ConfigError) -> Path:
     """``path`` as a Path once a file can be written there (created, or replaced atomically).
 
@@ -232,15 +246,7 @@ def output_file(path: PathLike, where: Optional[str] = None, *, error: type[User
     that cannot be written (permission, read-only file system: probed by creating and removing a
     temp file in the deepest existing folder), a name longer than the file system allows.
     Nothing is left behind."""
-    if path is None or os.fspath(path) == "":
-        raise error(where or "--out", "expected an output file path, got an empty one")
-    p = Path(os.path.expanduser(os.fspath(path)))
-    where = where if where is not None else os.fspath(path)
-    if "\x00" in os.fspath(p):
-        raise _error(error, where, path, "not a valid path (it holds a NUL byte)")
-    root = _virtual(p)
-    if root is not None:
-        raise _error(error, where, path, f"is under {root}, a virtual file system; choose a path on a real disk")
+    p, where = _output_path(path, where, error, "file")
     if os.fspath(path).endswith(("/", os.sep)):
         raise _error(error, where, path, "names a folder (ends in '/'); expected a file path")
     try:
@@ -267,15 +273,7 @@ def check_output_dir(path: PathLike, where: Optional[str] = None, *, error: type
     """``path`` as a Path once a directory can be created or written there (not RUN_DIR: that has
     its own owner). Refuses an existing non-directory, a path under a regular file, a virtual file
     system, a folder that cannot be written (probed for real)."""
-    if path is None or os.fspath(path) == "":
-        raise error(where or "--out", "expected an output folder path, got an empty one")
-    p = Path(os.path.expanduser(os.fspath(path)))
-    where = where if where is not None else os.fspath(path)
-    if "\x00" in os.fspath(p):
-        raise _error(error, where, path, "not a valid path (it holds a NUL byte)")
-    root = _virtual(p)
-    if root is not None:
-        raise _error(error, where, path, f"is under {root}, a virtual file system; choose a path on a real disk")
+    p, where = _output_path(path, where, error, "folder")
     try:
         st = os.stat(p)
     except (FileNotFoundError, NotADirectoryError):
